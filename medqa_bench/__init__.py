@@ -1,0 +1,10 @@
+"""medqa-bench: evaluation-centric benchmarking for medical question answering.
+
+Nothing heavy is imported here: ``import medqa_bench`` and ``medqa-bench --help`` stay fast.
+The public Python API lives in :mod:`medqa_bench.api`.
+"""
+
+__version__ = "0.1.0"
+
+# Bumped whenever a change to inference code could change a cached generation or NLL.
+CODE_VERSION = "inference-1"

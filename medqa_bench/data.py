@@ -1,0 +1,481 @@
+"""Load, validate, filter by qtype, format prompts and split: the records every other stage consumes.
+
+The pipeline, in order::
+
+    load_table(path, columns)          CSV (plain or .gz), JSONL, or a Hugging Face `datasets` dataset
+    -> build_examples(rows, qtypes)    drop empty rows (counted), filter by qtype, group rows of one question
+    -> split_examples(examples, ...)   80/10/10, grouped so no question text and no focus crosses splits
+    -> SplitManifest                   item ids per split + fingerprints, shared by trainer and harness
+
+>>> ds = load_dataset()                       # the bundled MedQuAD, symptoms questions  # doctest: +SKIP
+>>> ds.split("test")[0].prompt()              # doctest: +SKIP
+'### Question Type:\\nsymptoms\\n\\n### Question:\\nWhat are the symptoms of ...?\\n\\n### Answer:'
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import os
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import DataError
+from .fingerprint import sha256_file, sha256_json
+
+log = logging.getLogger(__name__)
+
+#: The reference workflow's prompt, exactly; the answer is the completion.
+REFERENCE_TEMPLATE = "### Question Type:\n{qtype}\n\n### Question:\n{question}\n\n### Answer:"
+PROMPT_FORMATS = ("reference", "chat")
+SPLITS = ("train", "validation", "test")
+DEFAULT_QTYPE = "symptoms"
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which columns hold what. ``qtype``, ``focus`` and ``id`` are optional in the file."""
+
+    question: str = "Question"
+    answer: str = "Answer"
+    qtype: str = "qtype"
+    focus: str = "focus"
+    id: str = "qid"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One evaluation or training item: a question with one or more reference answers."""
+
+    id: str
+    question: str
+    answer: str  # the first reference; the training completion
+    qtype: str = ""
+    focus: str = ""
+    references: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.references:
+            object.__setattr__(self, "references", (self.answer,))
+
+    def prompt(self, fmt: str = "reference", tokenizer: Any = None) -> str:
+        return format_prompt(self, fmt, tokenizer)
+
+    def completion(self, fmt: str = "reference") -> str:
+        # The reference template ends with "### Answer:"; the completion starts with a space so the answer is
+        # tokenised the way it reads. A chat prompt ends with the assistant header, so no space.
+        return (" " if fmt == "reference" else "") + self.answer
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["references"] = list(self.references)
+        return d
+
+
+def format_prompt(example: Example, fmt: str = "reference", tokenizer: Any = None) -> str:
+    """The prompt text: the reference template, or the model's chat template with the same content."""
+    if fmt == "reference":
+        return REFERENCE_TEMPLATE.format(qtype=example.qtype, question=example.question)
+    if fmt == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise DataError("prompt format 'chat' needs a tokenizer with a chat template; use --prompt-format reference")
+        user = f"Question type: {example.qtype}\n\n{example.question}" if example.qtype else example.question
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+    raise DataError(f"unknown prompt format '{fmt}'; choose one of: {', '.join(PROMPT_FORMATS)}")
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _decode_utf8(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}: bytes that are not UTF-8 at byte {exc.start} (line {line}): {raw[exc.start:exc.start + 4]!r}; "
+            "re-encode the file as UTF-8"
+        ) from None
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise DataError(f"data file {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a .csv, .csv.gz, .jsonl or .jsonl.gz file, or a saved `datasets` folder")
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path}: not a valid gzip file ({exc})") from None
+    return _decode_utf8(raw, path)
+
+
+def _table_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext in (".csv", ".tsv"):
+        return ext[1:]
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    raise DataError(f"{path}: unknown format '{ext or 'no extension'}'; medqa-bench reads .csv, .tsv, .jsonl (optionally .gz)")
+
+
+def load_table(source: str | os.PathLike | Any) -> tuple[list[dict[str, Any]], list[str], str]:
+    """Read rows from a file or a `datasets` dataset. Returns (rows, column names, fingerprint)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return _rows_from_hf(source)
+    path = Path(source).expanduser()
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        import datasets
+
+        return _rows_from_hf(datasets.load_from_disk(str(path)), fingerprint=None)
+    fmt = _table_format(path)
+    text = _read_text(path)
+    if not text.strip():
+        raise DataError(f"{path} is empty")
+    if fmt == "jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {n} is not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n} is not a JSON object")
+            rows.append(row)
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"{path} has a header but no rows")
+    return rows, columns, "sha256:" + sha256_file(path)
+
+
+def _rows_from_hf(ds: Any, fingerprint: str | None = None) -> tuple[list[dict[str, Any]], list[str], str]:
+    if isinstance(getattr(ds, "column_names", None), dict):
+        raise DataError("a DatasetDict was given; pick one split, e.g. dataset['train']")
+    columns = list(ds.column_names)
+    rows = [dict(r) for r in ds]
+    if not rows:
+        raise DataError("the dataset has no rows")
+    fp = fingerprint or f"datasets:{getattr(ds, '_fingerprint', None) or sha256_json(rows)}"
+    return rows, columns, fp
+
+
+# --------------------------------------------------------------------------------------------- examples
+
+
+def normalize_question(text: str) -> str:
+    """Case-, punctuation- and whitespace-folded question text: MedQuAD's "X ?" and "X?" are the same question."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+@dataclass
+class LoadReport:
+    rows: int = 0
+    dropped_empty: int = 0
+    qtypes: dict[str, int] = field(default_factory=dict)
+
+
+def build_examples(
+    rows: list[dict[str, Any]],
+    columns_found: Sequence[str],
+    columns: ColumnMap = ColumnMap(),
+    qtype: str | Sequence[str] = DEFAULT_QTYPE,
+    *,
+    source: str = "data",
+) -> tuple[list[Example], LoadReport]:
+    """Validate columns, drop empty rows (counted), filter by qtype and group rows asking the same question.
+
+    Rows whose normalised question text is the same become one item with several references (MedQuAD repeats
+    questions across sources); a list-valued answer column gives several references directly.
+    """
+    found = set(columns_found)
+    for role in ("question", "answer"):
+        name = getattr(columns, role)
+        if name not in found:
+            raise DataError(
+                f"{source}: column '{name}' not found; columns are: {', '.join(columns_found)}; "
+                f"map it with --{role}-column"
+            )
+    wanted = _parse_qtypes(qtype)
+    has_qtype = columns.qtype in found
+    if wanted is not None and not has_qtype:
+        raise DataError(
+            f"{source}: filtering by qtype needs column '{columns.qtype}'; columns are: {', '.join(columns_found)}; "
+            "map it with --qtype-column or pass --qtype all"
+        )
+    report = LoadReport(rows=len(rows))
+    report.qtypes = dict(Counter(str(r.get(columns.qtype, "") or "").strip() for r in rows)) if has_qtype else {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    order: list[str] = []
+    for row in rows:
+        q = str(row.get(columns.question) or "").strip()
+        a = row.get(columns.answer)
+        answers = [str(x).strip() for x in a] if isinstance(a, list) else [str(a or "").strip()]
+        answers = [x for x in answers if x]
+        if not q or not answers:
+            report.dropped_empty += 1
+            continue
+        qt = str(row.get(columns.qtype, "") or "").strip() if has_qtype else ""
+        if wanted is not None and qt not in wanted:
+            continue
+        key = qt + "\0" + normalize_question(q)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append({**row, "_answers": answers, "_q": q, "_qt": qt})
+    if report.dropped_empty:
+        log.warning("%s: dropped %d rows with an empty question or answer", source, report.dropped_empty)
+    if not groups:
+        present = ", ".join(f"{k} ({v})" for k, v in sorted(report.qtypes.items(), key=lambda kv: -kv[1])) or "none"
+        raise DataError(f"{source}: no rows for qtype {sorted(wanted) if wanted else 'all'}; qtypes present: {present}")
+    examples = []
+    used_ids: Counter[str] = Counter()
+    for n, key in enumerate(order):
+        members = groups[key]
+        first = members[0]
+        refs = tuple(dict.fromkeys(a for m in members for a in m["_answers"]))
+        raw_id = str(first.get(columns.id) or "").strip() if columns.id in found else ""
+        base_id = raw_id or f"row-{n}"
+        used_ids[base_id] += 1
+        item_id = base_id if used_ids[base_id] == 1 else f"{base_id}.{used_ids[base_id]}"
+        examples.append(
+            Example(
+                id=item_id,
+                question=first["_q"],
+                answer=refs[0],
+                qtype=first["_qt"],
+                focus=str(first.get(columns.focus, "") or "").strip() if columns.focus in found else "",
+                references=refs,
+            )
+        )
+    return examples, report
+
+
+def _parse_qtypes(qtype: str | Sequence[str] | None) -> set[str] | None:
+    if qtype is None:
+        return None
+    if isinstance(qtype, str):
+        if qtype.strip().lower() == "all":
+            return None
+        qtype = [q for q in qtype.split(",")]
+    return {q.strip() for q in qtype if q.strip()}
+
+
+# --------------------------------------------------------------------------------------------- splitting
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    seed: int = 42
+    strategy: str = "grouped"  # "grouped" (no question text or focus in two splits) or "random" (the reference's)
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    def __post_init__(self):
+        if self.strategy not in ("grouped", "random"):
+            raise DataError(f"split strategy must be 'grouped' or 'random', not '{self.strategy}'")
+        if len(self.ratios) != 3 or abs(sum(self.ratios) - 1.0) > 1e-6 or min(self.ratios) < 0:
+            raise DataError(f"split ratios must be three non-negative numbers summing to 1, not {self.ratios}")
+
+
+def _leak_groups(examples: Sequence[Example]) -> list[list[int]]:
+    """Connected components of items that share a normalised question or a focus (union-find)."""
+    parent = list(range(len(examples)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict[str, int] = {}
+    for i, ex in enumerate(examples):
+        for key in ("q:" + normalize_question(ex.question), "f:" + ex.focus.lower() if ex.focus else None):
+            if key is None:
+                continue
+            if key in first_seen:
+                a, b = find(i), find(first_seen[key])
+                if a != b:
+                    parent[a] = b
+            else:
+                first_seen[key] = i
+    comps: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(examples)):
+        comps[find(i)].append(i)
+    return list(comps.values())
+
+
+def split_examples(examples: Sequence[Example], options: SplitOptions = SplitOptions()) -> dict[str, list[Example]]:
+    """Split 80/10/10 with a seed. ``grouped`` keeps every question text and focus inside one split."""
+    rng = random.Random(options.seed)
+    if options.strategy == "random":
+        units = [[i] for i in range(len(examples))]
+    else:
+        units = sorted(_leak_groups(examples), key=lambda g: g[0])
+    rng.shuffle(units)
+    n = len(examples)
+    targets = [options.ratios[0] * n, (options.ratios[0] + options.ratios[1]) * n]
+    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    filled = 0
+    for unit in units:
+        # Fill train, then validation, then test, by cumulative item count: deterministic and close to the ratios.
+        name = "train" if filled < targets[0] else "validation" if filled < targets[1] else "test"
+        out[name].extend(unit)
+        filled += len(unit)
+    return {s: [examples[i] for i in sorted(idx)] for s, idx in out.items()}
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class SplitManifest:
+    """Which item ids fall in which split, and fingerprints of the data and the options that made it."""
+
+    data_fingerprint: str
+    options: dict[str, Any]
+    splits: dict[str, list[str]]
+    version: int = 1
+
+    @property
+    def fingerprint(self) -> str:
+        return "sha256:" + sha256_json({"data": self.data_fingerprint, "options": self.options, "splits": self.splits})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "data_fingerprint": self.data_fingerprint,
+            "options": self.options,
+            "fingerprint": self.fingerprint,
+            "counts": {k: len(v) for k, v in self.splits.items()},
+            "splits": self.splits,
+        }
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "SplitManifest":
+        try:
+            d = json.loads(Path(path).read_text())
+            return cls(d["data_fingerprint"], d["options"], d["splits"], d.get("version", 1))
+        except FileNotFoundError:
+            raise DataError(f"split manifest {path} does not exist") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{path} is not a split manifest ({exc})") from None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Everything that determines the items: the source, columns, qtype filter and split options."""
+
+    path: str | None = None  # None: the bundled MedQuAD
+    qtype: str = DEFAULT_QTYPE
+    columns: ColumnMap = ColumnMap()
+    split: SplitOptions = SplitOptions()
+    manifest: str | None = None  # a saved manifest to reuse instead of re-splitting
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "qtype": self.qtype,
+            "columns": asdict(self.columns),
+            "split": {**asdict(self.split), "ratios": list(self.split.ratios)},
+            "manifest": self.manifest,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
+        split = dict(d.get("split") or {})
+        if "ratios" in split:
+            split["ratios"] = tuple(split["ratios"])
+        return cls(
+            path=d.get("path"),
+            qtype=d.get("qtype", DEFAULT_QTYPE),
+            columns=ColumnMap(**(d.get("columns") or {})),
+            split=SplitOptions(**split),
+            manifest=d.get("manifest"),
+        )
+
+
+@dataclass
+class Dataset:
+    """The loaded, filtered, split items with their manifest."""
+
+    spec: DataSpec
+    examples: list[Example]
+    splits: dict[str, list[Example]]
+    manifest: SplitManifest
+    report: LoadReport
+
+    def split(self, name: str) -> list[Example]:
+        if name == "all":
+            return list(self.examples)
+        if name not in self.splits:
+            raise DataError(f"unknown split '{name}'; choose one of: {', '.join(SPLITS)}, all")
+        return self.splits[name]
+
+
+def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None) -> Dataset:
+    """Load and split the data a :class:`DataSpec` describes (the bundled MedQuAD symptoms by default)."""
+    from .paths import default_dataset
+
+    spec = spec or DataSpec()
+    source = hf_dataset if hf_dataset is not None else (spec.path or default_dataset())
+    rows, columns_found, data_fp = load_table(source)
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "dataset"
+    examples, report = build_examples(rows, columns_found, spec.columns, spec.qtype, source=name)
+    options = {
+        "qtype": spec.qtype,
+        "columns": asdict(spec.columns),
+        "seed": spec.split.seed,
+        "strategy": spec.split.strategy,
+        "ratios": list(spec.split.ratios),
+    }
+    if spec.manifest:
+        manifest = SplitManifest.read(spec.manifest)
+        if manifest.data_fingerprint != data_fp:
+            raise DataError(
+                f"split manifest {spec.manifest} was made from other data ({manifest.data_fingerprint[:19]}…, "
+                f"this file is {data_fp[:19]}…); run `medqa-bench data prepare` again"
+            )
+        by_id = {e.id: e for e in examples}
+        missing = [i for ids in manifest.splits.values() for i in ids if i not in by_id]
+        if missing:
+            raise DataError(f"split manifest {spec.manifest} names {len(missing)} unknown items, e.g. {missing[0]}")
+        splits = {s: [by_id[i] for i in manifest.splits.get(s, [])] for s in SPLITS}
+    else:
+        splits = split_examples(examples, spec.split)
+        manifest = SplitManifest(data_fp, options, {s: [e.id for e in splits[s]] for s in SPLITS})
+    return Dataset(spec, examples, splits, manifest, report)
+
+
+def prompt_completion_records(examples: Iterable[Example], fmt: str = "reference", tokenizer: Any = None) -> list[dict]:
+    """The reference workflow's ``symptom_qa.jsonl`` rows: ``{"prompt", "completion"}`` plus the item id."""
+    return [{"id": e.id, "prompt": e.prompt(fmt, tokenizer), "completion": e.completion(fmt)} for e in examples]
+
+
+def answer_length_percentiles(examples: Sequence[Example], pcts: Sequence[int] = (5, 25, 50, 75, 95, 100)) -> dict[int, int]:
+    """Answer length in words at the given percentiles (nearest rank)."""
+    lengths = sorted(len(e.answer.split()) for e in examples)
+    if not lengths:
+        return {p: 0 for p in pcts}
+    return {p: lengths[min(len(lengths) - 1, max(0, round(p / 100 * len(lengths)) - 1))] for p in pcts}

