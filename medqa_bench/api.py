@@ -1,0 +1,139 @@
+"""Everything the CLI does, one call away from Python (for notebooks).
+
+>>> from medqa_bench.api import RunSpec, run                                  # doctest: +SKIP
+>>> res = run(RunSpec(adapters=(("ft", "adapters/smollm2-135m-symptoms"),), limit=20))
+>>> res.table()                      # per-system aggregates with 95% CIs (pandas DataFrame)
+>>> res.items()                      # one row per item and system
+>>> res = res.rescore(metrics=["rougeL", "embedding_similarity"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .data import DataSpec, answer_length_percentiles, load_dataset, prompt_completion_records
+from .spec import RunSpec
+
+__all__ = ["RunSpec", "DataSpec", "Results", "run", "score", "load_results", "prepare_data", "data_stats"]
+
+
+@dataclass
+class Results:
+    """A run folder loaded: ``results`` (results.json) and ``samples`` (samples.jsonl)."""
+
+    run_dir: Path
+    results: dict[str, Any]
+    samples: list[dict[str, Any]]
+
+    @property
+    def systems(self) -> list[str]:
+        return list(self.results["systems"])
+
+    def table(self):
+        """Aggregates as a DataFrame: one row per (system, metric) with value, ci_low, ci_high, n."""
+        import pandas as pd
+
+        rows = [
+            {"system": s, "metric": m, **v, "higher_is_better": self.results["metrics"][m]["higher_is_better"]}
+            for s, per in self.results["results"].items()
+            for m, v in per.items()
+        ]
+        return pd.DataFrame(rows)
+
+    def items(self):
+        """Per-item records as a DataFrame: one row per (item, system) with prediction, NLL and every score."""
+        import pandas as pd
+
+        rows = []
+        for rec in self.samples:
+            for s, r in rec["systems"].items():
+                rows.append({
+                    "id": rec["id"], "qtype": rec.get("qtype"), "question": rec["question"], "reference": rec["reference"],
+                    "system": s, "prediction": r.get("prediction"), "truncated": r.get("truncated"),
+                    "generated_tokens": r.get("generated_tokens"), "nll_sum": r.get("nll_sum"),
+                    "nll_tokens": r.get("nll_tokens"), **{f"score.{k}": v for k, v in (r.get("scores") or {}).items()},
+                })
+        return pd.DataFrame(rows)
+
+    def rescore(self, *, metrics: Sequence[str] | None = None, plugins: Sequence[str] = (), **kw: Any) -> "Results":
+        return score(self.run_dir, metrics=list(metrics) if metrics else None, plugins=tuple(plugins), **kw)
+
+    def summary(self) -> str:
+        """The headline as text: one line per metric, one column per system, value [CI]."""
+        systems = self.systems
+        res = self.results.get("results", {})
+        metrics = list(self.results.get("metrics", {}))
+        head = f"{'metric':<22}" + "".join(f"{s[:30]:>32}" for s in systems)
+        lines = [f"run: {self.run_dir}  ({self.results['data']['n_items']} items)", head]
+        for m in metrics:
+            cells = []
+            for s in systems:
+                v = res.get(s, {}).get(m)
+                cells.append(f"{v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]" if v else "-")
+            lines.append(f"{m:<22}" + "".join(f"{c:>32}" for c in cells))
+        report = self.run_dir / "report.html"
+        if report.exists():
+            lines.append(f"report: {report}")
+        return "\n".join(lines)
+
+
+def load_results(run_dir: str | Path) -> Results:
+    from .runner import read_run
+
+    results, samples = read_run(run_dir)
+    return Results(Path(run_dir), results, samples)
+
+
+def run(spec: RunSpec | None = None, *, progress: bool = True) -> Results:
+    """Evaluate a spec (the defaults when None) and return its :class:`Results`."""
+    from . import runner
+
+    return load_results(runner.run(spec, progress=progress))
+
+
+def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tuple[str, ...] = (),
+          metric_params: dict | None = None, report: bool = True, progress: bool = True) -> Results:
+    """Re-score saved generations of a run folder without loading the language model."""
+    from . import runner
+
+    return load_results(runner.score(run_dir, metrics=metrics, plugins=plugins, metric_params=metric_params,
+                                     report=report, progress=progress))
+
+
+def prepare_data(spec: DataSpec | None = None, out: str | Path = "data/prepared", *, overwrite: bool = False) -> Path:
+    """Write ``symptom_qa.jsonl`` (all items, reference prompt/completion), ``{train,validation,test}.jsonl`` and
+    ``manifest.json`` into ``out``, atomically."""
+    from . import atomic
+
+    ds = load_dataset(spec)
+    with atomic.directory(out, overwrite=overwrite) as tmp:
+        qtype = (ds.spec.qtype or "all").replace(",", "+").replace(" ", "_")
+        atomic.write_jsonl(tmp / f"{qtype if qtype != 'symptoms' else 'symptom'}_qa.jsonl",
+                           [{"prompt": r["prompt"], "completion": r["completion"]} for r in prompt_completion_records(ds.examples)])
+        for name in ("train", "validation", "test"):
+            atomic.write_jsonl(tmp / f"{name}.jsonl",
+                               [{**e.to_dict(), "prompt": e.prompt(), "completion": e.completion()} for e in ds.split(name)])
+        atomic.write_json(tmp / "manifest.json", ds.manifest.to_dict())
+    return Path(out)
+
+
+def data_stats(spec: DataSpec | None = None) -> str:
+    """Rows per qtype in the file, items per split, answer-length percentiles (words), as text."""
+    ds = load_dataset(spec)
+    lines = [f"rows: {ds.report.rows}  (dropped with an empty question or answer: {ds.report.dropped_empty})"]
+    if ds.report.qtypes:
+        lines.append("rows per qtype:")
+        for q, n in sorted(ds.report.qtypes.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  {q or '(none)':<20} {n:>6}")
+    multi = sum(len(e.references) > 1 for e in ds.examples)
+    lines.append(f"items (qtype {ds.spec.qtype}): {len(ds.examples)}  ({multi} with several reference answers)")
+    lines.append(f"split ({ds.spec.split.strategy}, seed {ds.spec.split.seed}):  " +
+                 "  ".join(f"{s} {len(ds.split(s))}" for s in ("train", "validation", "test")))
+    lines.append("answer length in words (percentiles):")
+    for name in ("train", "validation", "test", "all"):
+        pct = answer_length_percentiles(ds.split(name))
+        lines.append(f"  {name:<11}" + "  ".join(f"p{p}={v}" for p, v in pct.items()))
+    lines.append(f"manifest: {ds.manifest.fingerprint}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Content-addressed store of generations and completion NLLs, written as they are produced.
+
+The key is a digest of everything that can change the value: the model's weight fingerprint, the adapter's
+fingerprint (or none for the baseline), quantization, dtype, device type, the exact prompt (and completion) text,
+the decoding or scoring parameters, and ``medqa_bench.CODE_VERSION``. Changing any part gives a new key, so a
+stale entry is never returned. Entries are committed one batch at a time (SQLite in WAL mode), so a run killed
+at any moment keeps everything it finished, and several processes can write at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import RunError
+from .fingerprint import sha256_json
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT (julianday('now'))
+);
+"""
+
+
+def cache_key(kind: str, identity: dict[str, Any], payload: dict[str, Any]) -> str:
+    """Digest of (kind, model/adapter identity, the item's exact text and parameters, code version)."""
+    from . import CODE_VERSION
+
+    return sha256_json({"kind": kind, "identity": identity, "payload": payload, "code": CODE_VERSION})
+
+
+class InferenceCache:
+    """A small SQLite key-value store. ``InferenceCache(None)`` is a no-op cache (``--no-cache``)."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
+            except sqlite3.DatabaseError as exc:
+                raise RunError(f"cache {self.path} is not a usable SQLite database ({exc}); delete it or pass --no-cache") from exc
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        if self._conn is None or not keys:
+            self.misses += len(keys)
+            return {}
+        found: dict[str, Any] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start: start + 500]
+                rows = self._conn.execute(
+                    f"SELECT key, value FROM entries WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                found.update((k, json.loads(v)) for k, v in rows)
+        self.hits += len(found)
+        self.misses += len(keys) - len(found)
+        return found
+
+    def put_many(self, items: list[tuple[str, str, Any]]) -> None:
+        """Store (key, kind, value) rows in one transaction."""
+        if self._conn is None or not items:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO entries (key, kind, value) VALUES (?, ?, ?)",
+                    [(k, kind, json.dumps(v)) for k, kind, v in items],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def count(self, kind: str | None = None) -> int:
+        if self._conn is None:
+            return 0
+        q = "SELECT COUNT(*) FROM entries" + (" WHERE kind = ?" if kind else "")
+        return int(self._conn.execute(q, (kind,) if kind else ()).fetchone()[0])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

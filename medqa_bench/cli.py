@@ -1,0 +1,306 @@
+"""``medqa-bench``: the command line, a thin layer over :mod:`medqa_bench.api`.
+
+This is the one place that turns errors into messages and exit codes: a :class:`MedQABenchError` becomes one
+line on stderr and exit status 2 (a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import MedQABenchError, SpecError
+
+log = logging.getLogger("medqa_bench")
+
+
+def _add_data_options(p: argparse.ArgumentParser, *, with_split: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="PATH", help="CSV/JSONL file (optionally .gz) or saved `datasets` folder (default: bundled MedQuAD)")
+    g.add_argument("--qtype", help="question type(s): symptoms (default), a comma-separated list, or all")
+    g.add_argument("--question-column", metavar="NAME", help="column holding the question (default Question)")
+    g.add_argument("--answer-column", metavar="NAME", help="column holding the answer (default Answer)")
+    g.add_argument("--qtype-column", metavar="NAME", help="column holding the question type (default qtype)")
+    g.add_argument("--focus-column", metavar="NAME", help="column holding the topic, used to keep splits apart (default focus)")
+    g.add_argument("--id-column", metavar="NAME", help="column holding the item id (default qid)")
+    if with_split:
+        g.add_argument("--split-seed", type=int, metavar="N", help="seed of the train/validation/test split (default 42)")
+        g.add_argument("--split-strategy", choices=["grouped", "random"],
+                       help="grouped (default): no question text or focus in two splits; random: the reference's naive split")
+        g.add_argument("--manifest", metavar="PATH", help="reuse a split manifest written by `data prepare`")
+
+
+def _data_spec(args: argparse.Namespace, base=None):
+    from dataclasses import replace
+
+    from .data import ColumnMap, DataSpec, SplitOptions
+
+    spec = base or DataSpec()
+    cols = {k: getattr(args, f"{k}_column") for k in ("question", "answer", "qtype", "focus", "id") if getattr(args, f"{k}_column", None)}
+    split = {k: v for k, v in (("seed", getattr(args, "split_seed", None)), ("strategy", getattr(args, "split_strategy", None))) if v is not None}
+    changes: dict[str, Any] = {}
+    if args.data:
+        changes["path"] = args.data
+    if args.qtype:
+        changes["qtype"] = args.qtype
+    if cols:
+        changes["columns"] = replace(spec.columns, **cols) if spec.columns else ColumnMap(**cols)
+    if split:
+        changes["split"] = replace(spec.split, **split) if spec.split else SplitOptions(**split)
+    if getattr(args, "manifest", None):
+        changes["manifest"] = args.manifest
+    return replace(spec, **changes) if changes else spec
+
+
+def _parse_assignments(values: Sequence[str] | None, what: str) -> list[tuple[str, str]]:
+    out = []
+    for v in values or []:
+        if "=" not in v:
+            raise SpecError(f"{what} '{v}' must look like NAME=VALUE")
+        k, _, val = v.partition("=")
+        out.append((k.strip(), val.strip()))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medqa-bench",
+        description="Evaluate a baseline LLM against fine-tuned LoRA adapters on medical QA; train QLoRA adapters.",
+    )
+    p.add_argument("--version", action="version", version=f"medqa-bench {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="evaluate the baseline and adapters; write results, samples and report.html",
+                       description="Evaluate the baseline (the base model alone) and every adapter on the same items.")
+    r.add_argument("spec", nargs="?", metavar="SPEC", help="YAML or TOML run spec; flags override it")
+    r.add_argument("--name", help="run name (default: <model>-<qtype>-<split>)")
+    r.add_argument("--model", help="alias, checkpoint folder, .gguf file or Hub id (default smollm2-135m-instruct)")
+    r.add_argument("--adapter", action="append", metavar="NAME=PATH", help="a PEFT LoRA adapter folder; repeatable")
+    r.add_argument("--no-default-adapter", action="store_true", help="do not add the shipped adapter when none is given")
+    _add_data_options(r)
+    r.add_argument("--split", choices=["train", "validation", "test", "all"], help="which split to evaluate (default test)")
+    r.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded sample of N items; 0 = the full split "
+                   "(default: full split on GPU, 24 items on CPU)")
+    r.add_argument("--sample-seed", type=int, metavar="N", help="seed of the --limit sample (default 0)")
+    r.add_argument("--prompt-format", choices=["reference", "chat"], help="the reference template (default) or the model's chat template")
+    r.add_argument("--max-new-tokens", type=int, metavar="N", help="generation budget (default 256 on GPU, 128 on CPU)")
+    r.add_argument("--batch-size", metavar="N|auto", help="items per batch, or auto (token budget; default)")
+    r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:1")
+    r.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="compute dtype (auto: bf16 on GPU, fp32 on CPU)")
+    r.add_argument("--quantization", choices=["none", "4bit"], help="4bit: NF4 as in QLoRA; none (default)")
+    r.add_argument("--max-length", type=int, metavar="N", help="context for NLL scoring; longer answers use a sliding window")
+    r.add_argument("--metrics", metavar="A,B,...", help="metrics to compute (default: all built-ins; see `metrics list`)")
+    r.add_argument("--metric-param", action="append", metavar="METRIC.KEY=VALUE", help="e.g. embedding_similarity.model=/path")
+    r.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR", help="load metric plugins; repeatable")
+    r.add_argument("--similarity-metric", metavar="NAME", help="metric for the soft confusion analysis (default embedding_similarity)")
+    r.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="analysis thresholds: t, t_low, t_high")
+    r.add_argument("--out", metavar="DIR", help="run folder (default reports/<name>)")
+    r.add_argument("--cache", metavar="PATH", help="SQLite cache of generations and NLLs (default: the user cache)")
+    r.add_argument("--no-cache", action="store_true", help="compute everything afresh and store nothing")
+    r.add_argument("--no-report", action="store_true", help="skip report.html")
+    r.add_argument("--seed", type=int, help="seed of bootstrap CIs and distractor choice (default 0)")
+
+    s = sub.add_parser("score", help="re-score a run folder's saved generations (no language model is loaded)")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("--metrics", metavar="A,B,...")
+    s.add_argument("--metric-param", action="append", metavar="METRIC.KEY=VALUE")
+    s.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR")
+    s.add_argument("--no-report", action="store_true")
+
+    rp = sub.add_parser("report", help="render report.html from run folders (several: one combined comparison)")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", metavar="FILE", help="where to write the HTML (default: RUN_DIR/report.html)")
+    rp.add_argument("--plotly", choices=["inline", "cdn"], default="inline", help="inline plotly.js (offline, default) or link it")
+
+    t = sub.add_parser("train", help="QLoRA fine-tuning from a recipe; writes a PEFT adapter folder")
+    t.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file or a bundled recipe name (e.g. smollm2-135m-symptoms)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides", help="override a recipe key, e.g. lora.r=32")
+    t.add_argument("--out", metavar="DIR", help="adapter folder to write")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing adapter folder")
+
+    d = sub.add_parser("data", help="prepare and inspect datasets")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
+    dp = dsub.add_parser("prepare", help="write symptom_qa.jsonl (prompt, completion), the split files and manifest.json")
+    _add_data_options(dp)
+    dp.add_argument("--out", metavar="DIR", default="data/prepared", help="output folder (default data/prepared)")
+    dp.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    ds = dsub.add_parser("stats", help="rows per qtype and split, answer-length percentiles")
+    _add_data_options(ds)
+
+    m = sub.add_parser("metrics", help="list available metrics")
+    msub = m.add_subparsers(dest="metrics_command", metavar="ACTION")
+    ml = msub.add_parser("list", help="every metric with where it comes from")
+    ml.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def _metric_params(values) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in _parse_assignments(values, "--metric-param"):
+        metric, _, param = key.partition(".")
+        if not param:
+            raise SpecError(f"--metric-param '{key}={value}' must look like METRIC.KEY=VALUE")
+        out.setdefault(metric, {})[param] = yaml.safe_load(value)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .api import run
+    from .inference import DecodingParams
+    from .spec import AnalysisSpec, RunSpec
+
+    spec = RunSpec.from_file(args.spec) if args.spec else RunSpec()
+    ch: dict[str, Any] = {}
+    for flag, key in (("name", "name"), ("model", "model"), ("split", "split"), ("limit", "limit"),
+                      ("sample_seed", "sample_seed"), ("prompt_format", "prompt_format"), ("device", "device"),
+                      ("dtype", "dtype"), ("quantization", "quantization"), ("max_length", "max_length"),
+                      ("out", "output_dir"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            ch[key] = getattr(args, flag)
+    if args.adapter:
+        ch["adapters"] = tuple(_parse_assignments(args.adapter, "--adapter"))
+    if args.no_default_adapter:
+        ch["default_adapters"] = False
+    if args.batch_size is not None:
+        try:
+            ch["batch_size"] = "auto" if args.batch_size == "auto" else int(args.batch_size)
+        except ValueError:
+            raise SpecError(f"--batch-size must be 'auto' or an integer, not '{args.batch_size}'") from None
+    if args.max_new_tokens is not None:
+        ch["decoding"] = replace(spec.decoding or DecodingParams(), max_new_tokens=args.max_new_tokens)
+    if args.metrics:
+        ch["metrics"] = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    if args.metric_param:
+        ch["metric_params"] = {**spec.metric_params, **_metric_params(args.metric_param)}
+    if args.plugin:
+        ch["plugins"] = tuple(spec.plugins) + tuple(args.plugin)
+    if args.similarity_metric or args.threshold:
+        thresholds = dict(spec.analysis.thresholds)
+        for k, v in _parse_assignments(args.threshold, "--threshold"):
+            try:
+                thresholds[k] = float(v)
+            except ValueError:
+                raise SpecError(f"--threshold {k}={v}: the value must be a number") from None
+        ch["analysis"] = AnalysisSpec(args.similarity_metric or spec.analysis.similarity_metric, thresholds, spec.analysis.seed)
+    if args.no_cache:
+        ch["cache"] = None
+    elif args.cache:
+        ch["cache"] = args.cache
+    if args.no_report:
+        ch["report"] = False
+    ch["data"] = _data_spec(args, spec.data)
+    spec = spec.replace(**ch)
+    result = run(spec, progress=not args.quiet)
+    print(result.summary())
+    if spec.limit is None and result.results["data"]["n_items"] < result.results["data"]["split_size"]:
+        print(f"(a seeded sample of {result.results['data']['n_items']} of {result.results['data']['split_size']} items; "
+              "`medqa-bench run --limit 0` evaluates the full split)")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .api import score
+
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    result = score(args.run_dir, metrics=metrics, plugins=tuple(args.plugin or ()),
+                   metric_params=_metric_params(args.metric_param) or None, report=not args.no_report,
+                   progress=not args.quiet)
+    print(result.summary())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render_report
+
+    path = render_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, plotly=args.plotly)
+    print(path)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainers.qlora import load_recipe, train
+
+    recipe = load_recipe(args.recipe, args.overrides or ())
+    folder = train(recipe, out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(folder)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .api import data_stats, prepare_data
+
+    if args.data_command == "prepare":
+        out = prepare_data(_data_spec(args), args.out, overwrite=args.overwrite)
+        print(out)
+    elif args.data_command == "stats":
+        print(data_stats(_data_spec(args)))
+    else:
+        raise SpecError("give an action: `medqa-bench data prepare` or `medqa-bench data stats`")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from .metrics import list_metrics
+
+    if args.metrics_command != "list":
+        raise SpecError("give an action: `medqa-bench metrics list`")
+    rows = list_metrics(plugins=tuple(args.plugin or ()))
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'metric':<{width}}  better  kind       source")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {'higher' if r['higher_is_better'] else 'lower ':<6}  {r.get('kind', ''):<9}  {r.get('source', '')}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "score": cmd_score, "report": cmd_report, "train": cmd_train, "data": cmd_data, "metrics": cmd_metrics}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
+    if not args.debug:
+        for noisy in ("transformers", "sentence_transformers", "httpx", "urllib3", "datasets", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        import os
+        import warnings
+
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        warnings.filterwarnings("ignore", module="(transformers|torch|peft|trl|bitsandbytes)")
+    try:
+        return COMMANDS[args.command](args)
+    except MedQABenchError as exc:
+        if args.debug:
+            raise
+        print(f"medqa-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except FileExistsError as exc:
+        if args.debug:
+            raise
+        print(f"medqa-bench: error: {exc.filename or exc} already exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medqa-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

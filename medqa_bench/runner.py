@@ -1,0 +1,302 @@
+"""The evaluation run: data -> model + adapters -> NLL and generations (cached) -> scores -> analysis -> report.
+
+``run(spec)`` writes a run folder (results.json, samples.jsonl, report.html); ``score(run_dir)`` re-scores saved
+generations without loading the language model. Both return the run folder's path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__, atomic
+from .cache import InferenceCache, cache_key
+from .data import Example, load_dataset
+from .errors import AdapterError, RunError
+from .fingerprint import sha256_json
+from .inference import CompletionNLL, Generation, completion_nll, generate, model_context_length
+from .models import DEFAULT_MODEL, LoadedModel, attach_adapters, load_base, pick_device, system_active
+from .provenance import environment
+from .schema import SCHEMA_VERSION
+from .spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADAPTER = "smollm2-135m-symptoms-qlora"
+#: Items on which each adapter must change the log-probabilities, checked before any generation.
+ADAPTER_CHECK_ITEMS = 4
+
+
+def shipped_adapter() -> Path | None:
+    from .paths import shipped_adapters_dir
+
+    folder = shipped_adapters_dir() / DEFAULT_ADAPTER
+    return folder if (folder / "adapter_config.json").exists() else None
+
+
+def select_items(examples: list[Example], limit: int, seed: int) -> list[Example]:
+    """A seeded sample of ``limit`` items (0: all), kept in split order."""
+    if not limit or limit >= len(examples):
+        return list(examples)
+    keep = set(random.Random(seed).sample(range(len(examples)), limit))
+    return [e for i, e in enumerate(examples) if i in keep]
+
+
+def _adapters_for(spec: RunSpec) -> dict[str, str]:
+    if spec.adapters:
+        return dict(spec.adapters)
+    if spec.default_adapters and spec.model == DEFAULT_MODEL:
+        folder = shipped_adapter()
+        if folder is not None:
+            return {DEFAULT_ADAPTER: str(folder)}
+    return {}
+
+
+def _cache_for(spec: RunSpec) -> InferenceCache:
+    if spec.cache is None:
+        return InferenceCache(None)
+    if spec.cache == "default":
+        from .paths import cache_dir
+
+        return InferenceCache(cache_dir() / "inference.sqlite")
+    return InferenceCache(spec.cache)
+
+
+def _identity(loaded: LoadedModel, system: str) -> dict[str, Any]:
+    adapter = loaded.adapters.get(system)
+    return {
+        "model": loaded.source.fingerprint,
+        "adapter": adapter.fingerprint if adapter else None,
+        "quantization": loaded.quantization,
+        "dtype": loaded.dtype,
+        "device": loaded.device.split(":")[0],
+    }
+
+
+def _cached_nll(loaded, system, prompts, completions, spec, cache, progress) -> list[CompletionNLL]:
+    max_length = spec.max_length or model_context_length(loaded.model, loaded.tokenizer)
+    ident = _identity(loaded, system)
+    keys = [cache_key("nll", ident, {"prompt": p, "completion": c, "max_length": max_length})
+            for p, c in zip(prompts, completions)]
+    found = cache.get_many(keys)
+    out: list[CompletionNLL | None] = [CompletionNLL(**found[k]) if k in found else None for k in keys]
+    todo = [i for i, v in enumerate(out) if v is None]
+    if todo:
+        def store(j: int, value: CompletionNLL) -> None:
+            cache.put_many([(keys[todo[j]], "nll", {"nll_sum": value.nll_sum, "nll_tokens": value.nll_tokens})])
+
+        with system_active(loaded, system) as model:
+            fresh = completion_nll(model, loaded.tokenizer, [prompts[i] for i in todo], [completions[i] for i in todo],
+                                   batch_size=spec.batch_size, max_length=max_length, progress=progress,
+                                   desc=f"nll {system}", on_result=store)
+        for j, i in enumerate(todo):
+            out[i] = fresh[j]
+    return out  # type: ignore[return-value]
+
+
+def _cached_generate(loaded, system, prompts, spec, cache, progress) -> list[Generation]:
+    ident = _identity(loaded, system)
+    decoding = spec.decoding.to_dict()
+    keys = [cache_key("generate", ident, {"prompt": p, "decoding": decoding}) for p in prompts]
+    found = cache.get_many(keys)
+    out: list[Generation | None] = [Generation(**found[k]) if k in found else None for k in keys]
+    todo = [i for i, v in enumerate(out) if v is None]
+    if todo:
+        def store(j: int, g: Generation) -> None:
+            cache.put_many([(keys[todo[j]], "generate", {"text": g.text, "generated_tokens": g.generated_tokens,
+                                                         "truncated": g.truncated})])
+
+        with system_active(loaded, system) as model:
+            fresh = generate(model, loaded.tokenizer, [prompts[i] for i in todo], spec.decoding,
+                             batch_size=spec.batch_size, progress=progress, desc=f"generate {system}", on_result=store)
+        for j, i in enumerate(todo):
+            out[i] = fresh[j]
+    return out  # type: ignore[return-value]
+
+
+def check_adapters_change_model(nlls: dict[str, list[CompletionNLL]], n: int = ADAPTER_CHECK_ITEMS) -> None:
+    """Fail loudly if an adapter leaves the log-probabilities of the first items unchanged (other harnesses then
+    silently evaluate the base model)."""
+    base = nlls["baseline"][:n]
+    for name, values in nlls.items():
+        if name == "baseline":
+            continue
+        if all(abs(a.nll_sum - b.nll_sum) <= 1e-6 * max(1.0, abs(b.nll_sum)) for a, b in zip(values[:n], base)):
+            raise AdapterError(
+                f"adapter '{name}' does not change the model: the log-probabilities of {len(base)} items equal the "
+                "baseline's (LoRA B weights all zero, or the adapter's target modules are not in this model?)"
+            )
+
+
+def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
+    """Evaluate the baseline and every adapter of ``spec``; write and return the run folder."""
+    spec = spec or RunSpec()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    device = pick_device(spec.device)
+    spec = spec.resolved_for(device)
+    adapters = _adapters_for(spec)
+    spec = spec.replace(adapters=tuple(adapters.items()))
+
+    t = time.perf_counter()
+    dataset = load_dataset(spec.data)
+    pool = dataset.split(spec.split)
+    items = select_items(pool, spec.limit or 0, spec.sample_seed)
+    if spec.limit and spec.limit < len(pool):
+        log.info("evaluating a seeded sample of %d of %d %s items (--limit 0 evaluates all)", len(items), len(pool), spec.split)
+    else:
+        log.info("evaluating all %d %s items", len(items), spec.split)
+    timings["data_s"] = time.perf_counter() - t
+
+    from .metrics import resolve_metrics  # resolve before the model loads: a typo fails in a second, not minutes
+
+    metrics = resolve_metrics(list(spec.metrics) if spec.metrics else None, plugins=spec.plugins, params=spec.metric_params)
+
+    t = time.perf_counter()
+    loaded = load_base(spec.model, quantization=spec.quantization, device=device, dtype=spec.dtype)
+    attach_adapters(loaded, adapters)
+    timings["load_s"] = time.perf_counter() - t
+
+    tok = loaded.tokenizer
+    prompts = [e.prompt(spec.prompt_format, tok) for e in items]
+    completions = [e.completion(spec.prompt_format) for e in items]
+    systems = ["baseline", *adapters]
+    cache = _cache_for(spec)
+    try:
+        t = time.perf_counter()
+        nlls = {s: _cached_nll(loaded, s, prompts, completions, spec, cache, progress) for s in systems}
+        check_adapters_change_model(nlls)
+        timings["nll_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        gens = {s: _cached_generate(loaded, s, prompts, spec, cache, progress) for s in systems}
+        timings["generate_s"] = time.perf_counter() - t
+        cache_stats = {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path) if cache.path else None}
+    finally:
+        cache.close()
+
+    samples = []
+    for i, e in enumerate(items):
+        record: dict[str, Any] = {
+            "id": e.id, "qtype": e.qtype, "focus": e.focus, "question": e.question, "prompt": prompts[i],
+            "reference": e.answer, "references": list(e.references),
+            "reference_tokens": len(tok(e.answer, add_special_tokens=False)["input_ids"]),
+            "systems": {},
+        }
+        for s in systems:
+            g, n = gens[s][i], nlls[s][i]
+            record["systems"][s] = {
+                "prediction": g.text, "generated_tokens": g.generated_tokens, "truncated": g.truncated,
+                "nll_sum": n.nll_sum, "nll_tokens": n.nll_tokens, "perplexity": n.perplexity,
+            }
+        samples.append(record)
+
+    from .analysis.training import read_training_log
+
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "medqa_bench_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_name": spec.run_name,
+        "spec": spec.to_dict(),
+        "environment": environment(),
+        "model": loaded.describe(),
+        "systems": {"baseline": {"kind": "baseline", "adapter": None, "training_log": None}},
+        "data": {
+            "source": spec.data.path or "bundled:medquad.csv.gz",
+            "fingerprint": dataset.manifest.data_fingerprint,
+            "manifest_fingerprint": dataset.manifest.fingerprint,
+            "split": spec.split,
+            "split_size": len(pool),
+            "n_items": len(items),
+            "limit": spec.limit,
+            "sample_seed": spec.sample_seed,
+            "item_ids_fingerprint": "sha256:" + sha256_json([e.id for e in items]),
+            "dropped_empty_rows": dataset.report.dropped_empty,
+        },
+        "cache": cache_stats,
+    }
+    for name, info in loaded.adapters.items():
+        results["systems"][name] = {"kind": "adapter", "adapter": info.to_dict(), "training_log": read_training_log(info.path)}
+    del loaded
+    out_dir = spec.output_path
+    timings["inference_total_s"] = time.perf_counter() - t0
+    return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress)
+
+
+def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, timings, progress) -> Path:
+    from .analysis import analyze
+    from .metrics.scoring import score_samples
+
+    systems = list(results["systems"])
+    t = time.perf_counter()
+    scored, metric_info = score_samples(samples, metrics, systems, seed=spec.seed, progress=progress)
+    timings["score_s"] = time.perf_counter() - t
+    results["metrics"] = metric_info
+    results["results"] = scored
+    t = time.perf_counter()
+    results["analysis"] = analyze(results, samples, similarity_metric=spec.analysis.similarity_metric,
+                                  thresholds=spec.analysis.thresholds or None, seed=spec.analysis.seed)
+    timings["analysis_s"] = time.perf_counter() - t
+    results["timings"] = {**results.get("timings", {}), **{k: round(v, 3) for k, v in timings.items()}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # samples first, results last: a results.json always has its samples beside it.
+    atomic.write_jsonl(out_dir / "samples.jsonl", samples)
+    atomic.write_json(out_dir / "results.json", results)
+    if spec.report:
+        from .report import render_report
+
+        t = time.perf_counter()
+        render_report([out_dir])
+        results["timings"]["report_s"] = round(time.perf_counter() - t, 3)
+        atomic.write_json(out_dir / "results.json", results)
+    log.info("wrote %s", out_dir)
+    return out_dir
+
+
+def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Load (results, samples) of a run folder, checking the schema version."""
+    run_dir = Path(run_dir)
+    rpath, spath = run_dir / "results.json", run_dir / "samples.jsonl"
+    if not run_dir.is_dir():
+        raise RunError(f"run folder {run_dir} does not exist")
+    if not rpath.exists() or not spath.exists():
+        raise RunError(f"{run_dir} is not a complete run folder (needs results.json and samples.jsonl)")
+    try:
+        results = json.loads(rpath.read_text(encoding="utf-8"))
+        samples = [json.loads(line) for line in spath.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{run_dir}: unreadable run files ({exc})") from None
+    version = str(results.get("schema_version", ""))
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise RunError(f"{rpath} has schema version {version or 'none'}; this medqa-bench reads {SCHEMA_VERSION}")
+    return results, samples
+
+
+def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tuple[str, ...] = (),
+          metric_params: dict | None = None, report: bool = True, progress: bool = True) -> Path:
+    """Re-score a run folder's saved generations (no language model is loaded) and re-render its report."""
+    from .metrics import resolve_metrics
+
+    run_dir = Path(run_dir)
+    results, samples = read_run(run_dir)
+    spec = RunSpec.from_dict(results["spec"])
+    changes: dict[str, Any] = {"report": report}
+    if metrics:
+        changes["metrics"] = tuple(metrics)
+    if plugins:
+        changes["plugins"] = tuple(plugins)
+    if metric_params:
+        changes["metric_params"] = {**spec.metric_params, **metric_params}
+    spec = spec.replace(**changes)
+    resolved = resolve_metrics(list(spec.metrics) if spec.metrics else None, plugins=spec.plugins, params=spec.metric_params)
+    for record in samples:
+        for sys_record in record["systems"].values():
+            for key in ("scores", "best_reference", "distractor_scores", "nearest_qtype"):
+                sys_record.pop(key, None)
+    results["spec"] = spec.to_dict()
+    return _score_and_write(run_dir, results, samples, resolved, spec, dict(results.get("timings", {})), progress)

@@ -1,0 +1,187 @@
+"""The run is data: a frozen, serialisable :class:`RunSpec` drives everything and is written into results.json.
+
+A spec comes from a YAML or TOML file and/or keyword overrides (the CLI's flags), flags winning::
+
+    spec = RunSpec.from_file("run.yaml", limit=50)
+    spec = RunSpec(adapters=(("ft", "adapters/smollm2"),), limit=20)
+
+Example file (YAML)::
+
+    name: smollm2-symptoms
+    model: smollm2-135m-instruct
+    adapters: {ft: adapters/smollm2-135m-symptoms}
+    data: {qtype: symptoms, split: {seed: 42, strategy: grouped}}
+    split: test
+    limit: 100
+    decoding: {max_new_tokens: 256}
+    metrics: [perplexity, rougeL, embedding_similarity]
+    metric_params: {embedding_similarity: {model: /models/all-MiniLM-L6-v2}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import PROMPT_FORMATS, DataSpec
+from .errors import SpecError
+from .inference import DecodingParams
+from .models import DEFAULT_MODEL
+
+#: Items evaluated by default on a CPU, so a first run ends in minutes; ``limit: 0`` evaluates the full split.
+CPU_DEFAULT_LIMIT = 24
+CPU_DEFAULT_MAX_NEW_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    similarity_metric: str | None = None  # None: embedding_similarity when scored, else the first bounded metric
+    thresholds: dict[str, Any] = field(default_factory=dict)  # {"t": .., "t_low": .., "t_high": ..} per metric or flat
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a run depends on. ``limit=None`` means "auto": the full split on GPU, a sample on CPU."""
+
+    name: str | None = None
+    model: str = DEFAULT_MODEL
+    adapters: tuple[tuple[str, str], ...] = ()
+    default_adapters: bool = True  # with no adapters given, compare the default model with its shipped adapter
+    data: DataSpec = DataSpec()
+    split: str = "test"
+    limit: int | None = None
+    sample_seed: int = 0
+    prompt_format: str = "reference"
+    decoding: DecodingParams | None = None  # None: "auto" (256 new tokens on GPU, 128 on CPU)
+    batch_size: int | str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    quantization: str = "none"
+    max_length: int | None = None  # context for NLL scoring (sliding window beyond it); None: the model's
+    metrics: tuple[str, ...] | None = None  # None: medqa_bench.metrics.DEFAULT_METRICS
+    metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
+    analysis: AnalysisSpec = AnalysisSpec()
+    output_dir: str | None = None  # default reports/<name>
+    cache: str | None = "default"  # "default": the user cache; None: no cache; else a path
+    report: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise SpecError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, not '{self.prompt_format}'")
+        if self.quantization not in ("none", "4bit"):
+            raise SpecError(f"quantization must be '4bit' or 'none', not '{self.quantization}'")
+        if not (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0)):
+            raise SpecError(f"batch_size must be 'auto' or a positive integer, not {self.batch_size!r}")
+        if self.limit is not None and self.limit < 0:
+            raise SpecError(f"limit must be >= 0 (0 = the full split), not {self.limit}")
+        names = [n for n, _ in self.adapters]
+        if len(set(names)) != len(names):
+            raise SpecError(f"adapter names must be unique: {names}")
+        for n in names:
+            if n == "baseline" or not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", n):
+                raise SpecError(f"adapter name '{n}' is invalid: use letters, digits, '.', '_', '-' and not 'baseline'")
+
+    # ------------------------------------------------------------------ serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["adapters"] = {n: p for n, p in self.adapters}
+        d["data"] = self.data.to_dict()
+        d["decoding"] = self.decoding.to_dict() if self.decoding else None
+        d["metrics"] = list(self.metrics) if self.metrics is not None else None
+        d["plugins"] = list(self.plugins)
+        d["analysis"] = dataclasses.asdict(self.analysis)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            k = unknown[0]
+            near = difflib.get_close_matches(k, known, n=1)
+            raise SpecError(f"unknown run spec key '{k}'" + (f"; did you mean '{near[0]}'?" if near else f"; keys: {', '.join(sorted(known))}"))
+        if "adapters" in d:
+            a = d["adapters"] or {}
+            d["adapters"] = tuple(a.items()) if isinstance(a, dict) else tuple(tuple(x) for x in a)
+        if isinstance(d.get("data"), dict):
+            try:
+                d["data"] = DataSpec.from_dict(d["data"])
+            except TypeError as exc:
+                raise SpecError(f"invalid data section: {exc}") from None
+        if isinstance(d.get("decoding"), dict):
+            try:
+                d["decoding"] = DecodingParams(**d["decoding"])
+            except TypeError as exc:
+                raise SpecError(f"invalid decoding section: {exc}") from None
+        if isinstance(d.get("analysis"), dict):
+            d["analysis"] = AnalysisSpec(**d["analysis"])
+        for key in ("metrics", "plugins"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "RunSpec":
+        """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) spec; keyword overrides win over the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"run spec file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+
+                d = tomllib.loads(text)
+            elif path.suffix in (".yaml", ".yml", ".json"):
+                import yaml
+
+                d = yaml.safe_load(text) or {}
+            else:
+                raise SpecError(f"{path}: a run spec is .yaml, .yml or .toml")
+        except SpecError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - yaml/toml parser errors
+            raise SpecError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+        if not isinstance(d, dict):
+            raise SpecError(f"{path}: a run spec is a mapping of keys to values")
+        base = cls.from_dict(d)
+        return base.replace(**overrides) if overrides else base
+
+    def replace(self, **changes: Any) -> "RunSpec":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        model = Path(self.model).name if "/" in self.model or "\\" in self.model else self.model
+        return f"{model}-{self.data.qtype.replace(',', '+')}-{self.split}".replace(" ", "_")
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("reports") / self.run_name
+
+    def resolved_for(self, device: str) -> "RunSpec":
+        """Fill the "auto" fields that depend on the device, so results.json records what really ran."""
+        changes: dict[str, Any] = {}
+        cpu = not device.startswith("cuda")
+        if self.limit is None:
+            changes["limit"] = CPU_DEFAULT_LIMIT if cpu else 0
+        if self.decoding is None:
+            changes["decoding"] = DecodingParams(max_new_tokens=CPU_DEFAULT_MAX_NEW_TOKENS if cpu else 256)
+        return self.replace(**changes) if changes else self
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
