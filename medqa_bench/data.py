@@ -194,6 +194,7 @@ def normalize_question(text: str) -> str:
 class LoadReport:
     rows: int = 0
     dropped_empty: int = 0
+    kept: int = 0  # rows that passed the qtype filter (several may form one multi-reference item)
     qtypes: dict[str, int] = field(default_factory=dict)
 
 
@@ -240,6 +241,7 @@ def build_examples(
         qt = str(row.get(columns.qtype, "") or "").strip() if has_qtype else ""
         if wanted is not None and qt not in wanted:
             continue
+        report.kept += 1
         key = qt + "\0" + normalize_question(q)
         if key not in groups:
             groups[key] = []

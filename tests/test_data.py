@@ -1,0 +1,150 @@
+"""The data pipeline on the bundled MedQuAD and on bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from medqa_bench.data import (
+    REFERENCE_TEMPLATE,
+    ColumnMap,
+    DataSpec,
+    SplitOptions,
+    load_dataset,
+    normalize_question,
+)
+from medqa_bench.errors import DataError
+
+
+def test_bundled_counts(symptoms):
+    assert symptoms.report.rows == 16407
+    assert symptoms.report.qtypes["symptoms"] == 2748
+    # rows repeating a question are one item with several references
+    assert symptoms.report.kept == 2748
+    assert len(symptoms.examples) == 2669
+    assert sum(len(e.references) > 1 for e in symptoms.examples) > 0
+    assert all(e.qtype == "symptoms" for e in symptoms.examples)
+
+
+def test_template_text_exact(symptoms):
+    ex = symptoms.split("test")[0]
+    assert REFERENCE_TEMPLATE == "### Question Type:\n{qtype}\n\n### Question:\n{question}\n\n### Answer:"
+    assert ex.prompt() == f"### Question Type:\nsymptoms\n\n### Question:\n{ex.question}\n\n### Answer:"
+    assert ex.completion() == " " + ex.answer
+
+
+def test_split_ratios_and_no_leakage(symptoms):
+    sizes = {k: len(v) for k, v in symptoms.splits.items()}
+    n = sum(sizes.values())
+    assert n == len(symptoms.examples)
+    assert abs(sizes["train"] / n - 0.8) < 0.02 and abs(sizes["test"] / n - 0.1) < 0.02
+    seen_q, seen_f = {}, {}
+    for name, items in symptoms.splits.items():
+        for e in items:
+            q = normalize_question(e.question)
+            assert seen_q.setdefault(q, name) == name, f"question {q!r} in two splits"
+            assert seen_f.setdefault(e.focus.lower(), name) == name, f"focus {e.focus!r} in two splits"
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    a, b = load_dataset(), load_dataset()
+    assert a.manifest.splits == b.manifest.splits and a.manifest.fingerprint == b.manifest.fingerprint
+    c = load_dataset(DataSpec(split=SplitOptions(seed=7)))
+    assert c.manifest.splits["test"] != a.manifest.splits["test"]
+    assert c.manifest.fingerprint != a.manifest.fingerprint
+
+
+def _focus_leaks(ds):
+    foci, leaked = {}, 0
+    for name, items in ds.splits.items():
+        for e in items:
+            if e.focus:  # rows without a focus are grouped by question text alone
+                leaked += foci.setdefault(e.focus.lower(), name) != name
+    return leaked
+
+
+def test_random_split_is_available_and_leaks():
+    # Over all qtypes a focus has many questions: the naive split spreads topics over splits, the grouped one never.
+    assert _focus_leaks(load_dataset(DataSpec(qtype="all", split=SplitOptions(strategy="random")))) > 0
+    assert _focus_leaks(load_dataset(DataSpec(qtype="all"))) == 0
+
+
+def test_qtype_list_and_all():
+    two = load_dataset(DataSpec(qtype="symptoms,causes"))
+    assert {e.qtype for e in two.examples} == {"symptoms", "causes"}
+    every = load_dataset(DataSpec(qtype="all"))
+    assert len({e.qtype for e in every.examples}) >= 15
+
+
+def test_manifest_roundtrip(tmp_path, symptoms):
+    from medqa_bench.api import prepare_data
+
+    out = prepare_data(DataSpec(), tmp_path / "prep")
+    lines = (out / "symptom_qa.jsonl").read_text().splitlines()
+    assert len(lines) == len(symptoms.examples)
+    assert set(json.loads(lines[0])) == {"prompt", "completion"}
+    again = load_dataset(DataSpec(manifest=str(out / "manifest.json")))
+    assert [e.id for e in again.split("test")] == [e.id for e in symptoms.split("test")]
+    with pytest.raises(FileExistsError):
+        prepare_data(DataSpec(), tmp_path / "prep")
+
+
+def test_jsonl_and_column_mapping(tmp_path):
+    rows = [{"q": f"What are the symptoms of D{i} ?", "a": f"Answer {i}", "t": "symptoms", "f": f"D{i}"} for i in range(20)]
+    rows.append({"q": "", "a": "x", "t": "symptoms", "f": "x"})
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    ds = load_dataset(DataSpec(path=str(p), columns=ColumnMap(question="q", answer="a", qtype="t", focus="f", id="id")))
+    assert len(ds.examples) == 20 and ds.report.dropped_empty == 1
+
+
+def test_list_column_gives_several_references(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"Question": "Q?", "Answer": ["one", "two"], "qtype": "symptoms"}) + "\n")
+    ds = load_dataset(DataSpec(path=str(p)))
+    assert ds.examples[0].references == ("one", "two")
+
+
+def test_hf_dataset(tmp_path):
+    import datasets
+
+    from medqa_bench.data import load_dataset as load
+
+    hf = datasets.Dataset.from_dict({"Question": [f"Q{i}?" for i in range(10)], "Answer": [f"A{i}" for i in range(10)],
+                                     "qtype": ["symptoms"] * 10})
+    ds = load(DataSpec(), hf_dataset=hf)
+    assert len(ds.examples) == 10
+    hf.save_to_disk(str(tmp_path / "saved"))
+    assert len(load(DataSpec(path=str(tmp_path / "saved"))).examples) == 10
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.csv", None, "does not exist"),
+        ("data.parquet", b"x", "unknown format"),
+        ("empty.csv", b"", "is empty"),
+        ("header.csv", b"Question,Answer,qtype\n", "no rows"),
+        ("cols.csv", b"Q,A,qtype\nq,a,symptoms\n", "column 'Question' not found; columns are: Q, A, qtype; map it with --question-column"),
+        ("qt.csv", b"Question,Answer,qtype\nq,a,causes\n", "no rows for qtype ['symptoms']; qtypes present: causes (1)"),
+        ("latin1.csv", "Question,Answer,qtype\nq,caf\u00e9,symptoms\n".encode("latin-1"), "not UTF-8 at byte"),
+        ("bad.jsonl", b'{"Question": "q"\n', "line 1 is not valid JSON"),
+        ("bad.csv.gz", b"not gzip", "not a valid gzip"),
+    ],
+)
+def test_bad_inputs(tmp_path, name, content, message):
+    p = tmp_path / name
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_dataset(DataSpec(path=str(p)))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_gzip_csv(tmp_path):
+    p = tmp_path / "d.csv.gz"
+    p.write_bytes(gzip.compress(b"Question,Answer,qtype\nq1,a1,symptoms\nq2,a2,symptoms\n"))
+    assert len(load_dataset(DataSpec(path=str(p))).examples) == 2

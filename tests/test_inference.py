@@ -1,0 +1,119 @@
+"""Completion NLL (one definition, batch- and padding-invariant), generation, adapters on one base."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from medqa_bench.errors import AdapterError
+from medqa_bench.inference import DecodingParams, completion_nll, encode_pair, generate
+from medqa_bench.models import attach_adapters, load_base, read_adapter, system_active
+
+
+@pytest.fixture(scope="module")
+def items(symptoms):
+    ex = symptoms.split("test")[:8]
+    return [e.prompt() for e in ex], [e.completion() for e in ex]
+
+
+def test_nll_equals_the_models_own_loss(default_model, items):
+    model, tok = default_model.model, default_model.tokenizer
+    prompts, completions = items
+    ours = completion_nll(model, tok, prompts[:3], completions[:3], batch_size=3, progress=False)
+    for p, c, value in zip(prompts, completions, ours):
+        ctx, cont = encode_pair(tok, p, c)
+        ids = torch.tensor([ctx + cont])
+        labels = ids.clone()
+        labels[0, : len(ctx)] = -100
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss.item()  # mean over the completion tokens
+        assert value.nll_tokens == len(cont)
+        assert value.nll_sum == pytest.approx(loss * len(cont), rel=1e-5)
+        assert value.perplexity == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_batch_size_and_padding_side_invariance(default_model, items):
+    model, tok = default_model.model, default_model.tokenizer
+    prompts, completions = items
+    one = completion_nll(model, tok, prompts, completions, batch_size=1, progress=False)
+    for kwargs in ({"batch_size": 8}, {"batch_size": 8, "padding_side": "left"}, {"batch_size": "auto"}):
+        other = completion_nll(model, tok, prompts, completions, progress=False, **kwargs)
+        for a, b in zip(one, other):
+            assert a.nll_tokens == b.nll_tokens
+            assert b.nll_sum == pytest.approx(a.nll_sum, rel=1e-4)
+
+
+def test_sliding_window_scores_every_token_once(default_model, items):
+    model, tok = default_model.model, default_model.tokenizer
+    prompts, completions = items
+    full = completion_nll(model, tok, prompts[:2], completions[:2], progress=False)
+    windowed = completion_nll(model, tok, prompts[:2], completions[:2], max_length=64, stride=32, progress=False)
+    for f, w in zip(full, windowed):
+        assert w.nll_tokens == f.nll_tokens  # nothing truncated
+        assert math.isfinite(w.nll_sum)
+        # less context can only make the answer harder to predict, never wildly different
+        assert 0.8 * f.nll_sum < w.nll_sum < 1.5 * f.nll_sum
+    # a window as long as the sequence gives the unwindowed value exactly
+    long_enough = completion_nll(model, tok, prompts[:1], completions[:1], max_length=4096, progress=False)
+    assert long_enough[0].nll_sum == pytest.approx(full[0].nll_sum, rel=1e-6)
+
+
+def test_generation_flags_truncation_and_counts_tokens(default_model, items):
+    model, tok = default_model.model, default_model.tokenizer
+    prompts, _ = items
+    chat = [tok.apply_chat_template([{"role": "user", "content": "Say hello."}], tokenize=False, add_generation_prompt=True)]
+    out = generate(model, tok, prompts[:3] + chat, DecodingParams(max_new_tokens=6), batch_size=2, progress=False)
+    for g in out:
+        assert 0 < g.generated_tokens <= 6
+        assert g.truncated == (g.generated_tokens == 6 and not g.text.endswith("<|im_end|>"))
+        assert "<|im_end|>" not in g.text
+    # greedy decoding does not depend on the batch
+    alone = generate(model, tok, chat, DecodingParams(max_new_tokens=6), batch_size=1, progress=False)
+    assert alone[0] == out[-1]
+
+
+def test_adapter_hot_swap_on_one_base(lora_adapter, items):
+    loaded = load_base("smollm2-135m-instruct", device="cpu", dtype="float32")
+    base_model = loaded.model
+    attach_adapters(loaded, {"ft": lora_adapter, "ft2": lora_adapter})
+    assert loaded.model.base_model.model is base_model  # attached, not reloaded
+    prompts, completions = items
+    values = {}
+    for s in ("baseline", "ft", "baseline", "ft2"):
+        with system_active(loaded, s) as model:
+            values.setdefault(s, []).append(completion_nll(model, loaded.tokenizer, prompts[:2], completions[:2], progress=False))
+    assert values["baseline"][0] == values["baseline"][1]  # disabling adapters restores the base exactly
+    assert values["ft"][0][0].nll_sum != pytest.approx(values["baseline"][0][0].nll_sum, rel=1e-6)
+    assert values["ft2"][0] == values["ft"][0]  # the same weights under another name
+
+
+def test_adapter_errors(tmp_path, default_model, lora_adapter):
+    with pytest.raises(AdapterError, match="does not exist"):
+        read_adapter("x", tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        read_adapter("x", tmp_path / "empty")
+
+
+def test_adapter_of_another_base_is_refused(tmp_path, lora_adapter):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=30,
+                                        num_attention_heads=4, num_key_value_heads=2))
+    other = get_peft_model(tiny, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    other.save_pretrained(tmp_path / "other")
+    loaded = load_base("smollm2-135m-instruct", device="cpu", dtype="float32")
+    with pytest.raises(AdapterError, match="does not fit base"):
+        attach_adapters(loaded, {"other": tmp_path / "other"})
+    # recorded base fingerprint of the trainer's metadata
+    import shutil
+
+    shutil.copytree(lora_adapter, tmp_path / "labelled")
+    (tmp_path / "labelled" / "medqa_bench.json").write_text(json.dumps({"base_model": {"reference": "meta-llama/Llama-3.2-1B-Instruct", "fingerprint": "hub:meta-llama/Llama-3.2-1B-Instruct@abc"}}))
+    loaded = load_base("smollm2-135m-instruct", device="cpu", dtype="float32")
+    with pytest.raises(AdapterError, match="was trained on base meta-llama"):
+        attach_adapters(loaded, {"labelled": tmp_path / "labelled"})
