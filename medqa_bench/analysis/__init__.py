@@ -6,7 +6,7 @@ on the items both scored; ``results["systems"][adapter]["compared_with"]`` names
 report holds several (otherwise the one system of kind ``baseline``).
 
 Thresholds (``t`` for a match, ``t_low``/``t_high`` for partial/correct) come, first found first, from the
-``thresholds`` argument, ``results["spec"]["thresholds"]``, or :data:`DEFAULT_THRESHOLDS`.
+``thresholds`` argument, ``results["spec"]["analysis"]["thresholds"]``, or :data:`DEFAULT_THRESHOLDS`.
 """
 
 from __future__ import annotations
@@ -31,10 +31,20 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "rougeL": {"t": 0.30, "t_low": 0.20, "t_high": 0.45},
     "rouge1": {"t": 0.35, "t_low": 0.25, "t_high": 0.50},
     "rouge2": {"t": 0.15, "t_low": 0.10, "t_high": 0.25},
+    "rougeLsum": {"t": 0.30, "t_low": 0.20, "t_high": 0.45},
+    "fuzzy_token_set": {"t": 0.60, "t_low": 0.45, "t_high": 0.75},
+    "token_f1": {"t": 0.35, "t_low": 0.25, "t_high": 0.50},
 }
 GENERIC_THRESHOLDS = {"t": 0.50, "t_low": 0.35, "t_high": 0.65}  # any other metric bounded to [0, 1]
 
-__all__ = ["analyze", "DEFAULT_THRESHOLDS", "DEFAULT_SIMILARITY_METRIC", "bounded_metrics", "system_roles"]
+__all__ = [
+    "analyze",
+    "DEFAULT_THRESHOLDS",
+    "DEFAULT_SIMILARITY_METRIC",
+    "bounded_metrics",
+    "similarity_metrics",
+    "system_roles",
+]
 
 
 def analyze(
@@ -55,11 +65,13 @@ def analyze(
     if n_bootstrap < 100:
         raise SpecError(f"n_bootstrap={n_bootstrap} is too few for a 95% interval; use at least 100 (default 2000)")
     spec = results.get("spec") or {}
+    spec_analysis = spec.get("analysis") or {}  # spec.AnalysisSpec
+    spec_thresholds = spec_analysis.get("thresholds") or spec.get("thresholds")
     systems, baselines = system_roles(results, samples)
     metrics = _metric_infos(results, samples)
-    metric = _choose_metric(metrics, similarity_metric or spec.get("similarity_metric"))
-    th, th_source = (None, None) if metric is None else _thresholds(metric, thresholds, spec.get("thresholds"), True)
-    match_t = {m: _thresholds(m, thresholds, spec.get("thresholds"), m == metric)[0]["t"] for m in bounded_metrics(metrics)}
+    metric = _choose_metric(metrics, similarity_metric or spec_analysis.get("similarity_metric"))
+    th, th_source = (None, None) if metric is None else _thresholds(metric, thresholds, spec_thresholds, True)
+    match_t = {m: _thresholds(m, thresholds, spec_thresholds, m == metric)[0]["t"] for m in bounded_metrics(metrics)}
 
     out: dict[str, Any] = {
         "version": ANALYSIS_VERSION,
@@ -91,7 +103,9 @@ def system_roles(results: dict, samples: list[dict]) -> tuple[list[str], dict[st
     """System names in run order, and ``{adapter: its baseline}``."""
     info = results.get("systems") or {}
     names = list(info) or list(dict.fromkeys(n for s in samples for n in s.get("systems", {})))
-    base_names = [n for n in names if (info.get(n) or {}).get("kind") == "baseline"] or [n for n in names if n == "baseline"]
+    base_names = [n for n in names if (info.get(n) or {}).get("kind") == "baseline"] or [
+        n for n in names if n == "baseline"
+    ]
     baselines = {}
     for n in names:
         if n in base_names:
@@ -123,18 +137,24 @@ def bounded_metrics(metrics: dict[str, dict]) -> list[str]:
     return out
 
 
+def similarity_metrics(metrics: dict[str, dict]) -> list[str]:
+    """Bounded reference metrics: scored against a distractor too, so the confusion views can use them."""
+    return [m for m in bounded_metrics(metrics) if (metrics[m].get("kind") or "reference") == "reference"]
+
+
 def _choose_metric(metrics: dict[str, dict], requested: str | None) -> str | None:
-    bounded = bounded_metrics(metrics)
+    usable = similarity_metrics(metrics)
     if requested:
-        if requested not in bounded:
+        if requested not in usable:
             raise MetricError(
-                f"similarity metric '{requested}' is not a metric of this run with bounds [0, 1]; "
-                f"bounded metrics are: {', '.join(bounded) or 'none'}"
+                f"similarity metric '{requested}' is not a reference metric of this run with bounds [0, 1]; "
+                f"usable metrics are: {', '.join(usable) or 'none'}"
             )
         return requested
-    if DEFAULT_SIMILARITY_METRIC in bounded:
-        return DEFAULT_SIMILARITY_METRIC
-    return bounded[0] if bounded else None
+    # Graded similarities before the rest (exact_match is bounded too, but a 0/1 score makes a poor soft match).
+    preferred = [DEFAULT_SIMILARITY_METRIC, *DEFAULT_THRESHOLDS]
+    ranked = sorted(usable, key=lambda m: preferred.index(m) if m in preferred else len(preferred))
+    return ranked[0] if ranked else None
 
 
 def _thresholds(metric: str, given: dict | None, from_spec: dict | None, chosen_metric: bool) -> tuple[dict, str]:
@@ -197,21 +217,31 @@ def _confusion(samples, systems, baselines, metric, th) -> tuple[dict, dict[str,
     for adapter, base in baselines.items():
         paired = [(_score(s, base, metric), _score(s, adapter, metric)) for s in samples]
         paired = [(b, a) for b, a in paired if b is not None and a is not None]
-        moves[adapter] = {"baseline": base, **confusion.transitions(*zip(*paired), th["t_low"], th["t_high"])} if paired else None
+        moves[adapter] = (
+            {"baseline": base, **confusion.transitions(*zip(*paired), th["t_low"], th["t_high"])} if paired else None
+        )
 
     qtypes = sorted({s.get("qtype") or "" for s in samples})
     by_qtype = None
     if len(qtypes) >= 2:
         by_qtype = {}
         for name in systems:
-            rows = [(s.get("qtype") or "", ((s.get("systems", {}).get(name) or {}).get("nearest_qtype") or {}).get(metric))
-                    for s in samples]
+            rows = [
+                (s.get("qtype") or "", ((s.get("systems", {}).get(name) or {}).get("nearest_qtype") or {}).get(metric))
+                for s in samples
+            ]
             rows = [(q, (str(n[0]), float(n[1]))) for q, n in rows if n and len(n) == 2 and _finite(n[1]) is not None]
             if rows:
-                by_qtype[name] = confusion.qtype_confusion([q for q, _ in rows], [n for _, n in rows], th["t"], rows=qtypes)
+                by_qtype[name] = confusion.qtype_confusion(
+                    [q for q, _ in rows], [n for _, n in rows], th["t"], rows=qtypes
+                )
         by_qtype = by_qtype or None
-    return {"metric": metric, "own_vs_other": own, "graded": {"labels": list(confusion.GRADES), "counts": counts,
-                                                                "transitions": moves}, "qtype": by_qtype}, grades
+    return {
+        "metric": metric,
+        "own_vs_other": own,
+        "graded": {"labels": list(confusion.GRADES), "counts": counts, "transitions": moves},
+        "qtype": by_qtype,
+    }, grades
 
 
 def _per_item(samples, system, metric, info) -> dict[str, float]:
@@ -242,8 +272,14 @@ def _paired(samples, baselines, metrics, match_t, *, seed, n_bootstrap) -> dict:
                 continue
             a, b = np.array([a_items[i] for i in ids]), np.array([b_items[i] for i in ids])
             if info.get("kind") == "nll":
-                cols = [[by_id[i]["systems"][sys][f] for i in ids] for sys in (adapter, base) for f in ("nll_sum", "nll_tokens")]
-                boot = stats.paired_bootstrap_corpus(*cols, exponentiate=_is_perplexity(m), n_bootstrap=n_bootstrap, seed=seed)
+                cols = [
+                    [by_id[i]["systems"][sys][f] for i in ids]
+                    for sys in (adapter, base)
+                    for f in ("nll_sum", "nll_tokens")
+                ]
+                boot = stats.paired_bootstrap_corpus(
+                    *cols, exponentiate=_is_perplexity(m), n_bootstrap=n_bootstrap, seed=seed
+                )
             else:
                 boot = stats.paired_bootstrap(a, b, n_bootstrap=n_bootstrap, seed=seed)
             hib = info.get("higher_is_better")
@@ -283,8 +319,12 @@ def _language_modeling(samples, systems, baselines, *, seed, n_bootstrap) -> dic
     for name, rows in nll.items():
         if rows:
             loss = stats.corpus_loss([r[0] for r in rows.values()], [r[1] for r in rows.values()])
-            out["systems"][name] = {"loss": loss, "perplexity": math.exp(loss), "n_items": len(rows),
-                                    "n_tokens": int(sum(r[1] for r in rows.values()))}
+            out["systems"][name] = {
+                "loss": loss,
+                "perplexity": math.exp(loss),
+                "n_items": len(rows),
+                "n_tokens": int(sum(r[1] for r in rows.values())),
+            }
     for adapter, base in baselines.items():
         ids = [i for i in nll[adapter] if i in nll[base]]
         if not ids:

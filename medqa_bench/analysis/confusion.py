@@ -42,7 +42,11 @@ def own_vs_other(s_pos, s_neg, t: float, *, sweep_steps: int = 51) -> dict:
         **out,
         "auc": float(roc_auc_score(labels, scores)),
         # roc_curve's first threshold is +inf (nothing predicted positive); JSON has no inf, so store null.
-        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": [None if not np.isfinite(x) else float(x) for x in thr]},
+        "roc": {
+            "fpr": fpr.tolist(),
+            "tpr": tpr.tolist(),
+            "thresholds": [None if not np.isfinite(x) else float(x) for x in thr],
+        },
         "sweep": {
             "t": grid.tolist(),
             "precision": [r["precision"] for r in rows],
@@ -87,8 +91,14 @@ def transitions(base_scores, adapter_scores, t_low: float, t_high: float) -> dic
     improved = sum(matrix[i][j] for i in range(3) for j in range(3) if j > i)
     regressed = sum(matrix[i][j] for i in range(3) for j in range(3) if j < i)
     same = sum(matrix[i][i] for i in range(3))
-    return {"labels": list(GRADES), "matrix": matrix, "improved": improved, "regressed": regressed, "same": same,
-            "n": improved + regressed + same}
+    return {
+        "labels": list(GRADES),
+        "matrix": matrix,
+        "improved": improved,
+        "regressed": regressed,
+        "same": same,
+        "n": improved + regressed + same,
+    }
 
 
 def qtype_confusion(item_qtypes, nearest, t: float, *, rows: list[str] | None = None) -> dict:

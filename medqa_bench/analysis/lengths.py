@@ -62,13 +62,17 @@ def length_histograms(samples: list[dict], systems: list[str], grades: dict[str,
         out_systems[name] = {
             "all": _hist([r[1] for r in rows], edges),
             **({g: _hist(v, edges) for g, v in by.items()} if grades else {}),
-            "reference_of_wrong": _hist([ref_len[i] for i in wrong_ids if ref_len[i] is not None], edges) if grades else None,
+            "reference_of_wrong": _hist([ref_len[i] for i in wrong_ids if ref_len[i] is not None], edges)
+            if grades
+            else None,
             "diff": _hist([r[1] - r[2] for r in rows if r[2] is not None], diff_edges),
             "truncated": {
                 "n": len(truncated),
                 "share": len(truncated) / len(rows) if rows else None,
                 "n_wrong": sum(1 for r in truncated if r[4] == "wrong"),
-                "share_of_wrong": (sum(1 for r in truncated if r[4] == "wrong") / len(wrong_ids)) if wrong_ids else None,
+                "share_of_wrong": (sum(1 for r in truncated if r[4] == "wrong") / len(wrong_ids))
+                if wrong_ids
+                else None,
             },
         }
     return {

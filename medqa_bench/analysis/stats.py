@@ -12,7 +12,7 @@ Only the paired bootstrap is written here; McNemar comes from statsmodels, Wilco
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

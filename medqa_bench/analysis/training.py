@@ -33,7 +33,11 @@ def read_training_log(adapter_dir: str | os.PathLike) -> dict | None:
     state = folder / "trainer_state.json"
     if not state.is_file():
         checkpoints = sorted(
-            (p for p in folder.glob("checkpoint-*/trainer_state.json") if re.fullmatch(r"checkpoint-\d+", p.parent.name)),
+            (
+                p
+                for p in folder.glob("checkpoint-*/trainer_state.json")
+                if re.fullmatch(r"checkpoint-\d+", p.parent.name)
+            ),
             key=lambda p: int(p.parent.name.split("-")[1]),
         )
         if not checkpoints:
@@ -55,7 +59,9 @@ def _from_jsonl(path: Path) -> dict:
         if kind == "step":
             steps.append({k: row.get(k) for k in _STEP_KEYS})
         elif kind == "epoch":
-            epochs.append({"epoch": row.get("epoch"), "train_loss": row.get("train_loss"), "eval_loss": row.get("eval_loss")})
+            epochs.append(
+                {"epoch": row.get("epoch"), "train_loss": row.get("train_loss"), "eval_loss": row.get("eval_loss")}
+            )
     return {"source": path.name, "steps": steps, "epochs": epochs or _epochs_from_steps(steps, [])}
 
 
@@ -66,8 +72,13 @@ def _from_trainer_state(path: Path) -> dict:
         raise RunError(f"{path}: not valid JSON ({exc}); the trainer state is damaged") from exc
     history = state.get("log_history") or []
     steps = [
-        {"step": h.get("step"), "epoch": h.get("epoch"), "loss": h["loss"], "learning_rate": h.get("learning_rate"),
-         "tokens": h.get("num_tokens")}
+        {
+            "step": h.get("step"),
+            "epoch": h.get("epoch"),
+            "loss": h["loss"],
+            "learning_rate": h.get("learning_rate"),
+            "tokens": h.get("num_tokens"),
+        }
         for h in history
         if "loss" in h
     ]

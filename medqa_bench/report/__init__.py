@@ -54,28 +54,34 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
         results, samples = combine_runs(names, loaded)
         analysis = analyze(results, samples, **_analysis_options(loaded[0][0]))
         if results.get("signature_conflicts"):
-            notes.append("Metric signatures differ between runs for " + ", ".join(results["signature_conflicts"])
-                         + ": their values are not directly comparable across runs.")
+            notes.append(
+                "Metric signatures differ between runs for "
+                + ", ".join(results["signature_conflicts"])
+                + ": their values are not directly comparable across runs."
+            )
     if analysis.get("similarity_metric") is None:
         notes.append("No metric with bounds [0, 1] was scored, so the confusion matrices are omitted.")
 
-    html = render_html(results, samples, analysis, list(zip(names, [r for r, _ in loaded])), plotly_mode=plotly, notes=notes)
+    html = render_html(
+        results, samples, analysis, list(zip(names, [r for r, _ in loaded])), plotly_mode=plotly, notes=notes
+    )
     target = _target(run_dirs, out)
     atomic.write_text(target, html)
     return target
 
 
 def _analysis_options(results: dict) -> dict:
-    """The options the runner used, as far as results.json records them (the analysis block, else the spec)."""
+    """The options the runner used, as results.json records them: its analysis block, else the run spec's."""
     stored = results.get("analysis") or {}
-    spec = results.get("spec") or {}
+    spec = (results.get("spec") or {}).get("analysis") or {}
     opts = {"similarity_metric": stored.get("similarity_metric") or spec.get("similarity_metric")}
     th = stored.get("thresholds")
     if th:
         opts["thresholds"] = {k: th[k] for k in ("t", "t_low", "t_high") if k in th}
     for key in ("seed", "n_bootstrap"):
-        if stored.get(key) is not None:
-            opts[key] = stored[key]
+        value = stored.get(key, spec.get(key))
+        if value is not None:
+            opts[key] = value
     return opts
 
 

@@ -1,27 +1,12 @@
 """Plotly figures of the report, drawn from ``results`` and ``results["analysis"]`` only (no statistics here).
 
-Every string from the data goes through :func:`label`: plotly renders a small HTML subset in labels, and a
-qtype or system name is data, so it is entity-escaped (plotly turns entities back into literal characters).
+Strings from the data pass through :func:`plotting.label` before plotly sees them.
 """
 
 from __future__ import annotations
 
-import html
-import math
-
-# Okabe-Ito: distinguishable with the common colour-vision deficiencies.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-GRADE_COLORS = {"wrong": "#D55E00", "partial": "#E69F00", "correct": "#009E73"}
-_LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), font=dict(size=12),
-               legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
-
-
-def label(text) -> str:
-    return html.escape(str(text), quote=False)
-
-
-def system_colors(systems: list[str]) -> dict[str, str]:
-    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(systems)}
+from . import confusion_figures as cf
+from .plotting import LAYOUT, grid, label, plotly_modules, system_colors
 
 
 def build_figures(results: dict, analysis: dict) -> list[dict]:
@@ -32,72 +17,127 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
 
     def add(fig_id, section, title, caption, fig):
         if fig is not None:
-            own = fig.layout.to_plotly_json()
-            fig.update_layout(**{k: v for k, v in _LAYOUT.items() if k not in own})
+            own = fig.layout.to_plotly_json()  # a builder's own margin or legend wins over the defaults
+            fig.update_layout(**{k: v for k, v in LAYOUT.items() if k not in own or k in ("template", "font")})
             panels = sum(1 for a in fig.layout if a.startswith("xaxis"))
-            out.append({"id": fig_id, "section": section, "title": title, "caption": caption, "figure": fig,
-                        "wide": panels > 1 or fig_id == "metric-bars"})
+            out.append(
+                {
+                    "id": fig_id,
+                    "section": section,
+                    "title": title,
+                    "caption": caption,
+                    "figure": fig,
+                    "wide": panels > 1 or fig_id == "metric-bars",
+                }
+            )
 
-    add("metric-bars", "metrics", "Metrics with 95% bootstrap CIs", "Bars: corpus value per system; whiskers: 95% CI.",
-        _metric_bars(results, systems, colors))
+    add(
+        "metric-bars",
+        "metrics",
+        "Metrics with 95% bootstrap CIs",
+        "Bars: corpus value per system; whiskers: 95% CI.",
+        _metric_bars(results, systems, colors),
+    )
     conf = analysis.get("confusion")
     if conf:
         m = conf["metric"]  # page titles are escaped by the template, not here
-        add("own-vs-other", "confusion", f"Own versus other reference ({m})",
+        add(
+            "own-vs-other",
+            "confusion",
+            f"Own versus other reference ({m})",
             "Positives: similarity to the item's own reference; negatives: to another item's reference (distractor).",
-            _own_vs_other(conf, systems))
-        add("roc", "confusion", f"ROC: own versus other reference ({m})",
+            cf.own_vs_other(conf, systems),
+        )
+        add(
+            "roc",
+            "confusion",
+            f"ROC: own versus other reference ({m})",
             "Separating own-reference from distractor similarity over all thresholds; AUC in the legend.",
-            _roc(conf, systems, colors))
-        add("threshold-sweep", "confusion", f"Threshold sweep ({m})",
+            cf.roc(conf, systems, colors),
+        )
+        add(
+            "threshold-sweep",
+            "confusion",
+            f"Threshold sweep ({m})",
             "Precision (dashed), recall (dotted) and F1 (solid) of own-vs-other matching; the line marks t.",
-            _sweep(conf, systems, colors, analysis["thresholds"]["t"]))
-        add("graded", "confusion", f"Graded outcome ({m})", "Correct: s+ ≥ t_high; partial: t_low ≤ s+ < t_high; wrong: below.",
-            _graded(conf, systems))
-        add("transitions", "confusion", "Baseline → adapter transitions",
+            cf.sweep(conf, systems, colors, analysis["thresholds"]["t"]),
+        )
+        add(
+            "graded",
+            "confusion",
+            f"Graded outcome ({m})",
+            "Correct: s+ ≥ t_high; partial: t_low ≤ s+ < t_high; wrong: below.",
+            cf.graded(conf, systems),
+        )
+        add(
+            "transitions",
+            "confusion",
+            "Baseline → adapter transitions",
             "Rows: the baseline's grade; columns: the adapter's. Above the diagonal improved, below regressed.",
-            _transitions(conf))
+            cf.transitions(conf),
+        )
         if conf.get("qtype"):
-            add("qtype", "confusion", f"Question type of the nearest reference ({m})",
-                "Rows: the item's qtype; columns: qtype of the most similar reference, or 'below t'.", _qtype(conf, systems))
+            add(
+                "qtype",
+                "confusion",
+                f"Question type of the nearest reference ({m})",
+                "Rows: the item's qtype; columns: qtype of the most similar reference, or 'below t'.",
+                cf.qtype(conf, systems),
+            )
     lengths = analysis.get("lengths") or {}
     if lengths.get("systems"):
         graded = bool(conf)
         for grade in ("wrong", "partial") if graded else ("all",):
-            add(f"lengths-{grade}", "lengths", f"Length of {grade} predictions" if graded else "Length of predictions",
+            add(
+                f"lengths-{grade}",
+                "lengths",
+                f"Length of {grade} predictions" if graded else "Length of predictions",
                 "Generated tokens, overlaid across systems; grey: reference tokens of all items.",
-                _length_hist(lengths, systems, colors, grade))
-        add("length-diff", "lengths", "Prediction length − reference length",
-            "Tokens; right of zero the prediction is longer than the reference.", _diff_hist(lengths, systems, colors))
-        add("truncation", "lengths", "Truncated at max_new_tokens",
-            "Share of predictions that hit the generation limit, of all and of wrong ones.", _truncation(lengths, systems, colors))
+                _length_hist(lengths, systems, colors, grade),
+            )
+        add(
+            "length-diff",
+            "lengths",
+            "Prediction length − reference length",
+            "Tokens; right of zero the prediction is longer than the reference.",
+            _diff_hist(lengths, systems, colors),
+        )
+        add(
+            "truncation",
+            "lengths",
+            "Truncated at max_new_tokens",
+            "Share of predictions that hit the generation limit, of all and of wrong ones.",
+            _truncation(lengths, systems, colors),
+        )
     logs = {n: (results.get("systems") or {}).get(n, {}).get("training_log") for n in systems}
     logs = {n: v for n, v in logs.items() if v}
     if logs:
-        add("training-loss", "training", "Training loss", "Logged loss per optimizer step.", _training_steps(logs, colors))
-        add("learning-curve", "training", "Learning curve", "Mean train loss (solid) and validation loss (dashed) per epoch.",
-            _learning_curve(logs, colors))
+        add(
+            "training-loss",
+            "training",
+            "Training loss",
+            "Logged loss per optimizer step.",
+            _training_steps(logs, colors),
+        )
+        add(
+            "learning-curve",
+            "training",
+            "Learning curve",
+            "Mean train loss (solid) and validation loss (dashed) per epoch.",
+            _learning_curve(logs, colors),
+        )
     return out
 
 
-def _go():
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    return go, make_subplots
-
-
-def _grid(n: int, cols: int = 3) -> tuple[int, int]:
-    cols = min(cols, max(n, 1))
-    return math.ceil(n / cols), cols
-
-
 def _metric_bars(results, systems, colors):
-    go, make_subplots = _go()
-    metrics = sorted({m for s in systems for m in (results.get("results") or {}).get(s, {})})
+    go, make_subplots = plotly_modules()
+    scored = {m for s in systems for m in (results.get("results") or {}).get(s, {})}
+    metrics = [m for m in results.get("metrics") or {} if m in scored] + sorted(
+        scored - set(results.get("metrics") or {})
+    )
     if not metrics:
         return None
-    rows, cols = _grid(len(metrics), 4)
+    rows, cols = grid(len(metrics), 4)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[label(m) for m in metrics], vertical_spacing=0.18)
     for k, m in enumerate(metrics):
         for s in systems:
@@ -105,113 +145,33 @@ def _metric_bars(results, systems, colors):
             if not v or v.get("value") is None:
                 continue
             lo, hi = v.get("ci_low"), v.get("ci_high")
-            fig.add_trace(go.Bar(
-                x=[label(s)], y=[v["value"]], name=label(s), marker_color=colors[s], showlegend=k == 0, legendgroup=s,
-                error_y=dict(type="data", symmetric=False, array=[(hi - v["value"]) if hi is not None else 0],
-                             arrayminus=[(v["value"] - lo) if lo is not None else 0]),
-                hovertemplate=f"{label(s)}<br>{label(m)} = %{{y:.4g}}<extra></extra>",
-            ), row=k // cols + 1, col=k % cols + 1)
+            fig.add_trace(
+                go.Bar(
+                    x=[label(s)],
+                    y=[v["value"]],
+                    name=label(s),
+                    marker_color=colors[s],
+                    showlegend=k == 0,
+                    legendgroup=s,
+                    error_y=dict(
+                        type="data",
+                        symmetric=False,
+                        array=[(hi - v["value"]) if hi is not None else 0],
+                        arrayminus=[(v["value"] - lo) if lo is not None else 0],
+                    ),
+                    hovertemplate=f"{label(s)}<br>{label(m)} = %{{y:.4g}}<extra></extra>",
+                ),
+                row=k // cols + 1,
+                col=k % cols + 1,
+            )
     fig.update_xaxes(showticklabels=False)
-    fig.update_layout(height=300 * rows + 90, bargap=0.3, margin=dict(l=60, r=20, t=90, b=30),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0))
+    fig.update_layout(
+        height=300 * rows + 90,
+        bargap=0.3,
+        margin=dict(l=60, r=20, t=90, b=30),
+        legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0),
+    )
     return fig
-
-
-def _heatmaps(panels, *, cols=3, colorscale="Blues", height_per=300):
-    """``panels``: ``[(title, z, x, y, text)]`` drawn as annotated heatmaps, one subplot each."""
-    go, make_subplots = _go()
-    rows, cols = _grid(len(panels), cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p[0] for p in panels], horizontal_spacing=0.12,
-                        vertical_spacing=0.2)
-    for k, (_, z, x, y, text) in enumerate(panels):
-        fig.add_trace(go.Heatmap(z=z, x=x, y=y, text=text, texttemplate="%{text}", colorscale=colorscale,
-                                 showscale=False, hovertemplate="%{y} → %{x}: %{z}<extra></extra>"),
-                      row=k // cols + 1, col=k % cols + 1)
-    fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(type="category")
-    fig.update_layout(height=height_per * rows + 60)
-    return fig
-
-
-def _own_vs_other(conf, systems):
-    panels = []
-    cells = (("TP", "FN"), ("FP", "TN"))
-    for s in systems:
-        r = conf["own_vs_other"].get(s)
-        if not r or not r["n"]:
-            continue
-        f1 = "–" if r["f1"] is None else f"{r['f1']:.2f}"
-        title = f"{label(s)}<br><sub>t={r['t']:.2f} · F1={f1} · n={r['n']}</sub>"
-        text = [[f"{cells[i][j]}<br>{r['matrix'][i][j]}" for j in range(2)] for i in range(2)]
-        panels.append((title, r["matrix"], ["≥ t", "< t"], ["own (s+)", "other (s−)"], text))
-    return _heatmaps(panels) if panels else None
-
-
-def _roc(conf, systems, colors):
-    go, _ = _go()
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dash"), name="chance"))
-    for s in systems:
-        r = conf["own_vs_other"].get(s)
-        if not r or not r.get("roc"):
-            continue
-        fig.add_trace(go.Scatter(x=r["roc"]["fpr"], y=r["roc"]["tpr"], mode="lines", line=dict(color=colors[s], shape="hv"),
-                                 name=f"{label(s)} (AUC {r['auc']:.3f})"))
-    fig.update_layout(xaxis_title="false positive rate (distractor ≥ t)", yaxis_title="true positive rate (own ≥ t)",
-                      height=420, xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02], scaleanchor="x"))
-    return fig
-
-
-def _sweep(conf, systems, colors, t):
-    go, _ = _go()
-    fig = go.Figure()
-    for s in systems:
-        r = conf["own_vs_other"].get(s)
-        if not r or not r.get("sweep"):
-            continue
-        for key, dash in (("f1", "solid"), ("precision", "dash"), ("recall", "dot")):
-            fig.add_trace(go.Scatter(x=r["sweep"]["t"], y=r["sweep"][key], mode="lines", line=dict(color=colors[s], dash=dash),
-                                     name=f"{label(s)} {key}", legendgroup=s, connectgaps=False))
-    fig.add_vline(x=t, line=dict(color="#444", dash="dot"), annotation_text=f"t = {t:.2f}")
-    fig.update_layout(xaxis_title="threshold t", yaxis_title="value", height=420, yaxis=dict(range=[0, 1.02]))
-    return fig
-
-
-def _graded(conf, systems):
-    go, _ = _go()
-    fig = go.Figure()
-    counts = conf["graded"]["counts"]
-    for grade in conf["graded"]["labels"]:
-        fig.add_trace(go.Bar(y=[label(s) for s in systems], x=[counts.get(s, {}).get(grade, 0) for s in systems],
-                             orientation="h", name=grade, marker_color=GRADE_COLORS[grade], text=[counts.get(s, {}).get(grade, 0) for s in systems],
-                             textposition="inside"))
-    fig.update_layout(barmode="stack", height=120 + 50 * len(systems), xaxis_title="items",
-                      yaxis=dict(autorange="reversed", type="category"))
-    return fig
-
-
-def _transitions(conf):
-    panels = []
-    for adapter, t in (conf["graded"].get("transitions") or {}).items():
-        if not t:
-            continue
-        title = f"{label(t['baseline'])} → {label(adapter)}<br><sub>improved {t['improved']} · regressed {t['regressed']} · same {t['same']}</sub>"
-        panels.append((title, t["matrix"], [f"adapter {g}" for g in t["labels"]], [f"baseline {g}" for g in t["labels"]],
-                       [[str(v) for v in row] for row in t["matrix"]]))
-    return _heatmaps(panels, cols=2, colorscale="Purples", height_per=340) if panels else None
-
-
-def _qtype(conf, systems):
-    panels = []
-    for s in systems:
-        q = conf["qtype"].get(s)
-        if not q:
-            continue
-        acc = "–" if q["accuracy"] is None else f"{q['accuracy']:.0%}"
-        panels.append((f"{label(s)}<br><sub>same qtype {acc} of {q['n']}</sub>", q["matrix"], [label(c) for c in q["columns"]],
-                       [label(r) for r in q["rows"]], [[str(v) for v in row] for row in q["matrix"]]))
-    height = 120 + 45 * max(len(conf["qtype"][s]["rows"]) for s in conf["qtype"])
-    return _heatmaps(panels, cols=2, colorscale="Greens", height_per=max(300, height)) if panels else None
 
 
 def _centers(edges):
@@ -219,17 +179,33 @@ def _centers(edges):
 
 
 def _length_hist(lengths, systems, colors, grade):
-    go, _ = _go()
+    go, _ = plotly_modules()
     x = _centers(lengths["edges"])
     width = lengths["edges"][1] - lengths["edges"][0]
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=x, y=lengths["reference"]["counts"], width=width, name="reference (all items)",
-                         marker_color="#999", opacity=0.45))
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=lengths["reference"]["counts"],
+            width=width,
+            name="reference (all items)",
+            marker_color="#999",
+            opacity=0.45,
+        )
+    )
     for s in systems:
         h = lengths["systems"].get(s, {}).get(grade)
         if h:
-            fig.add_trace(go.Bar(x=x, y=h["counts"], width=width, name=f"{label(s)} (n={h['n']})", marker_color=colors[s],
-                                 opacity=0.6))
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=h["counts"],
+                    width=width,
+                    name=f"{label(s)} (n={h['n']})",
+                    marker_color=colors[s],
+                    opacity=0.6,
+                )
+            )
     mnt = lengths.get("max_new_tokens")
     if mnt:
         fig.add_vline(x=mnt, line=dict(color="#D55E00", dash="dot"), annotation_text="max_new_tokens")
@@ -238,54 +214,92 @@ def _length_hist(lengths, systems, colors, grade):
 
 
 def _diff_hist(lengths, systems, colors):
-    go, _ = _go()
+    go, _ = plotly_modules()
     x = _centers(lengths["diff_edges"])
     width = lengths["diff_edges"][1] - lengths["diff_edges"][0]
     fig = go.Figure()
     for s in systems:
         h = lengths["systems"].get(s, {}).get("diff")
         if h and h["n"]:
-            fig.add_trace(go.Bar(x=x, y=h["counts"], width=width, marker_color=colors[s], opacity=0.6,
-                                 name=f"{label(s)} (median {h['median']:+.0f})"))
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=h["counts"],
+                    width=width,
+                    marker_color=colors[s],
+                    opacity=0.6,
+                    name=f"{label(s)} (median {h['median']:+.0f})",
+                )
+            )
     fig.add_vline(x=0, line=dict(color="#444"))
     fig.update_layout(barmode="overlay", xaxis_title="generated − reference tokens", yaxis_title="items", height=380)
     return fig
 
 
 def _truncation(lengths, systems, colors):
-    go, _ = _go()
+    go, _ = plotly_modules()
     fig = go.Figure()
     for key, name, pattern in (("share", "of all predictions", ""), ("share_of_wrong", "of wrong predictions", "/")):
         ys = [(lengths["systems"].get(s, {}).get("truncated") or {}).get(key) for s in systems]
-        ns = [(lengths["systems"].get(s, {}).get("truncated") or {}).get("n" if key == "share" else "n_wrong") for s in systems]
-        fig.add_trace(go.Bar(x=[label(s) for s in systems], y=ys, name=name, marker_color=[colors[s] for s in systems],
-                             marker_pattern_shape=pattern, text=[f"{n}" if n is not None else "" for n in ns],
-                             textposition="outside"))
-    fig.update_layout(barmode="group", yaxis=dict(tickformat=".0%", rangemode="tozero"), height=340,
-                      yaxis_title="truncated", xaxis=dict(type="category"))
+        ns = [
+            (lengths["systems"].get(s, {}).get("truncated") or {}).get("n" if key == "share" else "n_wrong")
+            for s in systems
+        ]
+        fig.add_trace(
+            go.Bar(
+                x=[label(s) for s in systems],
+                y=ys,
+                name=name,
+                marker_color=[colors[s] for s in systems],
+                marker_pattern_shape=pattern,
+                text=[f"{n}" if n is not None else "" for n in ns],
+                textposition="outside",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        yaxis=dict(tickformat=".0%", rangemode="tozero"),
+        height=340,
+        yaxis_title="truncated",
+        xaxis=dict(type="category"),
+    )
     return fig
 
 
 def _training_steps(logs, colors):
-    go, _ = _go()
+    go, _ = plotly_modules()
     fig = go.Figure()
     for s, log in logs.items():
         steps = [r for r in log.get("steps") or [] if r.get("loss") is not None]
-        fig.add_trace(go.Scatter(x=[r.get("step") for r in steps], y=[r["loss"] for r in steps], mode="lines",
-                                 name=label(s), line=dict(color=colors[s])))
+        fig.add_trace(
+            go.Scatter(
+                x=[r.get("step") for r in steps],
+                y=[r["loss"] for r in steps],
+                mode="lines",
+                name=label(s),
+                line=dict(color=colors[s]),
+            )
+        )
     fig.update_layout(xaxis_title="step", yaxis_title="training loss", height=360)
     return fig
 
 
 def _learning_curve(logs, colors):
-    go, _ = _go()
+    go, _ = plotly_modules()
     fig = go.Figure()
     for s, log in logs.items():
         epochs = log.get("epochs") or []
         for key, dash in (("train_loss", "solid"), ("eval_loss", "dash")):
             pts = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
             if pts:
-                fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
-                                         name=f"{label(s)} {key.split('_')[0]}", line=dict(color=colors[s], dash=dash)))
+                fig.add_trace(
+                    go.Scatter(
+                        x=[p[0] for p in pts],
+                        y=[p[1] for p in pts],
+                        mode="lines+markers",
+                        name=f"{label(s)} {key.split('_')[0]}",
+                        line=dict(color=colors[s], dash=dash),
+                    )
+                )
     fig.update_layout(xaxis_title="epoch", yaxis_title="loss", height=360, xaxis=dict(dtick=1))
     return fig

@@ -21,7 +21,7 @@
     divs.forEach(function (div) {
       try {
         var fig = readJSON(div.getAttribute("data-source"));
-        pending.push(Plotly.newPlot(div, fig.data, fig.layout || {}, { responsive: true, displaylogo: false }));
+        pending.push(Plotly.newPlot(div, fig.data, fig.layout || {}, { responsive: true, displaylogo: false, displayModeBar: "hover" }));
       } catch (err) {
         div.appendChild(el("p", "plotly-error", "This chart could not be drawn: " + err));
         console.error("medqa-bench: figure " + div.id + " failed", err);

@@ -47,7 +47,9 @@ def load_run(folder: str | Path) -> tuple[dict, list[dict]]:
         raise RunError(f"{samples_path} holds no items; nothing to report")
     ids = [s["id"] for s in samples]
     if len(set(ids)) != len(ids):
-        raise RunError(f"{samples_path}: item ids repeat ({len(ids) - len(set(ids))} duplicates); the run folder is damaged")
+        raise RunError(
+            f"{samples_path}: item ids repeat ({len(ids) - len(set(ids))} duplicates); the run folder is damaged"
+        )
     return results, samples
 
 
@@ -84,7 +86,9 @@ def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple
         "schema_version": SCHEMA_VERSION,
         "run_name": " + ".join(names),
         "spec": runs[0][0].get("spec") or {},
-        "systems": {}, "metrics": {}, "results": {},
+        "systems": {},
+        "metrics": {},
+        "results": {},
         "data": runs[0][0].get("data") or {},
     }
     signatures: dict[str, set] = {}

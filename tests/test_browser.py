@@ -1,0 +1,268 @@
+"""Load a rendered report in headless Chromium: every chart drawn, no JavaScript error, no planted script runs.
+
+Chromium is driven through the DevTools protocol over ``--remote-debugging-pipe`` (JSON messages separated by NUL
+on file descriptors 3 and 4): no network port, no websocket client, nothing to install but Chromium itself.
+Set ``MEDQA_BENCH_CHROMIUM`` to use another binary. A PNG of the full page goes to ``test-artifacts/report.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest_report import XSS, make_run
+
+from medqa_bench.report import render_report
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+)
+
+
+def chromium_binary() -> str:
+    candidates = [
+        os.environ.get("MEDQA_BENCH_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    ]
+    for c in candidates:
+        if c and os.path.exists(c):
+            return c
+    pytest.fail(
+        "headless Chromium is required for the browser test and was not found: install it with "
+        "`apt-get install -y chromium` (Debian/Ubuntu) or point MEDQA_BENCH_CHROMIUM at a Chrome binary",
+        pytrace=False,
+    )
+
+
+class DevTools:
+    """A minimal Chrome DevTools protocol client over the ``--remote-debugging-pipe`` file descriptors."""
+
+    def __init__(self, binary: str, profile: Path, log: Path):
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+
+        def child_fds():  # fd 3: Chrome reads commands; fd 4: Chrome writes replies (F_DUPFD avoids clobbering)
+            a = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 10)
+            b = fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 10)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=child_fds,
+            close_fds=False,
+        )
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._next_id = 0
+        self._inbox: queue.Queue = queue.Queue()
+        self.events: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        buf = b""
+        while True:
+            chunk = os.read(self._from_chrome, 1 << 20)
+            if not chunk:
+                self._inbox.put(None)
+                return
+            buf += chunk
+            *messages, buf = buf.split(b"\0")
+            for m in messages:
+                self._inbox.put(json.loads(m))
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60) -> dict:
+        self._next_id += 1
+        msg = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._inbox.get(timeout=max(0.1, deadline - time.monotonic()))
+            if reply is None:
+                raise RuntimeError(f"Chromium exited while waiting for {method}")
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_event(self, method: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        for e in self.events:
+            if e.get("method") == method:
+                return e
+        while True:
+            e = self._inbox.get(timeout=max(0.1, deadline - time.monotonic()))
+            if e is None:
+                raise RuntimeError(f"Chromium exited while waiting for {method}")
+            self.events.append(e)
+            if e.get("method") == method:
+                return e
+
+    def evaluate(self, session: str, expression: str):
+        r = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"evaluate({expression!r}): {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=10)
+        except Exception:  # already gone: fall through to terminate
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_chrome)
+        self._log.close()
+
+
+def js_errors(events: list[dict]) -> list[str]:
+    out = []
+    for e in events:
+        m, p = e.get("method"), e.get("params", {})
+        if m == "Runtime.exceptionThrown":
+            d = p["exceptionDetails"]
+            out.append(f"exception: {d.get('text')} {(d.get('exception') or {}).get('description', '')}")
+        elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            out.append(
+                "console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", []))
+            )
+        elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
+            out.append(f"log ({p['entry'].get('source')}): {p['entry'].get('text')}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded_report(tmp_path_factory):
+    binary = chromium_binary()
+    tmp = tmp_path_factory.mktemp("browser")
+    # Planted in predictions, question, reference, focus, and a qtype (which plotly draws as axis labels).
+    qtype = 'treatment <img src=x onerror="window.__xss = 5">'
+    report = render_report([make_run(tmp / "run", payload=XSS, qtypes=("symptoms", qtype))])
+    browser = DevTools(binary, tmp / "profile", tmp / "chromium.log")
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Runtime", "Log", "Page"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1360, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
+        browser.send("Page.navigate", {"url": report.resolve().as_uri()}, session)
+        browser.wait_event("Page.loadEventFired", timeout=90)
+        deadline = time.monotonic() + 90
+        while browser.evaluate(session, "document.body.getAttribute('data-figures-rendered')") is None:
+            if time.monotonic() > deadline or js_errors(browser.events):
+                break
+            time.sleep(0.25)
+        state = browser.evaluate(
+            session,
+            """JSON.stringify({
+            expected: Number(document.body.getAttribute('data-expected-figures')),
+            rendered: document.querySelectorAll('.js-plotly-plot').length,
+            svgs: document.querySelectorAll('.js-plotly-plot .main-svg').length,
+            placeholders: document.querySelectorAll('.plotly-figure').length,
+            title: document.title,
+            xss: typeof window.__xss,
+            items: document.querySelectorAll('#ex-list .item').length,
+            explorer_text: document.getElementById('ex-list').innerText,
+            planted_elements: document.querySelectorAll('img, #ex-list script, #ex-list svg').length,
+            scripts: document.querySelectorAll('script').length,
+            heatmap_labels: Array.from(document.querySelectorAll('#fig-qtype .ytick text'))
+                .map(function (t) { return t.textContent; })})""",
+        )
+        # The explorer's search control filters the list.
+        searched = browser.evaluate(
+            session,
+            """(function () {
+            var s = document.getElementById('ex-search'); s.value = 'q001';
+            s.dispatchEvent(new Event('input')); return document.querySelectorAll('#ex-list .item').length; })()""",
+        )
+        browser.evaluate(
+            session,
+            "(function () { var s = document.getElementById('ex-search'); s.value = '';"
+            " s.dispatchEvent(new Event('input')); })()",
+        )
+        size = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
+        shot = browser.send(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+            },
+            session,
+            timeout=120,
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "report.png").write_bytes(base64.b64decode(shot["data"]))
+        yield {**json.loads(state), "searched": searched, "errors": js_errors(browser.events)}
+    finally:
+        browser.close()
+
+
+def test_no_javascript_errors(loaded_report):
+    assert loaded_report["errors"] == []
+
+
+def test_every_chart_is_drawn(loaded_report):
+    assert loaded_report["expected"] >= 12  # metrics, 6 confusion views, 4 length views, 2 training curves
+    assert loaded_report["placeholders"] == loaded_report["expected"]
+    assert loaded_report["rendered"] == loaded_report["expected"]
+    assert loaded_report["svgs"] >= loaded_report["expected"]
+
+
+def test_planted_scripts_do_not_run_and_show_as_text(loaded_report):
+    assert loaded_report["xss"] == "undefined"
+    assert "XSS" not in loaded_report["title"]
+    assert loaded_report["planted_elements"] == 0
+    assert "<script>window.__xss = 1;" in loaded_report["explorer_text"]
+    assert "<img src=x onerror=" in loaded_report["explorer_text"]
+    assert loaded_report["scripts"] == loaded_report["expected"] + 3  # plotly, figure data, items, page code
+    assert 'treatment <img src=x onerror="window.__xss = 5">' in loaded_report["heatmap_labels"]
+
+
+def test_item_explorer_lists_and_searches(loaded_report):
+    assert loaded_report["items"] == 25  # first page
+    assert loaded_report["searched"] == 1
+
+
+def test_screenshot_saved(loaded_report):
+    png = (ARTIFACTS / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000

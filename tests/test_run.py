@@ -1,0 +1,203 @@
+"""End-to-end runs through the CLI and the API: outputs, cache hits, resume after kill -9, re-scoring, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+METRICS = "loss,perplexity,exact_match,fuzzy,rougeL,token_f1,embedding_similarity"
+
+
+def cli(*args: str, env_extra: dict | None = None, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-m", "medqa_bench.cli", *args], capture_output=True, text=True, env=env, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def base_args(out: Path, cache: Path, adapter: Path, limit: int = 3, tokens: int = 8) -> list[str]:
+    return ["-q", "run", "--adapter", f"ft={adapter}", "--limit", str(limit), "--max-new-tokens", str(tokens),
+            "--batch-size", "1", "--metrics", METRICS, "--out", str(out), "--cache", str(cache), "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, lora_adapter):
+    root = tmp_path_factory.mktemp("run")
+    cli(*base_args(root / "run", root / "cache.sqlite", lora_adapter), check=True)
+    return root
+
+
+def test_run_folder_contents(small_run):
+    run = small_run / "run"
+    results = json.loads((run / "results.json").read_text())
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert (run / "report.html").exists()
+    assert results["schema_version"] == "1.0"
+    assert set(results["systems"]) == {"baseline", "ft"}
+    assert results["model"]["fingerprint"].startswith("gguf-sha256:")
+    assert results["systems"]["ft"]["adapter"]["fingerprint"].startswith("sha256:")
+    assert results["data"]["manifest_fingerprint"].startswith("sha256:") and results["data"]["n_items"] == 3
+    assert results["spec"]["limit"] == 3 and results["spec"]["decoding"]["max_new_tokens"] == 8
+    assert results["environment"]["versions"]["torch"]
+    for m in METRICS.split(","):
+        for s in ("baseline", "ft"):
+            v = results["results"][s][m]
+            assert v["ci_low"] <= v["value"] <= v["ci_high"], (s, m, v)
+    assert len(samples) == 3
+    for rec in samples:
+        for s in ("baseline", "ft"):
+            r = rec["systems"][s]
+            assert {"prediction", "truncated", "generated_tokens", "nll_sum", "nll_tokens"} <= set(r)
+            assert set(METRICS.split(",")) <= set(r["scores"])
+    # corpus perplexity is exp(sum NLL / sum tokens)
+    import math
+
+    base = [r["systems"]["baseline"] for r in samples]
+    expected = math.exp(sum(r["nll_sum"] for r in base) / sum(r["nll_tokens"] for r in base))
+    assert results["results"]["baseline"]["perplexity"]["value"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_second_run_is_all_cache_hits(small_run, lora_adapter):
+    out = small_run / "again"
+    cli(*base_args(out, small_run / "cache.sqlite", lora_adapter), check=True)
+    first = json.loads((small_run / "run" / "results.json").read_text())
+    second = json.loads((out / "results.json").read_text())
+    assert second["cache"]["misses"] == 0 and second["cache"]["hits"] == 2 * 2 * 3  # nll + generation, 2 systems
+    assert second["results"] == first["results"]
+
+
+def test_changing_the_key_misses(small_run, lora_adapter):
+    out = small_run / "other-tokens"
+    cli(*base_args(out, small_run / "cache.sqlite", lora_adapter, tokens=9), check=True)
+    res = json.loads((out / "results.json").read_text())
+    assert res["cache"]["misses"] == 2 * 3  # generations are new (decoding changed); NLLs are reused
+    assert res["cache"]["hits"] == 2 * 3
+
+
+def test_resume_after_kill_9(tmp_path, lora_adapter, small_run):
+    cache = tmp_path / "cache.sqlite"
+    args = base_args(tmp_path / "killed", cache, lora_adapter, limit=5, tokens=24)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "medqa_bench.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        if cache.exists():
+            try:
+                with sqlite3.connect(cache) as c:
+                    done = c.execute("SELECT COUNT(*) FROM entries WHERE kind='generate'").fetchone()[0]
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= 2:
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "results.json").exists()
+    with sqlite3.connect(cache) as c:
+        finished = c.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    cli(*args, check=True)
+    resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert resumed["cache"]["hits"] == finished  # nothing finished was recomputed
+    assert resumed["cache"]["hits"] + resumed["cache"]["misses"] == 2 * 2 * 5
+    # identical to an uninterrupted run (fresh cache)
+    clean_args = base_args(tmp_path / "clean", tmp_path / "clean.sqlite", lora_adapter, limit=5, tokens=24)
+    cli(*clean_args, check=True)
+    clean = json.loads((tmp_path / "clean" / "results.json").read_text())
+    assert resumed["results"] == clean["results"]
+    a = (tmp_path / "killed" / "samples.jsonl").read_text()
+    b = (tmp_path / "clean" / "samples.jsonl").read_text()
+    assert a == b
+
+
+def test_score_rescores_without_the_language_model(small_run, monkeypatch):
+    import shutil
+
+    from medqa_bench import api, models
+
+    run = small_run / "rescored"
+    shutil.copytree(small_run / "run", run)
+
+    def no_model(*a, **k):
+        raise AssertionError("score must not load the language model")
+
+    monkeypatch.setattr(models, "load_base", no_model)
+    res = api.score(run, metrics=["rouge1", "fuzzy_token_set"], progress=False)
+    assert set(res.results["results"]["baseline"]) == {"rouge1", "fuzzy_token_set"}
+    assert "rouge1" in res.samples[0]["systems"]["ft"]["scores"]
+    assert res.table().shape[0] == 4 and len(res.items()) == 6
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--metrics", "rougeL,perplexty"], "did you mean 'perplexity'"),
+        (["--adapter", "x=/no/such/adapter"], "does not exist"),
+        (["--limit", "-1"], "limit must be >= 0"),
+        (["--model", "no-such-model"], "resolves to nothing"),
+        (["--qtype", "nonsense"], "qtypes present"),
+    ],
+)
+def test_bad_input_one_line_exit_2_and_earlier_results_kept(small_run, extra, message):
+    out = small_run / "run"
+    before = (out / "results.json").read_bytes()
+    proc = cli("run", "--limit", "2", "--out", str(out), "--no-default-adapter", *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
+    assert lines[-1].startswith("medqa-bench: error:") and message in lines[-1]
+    assert "Traceback" not in proc.stderr
+    assert (out / "results.json").read_bytes() == before
+
+
+def test_failing_plugin_names_itself(tmp_path, small_run):
+    plugin = tmp_path / "bad_plugin.py"
+    plugin.write_text(
+        "from medqa_bench.metrics import Metric\n"
+        "def boom(predictions, references, items):\n"
+        "    raise ValueError('kaboom')\n"
+        "METRICS = [Metric(name='boom', higher_is_better=True, score=boom)]\n"
+    )
+    proc = cli("score", str(small_run / "run"), "--plugin", str(plugin), "--metrics", "boom", "--no-report")
+    assert proc.returncode == 2
+    assert "boom" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_adapter_without_effect_fails_loudly(tmp_path, default_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(default_model.source.location)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(tmp_path / "zero")
+    proc = cli("run", "--adapter", f"zero={tmp_path / 'zero'}", "--limit", "2", "--out", str(tmp_path / "out"),
+               "--no-cache", "--max-new-tokens", "4")
+    assert proc.returncode == 2
+    assert "does not change the model" in proc.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_spec_file_with_flag_override(tmp_path, lora_adapter):
+    from medqa_bench.spec import RunSpec
+
+    (tmp_path / "spec.yaml").write_text(f"name: t\nlimit: 7\nadapters: {{ft: {lora_adapter}}}\ndecoding: {{max_new_tokens: 5}}\n")
+    (tmp_path / "spec.toml").write_text("name = 't'\nlimit = 7\n[decoding]\nmax_new_tokens = 5\n")
+    y = RunSpec.from_file(tmp_path / "spec.yaml", limit=2)
+    t = RunSpec.from_file(tmp_path / "spec.toml")
+    assert y.limit == 2 and y.decoding.max_new_tokens == 5 and y.adapters == (("ft", str(lora_adapter)),)
+    assert t.limit == 7 and t.decoding.max_new_tokens == 5
+    assert RunSpec.from_dict(y.to_dict()) == y
+    (tmp_path / "bad.yaml").write_text("limt: 3\n")
+    from medqa_bench.errors import SpecError
+
+    with pytest.raises(SpecError, match="did you mean 'limit'"):
+        RunSpec.from_file(tmp_path / "bad.yaml")
