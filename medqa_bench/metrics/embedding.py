@@ -55,7 +55,6 @@ def model_fingerprint(path: Path) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, device: str | None, max_seq_length: int | None):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder never needs the Hub
     from sentence_transformers import SentenceTransformer
 
     try:

@@ -74,7 +74,7 @@ def load_plugin(reg: Registry, spec: str) -> list[str]:
     if spec.startswith("evaluate:"):
         return [_register_evaluate(reg, spec[len("evaluate:") :])]
     path = Path(spec).expanduser()
-    if spec.endswith(".py") or path.exists():
+    if spec.endswith(".py") or path.is_file():
         if not path.is_file():
             raise MetricError(f"plugin file {spec} does not exist")
         module = _import_file(path, spec)

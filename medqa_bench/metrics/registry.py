@@ -121,7 +121,8 @@ class Registry(Generic[T]):
         lower = [n for n in self._entries if n.lower() == name.lower() and n not in close]
         close = lower + close
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        return f"unknown {self.what} '{name}'{hint} Known: {', '.join(self._entries)}"
+        known = f"{self.what}s known: {', '.join(self._entries)}"
+        return f"unknown {self.what} '{name}'{hint} ({known})"
 
     def source(self, name: str) -> str:
         return self._entries[name].source
@@ -194,8 +195,9 @@ def build_metric(reg: Registry, name: str, params: dict[str, Any] | None = None)
     if source != "builtin":
         # Built-in factories write their parameters into the signature themselves; a plugin's are added here so
         # two runs with different parameters never share a signature.
-        extra = [f"{k}={json.dumps(v, sort_keys=True, default=str)}" for k, v in sorted(params.items())]
-        signature = "|".join([signature] + [e for e in extra if e not in signature])
+        extra = [f"{k}={json.dumps(v, sort_keys=True, default=str)}" for k, v in sorted(params.items())
+                 if f"{k}=" not in signature]
+        signature = "|".join([signature] + extra)
     return dataclasses.replace(metric, source=source, signature=signature)
 
 

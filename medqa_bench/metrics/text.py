@@ -89,7 +89,12 @@ def overlap_f1_matrix(bags_a: Sequence[Sequence], bags_b: Sequence[Sequence], *,
 
 def exact_match() -> Metric:
     def score(predictions, references, items):
-        return [float(normalize_answer(p) == normalize_answer(r)) for p, r in zip(predictions, references)]
+        norm: dict[str, str] = {}  # a reference recurs once per system: normalise each text once
+
+        def get(text: str) -> str:
+            return norm[text] if text in norm else norm.setdefault(text, normalize_answer(text))
+
+        return [float(get(p) == get(r)) for p, r in zip(predictions, references)]
 
     return Metric(
         name="exact_match",
