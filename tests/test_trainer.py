@@ -1,0 +1,345 @@
+"""QLoRA training on CPU with the real default model (SmolLM2-135M-Instruct, 4-bit NF4) and real TRL/PEFT.
+
+CPU training is slow here (~30 GFLOP/s), so the training tests share three short runs on a small CSV of short
+answers (so that every sequence ends inside max_length and its EOS can be checked):
+
+    trained      4 steps (2 epochs of 2 items, batch 1); snapshots the LoRA weights at step 2
+    interrupted  the same recipe, stopped by an exception before step 3 (checkpoint-2 is left behind)
+    resumed      resume=True from checkpoint-2 to step 4
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from medqa_bench.errors import RunError, SpecError
+from trainers.qlora import LOG_FILE, META_FILE, checkpoint_dir, last_checkpoint, load_recipe, train
+
+pytestmark = pytest.mark.slow
+
+QA = [
+    ("Asthma", "Wheezing, shortness of breath, chest tightness and coughing, often worse at night."),
+    ("Anemia", "Tiredness, weakness, pale skin, a fast heartbeat and shortness of breath."),
+    ("Migraine", "A throbbing headache on one side, nausea, and sensitivity to light and sound."),
+    ("Influenza", "Sudden fever, muscle aches, chills, a dry cough and a sore throat."),
+    ("Diabetes", "Thirst, frequent urination, hunger, tiredness and blurred vision."),
+    ("Gout", "Sudden, severe pain, swelling and redness in a joint, often the big toe."),
+    ("Measles", "High fever, cough, runny nose, red eyes and a red rash that spreads."),
+    ("Shingles", "Pain, burning or tingling, then a band of blisters on one side of the body."),
+    ("Hypothyroidism", "Tiredness, weight gain, feeling cold, dry skin and constipation."),
+    ("Appendicitis", "Pain that starts near the navel and moves to the lower right abdomen, with fever."),
+    ("Psoriasis", "Red, scaly patches of skin, often itchy, on elbows, knees and scalp."),
+    ("Glaucoma", "Often none at first; later, loss of side vision and, in acute cases, eye pain."),
+    ("Tetanus", "Jaw cramping, painful muscle stiffness, trouble swallowing and seizures."),
+    ("Rickets", "Bone pain, delayed growth, bowed legs and muscle weakness in children."),
+    ("Scurvy", "Tiredness, swollen bleeding gums, bruising and slow wound healing."),
+    ("Mumps", "Swollen, painful salivary glands on one or both sides of the face, with fever."),
+    ("Lupus", "Joint pain, tiredness, fever and a butterfly-shaped rash on the face."),
+    ("Sciatica", "Pain from the lower back down the back of one leg, with numbness or tingling."),
+    ("Vertigo", "A spinning feeling, loss of balance, nausea and sometimes vomiting."),
+    ("Pneumonia", "Cough with phlegm, fever, chills and difficulty breathing."),
+]
+
+OVERRIDES = [
+    "data.limit.train=2",
+    "data.limit.validation=1",
+    "data.max_length=96",
+    "training.batch_size=1",
+    "training.max_steps=4",
+    "training.logging_steps=1",
+    "training.learning_rate=3e-3",
+    "training.gradient_checkpointing=false",  # halves the backward time; checkpointing is tested on GPU
+    "training.device=cpu",
+    "lora.r=8",
+    "lora.dropout=0.0",
+]
+
+
+class _Stop(Exception):
+    """Raised by a callback to simulate an interruption."""
+
+
+def _callbacks_module():
+    from transformers import TrainerCallback
+
+    class CaptureBatch(TrainerCallback):
+        """Collate the whole (prepared) training set once, without touching the data order or the RNG."""
+
+        batch = None
+
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            dl = train_dataloader
+            items = [dl.dataset[i] for i in range(len(dl.dataset))]
+            CaptureBatch.batch = dl.collate_fn(items)
+
+    class SnapshotLora(TrainerCallback):
+        snapshot = None
+
+        def __init__(self, step):
+            self.step = step
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == self.step:
+                SnapshotLora.snapshot = {
+                    n: p.detach().float().clone() for n, p in model.named_parameters() if "lora_" in n
+                }
+
+    class StopAt(TrainerCallback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == self.step:
+                raise _Stop(f"interrupted before step {self.step + 1}")
+
+    return CaptureBatch, SnapshotLora, StopAt
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = root / "short_symptoms.csv"
+    with open(data, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["qid", "Question", "Answer", "qtype", "focus"])
+        for i, (focus, answer) in enumerate(QA):
+            w.writerow([f"q{i}", f"What are the symptoms of {focus} ?", answer, "symptoms", focus])
+    return root, data
+
+
+@pytest.fixture(scope="module")
+def recipe(workdir):
+    _, data = workdir
+    return load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *OVERRIDES])
+
+
+@pytest.fixture(scope="module")
+def trained(workdir, recipe):
+    root, _ = workdir
+    CaptureBatch, SnapshotLora, _ = _callbacks_module()
+    out = train(recipe, out=root / "adapters" / "main", progress=False, callbacks=[CaptureBatch(), SnapshotLora(2)])
+    return out, CaptureBatch.batch, SnapshotLora.snapshot
+
+
+@pytest.fixture(scope="module")
+def interrupted(workdir, recipe, trained):
+    root, _ = workdir
+    _, _, StopAt = _callbacks_module()
+    out = root / "adapters" / "resumable"
+    with pytest.raises(_Stop):
+        train(recipe, out=out, progress=False, callbacks=[StopAt(2)])
+    ckpt = last_checkpoint(checkpoint_dir(out))
+    assert ckpt is not None and ckpt.name == "checkpoint-2"
+    return out, ckpt
+
+
+@pytest.fixture(scope="module")
+def resumed(recipe, interrupted):
+    out, _ = interrupted
+    return train(recipe, out=out, resume=True, progress=False)
+
+
+def _log(folder):
+    return [json.loads(line) for line in (folder / LOG_FILE).read_text().splitlines()]
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# --------------------------------------------------------------------------------------------- recipes
+
+
+def test_bundled_recipes_load_with_the_reference_values():
+    llama = load_recipe("llama-3.2-1b-symptoms")
+    small = load_recipe("smollm2-135m-symptoms")
+    for r in (llama, small):
+        assert (r.lora.r, r.lora.target_modules, r.training.learning_rate) == (16, ("q_proj", "v_proj"), 1e-4)
+        assert (r.training.batch_size, r.training.epochs, r.data.max_length) == (4, 5, 512)
+        assert r.model.quantization == "4bit" and r.data.qtype == "symptoms"
+        assert r.data.spec().to_dict() == type(r.data.spec())().to_dict()  # the evaluation's default split
+    assert llama.model.reference == "meta-llama/Llama-3.2-1B-Instruct"
+    assert small.model.reference == "smollm2-135m-instruct"
+    assert llama.to_dict() | {"name": None, "model": None} == small.to_dict() | {"name": None, "model": None}
+
+
+def test_overrides_are_dotted_and_yaml_parsed():
+    r = load_recipe("smollm2-135m-symptoms", ["lora.r=32", "lora.target_modules=[q_proj, k_proj]", "training.learning_rate=2e-4"])
+    assert r.lora.r == 32 and r.lora.target_modules == ("q_proj", "k_proj") and r.training.learning_rate == 2e-4
+
+
+def test_unknown_recipe_key_says_did_you_mean():
+    with pytest.raises(SpecError, match=r"unknown recipe key 'training.lerning_rate'; did you mean 'training.learning_rate'"):
+        load_recipe("smollm2-135m-symptoms", ["training.lerning_rate=1e-4"])
+    with pytest.raises(SpecError, match="did you mean 'smollm2-135m-symptoms'"):
+        load_recipe("smollm2-135m-symtoms")
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(SpecError, match="training.precision.*auto, bf16, fp16, fp32"):
+        load_recipe("smollm2-135m-symptoms", ["training.precision=fp8"])
+    with pytest.raises(SpecError, match="'lora.r' must be an integer"):
+        load_recipe("smollm2-135m-symptoms", ["lora.r=many"])
+    with pytest.raises(SpecError, match="'training.batch_size' must be greater than 0"):
+        load_recipe("smollm2-135m-symptoms", ["training.batch_size=0"])
+
+
+def test_unknown_target_module_lists_the_models_modules(tmp_path):
+    r = load_recipe("smollm2-135m-symptoms", ["lora.target_modules=[q_proj, query_key_value]"])
+    with pytest.raises(SpecError, match=r"'query_key_value' is not a module.*q_proj.*v_proj"):
+        train(r, out=tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def test_eos_ends_every_completion_and_is_not_masked(trained):
+    from medqa_bench.models import load_tokenizer, resolve_model
+
+    _, batch, _ = trained
+    tok = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    assert tok.pad_token_id == tok.eos_token_id  # the case where padding could swallow the EOS label
+    labels, mask, ids = batch["labels"], batch["attention_mask"], batch["input_ids"]
+    for row in range(labels.shape[0]):
+        n = int(mask[row].sum())
+        assert n < 96, "the test data must fit max_length"
+        assert int(ids[row, n - 1]) == tok.eos_token_id
+        assert int(labels[row, n - 1]) == tok.eos_token_id  # the final EOS is learnt
+        assert (labels[row, n:] == -100).all()  # padding (also EOS) is not
+        trained_tokens = (labels[row, :n] != -100).nonzero().flatten()
+        prompt_len = int(trained_tokens[0])
+        assert prompt_len > 5 and (labels[row, :prompt_len] == -100).all()  # the prompt is not learnt
+        assert tok.decode(ids[row, :prompt_len]).endswith("### Answer:")
+
+
+def test_loss_goes_down_and_log_has_steps_and_epochs(trained):
+    out, _, _ = trained
+    rows = _log(out)
+    steps = [r for r in rows if r["type"] == "step"]
+    epochs = [r for r in rows if r["type"] == "epoch"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert set(steps[0]) == {"type", "step", "epoch", "loss", "learning_rate", "tokens"}
+    assert all(b["tokens"] > a["tokens"] > 0 for a, b in zip(steps, steps[1:]))
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for e in epochs:
+        assert {"train_loss", "eval_loss"} <= set(e) and math.isfinite(e["eval_loss"])
+        mine = [r["loss"] for r in steps if math.ceil(r["epoch"] - 1e-6) == e["epoch"]]
+        assert e["train_loss"] == pytest.approx(sum(mine) / len(mine))
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] * 0.9
+    assert epochs[-1]["eval_loss"] < epochs[0]["eval_loss"]
+
+
+def test_adapter_is_a_peft_folder_with_trained_lora_b(trained):
+    from peft import PeftConfig
+
+    out, _, _ = trained
+    assert {"adapter_config.json", "adapter_model.safetensors", LOG_FILE, META_FILE} <= {p.name for p in out.iterdir()}
+    cfg = PeftConfig.from_pretrained(str(out))
+    assert cfg.r == 8 and set(cfg.target_modules) == {"q_proj", "v_proj"}
+    tensors = _tensors(out / "adapter_model.safetensors")
+    b = [t for n, t in tensors.items() if "lora_B" in n]
+    assert len(b) == 2 * 30  # q_proj and v_proj in each of SmolLM2-135M's 30 layers
+    assert all(t.abs().sum() > 0 for t in b)
+    assert not checkpoint_dir(out).exists()  # a finished run leaves no checkpoints
+
+
+def test_metadata_is_complete(trained):
+    from medqa_bench.data import load_dataset
+    from medqa_bench.models import resolve_model
+
+    out, _, _ = trained
+    meta = json.loads((out / META_FILE).read_text())
+    base = resolve_model("smollm2-135m-instruct")
+    assert meta["base_model"] == {"reference": "smollm2-135m-instruct", "fingerprint": base.fingerprint}
+    recipe = load_recipe(meta["recipe_source"], [f"data.path={meta['recipe']['data']['path']}", *OVERRIDES])
+    assert meta["recipe"] == recipe.to_dict()
+    ds = load_dataset(recipe.data.spec())
+    assert meta["data"]["fingerprint"] == ds.manifest.data_fingerprint
+    assert meta["data"]["manifest_fingerprint"] == ds.manifest.fingerprint
+    assert (meta["data"]["n_train"], meta["data"]["n_validation"]) == (2, 1)
+    assert meta["seed"] == 42
+    assert all(meta["versions"][k] for k in ("torch", "transformers", "peft", "trl", "bitsandbytes"))
+    assert meta["hardware"]["device"] == "cpu" and meta["hardware"]["cpu_count"] >= 1 and meta["hardware"]["device_name"]
+    assert meta["resolved"] == {
+        "device": "cpu", "precision": "fp32", "compute_dtype": "float32", "quantization": "4bit", "prompt_format": "reference"
+    }
+    t = meta["training"]
+    assert t["global_step"] == 4 and t["wall_time_s"] > t["train_time_s"] > 0
+    assert t["tokens"] == _log(out)[-2]["tokens"]  # last step record: real tokens, padding excluded
+    assert t["tokens_per_s"] > 0 and t["peak_memory_bytes"] > 100e6 and t["peak_memory_source"] == "process_max_rss"
+    assert t["final_train_loss"] == _log(out)[-1]["train_loss"] and t["final_eval_loss"] == _log(out)[-1]["eval_loss"]
+
+
+def test_adapter_changes_the_base_outputs(trained):
+    import torch
+
+    from medqa_bench.models import attach_adapters, load_base, system_active
+
+    out, _, _ = trained
+    loaded = attach_adapters(load_base("smollm2-135m-instruct", device="cpu"), {"ft": out})
+    x = loaded.tokenizer(["### Question Type:\nsymptoms\n\n### Question:\nWhat are the symptoms of Gout ?\n\n### Answer:"], return_tensors="pt")
+    with torch.no_grad():
+        with system_active(loaded, "baseline") as m:
+            base = m(**x).logits
+        with system_active(loaded, "ft") as m:
+            ft = m(**x).logits
+    assert (ft - base).abs().max() > 1e-2
+
+
+def test_refuses_to_overwrite(trained, recipe):
+    out, _, _ = trained
+    before = (out / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(RunError, match="already exists.*--overwrite"):
+        train(recipe, out=out, progress=False)
+    assert (out / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path, recipe):
+    with pytest.raises(RunError, match="nothing to resume"):
+        train(recipe, out=tmp_path / "fresh", resume=True, progress=False)
+
+
+def test_same_seed_gives_the_same_adapter(trained, interrupted):
+    # The interrupted run is the same recipe; its checkpoint-2 must hold exactly the weights the first run had at
+    # step 2 (the LoRA init, the data order and every update follow the seed).
+    _, _, snapshot = trained
+    _, ckpt = interrupted
+    saved = _tensors(ckpt / "adapter_model.safetensors")
+    assert len(saved) == len(snapshot) > 0
+    for name, tensor in saved.items():
+        live = next(v for k, v in snapshot.items() if k.replace(".default", "") == name)
+        assert torch_equal(live, tensor.float()), name
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_interrupted_run_refuses_a_fresh_start(recipe, interrupted):
+    out, _ = interrupted
+    with pytest.raises(RunError, match="interrupted run left checkpoints.*--resume"):
+        train(recipe, out=out, progress=False)
+
+
+def test_resume_continues_from_the_checkpoint(trained, resumed):
+    rows = _log(resumed)
+    assert [r["step"] for r in rows if r["type"] == "step"] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rows if r["type"] == "epoch"] == [1, 2]
+    meta = json.loads((resumed / META_FILE).read_text())
+    assert meta["training"]["resumed_from_step"] == 2 and meta["training"]["global_step"] == 4
+    assert not checkpoint_dir(resumed).exists()
+    # Resuming restores the optimizer, scheduler, RNG and data position: the result is the uninterrupted run's.
+    main, _, _ = trained
+    a, b = _tensors(main / "adapter_model.safetensors"), _tensors(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch_equal(a[name], b[name]), name

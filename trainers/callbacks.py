@@ -1,0 +1,95 @@
+"""Trainer callbacks of a QLoRA run: the ``training_log.jsonl`` writer and the step clock behind tokens/s.
+
+Imported by :mod:`trainers.qlora` inside ``train()``: this module imports transformers at its top.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from medqa_bench import atomic
+
+
+class TrainingLog(TrainerCallback):
+    """Append ``step`` and ``epoch`` records to ``training_log.jsonl`` as training goes.
+
+    ``epoch.train_loss`` is the mean of the logged step losses of that epoch (each is Trainer's mean over its
+    logging window); ``tokens`` is the running count of real (non-padding) input tokens.
+    """
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows = []
+        if resume_step and path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = [r for r in rows if r.get("step", 0) <= resume_step]  # the steps after it are re-run
+        self.rows = rows
+        atomic.write_jsonl(path, rows)
+
+    def _write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs and not any(k.startswith("eval_") for k in logs):
+            self._write(
+                {
+                    "type": "step",
+                    "step": state.global_step,
+                    "epoch": round(float(state.epoch or 0), 6),
+                    "loss": float(logs["loss"]),
+                    "learning_rate": float(logs.get("learning_rate", 0.0)),
+                    "tokens": int(state.num_input_tokens_seen),
+                }
+            )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        epoch = epoch_index(state.epoch)
+        losses = [r["loss"] for r in self.rows if r["type"] == "step" and epoch_index(r["epoch"]) == epoch]
+        self._write(
+            {
+                "type": "epoch",
+                "epoch": epoch,
+                "step": state.global_step,
+                "train_loss": sum(losses) / len(losses) if losses else None,
+                "eval_loss": (metrics or {}).get("eval_loss"),
+            }
+        )
+
+class StepClock(TrainerCallback):
+    """Time spent in optimizer steps (evaluation, checkpointing and logging excluded) and real tokens seen."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.seconds, self.tokens_start, self.tokens_end, self._t = cuda, 0.0, 0, 0, None
+
+    def _now(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens_start = self.tokens_end = state.num_input_tokens_seen
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t = self._now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._t is not None:
+            self.seconds += self._now() - self._t
+        self._t = None
+        self.tokens_end = state.num_input_tokens_seen
+
+
+def epoch_index(epoch: float | None) -> int:
+    """Epoch 1 holds the steps with Trainer epoch in (0, 1], epoch 2 those in (1, 2], and so on."""
+    return max(1, math.ceil(float(epoch or 0) - 1e-6))

@@ -1,0 +1,441 @@
+"""QLoRA fine-tuning with TRL's ``SFTTrainer`` on the evaluation's own prompt/completion records.
+
+The pipeline, in order::
+
+    load_recipe(name or path, overrides)      a frozen Recipe (trainers.recipe)
+    -> check the output folder                 refuse to overwrite, find the checkpoint to resume
+    -> resolve the base, check target modules  on an empty (meta-device) copy: no weights loaded yet
+    -> load_dataset(recipe.data.spec())        the harness's template and split manifest, never a copy
+    -> load_base(..., quantization="4bit")     NF4 + double quantization, compute dtype = the precision
+    -> SFTTrainer(peft_config=LoraConfig)      completion-only loss, EOS appended, eval every epoch
+    -> atomic.directory(out)                   adapter + training_log.jsonl + medqa_bench.json, in one rename
+
+>>> from trainers.qlora import load_recipe, train                                          # doctest: +SKIP
+>>> adapter = train(load_recipe("smollm2-135m-symptoms", ["training.max_steps=20"]))      # doctest: +SKIP
+>>> adapter                                                                                # doctest: +SKIP
+PosixPath('adapters/smollm2-135m-symptoms')
+
+Training runs in ``<out>.checkpoints/`` beside the output folder (a Trainer checkpoint each epoch, or every
+``training.save_steps``); ``resume=True`` continues from the last one. On success the adapter is moved into
+``<out>`` and the checkpoints are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from medqa_bench import atomic
+from medqa_bench.errors import DataError, RunError, SpecError
+
+from .recipe import Recipe, load_recipe  # noqa: F401  (re-exported: the CLI imports both from here)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Recipe", "load_recipe", "train", "checkpoint_dir", "last_checkpoint", "sft_records", "META_FILE", "LOG_FILE"]
+
+META_FILE = "medqa_bench.json"
+LOG_FILE = "training_log.jsonl"
+RECIPE_FILE = "recipe.json"  # in the checkpoint folder: what --resume must match
+META_VERSION = 1
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+# --------------------------------------------------------------------------------------------- small pieces
+
+
+def checkpoint_dir(out: str | os.PathLike) -> Path:
+    """Where an unfinished run keeps its Trainer checkpoints: ``<out>.checkpoints`` beside the adapter folder."""
+    out = Path(out)
+    return out.parent / f"{out.name}.checkpoints"
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The ``checkpoint-N`` sub-folder with the highest N that holds a complete trainer state."""
+    found = []
+    for p in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        step = p.name.rpartition("-")[2]
+        if step.isdigit() and (p / "trainer_state.json").exists():
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """``auto``: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise SpecError("training.precision=fp16 needs a CUDA device (loss scaling); on CPU use fp32 or bf16")
+    if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise SpecError("this GPU has no bf16; use training.precision=fp16 (or auto)")
+    return precision
+
+
+def limit_examples(examples: Sequence[Any], n: int | None, seed: int) -> list[Any]:
+    """At most ``n`` items drawn with ``seed``, kept in their split order (so the draw, not the order, is random)."""
+    if n is None or n >= len(examples):
+        return list(examples)
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
+
+
+def check_target_modules(source: Any, targets: Sequence[str]) -> list[str]:
+    """Check that every LoRA target names a module of the model, on an empty copy (no weights read).
+
+    Returns the module names LoRA can attach to. Matching is PEFT's: a target matches a module whose dotted name
+    is the target or ends with ``.target``; ``all-linear`` is passed through.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if list(targets) == ["all-linear"]:
+        return ["all-linear"]
+    config = AutoConfig.from_pretrained(source.location, revision=source.revision)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d)
+    names = [n for n, m in skeleton.named_modules() if n and (isinstance(m, kinds) or type(m).__name__ == "Conv1D")]
+    leaves = sorted(set(n.rpartition(".")[2] for n in names))
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            raise SpecError(
+                f"lora.target_modules: '{target}' is not a module of {source.reference}; "
+                f"modules LoRA can attach to: {', '.join(leaves)} (or all-linear)"
+            )
+        if target == "lm_head" or target.endswith(".lm_head"):
+            raise SpecError("lora.target_modules: lm_head cannot take a LoRA under SFTTrainer (its loss reads lm_head.weight directly)")
+    return leaves
+
+
+def sft_records(examples: Sequence[Any], fmt: str, tokenizer: Any) -> list[dict[str, str]]:
+    """``{"prompt", "completion"}`` rows from :func:`medqa_bench.data.prompt_completion_records` (ids dropped).
+
+    TRL appends the EOS token to each completion and masks the prompt out of the loss. The prompt text is the
+    harness's, unchanged, and TRL tokenises it as the harness does (``tokenizer(text)``, special tokens added).
+    """
+    from medqa_bench.data import prompt_completion_records
+
+    rows = prompt_completion_records(examples, fmt, tokenizer)
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("medqa-bench", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _hardware(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"device": device, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        info["device_name"] = name
+    return info
+
+
+def peak_memory(device: str) -> tuple[int, str]:
+    """(bytes, what was measured): CUDA ``max_memory_allocated`` since the run began, else the process's max RSS."""
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(torch.device(device))), "cuda_max_memory_allocated"
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss * (1 if platform.system() == "Darwin" else 1024)), "process_max_rss"
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def _prepare_output(recipe: Recipe, out: Path, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
+    """Check the output and checkpoint folders before any work. Returns (checkpoint folder, checkpoint to resume)."""
+    ckpt_root = checkpoint_dir(out)
+    if out.exists() and not overwrite:
+        raise RunError(f"adapter folder {out} already exists; pass --overwrite to replace it, or choose another --out")
+    if resume:
+        ckpt = last_checkpoint(ckpt_root)
+        if ckpt is None:
+            raise RunError(f"nothing to resume: no Trainer checkpoint in {ckpt_root}; run again without --resume")
+        saved = json.loads((ckpt_root / RECIPE_FILE).read_text()) if (ckpt_root / RECIPE_FILE).exists() else None
+        if saved is not None and saved != recipe.to_dict():
+            diff = sorted(_diff_keys(saved, recipe.to_dict()))
+            raise RunError(
+                f"cannot resume {ckpt_root}: the recipe differs from the interrupted run's in {', '.join(diff)}; "
+                "resume with the same recipe and overrides, or start over with --overwrite"
+            )
+        return ckpt_root, ckpt
+    if last_checkpoint(ckpt_root) is not None and not overwrite:
+        raise RunError(
+            f"an interrupted run left checkpoints in {ckpt_root}; pass --resume to continue it, "
+            "or --overwrite to start over"
+        )
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    return ckpt_root, None
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _sft_config(recipe: Recipe, ckpt_root: Path, precision: str, device: str, has_eval: bool, progress: bool):
+    from trl import SFTConfig
+
+    t = recipe.training
+    return SFTConfig(
+        output_dir=str(ckpt_root),
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of the steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        gradient_checkpointing=t.gradient_checkpointing,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        eval_strategy="epoch" if has_eval else "no",
+        save_strategy="steps" if t.save_steps else "epoch",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        # Completion-only loss on prompt/completion rows; TRL appends EOS to each completion and builds the labels
+        # from the completion mask, so the final EOS is learnt although pad == EOS for SmolLM2 and Llama.
+        completion_only_loss=True,
+        max_length=recipe.data.max_length,
+        packing=False,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+
+
+def train(
+    recipe: Recipe,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> Path:
+    """Fine-tune ``recipe``'s base with QLoRA; return the adapter folder (``adapters/<name>`` by default).
+
+    ``resume`` continues from the last checkpoint of an interrupted run of the same recipe; ``overwrite`` replaces
+    an existing adapter folder (and discards an interrupted run's checkpoints). ``callbacks`` are extra
+    ``transformers.TrainerCallback`` objects. Raises SpecError, DataError, ModelError or RunError; never prints.
+    """
+    started = time.perf_counter()
+    out = Path(out) if out is not None else recipe.default_output()
+    ckpt_root, resume_from = _prepare_output(recipe, out, resume, overwrite)
+
+    import torch
+    from transformers import PrinterCallback
+
+    from medqa_bench.data import load_dataset
+    from medqa_bench.models import load_tokenizer, pick_device, resolve_model
+
+    device = pick_device(recipe.training.device)
+    precision = pick_precision(recipe.training.precision, device)
+    source = resolve_model(recipe.model.reference)
+    check_target_modules(source, recipe.lora.target_modules)
+
+    # Data: the harness's own split, then the seeded caps.
+    tokenizer = load_tokenizer(source)
+    dataset = load_dataset(recipe.data.spec())
+    train_ex = limit_examples(dataset.split("train"), recipe.data.limit.train, recipe.seed)
+    val_ex = limit_examples(dataset.split("validation"), recipe.data.limit.validation, recipe.seed)
+    if not train_ex:
+        raise DataError(f"the training split is empty ({len(dataset.examples)} items in all); use more data or other split ratios")
+    train_rows = sft_records(train_ex, recipe.data.prompt_format, tokenizer)
+    val_rows = sft_records(val_ex, recipe.data.prompt_format, tokenizer)
+
+    log.info(
+        "training %s: %s (%s) on %s, %s, %d train / %d validation items%s",
+        recipe.name, source.reference, recipe.model.quantization, device, precision, len(train_rows), len(val_rows),
+        f", resuming from {resume_from.name}" if resume_from else "",
+    )
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(ckpt_root / RECIPE_FILE, recipe.to_dict())
+    resume_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
+
+    with _quiet(not progress):
+        trainer, clock = _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks)
+        if not progress:
+            trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(torch.device(device))
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except torch.OutOfMemoryError as exc:
+            raise RunError(
+                f"out of memory while training {recipe.name} on {device}: lower training.batch_size or "
+                "data.max_length, or set training.gradient_checkpointing=true; "
+                f"checkpoints so far are in {ckpt_root} (--resume)"
+            ) from exc
+
+    memory, memory_source = peak_memory(device)
+    rows = [json.loads(line) for line in (ckpt_root / LOG_FILE).read_text().splitlines() if line.strip()]
+    epochs = [r for r in rows if r["type"] == "epoch"]
+    tokens = clock.tokens_end - clock.tokens_start
+    meta = {
+        "version": META_VERSION,
+        "kind": "qlora" if recipe.model.quantization == "4bit" else "lora",
+        "base_model": {"reference": source.reference, "fingerprint": source.fingerprint},
+        "recipe": recipe.to_dict(),
+        "recipe_source": recipe.source,
+        "resolved": {
+            "device": device,
+            "precision": precision,
+            "compute_dtype": _DTYPES[precision],
+            "quantization": recipe.model.quantization,
+            "prompt_format": recipe.data.prompt_format,
+        },
+        "data": {
+            "fingerprint": dataset.manifest.data_fingerprint,
+            "manifest_fingerprint": dataset.manifest.fingerprint,
+            "n_train": len(train_ex),
+            "n_validation": len(val_ex),
+            "spec": recipe.data.spec().to_dict(),
+        },
+        "seed": recipe.seed,
+        "versions": _versions(),
+        "hardware": _hardware(device),
+        "training": {
+            "global_step": trainer.state.global_step,
+            "epochs": float(trainer.state.epoch or 0),
+            "resumed_from_step": resume_step or None,
+            "wall_time_s": round(time.perf_counter() - started, 3),
+            "train_time_s": round(clock.seconds, 3),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / clock.seconds, 2) if clock.seconds else None,
+            "peak_memory_bytes": memory,
+            "peak_memory_source": memory_source,
+            "final_train_loss": epochs[-1]["train_loss"] if epochs else result.training_loss,
+            "final_eval_loss": epochs[-1]["eval_loss"] if epochs else None,
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        with atomic.directory(out, overwrite=overwrite) as tmp:
+            trainer.model.save_pretrained(tmp)
+            shutil.copyfile(ckpt_root / LOG_FILE, tmp / LOG_FILE)
+            atomic.write_json(tmp / META_FILE, meta)
+    except FileExistsError:
+        raise RunError(f"adapter folder {out} appeared while training; the run is kept in {ckpt_root} (--resume --overwrite)") from None
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    return out
+
+
+def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks):
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    from medqa_bench.models import load_base
+
+    # Seeded before the base is loaded and again (by SFTTrainer) before PEFT draws the LoRA weights: same recipe
+    # and seed, same adapter.
+    set_seed(recipe.seed)
+    loaded = load_base(
+        recipe.model.reference, quantization=recipe.model.quantization, device=device, dtype=_DTYPES[precision]
+    )
+    lora = recipe.lora
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules="all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    from .callbacks import StepClock, TrainingLog
+
+    clock = StepClock(device.startswith("cuda"))
+    trainer = SFTTrainer(
+        model=loaded.model,
+        args=_sft_config(recipe, ckpt_root, precision, device, bool(val_rows), progress),
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
+        processing_class=loaded.tokenizer,
+        peft_config=peft_config,
+        callbacks=[TrainingLog(ckpt_root / LOG_FILE, resume_step), clock, *callbacks],
+    )
+    if precision != "bf16":
+        # TRL keeps a quantized model's LoRA weights in bf16 (the QLoRA paper's choice); with fp16 loss scaling or
+        # fp32 (CPU) they train in fp32 instead, as PEFT creates them.
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.float32)
+    return trainer, clock
+
+
+class _quiet:
+    """Silence the progress bars of `datasets` and `transformers` (model loading, dataset maps) for a block."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __enter__(self):
+        if self.on:
+            import datasets
+            import transformers
+
+            self._ds = datasets.is_progress_bar_enabled()
+            self._tf = transformers.utils.logging.is_progress_bar_enabled()
+            datasets.disable_progress_bars()
+            transformers.utils.logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            import datasets
+            import transformers
+
+            if self._ds:
+                datasets.enable_progress_bars()
+            if self._tf:
+                transformers.utils.logging.enable_progress_bar()
+        return False
