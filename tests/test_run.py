@@ -142,7 +142,7 @@ def test_score_rescores_without_the_language_model(small_run, monkeypatch):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--metrics", "rougeL,perplexty"], "did you mean 'perplexity'"),
+        (["--metrics", "rougeL,perplexty"], "did you mean perplexity"),
         (["--adapter", "x=/no/such/adapter"], "does not exist"),
         (["--limit", "-1"], "limit must be >= 0"),
         (["--model", "no-such-model"], "resolves to nothing"),
