@@ -284,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import warnings
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        if args.quiet:
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            os.environ["TQDM_DISABLE"] = "1"
         warnings.filterwarnings("ignore", module="(transformers|torch|peft|trl|bitsandbytes)")
     try:
         return COMMANDS[args.command](args)

@@ -88,15 +88,30 @@ def token_batches(lengths: Sequence[int], batch_size: int | str, token_budget: i
     return batches
 
 
-def default_token_budget(device: str, for_generation: bool = False) -> int:
-    """Padded tokens per batch under ``batch_size="auto"``: small on CPU (cache-friendly), large on GPU."""
-    if device.startswith("cuda"):
-        import torch
+def default_token_budget(model: Any, for_generation: bool = False) -> int:
+    """Padded tokens per batch under ``batch_size="auto"``: small on CPU (cache-friendly), sized by free memory on GPU.
 
-        free, _ = torch.cuda.mem_get_info()
-        # Generation's KV cache grows with new tokens; keep room for it.
-        return max(8192, int(free / (2**20) * (4 if for_generation else 16)))
-    return 2048 if for_generation else 4096
+    NLL scoring holds float32 logits (and their log-softmax) for every token: about 12 x vocab bytes a token.
+    Generation holds a KV cache per token and logits for the last position only.
+    """
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return 2048 if for_generation else 4096
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    cfg = model.config
+    vocab = int(getattr(cfg, "vocab_size", 32000))
+    hidden = int(getattr(cfg, "hidden_size", 2048))
+    layers = int(getattr(cfg, "num_hidden_layers", 16))
+    heads = int(getattr(cfg, "num_attention_heads", 16))
+    kv_heads = int(getattr(cfg, "num_key_value_heads", heads) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    if for_generation:
+        per_token = 2 * layers * kv_heads * head_dim * 4 + 16 * hidden * 4
+    else:
+        per_token = 12 * vocab + 32 * hidden * 4
+    return int(max(2048, min(0.4 * free / per_token, 1 << 20)))
 
 
 def model_context_length(model: Any, tokenizer: Any) -> int:
@@ -148,7 +163,7 @@ def completion_nll(
     results: list[CompletionNLL | None] = [None] * len(pairs)
     short = [i for i, (a, b) in enumerate(pairs) if len(a) + len(b) <= max_length]
     long = [i for i, (a, b) in enumerate(pairs) if len(a) + len(b) > max_length]
-    budget = default_token_budget(str(device))
+    budget = default_token_budget(model)
     bar = _progress(len(pairs), desc, progress)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.inference_mode():
@@ -248,7 +263,7 @@ def generate(
     eos = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    budget = default_token_budget(str(device), for_generation=True)
+    budget = default_token_budget(model, for_generation=True)
     lengths = [len(e) + decoding.max_new_tokens for e in encoded]
     results: list[Generation | None] = [None] * len(prompts)
     bar = _progress(len(prompts), desc, progress)
