@@ -24,9 +24,15 @@ def cli(*args: str, env_extra: dict | None = None, check: bool = False, **kw) ->
     return proc
 
 
-def base_args(out: Path, cache: Path, adapter: Path, limit: int = 3, tokens: int = 8) -> list[str]:
+def base_args(out: Path, cache: Path, adapter: Path, limit: int = 3, tokens: int = 8, metrics: str = METRICS,
+              report: bool = True) -> list[str]:
     return ["-q", "run", "--adapter", f"ft={adapter}", "--limit", str(limit), "--max-new-tokens", str(tokens),
-            "--batch-size", "1", "--metrics", METRICS, "--out", str(out), "--cache", str(cache), "--device", "cpu"]
+            "--batch-size", "1", "--metrics", metrics, "--out", str(out), "--cache", str(cache), "--device", "cpu",
+            *([] if report else ["--no-report"])]
+
+
+# The resume tests compare runs with each other: cheap metrics and no report keep them fast.
+FAST = {"metrics": "loss,perplexity,rougeL,fuzzy", "report": False}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +83,7 @@ def test_second_run_is_all_cache_hits(small_run, lora_adapter):
 
 def test_changing_the_key_misses(small_run, lora_adapter):
     out = small_run / "other-tokens"
-    cli(*base_args(out, small_run / "cache.sqlite", lora_adapter, tokens=9), check=True)
+    cli(*base_args(out, small_run / "cache.sqlite", lora_adapter, tokens=9, **FAST), check=True)
     res = json.loads((out / "results.json").read_text())
     assert res["cache"]["misses"] == 2 * 3  # generations are new (decoding changed); NLLs are reused
     assert res["cache"]["hits"] == 2 * 3
@@ -85,7 +91,7 @@ def test_changing_the_key_misses(small_run, lora_adapter):
 
 def test_resume_after_kill_9(tmp_path, lora_adapter, small_run):
     cache = tmp_path / "cache.sqlite"
-    args = base_args(tmp_path / "killed", cache, lora_adapter, limit=5, tokens=24)
+    args = base_args(tmp_path / "killed", cache, lora_adapter, limit=4, tokens=16, **FAST)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "medqa_bench.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,9 +116,9 @@ def test_resume_after_kill_9(tmp_path, lora_adapter, small_run):
     cli(*args, check=True)
     resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert resumed["cache"]["hits"] == finished  # nothing finished was recomputed
-    assert resumed["cache"]["hits"] + resumed["cache"]["misses"] == 2 * 2 * 5
+    assert resumed["cache"]["hits"] + resumed["cache"]["misses"] == 2 * 2 * 4
     # identical to an uninterrupted run (fresh cache)
-    clean_args = base_args(tmp_path / "clean", tmp_path / "clean.sqlite", lora_adapter, limit=5, tokens=24)
+    clean_args = base_args(tmp_path / "clean", tmp_path / "clean.sqlite", lora_adapter, limit=4, tokens=16, **FAST)
     cli(*clean_args, check=True)
     clean = json.loads((tmp_path / "clean" / "results.json").read_text())
     assert resumed["results"] == clean["results"]
