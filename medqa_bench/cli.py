@@ -205,11 +205,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     ch["data"] = _data_spec(args, spec.data)
     spec = spec.replace(**ch)
     result = run(spec, progress=not args.quiet)
+    if not _is_main_process():
+        return 0  # under accelerate/torchrun, process 0 speaks for the run
     print(result.summary())
     if spec.limit is None and result.results["data"]["n_items"] < result.results["data"]["split_size"]:
         print(f"(a seeded sample of {result.results['data']['n_items']} of {result.results['data']['split_size']} items; "
               "`medqa-bench run --limit 0` evaluates the full split)")
     return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -236,7 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides or ())
     folder = train(recipe, out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    print(folder)
+    if _is_main_process():
+        print(folder)
     return 0
 
 

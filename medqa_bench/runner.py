@@ -14,13 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, atomic
+from . import __version__, atomic, distributed
 from .cache import InferenceCache, cache_key
 from .data import Example, load_dataset
 from .errors import AdapterError, RunError
 from .fingerprint import sha256_json
 from .inference import CompletionNLL, Generation, completion_nll, generate, model_context_length
-from .models import DEFAULT_MODEL, LoadedModel, attach_adapters, load_base, pick_device, system_active
+from .models import DEFAULT_MODEL, LoadedModel, attach_adapters, load_base, pick_device, resolve_model, system_active
 from .provenance import environment
 from .schema import SCHEMA_VERSION
 from .spec import RunSpec
@@ -78,42 +78,65 @@ def _identity(loaded: LoadedModel, system: str) -> dict[str, Any]:
     }
 
 
-def _cached_nll(loaded, system, prompts, completions, spec, cache, progress) -> list[CompletionNLL]:
+def _lookup(cache: InferenceCache, keys: list[str], ranks) -> dict[str, Any]:
+    # Multi-process: rank 0 reads the cache and tells the others, so every rank agrees on what is left to do.
+    return cache.get_many(keys) if ranks is None else ranks.from_main(lambda: cache.get_many(keys))
+
+
+def _cached_nll(loaded, system, prompts, completions, spec, cache, progress, ranks=None) -> list[CompletionNLL]:
     max_length = spec.max_length or model_context_length(loaded.model, loaded.tokenizer)
     ident = _identity(loaded, system)
     keys = [cache_key("nll", ident, {"prompt": p, "completion": c, "max_length": max_length})
             for p, c in zip(prompts, completions)]
-    found = cache.get_many(keys)
+    found = _lookup(cache, keys, ranks)
     out: list[CompletionNLL | None] = [CompletionNLL(**found[k]) if k in found else None for k in keys]
     todo = [i for i, v in enumerate(out) if v is None]
     if todo:
-        def store(j: int, value: CompletionNLL) -> None:
-            cache.put_many([(keys[todo[j]], "nll", {"nll_sum": value.nll_sum, "nll_tokens": value.nll_tokens})])
-
         with system_active(loaded, system) as model:
-            fresh = completion_nll(model, loaded.tokenizer, [prompts[i] for i in todo], [completions[i] for i in todo],
-                                   batch_size=spec.batch_size, max_length=max_length, progress=progress,
-                                   desc=f"nll {system}", on_result=store)
+            def nll(part: list[int]) -> list[CompletionNLL]:  # part: positions in todo
+                def store(j: int, value: CompletionNLL) -> None:
+                    cache.put_many([(keys[todo[part[j]]], "nll", {"nll_sum": value.nll_sum, "nll_tokens": value.nll_tokens})])
+
+                return completion_nll(model, loaded.tokenizer, [prompts[todo[p]] for p in part],
+                                      [completions[todo[p]] for p in part], batch_size=spec.batch_size,
+                                      max_length=max_length, progress=progress, desc=f"nll {system}", on_result=store)
+
+            if ranks is None:
+                fresh = nll(list(range(len(todo))))
+            else:  # each rank scores whole batches of the single-process plan (see medqa_bench.distributed)
+                plan = ranks.from_main(lambda: distributed.nll_batches(
+                    model, loaded.tokenizer, [prompts[i] for i in todo], [completions[i] for i in todo],
+                    batch_size=spec.batch_size, max_length=max_length))
+                fresh = ranks.compute_sharded(len(todo), plan, nll)
         for j, i in enumerate(todo):
             out[i] = fresh[j]
     return out  # type: ignore[return-value]
 
 
-def _cached_generate(loaded, system, prompts, spec, cache, progress) -> list[Generation]:
+def _cached_generate(loaded, system, prompts, spec, cache, progress, ranks=None) -> list[Generation]:
     ident = _identity(loaded, system)
     decoding = spec.decoding.to_dict()
     keys = [cache_key("generate", ident, {"prompt": p, "decoding": decoding}) for p in prompts]
-    found = cache.get_many(keys)
+    found = _lookup(cache, keys, ranks)
     out: list[Generation | None] = [Generation(**found[k]) if k in found else None for k in keys]
     todo = [i for i, v in enumerate(out) if v is None]
     if todo:
-        def store(j: int, g: Generation) -> None:
-            cache.put_many([(keys[todo[j]], "generate", {"text": g.text, "generated_tokens": g.generated_tokens,
-                                                         "truncated": g.truncated})])
-
         with system_active(loaded, system) as model:
-            fresh = generate(model, loaded.tokenizer, [prompts[i] for i in todo], spec.decoding,
-                             batch_size=spec.batch_size, progress=progress, desc=f"generate {system}", on_result=store)
+            def gen(part: list[int]) -> list[Generation]:  # part: positions in todo
+                def store(j: int, g: Generation) -> None:
+                    cache.put_many([(keys[todo[part[j]]], "generate", {"text": g.text, "generated_tokens": g.generated_tokens,
+                                                                       "truncated": g.truncated})])
+
+                return generate(model, loaded.tokenizer, [prompts[todo[p]] for p in part], spec.decoding,
+                                batch_size=spec.batch_size, progress=progress, desc=f"generate {system}", on_result=store)
+
+            if ranks is None:
+                fresh = gen(list(range(len(todo))))
+            else:  # each rank generates whole batches of the single-process plan (see medqa_bench.distributed)
+                plan = ranks.from_main(lambda: distributed.generation_batches(
+                    model, loaded.tokenizer, [prompts[i] for i in todo], batch_size=spec.batch_size,
+                    max_new_tokens=spec.decoding.max_new_tokens))
+                fresh = ranks.compute_sharded(len(todo), plan, gen)
         for j, i in enumerate(todo):
             out[i] = fresh[j]
     return out  # type: ignore[return-value]
@@ -134,11 +157,17 @@ def check_adapters_change_model(nlls: dict[str, list[CompletionNLL]], n: int = A
 
 
 def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
-    """Evaluate the baseline and every adapter of ``spec``; write and return the run folder."""
+    """Evaluate the baseline and every adapter of ``spec``; write and return the run folder.
+
+    Under ``accelerate launch`` (several processes) the items are sharded across the processes and rank 0 writes
+    the same run folder a single process would; every process returns its path (see medqa_bench.distributed).
+    """
     spec = spec or RunSpec()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    device = pick_device(spec.device)
+    ranks = distributed.launched(spec.device)  # None unless launched with WORLD_SIZE > 1 (nothing imported then)
+    progress = progress and (ranks is None or ranks.is_main)
+    device = pick_device(spec.device) if ranks is None else ranks.device
     spec = spec.resolved_for(device)
     adapters = _adapters_for(spec)
     spec = spec.replace(adapters=tuple(adapters.items()))
@@ -158,6 +187,8 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     metrics = resolve_metrics(list(spec.metrics) if spec.metrics else None, plugins=spec.plugins, params=spec.metric_params)
 
     t = time.perf_counter()
+    if ranks is not None:  # one process converts a GGUF file / downloads from the Hub; the others then find it
+        ranks.main_first(lambda: resolve_model(spec.model))
     loaded = load_base(spec.model, quantization=spec.quantization, device=device, dtype=spec.dtype)
     attach_adapters(loaded, adapters)
     timings["load_s"] = time.perf_counter() - t
@@ -166,18 +197,22 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     prompts = [e.prompt(spec.prompt_format, tok) for e in items]
     completions = [e.completion(spec.prompt_format) for e in items]
     systems = ["baseline", *adapters]
-    cache = _cache_for(spec)
+    # Multi-process: rank 0 creates the SQLite file (WAL, schema) before the other writers open it.
+    cache = _cache_for(spec) if ranks is None else ranks.main_first(lambda: _cache_for(spec))
     try:
         t = time.perf_counter()
-        nlls = {s: _cached_nll(loaded, s, prompts, completions, spec, cache, progress) for s in systems}
-        check_adapters_change_model(nlls)
+        nlls = {s: _cached_nll(loaded, s, prompts, completions, spec, cache, progress, ranks) for s in systems}
+        check_adapters_change_model(nlls)  # on the gathered NLLs: every rank reaches the same verdict
         timings["nll_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        gens = {s: _cached_generate(loaded, s, prompts, spec, cache, progress) for s in systems}
+        gens = {s: _cached_generate(loaded, s, prompts, spec, cache, progress, ranks) for s in systems}
         timings["generate_s"] = time.perf_counter() - t
         cache_stats = {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path) if cache.path else None}
     finally:
         cache.close()
+    if ranks is not None and not ranks.is_main:
+        del loaded
+        return ranks.wait_for_main()  # rank 0 scores and writes the run folder; return its path
 
     samples = []
     for i, e in enumerate(items):
@@ -220,11 +255,15 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
         },
         "cache": cache_stats,
     }
+    if ranks is not None:
+        results["environment"]["distributed"] = ranks.describe()
     for name, info in loaded.adapters.items():
         results["systems"][name] = {"kind": "adapter", "adapter": info.to_dict(), "training_log": read_training_log(info.path)}
     del loaded
     out_dir = spec.output_path
     timings["inference_total_s"] = time.perf_counter() - t0
+    if ranks is not None:  # the others wait in wait_for_main() above; a failure here is passed on to them
+        return ranks.main_only(lambda: _score_and_write(out_dir, results, samples, metrics, spec, timings, progress))
     return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress)
 
 

@@ -199,8 +199,7 @@ def _prepare_output(recipe: Recipe, out: Path, resume: bool, overwrite: bool) ->
             f"an interrupted run left checkpoints in {ckpt_root}; pass --resume to continue it, "
             "or --overwrite to start over"
         )
-    shutil.rmtree(ckpt_root, ignore_errors=True)
-    return ckpt_root, None
+    return ckpt_root, None  # the caller clears ckpt_root (once, on the main process)
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -265,9 +264,19 @@ def train(
     an existing adapter folder (and discards an interrupted run's checkpoints). ``callbacks`` are extra
     ``transformers.TrainerCallback`` objects. Raises SpecError, DataError, ModelError or RunError; never prints.
     """
+    from medqa_bench import distributed
+
     started = time.perf_counter()
     out = Path(out) if out is not None else recipe.default_output()
+    # DDP under `accelerate launch`: None in a single process. Every process checks the folders; only the main
+    # one clears, logs and writes, the others wait for it (below).
+    ranks = distributed.launched(recipe.training.device)
+    main = ranks is None or ranks.is_main
     ckpt_root, resume_from = _prepare_output(recipe, out, resume, overwrite)
+    if ranks is not None:
+        ranks.barrier()  # every process has looked at ckpt_root before the main one clears it
+    if resume_from is None and main:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
 
     import torch
     from transformers import PrinterCallback
@@ -275,8 +284,11 @@ def train(
     from medqa_bench.data import load_dataset
     from medqa_bench.models import load_tokenizer, pick_device, resolve_model
 
-    device = pick_device(recipe.training.device)
+    # DDP: each process trains on its own device, cuda:<local rank> (CPU stays CPU).
+    device = pick_device(recipe.training.device) if ranks is None else ranks.device
     precision = pick_precision(recipe.training.precision, device)
+    if ranks is not None:  # one process converts the GGUF file / downloads; the others find it done
+        ranks.main_first(lambda: resolve_model(recipe.model.reference))
     source = resolve_model(recipe.model.reference)
     check_target_modules(source, recipe.lora.target_modules)
 
@@ -295,12 +307,13 @@ def train(
         recipe.name, source.reference, recipe.model.quantization, device, precision, len(train_rows), len(val_rows),
         f", resuming from {resume_from.name}" if resume_from else "",
     )
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(ckpt_root / RECIPE_FILE, recipe.to_dict())
+    if main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(ckpt_root / RECIPE_FILE, recipe.to_dict())
     resume_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
 
     with _quiet(not progress):
-        trainer, clock = _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks)
+        trainer, clock = _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks, main)
         if not progress:
             trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
         if device.startswith("cuda"):
@@ -314,6 +327,8 @@ def train(
                 f"checkpoints so far are in {ckpt_root} (--resume)"
             ) from exc
 
+    if not main:
+        return ranks.wait_for_main()  # the main process writes the adapter folder; return its path
     memory, memory_source = peak_memory(device)
     rows = [json.loads(line) for line in (ckpt_root / LOG_FILE).read_text().splitlines() if line.strip()]
     epochs = [r for r in rows if r["type"] == "epoch"]
@@ -356,18 +371,26 @@ def train(
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    try:
-        with atomic.directory(out, overwrite=overwrite) as tmp:
-            trainer.model.save_pretrained(tmp)
-            shutil.copyfile(ckpt_root / LOG_FILE, tmp / LOG_FILE)
-            atomic.write_json(tmp / META_FILE, meta)
-    except FileExistsError:
-        raise RunError(f"adapter folder {out} appeared while training; the run is kept in {ckpt_root} (--resume --overwrite)") from None
-    shutil.rmtree(ckpt_root, ignore_errors=True)
-    return out
+    if ranks is not None:
+        # Trainer gathers losses and token counts over the processes; the global batch is per device x processes.
+        meta["distributed"] = {**ranks.describe(), "global_batch_size": recipe.training.batch_size
+                               * recipe.training.gradient_accumulation_steps * ranks.world_size}
+
+    def write() -> Path:
+        try:
+            with atomic.directory(out, overwrite=overwrite) as tmp:
+                trainer.model.save_pretrained(tmp)
+                shutil.copyfile(ckpt_root / LOG_FILE, tmp / LOG_FILE)
+                atomic.write_json(tmp / META_FILE, meta)
+        except FileExistsError:
+            raise RunError(f"adapter folder {out} appeared while training; the run is kept in {ckpt_root} (--resume --overwrite)") from None
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+        return out
+
+    return write() if ranks is None else ranks.main_only(write)  # the others wait in wait_for_main() above
 
 
-def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks):
+def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks, main=True):
     import datasets
     import torch
     from peft import LoraConfig
@@ -401,7 +424,8 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
         eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
         processing_class=loaded.tokenizer,
         peft_config=peft_config,
-        callbacks=[TrainingLog(ckpt_root / LOG_FILE, resume_step), clock, *callbacks],
+        # DDP: one writer of training_log.jsonl (Trainer logs the losses gathered over the processes on each).
+        callbacks=[*([TrainingLog(ckpt_root / LOG_FILE, resume_step)] if main else []), clock, *callbacks],
     )
     if precision != "bf16":
         # TRL keeps a quantized model's LoRA weights in bf16 (the QLoRA paper's choice); with fp16 loss scaling or

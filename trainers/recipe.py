@@ -55,13 +55,8 @@ class SplitSection:
     ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
 
 
-@dataclass(frozen=True)
-class ColumnsSection:
-    question: str = "Question"
-    answer: str = "Answer"
-    qtype: str = "qtype"
-    focus: str = "focus"
-    id: str = "qid"
+# The recipe's `data.columns` section is the data module's own column mapping: one definition, two users.
+ColumnsSection = ColumnMap
 
 
 @dataclass(frozen=True)
@@ -86,7 +81,7 @@ class DataSection:
         return DataSpec(
             path=self.path,
             qtype=self.qtype,
-            columns=ColumnMap(**asdict(self.columns)),
+            columns=self.columns,
             split=SplitOptions(seed=self.split.seed, strategy=self.split.strategy, ratios=tuple(self.split.ratios)),
             manifest=self.manifest,
         )

@@ -1,0 +1,200 @@
+"""Two processes (gloo, CPU) through ``accelerate launch`` against one process: the same run folder, the same adapter.
+
+``accelerate launch --cpu --num_processes 2`` starts a single process unless MPI is set up (accelerate's simple
+launcher); ``--multi_gpu --num_processes 2`` starts two through torchrun, and on a machine without CUDA (or with
+``--device cpu`` / ``training.device=cpu``) medqa-bench puts both on the CPU with gloo. That is what runs here.
+
+    run    4 items, baseline + the shipped adapter, --batch-size 1, 8 new tokens: samples and aggregates equal;
+           the two writers' cache then serves a single-process run entirely (all hits, same samples)
+    train  2 processes x batch 2 vs 1 process x batch 4, 2 steps, LoRA on the fp32 base (4-bit NF4 on a CPU
+           costs ~40 s a step here; the DDP path is the same): per-step losses and LoRA weights close
+    cache  two processes opening one fresh SQLite cache at once and committing item by item
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medqa_bench.distributed import nll_batches, shard
+from medqa_bench.inference import token_batches
+
+pytestmark = pytest.mark.slow
+
+LAUNCH = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no"]
+RUN = ["-q", "run", "--limit", "4", "--max-new-tokens", "8", "--batch-size", "1", "--metrics", "loss,perplexity,rougeL",
+       "--no-report", "--device", "cpu"]
+TRAIN = ["-q", "train", "smollm2-135m-symptoms", *[a for kv in (
+    "model.quantization=none", "data.limit.train=4", "data.limit.validation=2", "data.max_length=64",
+    "training.max_steps=2", "training.logging_steps=1", "training.learning_rate=3e-3", "training.device=cpu",
+    "training.gradient_checkpointing=false", "lora.dropout=0.0", "lora.r=8") for a in ("--set", kv)]]
+
+
+def medqa(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    env.pop("WORLD_SIZE", None)
+    launcher = [sys.executable, *LAUNCH, "--main_process_port", str(_free_port())] if processes > 1 else [sys.executable]
+    proc = subprocess.run([*launcher, "-m", "medqa_bench.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read(run: Path):
+    results = json.loads((run / "results.json").read_text())
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    return results, samples
+
+
+def _close(a: float, b: float, rel: float = 1e-5) -> bool:
+    return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+
+# --------------------------------------------------------------------------------------------- batch plans
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, "auto"])
+def test_a_ranks_whole_batches_rebuild_the_same_batches(batch_size):
+    # What makes sharded results identical: token_batches over one rank's items gives back exactly the global
+    # batches that rank was dealt (same batch-mates, same padding), for fixed and token-budget batch sizes.
+    import random
+
+    lengths = [random.Random(7).choice([5, 9, 9, 17, 30, 31, 64]) + i % 3 for i in range(41)]
+    plan = token_batches(lengths, batch_size, 120)
+    for world in (2, 3):
+        dealt = []
+        for rank in range(world):
+            mine = shard(plan, rank, world)
+            rebuilt = [[mine[j] for j in b] for b in token_batches([lengths[i] for i in mine], batch_size, 120)]
+            assert rebuilt == plan[rank::world]
+            dealt += mine
+        assert sorted(dealt) == list(range(len(lengths)))
+
+
+def test_nll_plan_keeps_long_sequences_alone(default_model):
+    tok = default_model.tokenizer
+    prompts, completions = ["Q: a?\nA:", "Q: b?\nA:", "Q: c?\nA:"], [" yes", " no " * 40, " maybe"]
+    plan = nll_batches(default_model.model, tok, prompts, completions, batch_size=2, max_length=32)
+    assert plan[-1] == [1] and sorted(i for b in plan for i in b) == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed-run")
+    medqa(*RUN, "--out", str(root / "two"), "--cache", str(root / "two.sqlite"), processes=2)
+    medqa(*RUN, "--out", str(root / "one"), "--cache", str(root / "one.sqlite"))
+    return root
+
+
+def test_two_processes_write_the_single_process_results(runs):
+    r1, s1 = _read(runs / "one")
+    r2, s2 = _read(runs / "two")
+    assert r2["environment"]["distributed"] == {"world_size": 2, "backend": "gloo", "device_type": "cpu"}
+    assert "distributed" not in r1["environment"]
+    assert [s["id"] for s in s2] == [s["id"] for s in s1] and len(s1) == 4
+    for a, b in zip(s1, s2):
+        assert a["systems"].keys() == b["systems"].keys() and len(a["systems"]) == 2  # baseline + shipped adapter
+        for name, x in a["systems"].items():
+            y = b["systems"][name]
+            assert (y["prediction"], y["generated_tokens"], y["truncated"]) == (x["prediction"], x["generated_tokens"], x["truncated"])
+            assert y["nll_tokens"] == x["nll_tokens"] and _close(x["nll_sum"], y["nll_sum"]), (a["id"], name)
+            for metric, v in x["scores"].items():
+                assert _close(v, y["scores"][metric]), (a["id"], name, metric)
+    for system, per in r1["results"].items():
+        for metric, v in per.items():
+            w = r2["results"][system][metric]
+            assert w["n"] == v["n"] and all(_close(v[k], w[k]) for k in ("value", "ci_low", "ci_high")), (system, metric)
+    assert r2["cache"]["misses"] == r1["cache"]["misses"] == 2 * 2 * 4 and r2["cache"]["hits"] == 0
+    assert r2["data"]["item_ids_fingerprint"] == r1["data"]["item_ids_fingerprint"]
+
+
+def test_the_two_writers_cache_serves_a_later_run(runs):
+    medqa(*RUN, "--out", str(runs / "again"), "--cache", str(runs / "two.sqlite"))
+    again, samples = _read(runs / "again")
+    assert again["cache"] == {"hits": 2 * 2 * 4, "misses": 0, "path": str(runs / "two.sqlite")}
+    assert samples == _read(runs / "two")[1]
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+
+def _writer(path: str, tag: str, n: int, start) -> None:
+    from medqa_bench.cache import InferenceCache
+
+    start.wait()
+    cache = InferenceCache(path)  # both open (and set WAL on) a file that did not exist
+    for i in range(n):
+        cache.put_many([(f"{tag}-{i}", "nll", {"nll_sum": float(i), "nll_tokens": i})])
+        cache.get_many([f"{tag}-{i}"])
+    cache.close()
+
+
+def test_two_writers_share_one_cache(tmp_path):
+    from medqa_bench.cache import InferenceCache
+
+    path = str(tmp_path / "cache.sqlite")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_writer, args=(path, tag, 300, start)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    cache = InferenceCache(path)
+    assert cache.count("nll") == 600
+    assert cache.get_many(["a-299", "b-7"]) == {"a-299": {"nll_sum": 299.0, "nll_tokens": 299}, "b-7": {"nll_sum": 7.0, "nll_tokens": 7}}
+    cache.close()
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed-train")
+    medqa(*TRAIN, "--set", "training.batch_size=2", "--out", str(root / "two"), processes=2)
+    medqa(*TRAIN, "--set", "training.batch_size=4", "--out", str(root / "one"))
+    return root
+
+
+def _steps(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["type"] == "step"]
+
+
+def test_ddp_trains_the_single_process_adapter(adapters):
+    from safetensors.torch import load_file
+
+    one, two = adapters / "one", adapters / "two"
+    s1, s2 = _steps(one), _steps(two)
+    assert [r["step"] for r in s2] == [r["step"] for r in s1] == [1, 2]  # one writer: no duplicated lines
+    for a, b in zip(s1, s2):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * max(1.0, abs(a["loss"])), (a, b)
+        assert a["tokens"] == b["tokens"]  # tokens are counted over both processes
+    w1, w2 = load_file(str(one / "adapter_model.safetensors")), load_file(str(two / "adapter_model.safetensors"))
+    assert w1.keys() == w2.keys() and w1
+    for name in w1:  # element-wise, Adam magnifies the last digits of near-zero gradients; the tensors agree
+        assert (w1[name] - w2[name]).norm() <= 1e-3 * w1[name].norm(), name
+    meta = json.loads((two / "medqa_bench.json").read_text())
+    assert meta["distributed"] == {"world_size": 2, "backend": "gloo", "device_type": "cpu", "global_batch_size": 4}
+    assert "distributed" not in json.loads((one / "medqa_bench.json").read_text())
+    assert not (adapters / "two.checkpoints").exists()
+    assert not [p.name for p in adapters.iterdir() if p.name.startswith(".")]  # no temporary folders left
