@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(r)
     r.add_argument("--split", choices=["train", "validation", "test", "all"], help="which split to evaluate (default test)")
     r.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded sample of N items; 0 = the full split "
-                   "(default: full split on GPU, 24 items on CPU)")
+                   "(default: full split on GPU, 10 items on CPU)")
     r.add_argument("--sample-seed", type=int, metavar="N", help="seed of the --limit sample (default 0)")
     r.add_argument("--prompt-format", choices=["reference", "chat"], help="the reference template (default) or the model's chat template")
     r.add_argument("--max-new-tokens", type=int, metavar="N", help="generation budget (default 256 on GPU, 128 on CPU)")

@@ -34,7 +34,7 @@ from .inference import DecodingParams
 from .models import DEFAULT_MODEL
 
 #: Items evaluated by default on a CPU, so a first run ends in minutes; ``limit: 0`` evaluates the full split.
-CPU_DEFAULT_LIMIT = 24
+CPU_DEFAULT_LIMIT = 10
 CPU_DEFAULT_MAX_NEW_TOKENS = 128
 
 
