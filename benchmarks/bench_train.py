@@ -1,16 +1,26 @@
-"""Training throughput and memory of ``trainers.qlora.train``: a few dozen QLoRA steps per row, one table.
+"""QLoRA training throughput and memory of ``trainers.qlora.train`` beside plain TRL, and the loss curves.
 
-    python benchmarks/bench_train.py                                  # SmolLM2-135M, gradient checkpointing on/off
-    python benchmarks/bench_train.py --steps 6 --batch 2 --max-length 128     # a short CPU run
-    python benchmarks/bench_train.py --random-llama-1b               # Llama-3.2-1B's shapes, random weights
+Speed table (one GPU; each row in its own process, the same data, base, 4-bit config and LoRA)::
 
-Each row runs in its own process, so "peak memory" is that run's alone: CUDA ``max_memory_allocated``, or the
-process's max RSS on CPU. "real tok/s" counts non-padding input tokens over the time spent in optimizer steps
-(evaluation, checkpointing and model loading excluded). On CUDA each row also trains a plain TRL ``SFTTrainer``
-(its defaults, the same base, LoRA, 4-bit config, data, batch and checkpointing) in the same process, and prints
-the ratio ours / plain: the cost of the harness around TRL, which should be ~1.0.
+    python benchmarks/bench_train.py --random-llama-1b \\
+        --rows trl:batch=4,gc=on trl:batch=16,gc=off ours:batch=16,gc=off,group=on,kernels=liger
 
-The data are the bundled MedQuAD symptoms training items, cut at --max-length (most fill it at 256).
+A row is ``SIDE:key=value,...``. SIDE ``trl`` is TRL's ``SFTTrainer`` as its documentation shows it (prompt/completion
+rows, completion-only loss, bf16, its defaults otherwise); ``ours`` is ``trainers.qlora.train`` with the recipe
+``smollm2-135m-symptoms`` (the reference recipe's settings) and overrides. Keys: ``batch``, ``gc`` (gradient
+checkpointing on/off), and for ``ours`` also ``group`` (training.group_by_length), ``kernels`` (training.kernels)
+or any dotted recipe key (``training.optimizer=adamw_torch_fused``).
+
+"real tok/s" counts non-padding input tokens (prompt, answer and EOS) over the optimizer steps after ``--warmup``
+steps (CUDA-synchronised at both ends), so start-up, compilation, evaluation and saving are excluded. "peak GiB" is
+CUDA ``max_memory_allocated`` from the start of training (the 4-bit weights included). The ratio column divides by
+the fastest ``trl`` row of the same run.
+
+Loss curves (``--curve``): SmolLM2-135M-Instruct, one epoch of the symptoms training split at ``--curve-batch``,
+plain TRL with two seeds (the noise band) and ``ours`` with the fast switches, each logging the mean training loss
+every 10 steps and the validation loss at the end.
+
+The data are the bundled MedQuAD symptoms training items with the reference template, cut at --max-length.
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SHORT_KEYS = {"batch": "training.batch_size", "gc": "training.gradient_checkpointing",
+              "group": "training.group_by_length", "kernels": "training.kernels",
+              "compile": "training.compile", "pad": "training.pad_to_multiple_of"}
 
 
 def build_random_llama_1b(folder: Path) -> Path:
@@ -62,50 +76,106 @@ def build_random_llama_1b(folder: Path) -> Path:
     return folder
 
 
-def _overrides(args: argparse.Namespace, model: str, gc: bool) -> list[str]:
-    return [
-        f"model.reference={model}",
-        f"training.max_steps={args.steps}",
-        f"training.batch_size={args.batch}",
-        f"training.gradient_checkpointing={str(gc).lower()}",
-        f"training.device={args.device}",
-        f"training.logging_steps={args.steps}",
-        f"data.max_length={args.max_length}",
-        f"data.limit.train={args.steps * args.batch}",  # one epoch: one evaluation, at the end
-        "data.limit.validation=1",
-    ]
+def parse_row(text: str) -> tuple[str, dict[str, str]]:
+    side, _, rest = text.partition(":")
+    if side not in ("trl", "ours"):
+        raise SystemExit(f"row '{text}': the side must be 'trl' or 'ours'")
+    options = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    for key in options:
+        if side == "trl" and key not in ("batch", "gc", "seed"):
+            raise SystemExit(f"row '{text}': a trl row takes batch, gc and seed only")
+    return side, options
 
 
-def run_one(spec: dict) -> dict:
-    """One row, in this process: our train(), then (CUDA only) plain SFTTrainer on the same inputs."""
+def _bool(value: str) -> str:
+    return {"on": "true", "off": "false"}.get(value, value)
+
+
+def recipe_overrides(options: dict[str, str], model: str, steps: int | None, max_length: int, device: str) -> list[str]:
+    out = [f"model.reference={model}", f"training.device={device}", f"data.max_length={max_length}",
+           "training.logging_steps=10", "data.limit.validation=1"]
+    if steps is not None:
+        batch = int(options.get("batch", 4))
+        out += [f"training.max_steps={steps}", f"data.limit.train={steps * batch}"]  # one epoch, one evaluation
+    for key, value in options.items():
+        if key == "seed":
+            out.append(f"seed={value}")
+        else:
+            out.append(f"{SHORT_KEYS.get(key, key)}={_bool(value)}")
+    return out
+
+
+def window_clock(warmup: int):
+    """A TrainerCallback timing the optimizer steps after ``warmup`` and logging (step, loss) pairs."""
     import torch
+    from transformers import TrainerCallback
 
+    class WindowClock(TrainerCallback):
+        def __init__(self):
+            self.t0 = self.t1 = self._last = None
+            self.step_ms: list[float] = []
+            self.profile = None
+            self._prof = None
+            self.tok0 = self.tok1 = 0
+            self.losses: list[tuple[int, float]] = []
+            self.eval_loss = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+
+        def _now(self):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if os.environ.get("BENCH_PROFILE") and state.global_step == warmup + 10:
+                self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                                torch.profiler.ProfilerActivity.CUDA])
+                self._prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = self._now()
+            if self._last is not None:
+                self.step_ms.append(round((now - self._last) * 1000, 1))
+            self._last = now
+            if self._prof is not None and state.global_step == warmup + 13:
+                self._prof.__exit__(None, None, None)
+                self.profile = self._prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+                self._prof = None
+            if state.global_step == warmup:
+                self.t0, self.tok0 = self._now(), state.num_input_tokens_seen
+            if state.global_step == state.max_steps:
+                self.t1, self.tok1 = self._now(), state.num_input_tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs and not any(k.startswith("eval_") for k in logs):
+                self.losses.append((state.global_step, float(logs["loss"])))
+            if "eval_loss" in logs:
+                self.eval_loss = float(logs["eval_loss"])
+
+    return WindowClock()
+
+
+def run_ours(spec: dict) -> dict:
     from trainers.qlora import load_recipe, train
 
-    args = argparse.Namespace(**spec["args"])
-    recipe = load_recipe("smollm2-135m-symptoms", _overrides(args, spec["model"], spec["gc"]))
+    clock = window_clock(spec["warmup"])
+    overrides = recipe_overrides(spec["options"], spec["model"], spec["steps"], spec["max_length"], spec["device"])
+    if spec.get("curve"):
+        overrides = [o for o in overrides if not o.startswith("data.limit.validation")] + ["training.epochs=1"]
+    recipe = load_recipe("smollm2-135m-symptoms", overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        out = train(recipe, out=Path(tmp) / "adapter", progress=False)
+        out = train(recipe, out=Path(tmp) / "adapter", progress=False, callbacks=[clock])
         meta = json.loads((out / "medqa_bench.json").read_text())
-    t = meta["training"]
-    row = {
-        "model": spec["label"],
-        "device": meta["hardware"]["device_name"] if meta["resolved"]["device"] != "cpu" else f"cpu x{os.cpu_count()}",
-        "dtype": f"nf4/{meta['resolved']['precision']}" if meta["resolved"]["quantization"] == "4bit" else meta["resolved"]["precision"],
-        "batch": args.batch,
-        "grad_ckpt": spec["gc"],
-        "tok_s": t["tokens_per_s"],
-        "peak_mem_gb": t["peak_memory_bytes"] / 2**30,
-        "steps": t["global_step"],
-    }
-    if meta["resolved"]["device"].startswith("cuda") and not args.no_reference:
-        torch.cuda.empty_cache()
-        row["plain_tok_s"], row["plain_mem_gb"] = plain_trl(recipe, meta["resolved"]["precision"])
-        row["ratio"] = row["tok_s"] / row["plain_tok_s"]
-    return row
+    if spec.get("curve"):
+        clock.eval_loss = meta["training"]["final_eval_loss"]
+    return _row(spec, clock, meta["hardware"].get("device_name"))
 
 
-def plain_trl(recipe, precision: str) -> tuple[float, float]:
+def run_trl(spec: dict) -> dict:
     """TRL's SFTTrainer as its documentation shows it: same base, 4-bit config, LoRA, data, batch and checkpointing."""
     import datasets
     import torch
@@ -115,61 +185,128 @@ def plain_trl(recipe, precision: str) -> tuple[float, float]:
 
     from medqa_bench.data import load_dataset
     from medqa_bench.models import load_tokenizer, nf4_config, resolve_model
-    from trainers.callbacks import StepClock
-    from trainers.qlora import limit_examples, sft_records
+    from trainers.qlora import limit_examples, load_recipe, sft_records
 
+    options = spec["options"]
+    recipe = load_recipe("smollm2-135m-symptoms", recipe_overrides(options, spec["model"], spec["steps"], spec["max_length"], spec["device"]))
     source = resolve_model(recipe.model.reference)
     tokenizer = load_tokenizer(source)
     ds = load_dataset(recipe.data.spec())
     rows = sft_records(limit_examples(ds.split("train"), recipe.data.limit.train, recipe.seed), "reference", tokenizer)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    val = sft_records(ds.split("validation"), "reference", tokenizer) if spec.get("curve") else None
     model = AutoModelForCausalLM.from_pretrained(
-        source.location, quantization_config=nf4_config(str(dtype).split(".")[1]), dtype=dtype, device_map={"": 0}
+        source.location, quantization_config=nf4_config("bfloat16"), dtype=torch.bfloat16, device_map={"": 0}
     )
-    clock = StepClock(True)
-    torch.cuda.reset_peak_memory_stats()
+    clock = window_clock(spec["warmup"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = SFTTrainer(
             model=model,
             args=SFTConfig(
                 output_dir=tmp,
-                max_steps=recipe.training.max_steps,
+                seed=recipe.seed,
+                num_train_epochs=1,
+                max_steps=recipe.training.max_steps or -1,
                 per_device_train_batch_size=recipe.training.batch_size,
+                per_device_eval_batch_size=recipe.training.batch_size,
                 learning_rate=recipe.training.learning_rate,
                 gradient_checkpointing=recipe.training.gradient_checkpointing,
                 max_length=recipe.data.max_length,
-                bf16=precision == "bf16",
-                fp16=precision == "fp16",
+                bf16=True,
                 include_num_input_tokens_seen="non_padding",
                 save_strategy="no",
                 report_to="none",
                 disable_tqdm=True,
-                logging_steps=recipe.training.max_steps,
+                logging_steps=10,
             ),
             train_dataset=datasets.Dataset.from_list(rows),
+            eval_dataset=datasets.Dataset.from_list(val) if val else None,
             processing_class=tokenizer,
             peft_config=LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                                    target_modules=list(recipe.lora.target_modules), task_type="CAUSAL_LM"),
             callbacks=[clock],
         )
         trainer.train()
-    return (clock.tokens_end - clock.tokens_start) / clock.seconds, torch.cuda.max_memory_allocated() / 2**30
+        if val:
+            clock.eval_loss = trainer.evaluate()["eval_loss"]
+    return _row(spec, clock, torch.cuda.get_device_name())
 
 
-def _table(rows: list[dict]) -> str:
-    cols = [("model", "model"), ("device", "device"), ("dtype", "dtype"), ("batch", "batch"),
-            ("grad_ckpt", "grad ckpt"), ("tok_s", "real tok/s"), ("peak_mem_gb", "peak mem GiB")]
-    if any("plain_tok_s" in r for r in rows):
-        cols += [("plain_tok_s", "TRL plain tok/s"), ("plain_mem_gb", "TRL plain GiB"), ("ratio", "ours/plain")]
+def _row(spec: dict, clock, device_name: str | None) -> dict:
+    import torch
 
-    def fmt(v):
-        return f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)
+    seconds = (clock.t1 - clock.t0) if clock.t0 is not None and clock.t1 is not None else None
+    tokens = clock.tok1 - clock.tok0
+    return {
+        "row": spec["row"],
+        "device": device_name,
+        "tok_s": tokens / seconds if seconds else None,
+        "tokens": tokens,
+        "seconds": seconds,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "losses": clock.losses,
+        "eval_loss": clock.eval_loss,
+        "step_ms": clock.step_ms,
+        "profile": clock.profile,
+    }
 
-    cells = [[h for _, h in cols]] + [[fmt(r.get(k)) for k, _ in cols] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
+
+def run_rows(rows: list[str], model: str, args: argparse.Namespace, curve: bool = False) -> list[dict]:
+    results = []
+    for text in rows:
+        side, options = parse_row(text)
+        spec = {"row": text, "side": side, "options": options, "model": model, "warmup": args.warmup,
+                "steps": None if curve else args.warmup + args.steps, "max_length": args.max_length,
+                "device": args.device, "curve": curve}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+        found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+        if proc.returncode or not found:
+            sys.stderr.write(proc.stderr[-6000:])
+            print(f"row failed: {text}", file=sys.stderr, flush=True)
+            results.append({"row": text, "failed": True})
+            continue
+        results.append(json.loads(found[0]))
+        print(f"  {text}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return results
+
+
+def speed_table(rows: list[dict]) -> str:
+    ok = [r for r in rows if not r.get("failed") and r.get("tok_s")]
+    best = max((r["tok_s"] for r in ok if r["row"].startswith("trl:")), default=None)
+    lines = ["| row | real tok/s | peak GiB | ratio to best TRL |", "|---|---|---|---|"]
+    for r in rows:
+        if r.get("failed"):
+            lines.append(f"| `{r['row']}` | failed | | |")
+            continue
+        ratio = f"{r['tok_s'] / best:.2f}" if best and r.get("tok_s") else "-"
+        peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else "-"  # CPU: not measured
+        lines.append(f"| `{r['row']}` | {r['tok_s']:,.0f} | {peak} | {ratio} |")
     return "\n".join(lines)
+
+
+def curve_table(rows: list[dict]) -> str:
+    ok = [r for r in rows if not r.get("failed")]
+    steps = sorted({s for r in ok for s, _ in r["losses"]})
+    head = "| step | " + " | ".join(f"`{r['row']}`" for r in ok) + " |"
+    lines = [head, "|---" * (len(ok) + 1) + "|"]
+    for s in steps:
+        cells = [next((f"{v:.4f}" for t, v in r["losses"] if t == s), "") for r in ok]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines.append("| mean | " + " | ".join(f"{sum(v for _, v in r['losses']) / max(len(r['losses']), 1):.4f}" for r in ok) + " |")
+    lines.append("| validation loss | " + " | ".join(f"{r['eval_loss']:.4f}" if r.get("eval_loss") else "-" for r in ok) + " |")
+    return "\n".join(lines)
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "liger-kernel"):
+        try:
+            out.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,38 +314,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m-instruct", help="model reference (alias, folder, .gguf, Hub id)")
     p.add_argument("--random-llama-1b", action="store_true", help="Llama-3.2-1B's shapes with random weights instead")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "medqa-bench-bench"), help="where the random model is saved")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--gc", choices=["both", "on", "off"], default="both", help="gradient checkpointing rows")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--no-reference", action="store_true", help="skip the plain-TRL row on CUDA")
+    p.add_argument("--rows", nargs="+", default=["trl:batch=4,gc=on", "trl:batch=16,gc=off",
+                                                 "ours:batch=16,gc=off,group=on,kernels=liger"])
+    p.add_argument("--steps", type=int, default=40, help="timed optimizer steps per row")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cuda")
+    p.add_argument("--curve", nargs="*", metavar="ROW", help="loss-curve rows on SmolLM2 (one epoch each) instead")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one row, print its JSON
     args = p.parse_args(argv)
 
     if args.one:
-        print("ROW " + json.dumps(run_one(json.loads(args.one))), flush=True)
+        spec = json.loads(args.one)
+        row = run_trl(spec) if spec["side"] == "trl" else run_ours(spec)
+        print("ROW " + json.dumps(row), flush=True)
         return 0
 
-    model, label = args.model, args.model
+    model = args.model
     if args.random_llama_1b:
-        model, label = str(build_random_llama_1b(Path(args.workdir) / "random-llama-3.2-1b-arch")), "llama-3.2-1b-arch (random)"
-    spec_args = {k: getattr(args, k) for k in ("steps", "batch", "max_length", "device", "no_reference")}
-    rows = []
-    for gc in {"both": (True, False), "on": (True,), "off": (False,)}[args.gc]:
-        spec = {"model": model, "label": label, "gc": gc, "args": spec_args}
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
-        found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
-        if proc.returncode or not found:
-            sys.stderr.write(proc.stderr[-4000:])
-            print(f"row failed: model={label} grad_ckpt={gc}", file=sys.stderr)
-            return 1
-        rows.append(json.loads(found[0]))
-        print(f"  row done in {time.perf_counter() - t0:.0f} s: grad_ckpt={gc}", file=sys.stderr, flush=True)
-    print(f"{args.steps} steps, max_length {args.max_length}, MedQuAD symptoms (train split)")
-    print(_table(rows))
+        model = str(build_random_llama_1b(Path(args.workdir) / "random-llama-3.2-1b-arch"))
+    if args.curve is not None:
+        rows = run_rows(args.curve or ["trl:batch=16,gc=off,seed=42", "trl:batch=16,gc=off,seed=43",
+                                       "ours:batch=16,gc=off,group=on,kernels=liger"], model, args, curve=True)
+        print(f"\nloss curves: {model}, one epoch, max_length {args.max_length}; {_versions()}")
+        print(curve_table(rows))
+    else:
+        rows = run_rows(args.rows, model, args)
+        device = next((r["device"] for r in rows if r.get("device")), "?")
+        print(f"\n{'llama-3.2-1b-arch (random)' if args.random_llama_1b else model} on {device}; "
+              f"{args.steps} timed steps after {args.warmup}, max_length {args.max_length}; {_versions()}")
+        print(speed_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -343,3 +343,53 @@ def test_resume_continues_from_the_checkpoint(trained, resumed):
     assert a.keys() == b.keys()
     for name in a:
         assert torch_equal(a[name], b[name]), name
+
+
+# --------------------------------------------------------------------------------------------- speed switches
+
+
+def test_speed_switches_reach_the_trainer_config():
+    from trl import SFTConfig
+
+    from trainers.qlora import _speed_options
+
+    plain = load_recipe("smollm2-135m-symptoms")
+    assert _speed_options(plain, "cpu") == {}  # the reference recipe is unchanged
+    fast = load_recipe("smollm2-135m-symptoms", ["training.group_by_length=true", "training.pad_to_multiple_of=64"])
+    options = _speed_options(fast, "cpu")
+    assert options["pad_to_multiple_of"] == 64
+    config = SFTConfig(output_dir="unused", use_cpu=True, bf16=False, **options)
+    sampler = getattr(config, "train_sampling_strategy", None)
+    assert sampler == "group_by_length" or getattr(config, "group_by_length", False)
+
+
+def test_liger_kernels_need_cuda():
+    from trainers.qlora import _speed_options
+
+    recipe = load_recipe("smollm2-135m-symptoms", ["training.kernels=liger"])
+    with pytest.raises(SpecError, match="needs a CUDA GPU"):
+        _speed_options(recipe, "cpu")
+    with pytest.raises(SpecError, match="choose one of: none, liger"):
+        load_recipe("smollm2-135m-symptoms", ["training.kernels=fast"])
+
+
+def test_length_grouped_padded_batches_train(workdir, tmp_path):
+    """A real 4-bit run with the speed switches on: every batch padded to a multiple of 8, the loss logged."""
+    from transformers import TrainerCallback
+
+    _, data = workdir
+    widths = []
+
+    class Watch(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            for batch in train_dataloader:
+                widths.append(batch["input_ids"].shape[1])
+
+    overrides = [o for o in OVERRIDES if not o.startswith(("data.limit.train", "training.batch_size", "training.max_steps"))]
+    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *overrides, "data.limit.train=4",
+                                                   "training.batch_size=2", "training.max_steps=2",
+                                                   "training.group_by_length=true", "training.pad_to_multiple_of=8"])
+    out = train(recipe, out=tmp_path / "fast", progress=False, callbacks=[Watch()])
+    assert widths and all(w % 8 == 0 for w in widths)
+    steps = [r for r in _log(out) if r["type"] == "step"]
+    assert steps and all(math.isfinite(r["loss"]) for r in steps)

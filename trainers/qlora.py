@@ -208,11 +208,43 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _speed_options(recipe: Recipe, device: str) -> dict[str, Any]:
+    """SFTConfig arguments of the recipe's speed switches (none by default: the reference recipe is unchanged)."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    t, options = recipe.training, {}
+    if t.group_by_length:
+        # transformers >= 5.2x names the sampler; earlier versions have the boolean
+        if "train_sampling_strategy" in {f.name for f in dataclasses.fields(SFTConfig)}:
+            options["train_sampling_strategy"] = "group_by_length"
+        else:
+            options["group_by_length"] = True
+    if t.compile:
+        options["torch_compile"] = True
+    if t.pad_to_multiple_of:
+        options["pad_to_multiple_of"] = t.pad_to_multiple_of
+    if t.kernels == "liger":
+        if not device.startswith("cuda"):
+            raise SpecError("training.kernels=liger needs a CUDA GPU (Triton kernels); use training.kernels=none on CPU")
+        try:
+            import liger_kernel  # noqa: F401
+        except ImportError:
+            raise SpecError("training.kernels=liger needs the liger-kernel package: pip install liger-kernel") from None
+        # TRL computes the loss with its own fused, chunked LM head; Liger's cross-entropy kernels stay off.
+        options["use_liger_kernel"] = True
+        options["liger_kernel_config"] = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+                                          "fused_linear_cross_entropy": False}
+    return options
+
+
 def _sft_config(recipe: Recipe, ckpt_root: Path, precision: str, device: str, has_eval: bool, progress: bool):
     from trl import SFTConfig
 
     t = recipe.training
     return SFTConfig(
+        **_speed_options(recipe, device),
         output_dir=str(ckpt_root),
         seed=recipe.seed,
         data_seed=recipe.seed,

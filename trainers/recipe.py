@@ -31,6 +31,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 QUANTIZATIONS = ("4bit", "none")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+KERNELS = ("none", "liger")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit", "sgd")
 
 
@@ -101,6 +102,10 @@ class TrainingSection:
     max_grad_norm: float = 1.0
     optimizer: str = "adamw_torch"
     gradient_checkpointing: bool = True
+    group_by_length: bool = False  # batches of similar lengths: little padding, same samples per epoch
+    pad_to_multiple_of: Optional[int] = None  # pad each batch's length up to a multiple: fewer distinct shapes
+    compile: bool = False  # torch.compile the model: fused element-wise kernels, fewer launches; minutes to compile
+    kernels: str = "none"  # "liger": fused Triton kernels (RMSNorm, RoPE, SwiGLU) from liger-kernel, CUDA only
     precision: str = "auto"
     device: str = "auto"
     logging_steps: int = 10
@@ -289,6 +294,7 @@ def validate(recipe: Recipe) -> None:
     _choice("training.device", t.device, DEVICES)
     _choice("training.lr_scheduler", t.lr_scheduler, SCHEDULERS)
     _choice("training.optimizer", t.optimizer, OPTIMIZERS)
+    _choice("training.kernels", t.kernels, KERNELS)
     _choice("data.prompt_format", data.prompt_format, PROMPT_FORMATS)
     _choice("data.split.strategy", data.split.strategy, ("grouped", "random"))
     positive = {
@@ -302,7 +308,7 @@ def validate(recipe: Recipe) -> None:
         "training.epochs": t.epochs,
         "training.save_total_limit": t.save_total_limit,
     }
-    for optional in ("max_steps", "save_steps", "eval_batch_size"):
+    for optional in ("max_steps", "save_steps", "eval_batch_size", "pad_to_multiple_of"):
         if getattr(t, optional) is not None:
             positive[f"training.{optional}"] = getattr(t, optional)
     for split in ("train", "validation"):
