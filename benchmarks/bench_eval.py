@@ -2,8 +2,10 @@
 
 Both sides do the same work in the same process on the same items (the default model, the symptoms test split):
 the reference loop takes items in file order, a fixed batch, right padding for NLL (labels masked) and left
-padding for generation; medqa-bench sorts by length and packs batches by a token budget. The table prints each
-side's real tokens/s and the ratio (target: >= 1.0).
+padding for generation; medqa-bench sorts by length and packs batches by a token budget (on CPU: about 512
+tokens of items within 10% of each other's length) and, for NLL, runs the LM head on the scored positions only. The
+table prints each side's real tokens/s and the ratio (target: >= 1.0). The per-item NLLs of the two sides are
+compared (the loop computes full logits and a cross-entropy over every position: the plain definition).
 
     python benchmarks/bench_eval.py                 # CPU defaults: 64 items for NLL, 16 for generation
     python benchmarks/bench_eval.py --device cuda --items 266 --gen-items 128 --batch-size 64

@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=2000, help="items for NLL scoring")
     ap.add_argument("--gen-items", type=int, default=512, help="items for generation")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--skip-generation", action="store_true")
     args = ap.parse_args()
 
     import torch
@@ -90,14 +91,15 @@ def main() -> None:
     for side, batch, s, mem in (("plain loop", 16, ref_t, ref_mem), ("medqa-bench", "auto", our_t, our_mem)):
         rows.append(("NLL scoring", side, batch, s, in_tokens / s, mem, f"MFU {2 * n_params * in_tokens / s / rate:.1%}", ref_t / s))
 
-    g = min(args.gen_items, len(items))
+    g = min(args.gen_items, len(items)) if not args.skip_generation else 0
     gp = prompts[:g]
     dec = DecodingParams(max_new_tokens=args.max_new_tokens)
-    reference_generate(model, tok, gp[:64], 64, 8, "cuda")  # warm-up
-    ref_new, ref_gt, ref_gmem = timed(lambda: reference_generate(model, tok, gp, 64, args.max_new_tokens, "cuda"))
-    ref_rate = ref_new / ref_gt
-    rows.append(("generation", "plain model.generate", 64, ref_gt, ref_rate, ref_gmem, "", 1.0))
-    variants = [(64, {}), (64, {"cache_implementation": "static"}), ("auto", {})]
+    variants = [(64, {}), (64, {"cache_implementation": "static"}), ("auto", {})] if g else []
+    if g:
+        reference_generate(model, tok, gp[:64], 64, 8, "cuda")  # warm-up
+        ref_new, ref_gt, ref_gmem = timed(lambda: reference_generate(model, tok, gp, 64, args.max_new_tokens, "cuda"))
+        ref_rate = ref_new / ref_gt
+        rows.append(("generation", "plain model.generate", 64, ref_gt, ref_rate, ref_gmem, "", 1.0))
     for batch, extra in variants:
         label = "medqa-bench" + (f" ({extra['cache_implementation']} cache)" if extra else "")
         try:

@@ -10,7 +10,9 @@ tokenised once and the completion tokens are those after the prompt's tokens (lm
 
 and over a corpus ``loss = sum nll_sum / sum nll_tokens``, ``perplexity = exp(loss)``: the mean token loss, as
 the reference workflow's "Loss" and "Perplexity". Positions are computed from the attention mask, so the value
-depends neither on the batch size nor on the padding side. A sequence longer than the model's context is scored
+depends neither on the batch size nor on the padding side. Only the scored positions go through the model's output
+layer (the LM head), and their log-softmax is taken in chunks: the same numbers as full logits, without computing
+the logits of prompt and padding positions. A sequence longer than the model's context is scored
 with a strided sliding window: every completion token is scored exactly once, with up to ``max_length - stride``
 tokens of preceding context; nothing is silently truncated.
 """
@@ -66,8 +68,11 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def token_batches(lengths: Sequence[int], batch_size: int | str, token_budget: int) -> list[list[int]]:
-    """Indices grouped into batches, longest first. ``"auto"`` packs up to ``token_budget`` padded tokens."""
+def token_batches(
+    lengths: Sequence[int], batch_size: int | str, token_budget: int, max_padding: float | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches, longest first. ``"auto"`` packs up to ``token_budget`` padded tokens and, with
+    ``max_padding``, only items at most that fraction shorter than the batch's longest (so little is padding)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
@@ -78,6 +83,7 @@ def token_batches(lengths: Sequence[int], batch_size: int | str, token_budget: i
                 len(current) >= batch_size
                 if isinstance(batch_size, int)
                 else width * (len(current) + 1) > token_budget
+                or (max_padding is not None and width - lengths[i] > max_padding * width)
             )
             if full:
                 batches.append(current)
@@ -89,14 +95,18 @@ def token_batches(lengths: Sequence[int], batch_size: int | str, token_budget: i
 
 
 def default_token_budget(model: Any, for_generation: bool = False) -> int:
-    """Padded tokens per batch under ``batch_size="auto"``: small on CPU (cache-friendly), sized by free memory on GPU.
+    """Padded tokens per batch under ``batch_size="auto"``: small on CPU, sized by free memory on GPU.
 
-    NLL scoring holds float32 logits (and their log-softmax) for every token: about 12 x vocab bytes a token.
-    Generation holds a KV cache per token and logits for the last position only.
+    On a CPU a forward pass over a few hundred tokens already keeps the matrix units busy (measured on 2 cores:
+    one 512-token sequence runs as fast per token as four 128-token ones, a 32-token one at half speed), so larger
+    batches only add padding and memory traffic: NLL batches hold about 512 tokens and, see
+    :func:`nll_padding_limit`, items of nearly equal length. Generation holds a KV cache per token and logits
+    for the last position only; NLL scoring holds float32 logits of the scored positions (and their log-softmax,
+    in chunks): at most about 12 x vocab bytes a token.
     """
     device = next(model.parameters()).device
     if device.type != "cuda":
-        return 2048 if for_generation else 4096
+        return 2048 if for_generation else 512
     import torch
 
     free, _ = torch.cuda.mem_get_info(device)
@@ -114,6 +124,25 @@ def default_token_budget(model: Any, for_generation: bool = False) -> int:
     return int(max(2048, min(0.4 * free / per_token, 1 << 20)))
 
 
+def nll_padding_limit(model: Any) -> float | None:
+    """``max_padding`` of NLL batches under ``"auto"``: on a CPU padding costs as much as real tokens, so a batch
+    takes only items within 10% of its longest; on GPU (None) the token budget alone packs the batches."""
+    return None if next(model.parameters()).device.type == "cuda" else 0.1
+
+
+def attention_kernels(device: Any):
+    """On CUDA, scaled-dot-product attention without its cuDNN backend: cuDNN builds an execution plan for every new
+    (batch, length) shape, and length-sorted batches have a new shape almost every time. Flash and memory-efficient
+    attention need no plan."""
+    import contextlib
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def model_context_length(model: Any, tokenizer: Any) -> int:
     n = getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
     return int(min(n, 1 << 20))
@@ -129,6 +158,21 @@ def encode_pair(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int]
     if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
         return list(ctx), list(whole[len(ctx):])
     return list(ctx), list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+
+
+def encode_pairs(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_pair` for many items, tokenised in two batched calls (a fast tokenizer runs them in parallel)."""
+    if not prompts:
+        return []
+    ctxs = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    wholes = tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=True)["input_ids"]
+    out = []
+    for prompt, completion, ctx, whole in zip(prompts, completions, ctxs, wholes):
+        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
+            out.append((list(ctx), list(whole[len(ctx):])))
+        else:
+            out.append(encode_pair(tokenizer, prompt, completion))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- NLL
@@ -159,15 +203,16 @@ def completion_nll(
     device = next(model.parameters()).device
     max_length = max_length or model_context_length(model, tokenizer)
     stride = stride or max(1, max_length // 2)
-    pairs = [encode_pair(tokenizer, p, c) for p, c in zip(prompts, completions)]
+    pairs = encode_pairs(tokenizer, prompts, completions)
     results: list[CompletionNLL | None] = [None] * len(pairs)
     short = [i for i, (a, b) in enumerate(pairs) if len(a) + len(b) <= max_length]
     long = [i for i, (a, b) in enumerate(pairs) if len(a) + len(b) > max_length]
     budget = default_token_budget(model)
     bar = _progress(len(pairs), desc, progress)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    with torch.inference_mode():
-        for batch in token_batches([len(pairs[i][0]) + len(pairs[i][1]) for i in short], batch_size, budget):
+    with torch.inference_mode(), attention_kernels(device):
+        lengths = [len(pairs[i][0]) + len(pairs[i][1]) for i in short]
+        for batch in token_batches(lengths, batch_size, budget, nll_padding_limit(model)):
             idx = [short[j] for j in batch]
             seqs = [pairs[i][0] + pairs[i][1] for i in idx]
             starts = [len(pairs[i][0]) for i in idx]
@@ -186,29 +231,86 @@ def completion_nll(
     return results  # type: ignore[return-value]
 
 
-def _score_sequences(model, seqs, starts, pad_id, padding_side, device):
-    """NLL sums over positions >= start of each sequence (start = first scored token), one forward pass."""
+def _score_sequences(model, seqs, starts, pad_id, padding_side, device, *, full_logits: bool = False):
+    """NLL sums over positions >= start of each sequence (start = first scored token), one forward pass.
+
+    The language-model head runs on the scored positions only (:func:`_scored_logits`), and the log-softmax is
+    taken in chunks of rows, never over the whole batch and vocabulary at once. ``full_logits=True`` is the plain
+    path (the model's logits at every position, with the attention mask, the scored rows picked from them), kept
+    as the reference the tests compare against.
+    """
     import torch
-    import torch.nn.functional as F
 
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    target = torch.zeros((len(seqs), width), dtype=torch.bool)
+    rows, cols = [], []  # (row, position) of each position whose logits predict a scored token
     for r, (s, start) in enumerate(zip(seqs, starts)):
         off = width - len(s) if padding_side == "left" else 0
         ids[r, off: off + len(s)] = torch.tensor(s)
         mask[r, off: off + len(s)] = 1
-        target[r, off + start: off + len(s)] = True
-    ids, mask, target = ids.to(device), mask.to(device), target.to(device)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-    # Token t is predicted by the logits at t-1.
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    tok_logp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    scored = target[:, 1:]
-    sums = (-(tok_logp * scored)).sum(-1)
-    return [float(x) for x in sums.cpu()], [int(x) for x in scored.sum(-1).cpu()]
+        first = max(start, 1)  # position 0 has no predecessor; token t is predicted by the logits at t-1
+        rows.append(torch.full((len(s) - first,), r, dtype=torch.long))
+        cols.append(torch.arange(off + first - 1, off + len(s) - 1))
+    rows_t, cols_t = torch.cat(rows), torch.cat(cols)
+    labels = ids[rows_t, cols_t + 1]
+    inputs = {"input_ids": ids.to(device)}
+    if padding_side == "left" or full_logits:
+        # With right padding the mask can be left out: causal attention never lets a real token see the padding
+        # after it and positions are 0, 1, ... as without padding, so the model takes its is_causal kernels.
+        inputs["attention_mask"] = mask.to(device)
+        inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    rows_d, cols_d = rows_t.to(device), cols_t.to(device)
+    if full_logits:
+        logits = model(**inputs, use_cache=False).logits[rows_d, cols_d]
+    else:
+        logits = _scored_logits(model, inputs, rows_d, cols_d)
+    nll = _token_nll(logits, labels.to(device)).cpu()
+    sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(0, rows_t, nll.double())
+    counts = torch.bincount(rows_t, minlength=len(seqs))
+    return [float(x) for x in sums], [int(x) for x in counts]
+
+
+def _scored_logits(model, inputs, rows, cols):
+    """Logits at positions ``(rows[k], cols[k])`` only: the model's hidden states of those positions go through its
+    output layer (the LM head), the others never do.
+
+    A forward pre-hook on the model's output embeddings (``get_output_embeddings()``: the LM head, or PEFT's wrapper
+    of it when an adapter targets it) swaps its input ``(batch, seq, hidden)`` for the gathered rows
+    ``(1, n, hidden)``; whatever the model does after the head (soft-capping, scaling, casting) still applies, as it
+    acts position by position. The decoder runs as usual, with any attached adapters. A model whose forward never
+    calls that module falls back to gathering from its full logits.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return model(**inputs, use_cache=False).logits[rows, cols]
+    seen: list[bool] = []
+
+    def gather(module, args, kwargs):
+        seen.append(True)
+        if args:
+            return (args[0][rows, cols].unsqueeze(0), *args[1:]), kwargs
+        return args, {**kwargs, "input": kwargs["input"][rows, cols].unsqueeze(0)}
+
+    handle = head.register_forward_pre_hook(gather, with_kwargs=True)
+    try:
+        logits = model(**inputs, use_cache=False).logits
+    finally:
+        handle.remove()
+    if not seen:  # the head was not called as a module: the logits are the full ones
+        return logits[rows, cols]
+    return logits[0]
+
+
+def _token_nll(logits, labels, chunk: int = 1024):
+    """-log p(label) per row, in float32, over ``chunk`` rows at a time (the log-softmax of one chunk at a time)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = torch.empty(len(labels), dtype=torch.float32, device=logits.device)
+    for a in range(0, len(labels), chunk):
+        out[a: a + chunk] = F.cross_entropy(logits[a: a + chunk].float(), labels[a: a + chunk], reduction="none")
+    return out
 
 
 def _sliding_window_nll(model, ctx, cont, max_length, stride, pad_id, device) -> CompletionNLL:
@@ -255,24 +357,38 @@ def generate(
     progress: bool = True,
     desc: str = "generate",
     on_result: Callable[[int, Generation], None] | None = None,
+    cache_implementation: str | None = None,
 ) -> list[Generation]:
-    """Greedy (or seeded sampled) generation with left padding, stopping at EOS, in length-sorted batches."""
+    """Greedy (or seeded sampled) generation with left padding, stopping at EOS, in length-sorted batches.
+
+    ``cache_implementation="static"`` pre-allocates the KV cache, which lets transformers compile the decoding
+    step (CUDA graphs): faster per token on a GPU after a first, compiling call. The text is the same as with the
+    default dynamic cache up to floating-point ties.
+    """
     import torch
 
     device = next(model.parameters()).device
     eos = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"] if prompts else []
     budget = default_token_budget(model, for_generation=True)
     lengths = [len(e) + decoding.max_new_tokens for e in encoded]
     results: list[Generation | None] = [None] * len(prompts)
     bar = _progress(len(prompts), desc, progress)
-    with torch.inference_mode():
+    with torch.inference_mode(), attention_kernels(device):
         for batch in token_batches(lengths, batch_size, budget):
             width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):
+            rows = len(batch)
+            if cache_implementation == "static":
+                # One compiled decoding step serves every batch only if the shapes repeat: the prompt width is
+                # rounded up to a multiple of 64 and a short last batch is filled up with copies of its first row
+                # (their outputs are dropped).
+                width = -(-width // 64) * 64
+                if isinstance(batch_size, int):
+                    rows = max(rows, batch_size)
+            ids = torch.full((rows, width), pad_id, dtype=torch.long)
+            mask = torch.zeros((rows, width), dtype=torch.long)
+            for r, i in enumerate(list(batch) + [batch[0]] * (rows - len(batch))):
                 ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]):] = 1
             kwargs: dict[str, Any] = {
@@ -286,6 +402,8 @@ def generate(
                 kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            if cache_implementation:
+                kwargs["cache_implementation"] = cache_implementation
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             new = out[:, width:].cpu().tolist()
             for r, i in enumerate(batch):

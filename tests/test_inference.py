@@ -117,3 +117,106 @@ def test_adapter_of_another_base_is_refused(tmp_path, lora_adapter):
     loaded = load_base("smollm2-135m-instruct", device="cpu", dtype="float32")
     with pytest.raises(AdapterError, match="was trained on base meta-llama"):
         attach_adapters(loaded, {"labelled": tmp_path / "labelled"})
+
+
+# --------------------------------------------------------------------------------------------- scored-positions LM head
+
+
+def _pairs(tok, prompts, completions):
+    from medqa_bench.inference import encode_pair
+
+    pairs = [encode_pair(tok, p, c) for p, c in zip(prompts, completions)]
+    return [a + b for a, b in pairs], [len(a) for a, _ in pairs]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_lm_head_on_scored_positions_equals_full_logits(default_model, items, padding_side):
+    from medqa_bench.inference import _score_sequences
+
+    model, tok = default_model.model, default_model.tokenizer
+    seqs, starts = _pairs(tok, *items)
+    with torch.inference_mode():
+        fast = _score_sequences(model, seqs, starts, tok.pad_token_id, padding_side, "cpu")
+        full = _score_sequences(model, seqs, starts, tok.pad_token_id, padding_side, "cpu", full_logits=True)
+    assert fast[1] == full[1] == [len(s) - st for s, st in zip(seqs, starts)]
+    for a, b in zip(fast[0], full[0]):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_lm_head_on_scored_positions_runs_only_those_rows(default_model, items):
+    from medqa_bench.inference import _score_sequences
+
+    model, tok = default_model.model, default_model.tokenizer
+    seqs, starts = _pairs(tok, *items)
+    shapes = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
+    try:
+        with torch.inference_mode():
+            _score_sequences(model, seqs[:3], starts[:3], tok.pad_token_id, "right", "cpu")
+    finally:
+        handle.remove()
+    assert shapes == [(1, sum(len(s) - st for s, st in zip(seqs[:3], starts[:3])), model.config.vocab_size)]
+
+
+def test_lm_head_on_scored_positions_with_peft_adapters(lora_adapter, items):
+    """With a real LoRA adapter (non-zero B) attached by PEFT, also on the LM head, and with the adapter disabled
+    (the baseline): the scored-positions path equals the full-logits path and the model's own loss."""
+    from peft import LoraConfig, get_peft_model
+
+    from medqa_bench.inference import _score_sequences, encode_pair
+
+    loaded = load_base("smollm2-135m-instruct", device="cpu", dtype="float32")
+    attach_adapters(loaded, {"ft": lora_adapter})
+    tok = loaded.tokenizer
+    prompts, completions = items
+    seqs, starts = _pairs(tok, prompts[:4], completions[:4])
+    values = {}
+    for system in ("ft", "baseline"):
+        with system_active(loaded, system) as model, torch.inference_mode():
+            fast = _score_sequences(model, seqs, starts, tok.pad_token_id, "left", "cpu")
+            full = _score_sequences(model, seqs, starts, tok.pad_token_id, "left", "cpu", full_logits=True)
+            values[system] = fast[0]
+            for a, b in zip(fast[0], full[0]):
+                assert a == pytest.approx(b, rel=1e-5)
+            ctx, cont = encode_pair(tok, prompts[0], completions[0])
+            ids = torch.tensor([ctx + cont])
+            labels = ids.clone()
+            labels[0, : len(ctx)] = -100
+            loss = model(input_ids=ids, labels=labels).loss.item()
+            assert fast[0][0] == pytest.approx(loss * len(cont), rel=1e-5)
+    assert values["ft"][0] != pytest.approx(values["baseline"][0], rel=1e-6)  # the adapter was active
+
+    # An adapter on the LM head itself: PEFT wraps it, the hook sits on the wrapper, the LoRA term is kept.
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(loaded.source.location, dtype=torch.float32)
+    torch.manual_seed(1)
+    head_model = get_peft_model(base, LoraConfig(r=4, target_modules=["lm_head", "q_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in head_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    head_model.eval()
+    with torch.inference_mode():
+        fast = _score_sequences(head_model, seqs, starts, tok.pad_token_id, "right", "cpu")
+        full = _score_sequences(head_model, seqs, starts, tok.pad_token_id, "right", "cpu", full_logits=True)
+        with head_model.disable_adapter():
+            off = _score_sequences(head_model, seqs, starts, tok.pad_token_id, "right", "cpu")
+    for a, b, c in zip(fast[0], full[0], off[0]):
+        assert a == pytest.approx(b, rel=1e-5)
+        assert a != pytest.approx(c, rel=1e-6)
+
+
+def test_cpu_nll_batches_keep_padding_small():
+    from medqa_bench.inference import token_batches
+
+    lengths = [1000, 980, 700, 690, 120, 118, 117, 30, 29, 28, 27]
+    batches = token_batches(lengths, "auto", 512, max_padding=0.1)
+    for b in batches:
+        width = max(lengths[i] for i in b)
+        assert all(width - lengths[i] <= 0.1 * width for i in b)
+        assert len(b) == 1 or width * len(b) <= 512
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [4, 5, 6] in batches and [7, 8, 9, 10] in batches
+    # without the padding limit, the plan is the token budget's alone (as on GPU, and as before)
+    assert token_batches(lengths, "auto", 512) == token_batches(lengths, "auto", 512, max_padding=None)

@@ -4,7 +4,8 @@ Tokens come from rouge-score's own tokenizer and nltk's Porter stemmer (so the n
 but the work is arranged for long medical answers, where rouge-score spends ~15 ms a pair in a Python LCS
 table:
 
-- each distinct text is tokenised once per call and each word stemmed once per process;
+- each distinct text is tokenised once per process (a bounded cache the four ROUGE metrics share, so
+  rouge2, rougeL and rougeLsum reuse rouge1's work) and each word stemmed once per process;
 - the LCS length (ROUGE-L) is computed bit-parallel (Allison-Dix / Hyyrö: one big-integer step per
   prediction token), which returns the same length as the table;
 - ROUGE-Lsum's union LCS reads the table's cells out of those bit vectors and backtracks exactly as
@@ -39,10 +40,16 @@ def _stemmer():
     return CachedStemmer()
 
 
-def rouge_tokens(text: str) -> list[str]:
+@functools.lru_cache(maxsize=1 << 14)
+def _token_tuple(text: str) -> tuple[str, ...]:
     from rouge_score import tokenize
 
-    return tokenize.tokenize(text, _stemmer())
+    return tuple(tokenize.tokenize(text, _stemmer()))
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """rouge-score's tokens of ``text`` (lower case, alphanumeric, Porter-stemmed)."""
+    return list(_token_tuple(text))
 
 
 def _fmeasure(overlap: int, n_pred: int, n_ref: int) -> float:
@@ -136,11 +143,11 @@ def _rouge_metric(rouge_type: str) -> Metric:
         def get(text):
             if text not in toks:
                 if rouge_type == "rougeLsum":
-                    toks[text] = [rouge_tokens(s) for s in _lines(text)]
+                    toks[text] = [_token_tuple(s) for s in _lines(text)]
                 elif rouge_type == "rougeL":
-                    toks[text] = rouge_tokens(text)
+                    toks[text] = _token_tuple(text)
                 else:
-                    toks[text] = _ngrams(rouge_tokens(text), int(rouge_type[-1]))
+                    toks[text] = _ngrams(_token_tuple(text), int(rouge_type[-1]))
             return toks[text]
 
         out = []
@@ -161,7 +168,7 @@ def _rouge_metric(rouge_type: str) -> Metric:
 
         def pairwise(predictions, references):
             def bag(text):
-                t = rouge_tokens(text)
+                t = _token_tuple(text)
                 return [tuple(t[i : i + n]) for i in range(len(t) - n + 1)]
 
             return overlap_f1_matrix([bag(p) for p in predictions], [bag(r) for r in references], empty_match=False)
