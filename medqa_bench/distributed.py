@@ -177,12 +177,13 @@ def nll_batches(model: Any, tokenizer: Any, prompts: Sequence[str], completions:
                 batch_size: int | str, max_length: int) -> list[list[int]]:
     """``completion_nll``'s batches over these items; a sequence longer than ``max_length`` is a batch alone
     (it is scored by the sliding window, item by item)."""
-    from .inference import default_token_budget, encode_pair, token_batches
+    from .inference import default_token_budget, encode_pairs, nll_padding_limit, token_batches
 
-    lengths = [sum(map(len, encode_pair(tokenizer, p, c))) for p, c in zip(prompts, completions)]
+    lengths = [sum(map(len, pair)) for pair in encode_pairs(tokenizer, prompts, completions)]
     short = [i for i, n in enumerate(lengths) if n <= max_length]
     long = [[i] for i, n in enumerate(lengths) if n > max_length]
-    plan = [[short[j] for j in b] for b in token_batches([lengths[i] for i in short], batch_size, default_token_budget(model))]
+    plan = [[short[j] for j in b] for b in token_batches([lengths[i] for i in short], batch_size,
+                                                          default_token_budget(model), nll_padding_limit(model))]
     return plan + long
 
 

@@ -92,6 +92,32 @@ def test_nll_plan_keeps_long_sequences_alone(default_model):
     assert plan[-1] == [1] and sorted(i for b in plan for i in b) == [0, 1, 2]
 
 
+def test_nll_plan_is_completion_nlls_own_batches(default_model, monkeypatch):
+    """Under batch_size="auto" on CPU the plan dealt to the ranks is the batches completion_nll itself forms
+    (token budget and padding limit), so a rank rebuilds exactly the single-process batches."""
+    import medqa_bench.inference as inference
+    from medqa_bench.data import load_dataset
+
+    model, tok = default_model.model, default_model.tokenizer
+    items = load_dataset().split("test")[:12]
+    prompts = [e.prompt("reference", tok) for e in items]
+    completions = [e.completion("reference")[: 40 + 60 * (i % 4)] for i, e in enumerate(items)]  # varied lengths
+    seen = []
+    real = inference._score_sequences
+
+    def watch(model, seqs, *args, **kwargs):
+        seen.append(sorted(len(s) for s in seqs))
+        return real(model, seqs, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "_score_sequences", watch)
+    inference.completion_nll(model, tok, prompts, completions, batch_size="auto", progress=False)
+    pairs = inference.encode_pairs(tok, prompts, completions)
+    plan = nll_batches(model, tok, prompts, completions, batch_size="auto",
+                       max_length=inference.model_context_length(model, tok))
+    assert len(plan) > 1
+    assert [sorted(len(pairs[i][0]) + len(pairs[i][1]) for i in b) for b in plan] == seen
+
+
 # --------------------------------------------------------------------------------------------- run
 
 
