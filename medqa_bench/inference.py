@@ -100,13 +100,14 @@ def default_token_budget(model: Any, for_generation: bool = False) -> int:
     On a CPU a forward pass over a few hundred tokens already keeps the matrix units busy (measured on 2 cores:
     one 512-token sequence runs as fast per token as four 128-token ones, a 32-token one at half speed), so larger
     batches only add padding and memory traffic: NLL batches hold about 512 tokens and, see
-    :func:`nll_padding_limit`, items of nearly equal length. Generation holds a KV cache per token and logits
+    :func:`nll_padding_limit`, items of nearly equal length. A CPU decoding step is bound by reading the weights,
+    so generation batches are large (8192 tokens: prompt plus new tokens). Generation holds a KV cache per token and logits
     for the last position only; NLL scoring holds float32 logits of the scored positions (and their log-softmax,
     in chunks): at most about 12 x vocab bytes a token.
     """
     device = next(model.parameters()).device
     if device.type != "cuda":
-        return 2048 if for_generation else 512
+        return 8192 if for_generation else 512
     import torch
 
     free, _ = torch.cuda.mem_get_info(device)
@@ -358,12 +359,17 @@ def generate(
     desc: str = "generate",
     on_result: Callable[[int, Generation], None] | None = None,
     cache_implementation: str | None = None,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[Generation]:
     """Greedy (or seeded sampled) generation with left padding, stopping at EOS, in length-sorted batches.
 
     ``cache_implementation="static"`` pre-allocates the KV cache, which lets transformers compile the decoding
     step (CUDA graphs): faster per token on a GPU after a first, compiling call. The text is the same as with the
     default dynamic cache up to floating-point ties.
+
+    ``adapter_names`` (one per prompt; ``"__base__"`` for the base alone) runs several systems of a PEFT model in
+    the same batches (PEFT's mixed-adapter batches): a decoding step reads the weights once for all of them, which
+    is what bounds generation on a CPU.
     """
     import torch
 
@@ -404,6 +410,8 @@ def generate(
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             if cache_implementation:
                 kwargs["cache_implementation"] = cache_implementation
+            if adapter_names is not None:
+                kwargs["adapter_names"] = [adapter_names[i] for i in list(batch) + [batch[0]] * (rows - len(batch))]
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             new = out[:, width:].cpu().tolist()
             for r, i in enumerate(batch):

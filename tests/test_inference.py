@@ -220,3 +220,39 @@ def test_cpu_nll_batches_keep_padding_small():
     assert [4, 5, 6] in batches and [7, 8, 9, 10] in batches
     # without the padding limit, the plan is the token budget's alone (as on GPU, and as before)
     assert token_batches(lengths, "auto", 512) == token_batches(lengths, "auto", 512, max_padding=None)
+
+
+def test_encode_pairs_equals_encode_pair(default_model, symptoms):
+    from medqa_bench.inference import encode_pairs
+
+    tok = default_model.tokenizer
+    ex = symptoms.split("test")[:40]
+    for fmt in ("reference", "chat"):
+        prompts, completions = [e.prompt(fmt, tok) for e in ex], [e.completion(fmt) for e in ex]
+        assert encode_pairs(tok, prompts, completions) == [encode_pair(tok, p, c) for p, c in zip(prompts, completions)]
+
+
+def test_mixed_adapter_batches_generate_what_each_system_generates(lora_adapter, symptoms):
+    """Baseline and adapter rows in one batch (PEFT's adapter_names) give the texts each system gives alone."""
+    loaded = load_base("smollm2-135m-instruct", device="cpu", dtype="float32")
+    attach_adapters(loaded, {"ft": lora_adapter})
+    tok = loaded.tokenizer
+    prompts = [e.prompt("chat", tok) for e in symptoms.split("test")[:4]]
+    dec = DecodingParams(max_new_tokens=12)
+    alone = {}
+    for s in ("baseline", "ft"):
+        with system_active(loaded, s) as model:
+            alone[s] = generate(model, tok, prompts, dec, progress=False)
+    mixed = generate(loaded.model, tok, prompts * 2, dec, progress=False, adapter_names=["__base__"] * 4 + ["ft"] * 4)
+    assert mixed[:4] == alone["baseline"] and mixed[4:] == alone["ft"]
+    assert alone["baseline"] != alone["ft"]
+
+
+def test_static_cache_generates_the_same_text(default_model, symptoms):
+    """The static cache pads prompts to a multiple of 64 and fills the last batch; the texts do not change."""
+    model, tok = default_model.model, default_model.tokenizer
+    prompts = [e.prompt("chat", tok) for e in symptoms.split("test")[:3]]
+    dec = DecodingParams(max_new_tokens=6)
+    dynamic = generate(model, tok, prompts, dec, batch_size=2, progress=False)
+    static = generate(model, tok, prompts, dec, batch_size=2, progress=False, cache_implementation="static")
+    assert static == dynamic
