@@ -10,8 +10,10 @@ at any moment keeps everything it finished, and several processes can write at o
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +48,31 @@ class InferenceCache:
         self._conn: sqlite3.Connection | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = self._open(self.path)
+
+    @staticmethod
+    def _open(path: Path, wait_s: float = 60.0) -> sqlite3.Connection:
+        # Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is locked" at once,
+        # without its busy timeout, when another process is doing the same (several ranks opening one cache): retry.
+        deadline = time.monotonic() + wait_s
+        while True:
+            conn = None
             try:
-                self._conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.executescript(_SCHEMA)
+                conn = sqlite3.connect(str(path), timeout=wait_s, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(_SCHEMA)
+                return conn
+            except sqlite3.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise RunError(f"cache {path} is not a usable SQLite database ({exc}); delete it or pass --no-cache") from exc
+                time.sleep(0.02 + 0.08 * random.random())
             except sqlite3.DatabaseError as exc:
-                raise RunError(f"cache {self.path} is not a usable SQLite database ({exc}); delete it or pass --no-cache") from exc
+                if conn is not None:
+                    conn.close()
+                raise RunError(f"cache {path} is not a usable SQLite database ({exc}); delete it or pass --no-cache") from exc
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         if self._conn is None or not keys:

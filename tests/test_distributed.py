@@ -190,6 +190,29 @@ def test_two_writers_share_one_cache(tmp_path):
     cache.close()
 
 
+def _opener(path: str, start) -> None:
+    from medqa_bench.cache import InferenceCache
+
+    start.wait()
+    cache = InferenceCache(path)
+    cache.put_many([(str(os.getpid()), "nll", {"nll_sum": 1.0, "nll_tokens": 1})])
+    cache.close()
+
+
+def test_processes_opening_a_new_cache_at_once_all_succeed(tmp_path):
+    """Switching a new file to WAL races between processes; SQLite says "locked" at once: the cache retries."""
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(25):  # without the retry, about 4% of the processes failed
+        path = str(tmp_path / f"cache-{trial}.sqlite")
+        start = ctx.Barrier(4)
+        procs = [ctx.Process(target=_opener, args=(path, start)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 4, f"trial {trial}"
+
+
 # --------------------------------------------------------------------------------------------- train
 
 
