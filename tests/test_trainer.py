@@ -386,8 +386,8 @@ def test_length_grouped_padded_batches_train(workdir, tmp_path):
                 widths.append(batch["input_ids"].shape[1])
 
     overrides = [o for o in OVERRIDES if not o.startswith(("data.limit.train", "training.batch_size", "training.max_steps"))]
-    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *overrides, "data.limit.train=4",
-                                                   "training.batch_size=2", "training.max_steps=2",
+    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *overrides, "data.limit.train=2",
+                                                   "training.batch_size=2", "training.max_steps=1",
                                                    "training.group_by_length=true", "training.pad_to_multiple_of=8"])
     out = train(recipe, out=tmp_path / "fast", progress=False, callbacks=[Watch()])
     assert widths and all(w % 8 == 0 for w in widths)
