@@ -63,16 +63,13 @@ class InferenceCache:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(_SCHEMA)
                 return conn
-            except sqlite3.OperationalError as exc:
-                if conn is not None:
-                    conn.close()
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise RunError(f"cache {path} is not a usable SQLite database ({exc}); delete it or pass --no-cache") from exc
-                time.sleep(0.02 + 0.08 * random.random())
             except sqlite3.DatabaseError as exc:
                 if conn is not None:
                     conn.close()
-                raise RunError(f"cache {path} is not a usable SQLite database ({exc}); delete it or pass --no-cache") from exc
+                locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+                if not locked or time.monotonic() > deadline:
+                    raise RunError(f"cache {path} is not a usable SQLite database ({exc}); delete it or pass --no-cache") from exc
+                time.sleep(0.02 + 0.08 * random.random())
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         if self._conn is None or not keys:
