@@ -48,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a model folder instead of the random Llama-3.2-1B")
     ap.add_argument("--workdir", default=os.path.join("/tmp", "medqa-bench-bench"))
+    ap.add_argument("--tokenizer", help="folder of the SmolLM2 tokenizer for the random model (default: the default model's)")
     ap.add_argument("--items", type=int, default=2000, help="items for NLL scoring")
     ap.add_argument("--gen-items", type=int, default=512, help="items for generation")
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -62,7 +63,7 @@ def main() -> None:
     from medqa_bench.inference import DecodingParams, completion_nll, encode_pair, generate
     from medqa_bench.models import load_base
 
-    folder = args.model or str(build_random_llama_1b(Path(args.workdir) / "random-llama-3.2-1b-arch"))
+    folder = args.model or str(build_random_llama_1b(Path(args.workdir) / "random-llama-3.2-1b-arch", args.tokenizer))
     lm = load_base(folder, device="cuda", dtype="bfloat16")
     model, tok = lm.model, lm.tokenizer
     n_params = sum(p.numel() for p in model.parameters())

@@ -8,7 +8,8 @@ Speed table (one GPU; each row in its own process, the same data, base, 4-bit co
 A row is ``SIDE:key=value,...``. SIDE ``trl`` is TRL's ``SFTTrainer`` as its documentation shows it (prompt/completion
 rows, completion-only loss, bf16, its defaults otherwise); ``ours`` is ``trainers.qlora.train`` with the recipe
 ``smollm2-135m-symptoms`` (the reference recipe's settings) and overrides. Keys: ``batch``, ``gc`` (gradient
-checkpointing on/off), and for ``ours`` also ``group`` (training.group_by_length), ``kernels`` (training.kernels)
+checkpointing on/off), ``cudnn=off`` (the row's process runs scaled-dot-product attention without its cuDNN
+backend), and for ``ours`` also ``group`` (training.group_by_length), ``kernels`` (training.kernels)
 or any dotted recipe key (``training.optimizer=adamw_torch_fused``).
 
 "real tok/s" counts non-padding input tokens (prompt, answer and EOS) over the optimizer steps after ``--warmup``
@@ -41,16 +42,23 @@ SHORT_KEYS = {"batch": "training.batch_size", "gc": "training.gradient_checkpoin
               "compile": "training.compile", "pad": "training.pad_to_multiple_of"}
 
 
-def build_random_llama_1b(folder: Path) -> Path:
-    """Llama-3.2-1B's architecture with random weights (bf16) and the SmolLM2 tokenizer, saved once to ``folder``."""
+def build_random_llama_1b(folder: Path, tokenizer_dir: str | None = None) -> Path:
+    """Llama-3.2-1B's architecture with random weights (bf16) and the SmolLM2 tokenizer, saved once to ``folder``.
+
+    ``tokenizer_dir``: a folder holding that tokenizer (``save_pretrained``), so the default model's GGUF file need
+    not be on the machine; by default the tokenizer comes from the default model.
+    """
     if (folder / "config.json").exists():
         return folder
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from medqa_bench.models import load_tokenizer, resolve_model
 
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    if tokenizer_dir:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    else:
+        tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct"))
     config = LlamaConfig(
         hidden_size=2048,
         intermediate_size=8192,
@@ -82,8 +90,8 @@ def parse_row(text: str) -> tuple[str, dict[str, str]]:
         raise SystemExit(f"row '{text}': the side must be 'trl' or 'ours'")
     options = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
     for key in options:
-        if side == "trl" and key not in ("batch", "gc", "seed"):
-            raise SystemExit(f"row '{text}': a trl row takes batch, gc and seed only")
+        if side == "trl" and key not in ("batch", "gc", "seed", "cudnn"):
+            raise SystemExit(f"row '{text}': a trl row takes batch, gc, seed and cudnn only")
     return side, options
 
 
@@ -98,6 +106,8 @@ def recipe_overrides(options: dict[str, str], model: str, steps: int | None, max
         batch = int(options.get("batch", 4))
         out += [f"training.max_steps={steps}", f"data.limit.train={steps * batch}"]  # one epoch, one evaluation
     for key, value in options.items():
+        if key == "cudnn":
+            continue  # not a recipe key: the row's process turns cuDNN attention off
         if key == "seed":
             out.append(f"seed={value}")
         else:
@@ -314,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m-instruct", help="model reference (alias, folder, .gguf, Hub id)")
     p.add_argument("--random-llama-1b", action="store_true", help="Llama-3.2-1B's shapes with random weights instead")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "medqa-bench-bench"), help="where the random model is saved")
+    p.add_argument("--tokenizer", help="folder of the SmolLM2 tokenizer for the random model (default: the default model's)")
     p.add_argument("--rows", nargs="+", default=["trl:batch=4,gc=on", "trl:batch=16,gc=off",
                                                  "ours:batch=16,gc=off,group=on,kernels=liger"])
     p.add_argument("--steps", type=int, default=40, help="timed optimizer steps per row")
@@ -327,13 +338,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.one:
         spec = json.loads(args.one)
+        if spec["options"].get("cudnn") == "off":  # process-wide: scaled-dot-product attention without cuDNN
+            import torch
+
+            torch.backends.cuda.enable_cudnn_sdp(False)
         row = run_trl(spec) if spec["side"] == "trl" else run_ours(spec)
         print("ROW " + json.dumps(row), flush=True)
         return 0
 
     model = args.model
     if args.random_llama_1b:
-        model = str(build_random_llama_1b(Path(args.workdir) / "random-llama-3.2-1b-arch"))
+        model = str(build_random_llama_1b(Path(args.workdir) / "random-llama-3.2-1b-arch", args.tokenizer))
     if args.curve is not None:
         rows = run_rows(args.curve or ["trl:batch=16,gc=off,seed=42", "trl:batch=16,gc=off,seed=43",
                                        "ours:batch=16,gc=off,group=on,kernels=liger"], model, args, curve=True)
