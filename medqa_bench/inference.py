@@ -101,9 +101,12 @@ def default_token_budget(model: Any, for_generation: bool = False) -> int:
     one 512-token sequence runs as fast per token as four 128-token ones, a 32-token one at half speed), so larger
     batches only add padding and memory traffic: NLL batches hold about 512 tokens and, see
     :func:`nll_padding_limit`, items of nearly equal length. A CPU decoding step is bound by reading the weights,
-    so generation batches are large (8192 tokens: prompt plus new tokens). Generation holds a KV cache per token and logits
-    for the last position only; NLL scoring holds float32 logits of the scored positions (and their log-softmax,
-    in chunks): at most about 12 x vocab bytes a token.
+    so generation batches are large (8192 tokens: prompt plus new tokens). Generation holds a KV cache per token
+    and logits for the last position only. NLL scoring holds the logits of the scored positions in the model's
+    dtype (their log-softmax is taken in chunks) and at most 16384 tokens: on an H100 with Llama-3.2-1B's shapes
+    the matrix units are saturated at 16k tokens a batch, and larger batches only span wider length bands, i.e.
+    more padding, and take more memory (measured with ``benchmarks/gpu/probe_nll.py``: 46.0% MFU at 16k tokens,
+    44.1% at 32k; 6.2 and 9.8 GiB).
     """
     device = next(model.parameters()).device
     if device.type != "cuda":
@@ -120,9 +123,9 @@ def default_token_budget(model: Any, for_generation: bool = False) -> int:
     head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
     if for_generation:
         per_token = 2 * layers * kv_heads * head_dim * 4 + 16 * hidden * 4
-    else:
-        per_token = 12 * vocab + 32 * hidden * 4
-    return int(max(2048, min(0.4 * free / per_token, 1 << 20)))
+        return int(max(2048, min(0.4 * free / per_token, 1 << 20)))
+    per_token = 4 * vocab + 32 * hidden * 4  # logits of a scored position (up to 4 bytes each) + activations
+    return int(max(2048, min(0.4 * free / per_token, 16384)))
 
 
 def nll_padding_limit(model: Any) -> float | None:
@@ -213,16 +216,27 @@ def completion_nll(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.inference_mode(), attention_kernels(device):
         lengths = [len(pairs[i][0]) + len(pairs[i][1]) for i in short]
-        for batch in token_batches(lengths, batch_size, budget, nll_padding_limit(model)):
-            idx = [short[j] for j in batch]
-            seqs = [pairs[i][0] + pairs[i][1] for i in idx]
-            starts = [len(pairs[i][0]) for i in idx]
-            sums, counts = _score_sequences(model, seqs, starts, pad_id, padding_side, device)
+        def finish(idx, pending):
+            sums, counts = _collect_scores(pending)
             for i, s, n in zip(idx, sums, counts):
                 results[i] = CompletionNLL(s, n)
                 if on_result:
                     on_result(i, results[i])
             bar.update(len(idx))
+
+        # One batch in flight: batch k+1 is prepared and queued on the GPU before batch k's numbers are read
+        # back, so the GPU does not wait for the host between batches.
+        previous = None
+        for batch in token_batches(lengths, batch_size, budget, nll_padding_limit(model)):
+            idx = [short[j] for j in batch]
+            seqs = [pairs[i][0] + pairs[i][1] for i in idx]
+            starts = [len(pairs[i][0]) for i in idx]
+            launched = (idx, _launch_scores(model, seqs, starts, pad_id, padding_side, device))
+            if previous is not None:
+                finish(*previous)
+            previous = launched
+        if previous is not None:
+            finish(*previous)
         for i in long:
             results[i] = _sliding_window_nll(model, pairs[i][0], pairs[i][1], max_length, stride, pad_id, device)
             if on_result:
@@ -240,6 +254,12 @@ def _score_sequences(model, seqs, starts, pad_id, padding_side, device, *, full_
     path (the model's logits at every position, with the attention mask, the scored rows picked from them), kept
     as the reference the tests compare against.
     """
+    return _collect_scores(_launch_scores(model, seqs, starts, pad_id, padding_side, device, full_logits=full_logits))
+
+
+def _launch_scores(model, seqs, starts, pad_id, padding_side, device, *, full_logits: bool = False):
+    """:func:`_score_sequences` up to the per-token NLLs; on CUDA everything is queued without waiting for the GPU
+    (pinned host buffers, asynchronous copies both ways) and :func:`_collect_scores` waits for the numbers."""
     import torch
 
     width = max(len(s) for s in seqs)
@@ -255,20 +275,41 @@ def _score_sequences(model, seqs, starts, pad_id, padding_side, device, *, full_
         cols.append(torch.arange(off + first - 1, off + len(s) - 1))
     rows_t, cols_t = torch.cat(rows), torch.cat(cols)
     labels = ids[rows_t, cols_t + 1]
-    inputs = {"input_ids": ids.to(device)}
+    cuda = torch.device(device).type == "cuda"
+
+    def put(t):
+        return t.pin_memory().to(device, non_blocking=True) if cuda else t.to(device)
+
+    inputs = {"input_ids": put(ids)}
     if padding_side == "left" or full_logits:
         # With right padding the mask can be left out: causal attention never lets a real token see the padding
         # after it and positions are 0, 1, ... as without padding, so the model takes its is_causal kernels.
-        inputs["attention_mask"] = mask.to(device)
+        inputs["attention_mask"] = put(mask)
         inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    rows_d, cols_d = rows_t.to(device), cols_t.to(device)
+    rows_d, cols_d = put(rows_t), put(cols_t)
     if full_logits:
         logits = model(**inputs, use_cache=False).logits[rows_d, cols_d]
     else:
         logits = _scored_logits(model, inputs, rows_d, cols_d)
-    nll = _token_nll(logits, labels.to(device)).cpu()
-    sums = torch.zeros(len(seqs), dtype=torch.float64).index_add_(0, rows_t, nll.double())
-    counts = torch.bincount(rows_t, minlength=len(seqs))
+    nll = _token_nll(logits, put(labels))
+    if not cuda:
+        return nll.cpu(), None, rows_t, len(seqs)
+    host = torch.empty(nll.shape, dtype=nll.dtype, pin_memory=True)
+    host.copy_(nll, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done, rows_t, len(seqs)
+
+
+def _collect_scores(pending) -> tuple[list[float], list[int]]:
+    """Per-sequence NLL sums and token counts of a :func:`_launch_scores` result, once the GPU has them."""
+    import torch
+
+    nll, done, rows_t, n = pending
+    if done is not None:
+        done.synchronize()
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, rows_t, nll.double())
+    counts = torch.bincount(rows_t, minlength=n)
     return [float(x) for x in sums], [int(x) for x in counts]
 
 
@@ -304,14 +345,53 @@ def _scored_logits(model, inputs, rows, cols):
 
 
 def _token_nll(logits, labels, chunk: int = 1024):
-    """-log p(label) per row, in float32, over ``chunk`` rows at a time (the log-softmax of one chunk at a time)."""
+    """-log p(label) per row, in float32, over ``chunk`` rows at a time (the log-softmax of one chunk at a time).
+
+    On CUDA a compiled kernel (:func:`_fused_nll`) reads the logits once, in their own dtype, and computes the
+    log-sum-exp in float32 without writing a float32 copy or a log-softmax of the rows: the same numbers up to
+    summation order, a fraction of the memory traffic, which is what the LM head's large vocabulary costs here.
+    """
+    global _FUSED
     import torch
     import torch.nn.functional as F
 
+    if logits.is_cuda:
+        fused = _fused_nll()
+        if fused is not None:
+            try:
+                return torch.cat([fused(logits[a: a + 8 * chunk], labels[a: a + 8 * chunk])
+                                  for a in range(0, len(labels), 8 * chunk)])
+            except Exception as exc:  # no Triton, or a compiler failure: the eager path gives the same numbers
+                log.warning("compiled log-softmax unavailable (%s: %s); using the eager one",
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                _FUSED = False
     out = torch.empty(len(labels), dtype=torch.float32, device=logits.device)
     for a in range(0, len(labels), chunk):
         out[a: a + chunk] = F.cross_entropy(logits[a: a + chunk].float(), labels[a: a + chunk], reduction="none")
     return out
+
+
+_FUSED: Any = None  # the compiled NLL function; False once compiling it has failed in this process
+
+
+def _nll_rows(logits, labels):
+    """``-log softmax(logits)[label]`` per row as ``logsumexp(x) - x[label]`` in float32: what :func:`_fused_nll`
+    compiles."""
+    import torch
+
+    x = logits.float()
+    return torch.logsumexp(x, dim=-1) - x.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def _fused_nll():
+    """:func:`_nll_rows` compiled (Inductor fuses the upcast into one reduction over each row, so the logits are read
+    once in their own dtype); None once compiling has failed in this process."""
+    global _FUSED
+    if _FUSED is None:
+        import torch
+
+        _FUSED = torch.compile(_nll_rows, dynamic=True)
+    return _FUSED or None
 
 
 def _sliding_window_nll(model, ctx, cont, max_length, stride, pad_id, device) -> CompletionNLL:

@@ -103,13 +103,13 @@ def test_nll_plan_is_completion_nlls_own_batches(default_model, monkeypatch):
     prompts = [e.prompt("reference", tok) for e in items]
     completions = [e.completion("reference")[: 40 + 60 * (i % 4)] for i, e in enumerate(items)]  # varied lengths
     seen = []
-    real = inference._score_sequences
+    real = inference._launch_scores
 
     def watch(model, seqs, *args, **kwargs):
         seen.append(sorted(len(s) for s in seqs))
         return real(model, seqs, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "_score_sequences", watch)
+    monkeypatch.setattr(inference, "_launch_scores", watch)
     inference.completion_nll(model, tok, prompts, completions, batch_size="auto", progress=False)
     pairs = inference.encode_pairs(tok, prompts, completions)
     plan = nll_batches(model, tok, prompts, completions, batch_size="auto",

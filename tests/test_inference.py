@@ -207,6 +207,23 @@ def test_lm_head_on_scored_positions_with_peft_adapters(lora_adapter, items):
         assert a != pytest.approx(c, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_fused_nll_rows_equal_cross_entropy(dtype):
+    """The function the GPU path compiles (logsumexp - label logit, in float32) is cross-entropy of the float32
+    logits: the same numbers, without a float32 copy or a log-softmax of the rows."""
+    import torch
+    import torch.nn.functional as F
+
+    from medqa_bench.inference import _nll_rows, _token_nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(300, 5000, generator=g) * 4).to(getattr(torch, dtype))
+    labels = torch.randint(0, 5000, (300,), generator=g)
+    expected = F.cross_entropy(logits.float(), labels, reduction="none")
+    assert torch.allclose(_nll_rows(logits, labels), expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(_token_nll(logits, labels, chunk=64), expected, rtol=1e-6, atol=1e-6)  # CPU: eager chunks
+
+
 def test_cpu_nll_batches_keep_padding_small():
     from medqa_bench.inference import token_batches
 
