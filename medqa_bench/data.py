@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import DataError
+from .jsonl import parse_jsonl
 from .fingerprint import sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
@@ -148,17 +149,7 @@ def load_table(source: str | os.PathLike | Any) -> tuple[list[dict[str, Any]], l
     if not text.strip():
         raise DataError(f"{path} is empty")
     if fmt == "jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {n} is not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {n} is not a JSON object")
-            rows.append(row)
+        rows = parse_jsonl(text, str(path), DataError)
         columns = list(dict.fromkeys(k for r in rows for k in r))
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")

@@ -6,7 +6,6 @@ generations without loading the language model. Both return the run folder's pat
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -17,7 +16,7 @@ from typing import Any
 from . import __version__, atomic, distributed
 from .cache import InferenceCache, cache_key
 from .data import Example, load_dataset
-from .errors import AdapterError, RunError
+from .errors import AdapterError
 from .fingerprint import sha256_json
 from .inference import CompletionNLL, Generation, completion_nll, generate, model_context_length
 from .models import DEFAULT_MODEL, LoadedModel, attach_adapters, load_base, pick_device, resolve_model, system_active
@@ -329,22 +328,10 @@ def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, ti
 
 
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Load (results, samples) of a run folder, checking the schema version."""
-    run_dir = Path(run_dir)
-    rpath, spath = run_dir / "results.json", run_dir / "samples.jsonl"
-    if not run_dir.is_dir():
-        raise RunError(f"run folder {run_dir} does not exist")
-    if not rpath.exists() or not spath.exists():
-        raise RunError(f"{run_dir} is not a complete run folder (needs results.json and samples.jsonl)")
-    try:
-        results = json.loads(rpath.read_text(encoding="utf-8"))
-        samples = [json.loads(line) for line in spath.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{run_dir}: unreadable run files ({exc})") from None
-    version = str(results.get("schema_version", ""))
-    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise RunError(f"{rpath} has schema version {version or 'none'}; this medqa-bench reads {SCHEMA_VERSION}")
-    return results, samples
+    """Load (results, samples) of a run folder, checking the schema version (the report's loader)."""
+    from .report.runs import load_run
+
+    return load_run(run_dir)
 
 
 def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tuple[str, ...] = (),

@@ -7,7 +7,9 @@ A run folder holds::
     report.html      rendered from the two files above alone
     cache.sqlite     (optional) generations and NLLs, content-addressed
 
-``SCHEMA_VERSION`` changes with any incompatible change of these shapes; readers check it.
+``SCHEMA_VERSION`` is ``MAJOR.MINOR``: the major number changes with any incompatible change of these shapes, the
+minor one when fields are only added. Readers (``medqa-bench score``, ``report``) accept files of their own major
+version and refuse others.
 """
 
 from __future__ import annotations

@@ -317,7 +317,7 @@ def test_read_training_log_jsonl(tmp_path):
     assert [s["loss"] for s in log["steps"]] == [2.0, 1.5] and log["steps"][1]["tokens"] == 200
     assert log["epochs"] == [{"epoch": 1, "train_loss": 1.75, "eval_loss": 1.9}]
     (tmp_path / "training_log.jsonl").write_text('{"type": "step"\n')
-    with pytest.raises(RunError, match="training_log.jsonl:1"):
+    with pytest.raises(RunError, match="training_log.jsonl: line 1 is not valid JSON"):
         read_training_log(tmp_path)
 
 

@@ -184,7 +184,7 @@ def test_missing_and_damaged_run_folders(tmp_path):
     folder = make_run(tmp_path / "run3", n=5)
     with open(folder / "samples.jsonl", "a") as fh:
         fh.write("{broken\n")
-    with pytest.raises(RunError, match=r"samples.jsonl:6"):
+    with pytest.raises(RunError, match=r"samples.jsonl: line 6 is not valid JSON .*damaged"):
         render_report([folder])
 
 
@@ -195,3 +195,21 @@ def test_schema_version_mismatch_is_refused(tmp_path):
     (folder / "results.json").write_text(json.dumps(data))
     with pytest.raises(RunError, match="schema_version '0.9'"):
         render_report([folder])
+
+
+def test_run_readers_share_one_schema_policy(tmp_path):
+    """`medqa-bench score` (runner.read_run) and the report read run folders alike: a newer minor version (fields
+    only added) is read, another major version is refused by both."""
+    from medqa_bench.runner import read_run
+
+    folder = make_run(tmp_path / "run", n=5)
+    data = json.loads((folder / "results.json").read_text())
+    data["schema_version"] = "1.7"
+    (folder / "results.json").write_text(json.dumps(data))
+    assert len(read_run(folder)[1]) == 5
+    assert len(load_run(folder)[1]) == 5
+    data["schema_version"] = "2.0"
+    (folder / "results.json").write_text(json.dumps(data))
+    for reader in (read_run, load_run):
+        with pytest.raises(RunError, match="schema_version '2.0'"):
+            reader(folder)

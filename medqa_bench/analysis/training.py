@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from ..errors import RunError
+from ..jsonl import parse_jsonl
 
 _STEP_KEYS = ("step", "epoch", "loss", "learning_rate", "tokens")
 
@@ -48,13 +49,7 @@ def read_training_log(adapter_dir: str | os.PathLike) -> dict | None:
 
 def _from_jsonl(path: Path) -> dict:
     steps, epochs = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{path}:{lineno}: not a JSON line ({exc.msg}); the training log is damaged") from exc
+    for row in parse_jsonl(path.read_text(encoding="utf-8"), str(path), RunError, "; the training log is damaged"):
         kind = row.get("type")
         if kind == "step":
             steps.append({k: row.get(k) for k in _STEP_KEYS})

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import RunError
+from ..jsonl import parse_jsonl
 from ..schema import SCHEMA_VERSION
 
 SEPARATOR = "/"  # combined system names are "<run>/<system>"
@@ -26,23 +27,20 @@ def load_run(folder: str | Path) -> tuple[dict, list[dict]]:
         raise RunError(f"{results_path}: not valid JSON ({exc}); re-run the evaluation to rewrite it") from exc
     if not isinstance(results, dict):
         raise RunError(f"{results_path}: expected a JSON object, found {type(results).__name__}")
-    version = results.get("schema_version")
-    if version != SCHEMA_VERSION:
+    version = str(results.get("schema_version", ""))
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:  # minor versions only add fields
         raise RunError(
-            f"{results_path}: schema_version {version!r}, but this medqa-bench reads {SCHEMA_VERSION!r}; "
-            "re-run the evaluation with this version, or render with the version that wrote it"
+            f"{results_path}: schema_version {version or 'none'!r}, but this medqa-bench reads {SCHEMA_VERSION!r}; "
+            "re-run the evaluation with this version, or use the version that wrote it"
         )
-    samples = []
-    for lineno, line in enumerate(samples_path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{samples_path}:{lineno}: not a JSON line ({exc.msg}); the run folder is damaged") from exc
-        if not isinstance(row, dict) or "id" not in row:
-            raise RunError(f"{samples_path}:{lineno}: a sample record needs an 'id'")
-        samples.append(row)
+    try:
+        text = samples_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RunError(f"{samples_path}: not UTF-8 text ({exc.reason}); the run folder is damaged") from None
+    samples = parse_jsonl(text, str(samples_path), RunError, "; the run folder is damaged")
+    for lineno, row in enumerate(samples, 1):
+        if "id" not in row:
+            raise RunError(f"{samples_path}: sample record {lineno} has no 'id'")
     if not samples:
         raise RunError(f"{samples_path} holds no items; nothing to report")
     ids = [s["id"] for s in samples]
