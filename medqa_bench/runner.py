@@ -112,12 +112,16 @@ def _cached_nll(loaded, system, prompts, completions, spec, cache, progress, ran
     return out  # type: ignore[return-value]
 
 
-def _cached_generate(loaded, system, prompts, spec, cache, progress, ranks=None) -> list[Generation]:
-    ident = _identity(loaded, system)
-    decoding = spec.decoding.to_dict()
+def _generation_lookup(loaded, system, prompts, spec, cache, ranks) -> tuple[list[str], list[Generation | None]]:
+    """The cache keys of ``system``'s generations of ``prompts``, and the cached ones (None where not cached)."""
+    ident, decoding = _identity(loaded, system), spec.decoding.to_dict()
     keys = [cache_key("generate", ident, {"prompt": p, "decoding": decoding}) for p in prompts]
     found = _lookup(cache, keys, ranks)
-    out: list[Generation | None] = [Generation(**found[k]) if k in found else None for k in keys]
+    return keys, [Generation(**found[k]) if k in found else None for k in keys]
+
+
+def _cached_generate(loaded, system, prompts, spec, cache, progress, ranks=None) -> list[Generation]:
+    keys, out = _generation_lookup(loaded, system, prompts, spec, cache, ranks)
     todo = [i for i, v in enumerate(out) if v is None]
     if todo:
         with system_active(loaded, system) as model:
@@ -152,12 +156,9 @@ def _cached_generate_systems(loaded, systems, prompts, spec, cache, progress, ra
         getattr(cfg, "peft_type", None) == "LORA" for cfg in getattr(loaded.model, "peft_config", {}).values())
     if not mixable:
         return {s: _cached_generate(loaded, s, prompts, spec, cache, progress, ranks) for s in systems}
-    decoding = spec.decoding.to_dict()
     keys, out, todo = {}, {}, []
     for s in systems:
-        keys[s] = [cache_key("generate", _identity(loaded, s), {"prompt": p, "decoding": decoding}) for p in prompts]
-        found = cache.get_many(keys[s])
-        out[s] = [Generation(**found[k]) if k in found else None for k in keys[s]]
+        keys[s], out[s] = _generation_lookup(loaded, s, prompts, spec, cache, None)
         todo += [(s, i) for i, v in enumerate(out[s]) if v is None]
     if todo:
         def store(j: int, g: Generation) -> None:
