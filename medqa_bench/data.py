@@ -89,10 +89,27 @@ def format_prompt(example: Example, fmt: str = "reference", tokenizer: Any = Non
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise DataError("prompt format 'chat' needs a tokenizer with a chat template; use --prompt-format reference")
         user = f"Question type: {example.qtype}\n\n{example.question}" if example.qtype else example.question
-        return tokenizer.apply_chat_template(
+        text = tokenizer.apply_chat_template(
             [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
         )
+        return _without_template_bos(text, tokenizer)
     raise DataError(f"unknown prompt format '{fmt}'; choose one of: {', '.join(PROMPT_FORMATS)}")
+
+
+def _without_template_bos(text: str, tokenizer: Any) -> str:
+    """A chat prompt without its leading BOS text when the tokenizer adds BOS itself.
+
+    Chat templates such as Llama 3's write ``<|begin_of_text|>``, and its tokenizer adds the same token again when
+    the prompt is tokenised (the harness and TRL both tokenise with special tokens): the model would see BOS twice,
+    which it never saw in training. Dropping the template's copy leaves exactly one, as
+    ``apply_chat_template(..., tokenize=True)`` gives. Tokenizers that add no BOS (SmolLM2's) keep the text as is.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if not bos or bos_id is None or not text.startswith(bos):
+        return text
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return text[len(bos):] if ids and ids[0] == bos_id else text
 
 
 # --------------------------------------------------------------------------------------------- loading

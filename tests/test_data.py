@@ -148,3 +148,30 @@ def test_gzip_csv(tmp_path):
     p = tmp_path / "d.csv.gz"
     p.write_bytes(gzip.compress(b"Question,Answer,qtype\nq1,a1,symptoms\nq2,a2,symptoms\n"))
     assert len(load_dataset(DataSpec(path=str(p))).examples) == 2
+
+
+def test_chat_prompt_has_one_bos_when_the_tokenizer_adds_it(tmp_path, default_model):
+    """A chat template that writes BOS (Llama 3's <|begin_of_text|>; here SmolLM2's template, whose first token is its
+    BOS) with a tokenizer that adds BOS too: the prompt text drops the template's copy, so the tokenised prompt (as
+    the harness and TRL tokenise it, special tokens on) has BOS once and equals the template tokenised directly. A
+    tokenizer that adds no BOS gets the template's text unchanged."""
+    from transformers import AutoTokenizer
+
+    from medqa_bench.data import Example
+
+    default_model.tokenizer.save_pretrained(tmp_path / "tok")
+    adds_bos = AutoTokenizer.from_pretrained(tmp_path / "tok", add_bos_token=True)
+    bos, bos_id = adds_bos.bos_token, adds_bos.bos_token_id
+    ex = Example(id="q1", question="What are the symptoms of gout?", answer="Pain.", qtype="symptoms")
+    messages = [{"role": "user", "content": "Question type: symptoms\n\nWhat are the symptoms of gout?"}]
+    template = adds_bos.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert template.startswith(bos)  # the template writes BOS ...
+    assert adds_bos("x")["input_ids"][0] == bos_id  # ... and the tokenizer adds it as well
+
+    prompt = ex.prompt("chat", adds_bos)
+    ids = adds_bos(prompt, add_special_tokens=True)["input_ids"]
+    assert ids[0] == bos_id and ids[1] != bos_id
+    assert ids == adds_bos(template, add_special_tokens=False)["input_ids"]
+    # the default tokenizer adds no BOS: the chat text is the template's own
+    assert ex.prompt("chat", default_model.tokenizer) == default_model.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True)
