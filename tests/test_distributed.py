@@ -219,7 +219,8 @@ def test_processes_opening_a_new_cache_at_once_all_succeed(tmp_path):
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed-train")
-    medqa(*TRAIN, "--set", "training.batch_size=2", "--out", str(root / "two"), processes=2)
+    two = medqa(*TRAIN, "--set", "training.batch_size=2", "--out", str(root / "two"), processes=2)
+    (root / "two-stderr.txt").write_text(two.stderr)
     medqa(*TRAIN, "--set", "training.batch_size=4", "--out", str(root / "one"))
     return root
 
@@ -246,4 +247,5 @@ def test_ddp_trains_the_single_process_adapter(adapters):
     assert meta["distributed"] == {"world_size": 2, "backend": "gloo", "device_type": "cpu", "global_batch_size": 4}
     assert "distributed" not in json.loads((one / "medqa_bench.json").read_text())
     assert not (adapters / "two.checkpoints").exists()
+    assert "find_unused_parameters" not in (adapters / "two-stderr.txt").read_text()  # no per-step graph search
     assert not [p.name for p in adapters.iterdir() if p.name.startswith(".")]  # no temporary folders left

@@ -278,6 +278,9 @@ def _sft_config(recipe: Recipe, ckpt_root: Path, precision: str, device: str, ha
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        # Multi-process: every LoRA weight takes part in every forward pass, so DDP need not search the graph for
+        # unused parameters each step (transformers' default for a PEFT model, which warns that it found none).
+        ddp_find_unused_parameters=False,
     )
 
 
