@@ -216,6 +216,7 @@ def completion_nll(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.inference_mode(), attention_kernels(device):
         lengths = [len(pairs[i][0]) + len(pairs[i][1]) for i in short]
+
         def finish(idx, pending):
             sums, counts = _collect_scores(pending)
             for i, s, n in zip(idx, sums, counts):
