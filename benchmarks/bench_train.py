@@ -99,9 +99,10 @@ def _bool(value: str) -> str:
     return {"on": "true", "off": "false"}.get(value, value)
 
 
-def recipe_overrides(options: dict[str, str], model: str, steps: int | None, max_length: int, device: str) -> list[str]:
+def recipe_overrides(options: dict[str, str], model: str, steps: int | None, max_length: int, device: str,
+                     log_steps: int = 10) -> list[str]:
     out = [f"model.reference={model}", f"training.device={device}", f"data.max_length={max_length}",
-           "training.logging_steps=10", "data.limit.validation=1"]
+           f"training.logging_steps={log_steps}", "data.limit.validation=1"]
     if steps is not None:
         batch = int(options.get("batch", 4))
         out += [f"training.max_steps={steps}", f"data.limit.train={steps * batch}"]  # one epoch, one evaluation
@@ -173,7 +174,8 @@ def run_ours(spec: dict) -> dict:
     from trainers.qlora import load_recipe, train
 
     clock = window_clock(spec["warmup"])
-    overrides = recipe_overrides(spec["options"], spec["model"], spec["steps"], spec["max_length"], spec["device"])
+    overrides = recipe_overrides(spec["options"], spec["model"], spec["steps"], spec["max_length"], spec["device"],
+                                 spec.get("log_steps", 10))
     if spec.get("curve"):
         overrides = [o for o in overrides if not o.startswith("data.limit.validation")] + ["training.epochs=1"]
     recipe = load_recipe("smollm2-135m-symptoms", overrides)
@@ -198,7 +200,8 @@ def run_trl(spec: dict) -> dict:
     from trainers.qlora import limit_examples, load_recipe, sft_records
 
     options = spec["options"]
-    recipe = load_recipe("smollm2-135m-symptoms", recipe_overrides(options, spec["model"], spec["steps"], spec["max_length"], spec["device"]))
+    recipe = load_recipe("smollm2-135m-symptoms", recipe_overrides(options, spec["model"], spec["steps"], spec["max_length"], spec["device"],
+                                                                 spec.get("log_steps", 10)))
     source = resolve_model(recipe.model.reference)
     tokenizer = load_tokenizer(source)
     ds = load_dataset(recipe.data.spec())
@@ -226,7 +229,7 @@ def run_trl(spec: dict) -> dict:
                 save_strategy="no",
                 report_to="none",
                 disable_tqdm=True,
-                logging_steps=10,
+                logging_steps=spec.get("log_steps", 10),
             ),
             train_dataset=datasets.Dataset.from_list(rows),
             eval_dataset=datasets.Dataset.from_list(val) if val else None,
@@ -238,7 +241,9 @@ def run_trl(spec: dict) -> dict:
         trainer.train()
         if val:
             clock.eval_loss = trainer.evaluate()["eval_loss"]
-    return _row(spec, clock, torch.cuda.get_device_name())
+    row = _row(spec, clock, torch.cuda.get_device_name())
+    row["optim"] = str(trainer.args.optim)  # TRL's default optimizer, which the recipe's may differ from
+    return row
 
 
 def _row(spec: dict, clock, device_name: str | None) -> dict:
@@ -266,7 +271,7 @@ def run_rows(rows: list[str], model: str, args: argparse.Namespace, curve: bool 
         side, options = parse_row(text)
         spec = {"row": text, "side": side, "options": options, "model": model, "warmup": args.warmup,
                 "steps": None if curve else args.warmup + args.steps, "max_length": args.max_length,
-                "device": args.device, "curve": curve}
+                "device": args.device, "curve": curve, "log_steps": args.log_steps}
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
         found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
@@ -333,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cuda")
     p.add_argument("--curve", nargs="*", metavar="ROW", help="loss-curve rows on SmolLM2 (one epoch each) instead")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--log-steps", type=int, default=10, help="optimizer steps per logged training-loss window")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one row, print its JSON
     args = p.parse_args(argv)
 
