@@ -44,6 +44,18 @@ def matmul_rate() -> float:
     return 2 * 8192**3 / best
 
 
+def timed(fn):
+    """``(fn(), seconds, peak GiB)``, CUDA-synchronised at both ends, peak memory counted from the start."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    value = fn()
+    torch.cuda.synchronize()
+    return value, time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2**30
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="a model folder instead of the random Llama-3.2-1B")
@@ -74,14 +86,6 @@ def main() -> None:
     n = min(args.items, len(items))
     pairs = [encode_pair(tok, p, c) for p, c in zip(prompts[:n], completions[:n])]
     in_tokens = sum(len(a) + len(b) for a, b in pairs)
-
-    def timed(fn):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        value = fn()
-        torch.cuda.synchronize()
-        return value, time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2**30
 
     rows = []
     completion_nll(model, tok, prompts[:64], completions[:64], progress=False)  # warm-up

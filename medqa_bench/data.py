@@ -15,6 +15,7 @@ The pipeline, in order::
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
@@ -29,8 +30,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import DataError
-from .jsonl import parse_jsonl
 from .fingerprint import sha256_file, sha256_json
+from .jsonl import parse_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,17 @@ def _without_template_bos(text: str, tokenizer: Any) -> str:
     ``apply_chat_template(..., tokenize=True)`` gives. Tokenizers that add no BOS (SmolLM2's) keep the text as is.
     """
     bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos) and _adds_bos(tokenizer):
+        return text[len(bos):]
+    return text
+
+
+@functools.lru_cache(maxsize=8)
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether tokenising with special tokens puts BOS first (asked once per tokenizer, not once per prompt)."""
     bos_id = getattr(tokenizer, "bos_token_id", None)
-    if not bos or bos_id is None or not text.startswith(bos):
-        return text
     ids = tokenizer("x", add_special_tokens=True)["input_ids"]
-    return text[len(bos):] if ids and ids[0] == bos_id else text
+    return bos_id is not None and bool(ids) and ids[0] == bos_id
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -18,21 +18,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_gpu_eval import matmul_rate  # noqa: E402
+from bench_gpu_eval import matmul_rate, timed  # noqa: E402
 from bench_train import build_random_llama_1b  # noqa: E402
 
 from medqa_bench import inference  # noqa: E402
 from medqa_bench.data import DataSpec, load_dataset  # noqa: E402
 from medqa_bench.models import load_base  # noqa: E402
-
-
-def timed(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    value = fn()
-    torch.cuda.synchronize()
-    return value, time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2**30
 
 
 def main() -> None:
