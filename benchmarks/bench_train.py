@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SHORT_KEYS = {"batch": "training.batch_size", "gc": "training.gradient_checkpointing",
               "group": "training.group_by_length", "kernels": "training.kernels",
-              "compile": "training.compile", "pad": "training.pad_to_multiple_of"}
+              "compile": "training.compile", "pad": "training.pad_to_multiple_of",
+              "free": "training.padding_free", "optim": "training.optimizer"}
 
 
 def build_random_llama_1b(folder: Path, tokenizer_dir: str | None = None) -> Path:
@@ -116,8 +117,13 @@ def recipe_overrides(options: dict[str, str], model: str, steps: int | None, max
     return out
 
 
-def window_clock(warmup: int):
-    """A TrainerCallback timing the optimizer steps after ``warmup`` and logging (step, loss) pairs."""
+def window_clock(warmup: int, step_times: bool = False):
+    """A TrainerCallback timing the optimizer steps after ``warmup`` and logging (step, loss) pairs.
+
+    The device is synchronised at the two ends of the window only, so the host queues work ahead as it would in a
+    real run; ``step_times`` also synchronises after every step to record each step's time (which costs the
+    overlap of one step's host work with the previous step's device work).
+    """
     import torch
     from transformers import TrainerCallback
 
@@ -141,17 +147,19 @@ def window_clock(warmup: int):
             return time.perf_counter()
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if os.environ.get("BENCH_PROFILE") and state.global_step == warmup + 10:
+            # BENCH_PROFILE=1: a torch.profiler table of three warm-up steps, before the timed window
+            if os.environ.get("BENCH_PROFILE") and warmup >= 6 and state.global_step == warmup - 5:
                 self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                                 torch.profiler.ProfilerActivity.CUDA])
                 self._prof.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
-            now = self._now()
-            if self._last is not None:
-                self.step_ms.append(round((now - self._last) * 1000, 1))
-            self._last = now
-            if self._prof is not None and state.global_step == warmup + 13:
+            if step_times:
+                now = self._now()
+                if self._last is not None:
+                    self.step_ms.append(round((now - self._last) * 1000, 1))
+                self._last = now
+            if self._prof is not None and state.global_step == warmup - 2:
                 self._prof.__exit__(None, None, None)
                 self.profile = self._prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
                 self._prof = None
@@ -173,7 +181,7 @@ def window_clock(warmup: int):
 def run_ours(spec: dict) -> dict:
     from trainers.qlora import load_recipe, train
 
-    clock = window_clock(spec["warmup"])
+    clock = window_clock(spec["warmup"], spec.get("step_times", False))
     overrides = recipe_overrides(spec["options"], spec["model"], spec["steps"], spec["max_length"], spec["device"],
                                  spec.get("log_steps", 10))
     if spec.get("curve"):
@@ -210,7 +218,7 @@ def run_trl(spec: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(
         source.location, quantization_config=nf4_config("bfloat16"), dtype=torch.bfloat16, device_map={"": 0}
     )
-    clock = window_clock(spec["warmup"])
+    clock = window_clock(spec["warmup"], spec.get("step_times", False))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = SFTTrainer(
             model=model,
@@ -271,7 +279,7 @@ def run_rows(rows: list[str], model: str, args: argparse.Namespace, curve: bool 
         side, options = parse_row(text)
         spec = {"row": text, "side": side, "options": options, "model": model, "warmup": args.warmup,
                 "steps": None if curve else args.warmup + args.steps, "max_length": args.max_length,
-                "device": args.device, "curve": curve, "log_steps": args.log_steps}
+                "device": args.device, "curve": curve, "log_steps": args.log_steps, "step_times": args.step_times}
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
         found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
@@ -339,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curve", nargs="*", metavar="ROW", help="loss-curve rows on SmolLM2 (one epoch each) instead")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--log-steps", type=int, default=10, help="optimizer steps per logged training-loss window")
+    p.add_argument("--step-times", action="store_true", help="synchronise after every step to record step times")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one row, print its JSON
     args = p.parse_args(argv)
 

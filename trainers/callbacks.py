@@ -64,8 +64,14 @@ class TrainingLog(TrainerCallback):
             }
         )
 
+
 class StepClock(TrainerCallback):
-    """Time spent in optimizer steps (evaluation, checkpointing and logging excluded) and real tokens seen."""
+    """Time spent in optimizer steps (evaluation and checkpointing excluded) and real tokens seen.
+
+    The device is synchronised only where a timed interval opens or closes (the first step, after an evaluation or
+    a save, the end of an epoch and of training), never every step: a per-step wait would keep the host from
+    queueing the next step's kernels while the GPU still works on this one.
+    """
 
     def __init__(self, cuda: bool):
         self.cuda, self.seconds, self.tokens_start, self.tokens_end, self._t = cuda, 0.0, 0, 0, None
@@ -77,16 +83,29 @@ class StepClock(TrainerCallback):
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    def _close(self):
+        if self._t is not None:
+            self.seconds += self._now() - self._t
+        self._t = None
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.tokens_start = self.tokens_end = state.num_input_tokens_seen
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._t = self._now()
+        if self._t is None:
+            self._t = self._now()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._t is not None:
-            self.seconds += self._now() - self._t
-        self._t = None
+        self.tokens_end = state.num_input_tokens_seen
+        # DefaultFlowCallback, which runs first, has just said whether an evaluation or a save follows this step
+        if control.should_evaluate or control.should_save or control.should_training_stop:
+            self._close()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._close()  # an epoch-end evaluation or save may follow
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._close()
         self.tokens_end = state.num_input_tokens_seen
 
 

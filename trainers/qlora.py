@@ -8,6 +8,7 @@ The pipeline, in order::
     -> load_dataset(recipe.data.spec())        the harness's template and split manifest, never a copy
     -> load_base(..., quantization="4bit")     NF4 + double quantization, compute dtype = the precision
     -> SFTTrainer(peft_config=LoraConfig)      completion-only loss, EOS appended, eval every epoch
+                                               (trainers.packing: padding-free rows; no per-step device reads)
     -> atomic.directory(out)                   adapter + training_log.jsonl + medqa_bench.json, in one rename
 
 >>> from trainers.qlora import load_recipe, train                                          # doctest: +SKIP
@@ -274,7 +275,8 @@ def _sft_config(recipe: Recipe, ckpt_root: Path, precision: str, device: str, ha
         completion_only_loss=True,
         max_length=recipe.data.max_length,
         packing=False,
-        include_num_input_tokens_seen="non_padding",
+        # A padding-free row has no padding: all its tokens are real ones, countable from its shape.
+        include_num_input_tokens_seen="all" if t.padding_free else "non_padding",
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
@@ -430,9 +432,10 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
     import torch
     from peft import LoraConfig
     from transformers import set_seed
-    from trl import SFTTrainer
 
     from medqa_bench.models import load_base
+
+    from . import packing
 
     # Seeded before the base is loaded and again (by SFTTrainer) before PEFT draws the LoRA weights: same recipe
     # and seed, same adapter.
@@ -440,6 +443,8 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
     loaded = load_base(
         recipe.model.reference, quantization=recipe.model.quantization, device=device, dtype=_DTYPES[precision]
     )
+    if recipe.training.padding_free:
+        packing.use_varlen_attention(loaded.model)
     lora = recipe.lora
     peft_config = LoraConfig(
         r=lora.r,
@@ -452,7 +457,7 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
     from .callbacks import StepClock, TrainingLog
 
     clock = StepClock(device.startswith("cuda"))
-    trainer = SFTTrainer(
+    trainer = packing.LeanSFTTrainer(
         model=loaded.model,
         args=_sft_config(recipe, ckpt_root, precision, device, bool(val_rows), progress),
         train_dataset=datasets.Dataset.from_list(train_rows),
@@ -462,6 +467,9 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
         # DDP: one writer of training_log.jsonl (Trainer logs the losses gathered over the processes on each).
         callbacks=[*([TrainingLog(ckpt_root / LOG_FILE, resume_step)] if main else []), clock, *callbacks],
     )
+    if recipe.training.padding_free:
+        # Built by TRL with the tokenizer's pad token (which the packed rows never use): same examples, one row.
+        trainer.data_collator = packing.padding_free_collator(trainer.data_collator.pad_token_id)
     if precision != "bf16":
         # TRL keeps a quantized model's LoRA weights in bf16 (the QLoRA paper's choice); with fp16 loss scaling or
         # fp32 (CPU) they train in fp32 instead, as PEFT creates them.

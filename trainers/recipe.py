@@ -103,6 +103,7 @@ class TrainingSection:
     optimizer: str = "adamw_torch"
     gradient_checkpointing: bool = True
     group_by_length: bool = False  # batches of similar lengths: little padding, same samples per epoch
+    padding_free: bool = False  # each batch packed into one row, attention per sequence: no padding computed
     pad_to_multiple_of: Optional[int] = None  # pad each batch's length up to a multiple: fewer distinct shapes
     compile: bool = False  # torch.compile the model: fused element-wise kernels, fewer launches; minutes to compile
     kernels: str = "none"  # "liger": fused Triton kernels (RMSNorm, RoPE, SwiGLU) from liger-kernel, CUDA only
@@ -317,6 +318,11 @@ def validate(recipe: Recipe) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise SpecError(f"recipe key '{key}' must be greater than 0, not {value}")
+    if t.padding_free and t.pad_to_multiple_of is not None:
+        raise SpecError(
+            "recipe keys 'training.padding_free' and 'training.pad_to_multiple_of' exclude each other: a padding-free "
+            "batch has no padding to round up; drop pad_to_multiple_of"
+        )
     if not 0 <= lora.dropout < 1:
         raise SpecError(f"recipe key 'lora.dropout' must be in [0, 1), not {lora.dropout}")
     if not 0 <= t.warmup_ratio < 1:
