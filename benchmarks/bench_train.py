@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SHORT_KEYS = {"batch": "training.batch_size", "gc": "training.gradient_checkpointing",
               "group": "training.group_by_length", "kernels": "training.kernels",
               "compile": "training.compile", "pad": "training.pad_to_multiple_of",
-              "free": "training.padding_free", "optim": "training.optimizer"}
+              "free": "training.padding_free", "optim": "training.optimizer",
+              "cache": "training.cache_dequantized"}
 
 
 def build_random_llama_1b(folder: Path, tokenizer_dir: str | None = None) -> Path:
@@ -290,6 +291,8 @@ def run_rows(rows: list[str], model: str, args: argparse.Namespace, curve: bool 
             continue
         results.append(json.loads(found[0]))
         print(f"  {text}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        if args.json:  # after every row, so a run stopped at its time limit keeps what it measured
+            Path(args.json).write_text(json.dumps(results, indent=2))
     return results
 
 

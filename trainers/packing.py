@@ -121,8 +121,12 @@ def use_varlen_attention(model: Any) -> None:
         model.config._attn_implementation = ATTENTION_NAME
 
 
-def padding_free_collator(pad_token_id: int):
-    """TRL's ``DataCollatorForLanguageModeling(padding_free=True)``, less ``seq_idx`` (for linear-attention layers)."""
+def padding_free_collator(pad_token_id: int, max_length: int | None = None):
+    """TRL's ``DataCollatorForLanguageModeling(padding_free=True)``, less ``seq_idx`` (for linear-attention layers).
+
+    ``max_length``, the truncation length, replaces the longest sequence of each batch as ``max_length_q/k``: the
+    kernel takes any bound, and one that never changes keeps a compiled layer from recompiling for each new value.
+    """
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     trl_collate = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=True)
@@ -130,6 +134,8 @@ def padding_free_collator(pad_token_id: int):
     def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = trl_collate(examples)
         batch.pop("seq_idx", None)
+        if max_length is not None:
+            batch["max_length_q"] = batch["max_length_k"] = max(max_length, batch["max_length_q"])
         return batch
 
     return collate

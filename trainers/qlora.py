@@ -222,8 +222,6 @@ def _speed_options(recipe: Recipe, device: str) -> dict[str, Any]:
             options["train_sampling_strategy"] = "group_by_length"
         else:
             options["group_by_length"] = True
-    if t.compile:
-        options["torch_compile"] = True
     if t.pad_to_multiple_of:
         options["pad_to_multiple_of"] = t.pad_to_multiple_of
     if t.kernels == "liger":
@@ -435,7 +433,7 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
 
     from medqa_bench.models import load_base
 
-    from . import packing
+    from . import packing, speedups
 
     # Seeded before the base is loaded and again (by SFTTrainer) before PEFT draws the LoRA weights: same recipe
     # and seed, same adapter.
@@ -469,7 +467,12 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
     )
     if recipe.training.padding_free:
         # Built by TRL with the tokenizer's pad token (which the packed rows never use): same examples, one row.
-        trainer.data_collator = packing.padding_free_collator(trainer.data_collator.pad_token_id)
+        trainer.data_collator = packing.padding_free_collator(trainer.data_collator.pad_token_id, recipe.data.max_length)
+    if recipe.training.cache_dequantized:
+        added = speedups.cache_dequantized_weights(trainer.model)
+        log.info("cached the dequantised base weights: %.2f GiB", added / 2**30)
+    if recipe.training.compile:
+        speedups.compile_decoder_layers(trainer.model)
     if precision != "bf16":
         # TRL keeps a quantized model's LoRA weights in bf16 (the QLoRA paper's choice); with fp16 loss scaling or
         # fp32 (CPU) they train in fp32 instead, as PEFT creates them.

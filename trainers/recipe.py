@@ -105,7 +105,8 @@ class TrainingSection:
     group_by_length: bool = False  # batches of similar lengths: little padding, same samples per epoch
     padding_free: bool = False  # each batch packed into one row, attention per sequence: no padding computed
     pad_to_multiple_of: Optional[int] = None  # pad each batch's length up to a multiple: fewer distinct shapes
-    compile: bool = False  # torch.compile the model: fused element-wise kernels, fewer launches; minutes to compile
+    compile: bool = False  # torch.compile each decoder layer: fused element-wise kernels, fewer launches
+    cache_dequantized: bool = False  # keep the 4-bit base's dequantised weights: same values, 2 bytes/weight more
     kernels: str = "none"  # "liger": fused Triton kernels (RMSNorm, RoPE, SwiGLU) from liger-kernel, CUDA only
     precision: str = "auto"
     device: str = "auto"
@@ -318,6 +319,8 @@ def validate(recipe: Recipe) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise SpecError(f"recipe key '{key}' must be greater than 0, not {value}")
+    if t.cache_dequantized and recipe.model.quantization != "4bit":
+        raise SpecError("recipe key 'training.cache_dequantized' needs model.quantization=4bit: there is nothing to dequantise")
     if t.padding_free and t.pad_to_multiple_of is not None:
         raise SpecError(
             "recipe keys 'training.padding_free' and 'training.pad_to_multiple_of' exclude each other: a padding-free "
