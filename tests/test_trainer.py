@@ -169,6 +169,21 @@ def test_bundled_recipes_load_with_the_reference_values():
     assert llama.to_dict() | {"name": None, "model": None} == small.to_dict() | {"name": None, "model": None}
 
 
+def test_fast_recipes_are_the_reference_plus_speed_switches():
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    for model in ("llama-3.2-1b", "smollm2-135m"):
+        ref, fast = flat(load_recipe(f"{model}-symptoms").to_dict()), flat(load_recipe(f"{model}-symptoms-fast").to_dict())
+        changed = {k: fast[k] for k in ref if ref[k] != fast[k]}
+        assert changed == {"name": f"{model}-symptoms-fast", "training.padding_free": True,
+                           "training.cache_dequantized": True, "training.optimizer": "adamw_torch_fused",
+                           "training.gradient_checkpointing": False}
+
+
 def test_overrides_are_dotted_and_yaml_parsed():
     r = load_recipe("smollm2-135m-symptoms", ["lora.r=32", "lora.target_modules=[q_proj, k_proj]", "training.learning_rate=2e-4"])
     assert r.lora.r == 32 and r.lora.target_modules == ("q_proj", "k_proj") and r.training.learning_rate == 2e-4
@@ -393,3 +408,128 @@ def test_length_grouped_padded_batches_train(workdir, tmp_path):
     assert widths and all(w % 8 == 0 for w in widths)
     steps = [r for r in _log(out) if r["type"] == "step"]
     assert steps and all(math.isfinite(r["loss"]) for r in steps)
+
+
+# --------------------------------------------------------------------------------------------- padding-free, cache
+
+
+@pytest.fixture(scope="module")
+def switch_runs(workdir):
+    """One step of batch 4 three ways: padded (the reference), padding-free, padding-free with cached weights."""
+    from transformers import TrainerCallback
+
+    root, data = workdir
+    overrides = [o for o in OVERRIDES if not o.startswith(("data.limit.train", "training.batch_size", "training.max_steps"))]
+    overrides += [f"data.path={data}", "data.limit.train=4", "training.batch_size=4", "training.max_steps=1"]
+    runs = {}
+    for name, extra in (("padded", []), ("free", ["training.padding_free=true"]),
+                        ("free+cache", ["training.padding_free=true", "training.cache_dequantized=true"])):
+        seen = []
+
+        class Capture(TrainerCallback):
+            def on_train_begin(self, args, state, control, train_dataloader=None, model=None, **kwargs):
+                cached = sum(1 for m in model.modules() if hasattr(m, "dequantized_weight"))
+                seen.append((next(iter(train_dataloader)), cached))
+
+        out = train(load_recipe("smollm2-135m-symptoms", [*overrides, *extra]), out=root / "adapters" / name,
+                    progress=False, callbacks=[Capture()])
+        runs[name] = out, *seen[0]
+    return runs
+
+
+def _step_and_eval(out):
+    rows = _log(out)
+    return [r["loss"] for r in rows if r["type"] == "step"], [r["eval_loss"] for r in rows if r["type"] == "epoch"]
+
+
+def test_padding_free_rows_hold_the_padded_batch_without_padding(switch_runs):
+    _, padded, _ = switch_runs["padded"]
+    _, free, _ = switch_runs["free"]
+    assert free["input_ids"].shape[0] == 1 and "attention_mask" not in free
+    real = [row[: int(n)] for row, n in zip(padded["input_ids"], padded["attention_mask"].sum(1))]
+    assert free["input_ids"][0].tolist() == [t for row in real for t in row.tolist()]  # the same examples, in order
+    assert free["cu_seq_lens_q"].tolist() == [0, *_running_sum([len(r) for r in real])]
+    # each position learns what it learns in the padded batch
+    assert free["labels"][0].tolist() == [t for row, n in zip(padded["labels"], [len(r) for r in real]) for t in row[:n].tolist()]
+
+
+def _running_sum(values):
+    total, out = 0, []
+    for v in values:
+        total += v
+        out.append(total)
+    return out
+
+
+def test_padding_free_training_matches_padded_training(switch_runs):
+    padded, _, _ = switch_runs["padded"]
+    free, _, _ = switch_runs["free"]
+    (loss_a, eval_a), (loss_b, eval_b) = _step_and_eval(padded), _step_and_eval(free)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)  # the step's loss
+    assert eval_b == pytest.approx(eval_a, rel=1e-5)  # after the update: the same gradient was applied
+    meta_a, meta_b = (json.loads((o / META_FILE).read_text())["training"] for o in (padded, free))
+    assert meta_b["tokens"] == meta_a["tokens"] > 0  # real tokens counted alike, padding or none
+
+
+def test_cached_dequantized_weights_change_no_number(switch_runs):
+    free, _, none = switch_runs["free"]
+    cached, _, layers = switch_runs["free+cache"]
+    assert none == 0 and layers == 30 * 7  # every 4-bit linear of SmolLM2 (30 layers) runs on its cached weight
+    (loss_a, eval_a), (loss_b, eval_b) = _step_and_eval(free), _step_and_eval(cached)
+    assert loss_b == pytest.approx(loss_a, rel=1e-6) and eval_b == pytest.approx(eval_a, rel=1e-6)
+    a, b = _tensors(free / "adapter_model.safetensors"), _tensors(cached / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)  # the cache is never saved
+    meta = json.loads((cached / META_FILE).read_text())
+    assert meta["recipe"]["training"]["cache_dequantized"] and meta["recipe"]["training"]["padding_free"]
+
+
+def test_lean_loss_is_trls_loss(workdir, tmp_path):
+    import torch
+    from trl import SFTTrainer
+
+    from medqa_bench.data import load_dataset
+    from medqa_bench.models import load_tokenizer, resolve_model
+    from trainers.qlora import _build_trainer, limit_examples, sft_records
+
+    _, data = workdir
+    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *OVERRIDES])
+    source = resolve_model(recipe.model.reference)
+    tokenizer = load_tokenizer(source)
+    rows = sft_records(limit_examples(load_dataset(recipe.data.spec()).split("train"), 3, 0), "reference", tokenizer)
+    trainer, _ = _build_trainer(recipe, source, "cpu", "fp32", tokenizer, rows, [], tmp_path / "ckpt", False, 0, ())
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    count = (batch["labels"][:, 1:] != -100).sum()
+    with torch.no_grad():
+        ours = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=count)
+        trls = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch), num_items_in_batch=count)
+    assert torch.equal(ours, trls)
+
+
+def test_switch_recipe_errors():
+    with pytest.raises(SpecError, match="padding_free.*pad_to_multiple_of.*exclude each other"):
+        load_recipe("smollm2-135m-symptoms", ["training.padding_free=true", "training.pad_to_multiple_of=64"])
+    with pytest.raises(SpecError, match="cache_dequantized' needs model.quantization=4bit"):
+        load_recipe("smollm2-135m-symptoms", ["training.cache_dequantized=true", "model.quantization=none"])
+
+
+def test_step_clock_times_steps_without_waiting_each_step():
+    from types import SimpleNamespace
+
+    from trainers.callbacks import StepClock
+
+    clock = StepClock(cuda=False)
+    waits = []
+    clock._now = lambda: waits.append(len(waits)) or float(len(waits))  # counts the synchronisations
+    state = SimpleNamespace(num_input_tokens_seen=0)
+    quiet = SimpleNamespace(should_evaluate=False, should_save=False, should_training_stop=False)
+    clock.on_train_begin(None, state, quiet)
+    for _ in range(5):
+        clock.on_step_begin(None, state, quiet)
+        state.num_input_tokens_seen += 10
+        clock.on_step_end(None, state, quiet)
+    assert len(waits) == 1  # opened once, not closed by plain steps
+    clock.on_epoch_end(None, state, quiet)  # an evaluation may follow: the interval closes
+    assert len(waits) == 2 and clock.seconds == 1.0 and clock.tokens_end == 50
+    clock.on_step_begin(None, state, quiet)
+    clock.on_step_end(None, state, SimpleNamespace(should_evaluate=True, should_save=False, should_training_stop=False))
+    assert len(waits) == 4 and clock.seconds == 2.0
