@@ -9,11 +9,13 @@ A row is ``SIDE:key=value,...``. SIDE ``trl`` is TRL's ``SFTTrainer`` as its doc
 rows, completion-only loss, bf16, its defaults otherwise); ``ours`` is ``trainers.qlora.train`` with the recipe
 ``smollm2-135m-symptoms`` (the reference recipe's settings) and overrides. Keys: ``batch``, ``gc`` (gradient
 checkpointing on/off), ``cudnn=off`` (the row's process runs scaled-dot-product attention without its cuDNN
-backend), and for ``ours`` also ``group`` (training.group_by_length), ``kernels`` (training.kernels)
-or any dotted recipe key (``training.optimizer=adamw_torch_fused``).
+backend), and for ``ours`` also ``group`` (training.group_by_length), ``kernels`` (training.kernels), ``free``
+(training.padding_free), ``cache`` (training.cache_dequantized), ``compile`` (training.compile), ``pad``
+(training.pad_to_multiple_of), ``optim`` (training.optimizer) or any dotted recipe key.
 
 "real tok/s" counts non-padding input tokens (prompt, answer and EOS) over the optimizer steps after ``--warmup``
-steps (CUDA-synchronised at both ends), so start-up, compilation, evaluation and saving are excluded. "peak GiB" is
+steps (CUDA-synchronised at both ends only, unless ``--step-times``), so start-up, compilation, evaluation and saving
+are excluded. "peak GiB" is
 CUDA ``max_memory_allocated`` from the start of training (the 4-bit weights included). The ratio column divides by
 the fastest ``trl`` row of the same run.
 
