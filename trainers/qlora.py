@@ -471,14 +471,14 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
     if recipe.training.cache_dequantized:
         added = speedups.cache_dequantized_weights(trainer.model)
         log.info("cached the dequantised base weights: %.2f GiB", added / 2**30)
-    if recipe.training.compile:
-        speedups.compile_decoder_layers(trainer.model)
     if precision != "bf16":
         # TRL keeps a quantized model's LoRA weights in bf16 (the QLoRA paper's choice); with fp16 loss scaling or
         # fp32 (CPU) they train in fp32 instead, as PEFT creates them.
         for param in trainer.model.parameters():
             if param.requires_grad:
                 param.data = param.data.to(torch.float32)
+    if recipe.training.compile:  # last: the layers are compiled as they will train (compilation runs at first use)
+        speedups.compile_decoder_layers(trainer.model)
     return trainer, clock
 
 
