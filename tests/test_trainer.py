@@ -11,6 +11,7 @@ answers (so that every sequence ends inside max_length and its EOS can be checke
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 
@@ -448,17 +449,9 @@ def test_padding_free_rows_hold_the_padded_batch_without_padding(switch_runs):
     assert free["input_ids"].shape[0] == 1 and "attention_mask" not in free
     real = [row[: int(n)] for row, n in zip(padded["input_ids"], padded["attention_mask"].sum(1))]
     assert free["input_ids"][0].tolist() == [t for row in real for t in row.tolist()]  # the same examples, in order
-    assert free["cu_seq_lens_q"].tolist() == [0, *_running_sum([len(r) for r in real])]
+    assert free["cu_seq_lens_q"].tolist() == [0, *itertools.accumulate(len(r) for r in real)]
     # each position learns what it learns in the padded batch
     assert free["labels"][0].tolist() == [t for row, n in zip(padded["labels"], [len(r) for r in real]) for t in row[:n].tolist()]
-
-
-def _running_sum(values):
-    total, out = 0, []
-    for v in values:
-        total += v
-        out.append(total)
-    return out
 
 
 def test_padding_free_training_matches_padded_training(switch_runs):
