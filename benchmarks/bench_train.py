@@ -9,7 +9,8 @@ A row is ``SIDE:key=value,...``. SIDE ``trl`` is TRL's ``SFTTrainer`` as its doc
 rows, completion-only loss, bf16, its defaults otherwise); ``ours`` is ``trainers.qlora.train`` with the recipe
 ``smollm2-135m-symptoms`` (the reference recipe's settings) and overrides. Keys: ``batch``, ``gc`` (gradient
 checkpointing on/off), ``cudnn=off`` (the row's process runs scaled-dot-product attention without its cuDNN
-backend), and for ``ours`` also ``group`` (training.group_by_length), ``kernels`` (training.kernels), ``free``
+backend), and for ``ours`` also ``blocking=on`` (Trainer's default waits for the device each step: its NaN check of
+the loss and blocking batch copies, which ``trainers.qlora`` turns off), ``group`` (training.group_by_length), ``kernels`` (training.kernels), ``free``
 (training.padding_free), ``cache`` (training.cache_dequantized), ``compile`` (training.compile), ``pad``
 (training.pad_to_multiple_of), ``optim`` (training.optimizer) or any dotted recipe key.
 
@@ -111,7 +112,7 @@ def recipe_overrides(options: dict[str, str], model: str, steps: int | None, max
         batch = int(options.get("batch", 4))
         out += [f"training.max_steps={steps}", f"data.limit.train={steps * batch}"]  # one epoch, one evaluation
     for key, value in options.items():
-        if key == "cudnn":
+        if key in ("cudnn", "blocking"):
             continue  # not a recipe key: the row's process turns cuDNN attention off
         if key == "seed":
             out.append(f"seed={value}")
@@ -184,6 +185,10 @@ def window_clock(warmup: int, step_times: bool = False):
 def run_ours(spec: dict) -> dict:
     from trainers.qlora import load_recipe, train
 
+    if spec["options"].get("blocking") == "on":  # Trainer's own per-step waits for the device, for comparison
+        import trainers.qlora
+
+        trainers.qlora._overlap_options = lambda device: {}
     clock = window_clock(spec["warmup"], spec.get("step_times", False))
     overrides = recipe_overrides(spec["options"], spec["model"], spec["steps"], spec["max_length"], spec["device"],
                                  spec.get("log_steps", 10))

@@ -496,6 +496,29 @@ def test_lean_loss_is_trls_loss(workdir, tmp_path):
         ours = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=count)
         trls = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch), num_items_in_batch=count)
     assert torch.equal(ours, trls)
+    # Trainer's FLOP count, with the parameter count taken once instead of at every step
+    from transformers import Trainer
+
+    walks = []
+    counted = trainer.model.num_parameters
+    trainer.model.num_parameters = lambda **kw: walks.append(kw) or counted(**kw)
+    assert trainer.floating_point_ops(batch) == Trainer.floating_point_ops(trainer, batch) > 0
+    assert trainer.floating_point_ops(batch) == Trainer.floating_point_ops(trainer, batch)
+    assert len(walks) == 3  # Trainer's walks twice, ours once
+    assert trainer.args.logging_nan_inf_filter is False  # no per-step wait for the device (below)
+
+
+def test_trainer_steps_do_not_wait_for_the_device():
+    from trl import SFTConfig
+
+    from trainers.qlora import _overlap_options
+
+    # Trainer's per-step NaN check of the loss reads it back to the host; the batches are copied without waiting
+    assert _overlap_options("cpu") == {"logging_nan_inf_filter": False}
+    cuda = _overlap_options("cuda")
+    assert cuda["dataloader_pin_memory"] and cuda["accelerator_config"] == {"non_blocking": True}
+    config = SFTConfig(output_dir="unused", use_cpu=True, bf16=False, **cuda)
+    assert config.accelerator_config.non_blocking and not config.logging_nan_inf_filter
 
 
 def test_switch_recipe_errors():

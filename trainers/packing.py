@@ -168,6 +168,15 @@ def _lean_trainer_class():
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
             return loss
 
+        def floating_point_ops(self, inputs):
+            # Trainer counts the model's parameters again at every step (a walk over all of them, ~2 ms of host
+            # time a step on a 1B model); the count does not change while training, so it is taken once.
+            if not hasattr(self, "_non_embedding_parameters"):
+                self._non_embedding_parameters = (self.model.num_parameters(exclude_embeddings=True)
+                                                  if hasattr(self.model, "num_parameters") else 0)
+            main_input = getattr(self.model, "main_input_name", "input_ids")
+            return 6 * inputs[main_input].numel() * self._non_embedding_parameters if main_input in inputs else 0
+
         def _track_num_input_tokens(self, inputs):
             # A packed row has no padding, so its real tokens are its length, known on the host: no device read.
             # Padded batches, and several processes (whose counts must be summed), keep Trainer's way.
