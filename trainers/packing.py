@@ -152,7 +152,8 @@ def _lean_trainer_class():
         host cannot run ahead and launch the next kernels. The loss here is TRL's own, from the same fused LM head:
         the sum of the completion tokens' negative log-likelihoods over ``num_items_in_batch``, scaled by the number
         of processes as TRL and Trainer do. Anything beyond the plain completion-only NLL (a custom loss function,
-        label smoothing, DFT, MoE auxiliary losses, returned outputs) is left to TRL's method.
+        label smoothing, DFT, MoE auxiliary losses, returned outputs) is left to TRL's method. Trainer's own waits
+        (its NaN check of each loss, its blocking batch copies) are turned off in ``trainers.qlora._overlap_options``.
         """
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
