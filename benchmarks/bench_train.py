@@ -358,8 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--log-steps", type=int, default=10, help="optimizer steps per logged training-loss window")
     p.add_argument("--step-times", action="store_true", help="synchronise after every step to record step times")
+    p.add_argument("--table", metavar="JSON", help="print the speed table (with --curve: the curve table) of a saved --json file, e.g. of a run cut by its time limit")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one row, print its JSON
     args = p.parse_args(argv)
+
+    if args.table:
+        rows = json.loads(Path(args.table).read_text())
+        print(curve_table(rows) if args.curve is not None else speed_table(rows))  # --curve: the curve table
+        return 0
 
     if args.one:
         spec = json.loads(args.one)
