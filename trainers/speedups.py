@@ -14,9 +14,9 @@ matmul dequantises each weight in Python-driven kernels in every forward and aga
   the element-wise work (norms, rotary embedding, SwiGLU, residuals) and issues the layer's kernels from generated
   code; one compiled layer serves all of them. The first steps pay the compilation (about 80 s for
   Llama-3.2-1B on an H200, minutes on a CPU). Unlike the cache, it changes the numbers slightly: on SmolLM2 every
-  logged training-loss window of a compiled run sat 0.001-0.007 below the eager run of the same seed (three seeds,
-  ``benchmarks/RESULTS.md``), most likely because Inductor does not round a fused kernel's intermediates to bf16 as
-  eager does (``benchmarks/probe_compile_loss.py`` measures that on one batch).
+  logged training-loss window of a compiled run sat 0.001-0.007 below plain TRL's (eager) run of the same seed
+  (three seeds, ``benchmarks/RESULTS.md``), probably from rounding: Inductor does not round a fused kernel's
+  intermediates to bf16 as eager does (``benchmarks/probe_compile_loss.py`` measures the loss of one batch both ways).
 """
 
 from __future__ import annotations
