@@ -10,8 +10,8 @@ rows, completion-only loss, bf16, its defaults otherwise); ``ours`` is ``trainer
 ``smollm2-135m-symptoms`` (the reference recipe's settings) and overrides. Keys: ``batch``, ``gc`` (gradient
 checkpointing on/off), ``cudnn=off`` (the row's process runs scaled-dot-product attention without its cuDNN
 backend), and for ``ours`` also ``blocking=on`` (Trainer's default waits for the device each step: its NaN check of
-the loss and blocking batch copies, which ``trainers.qlora`` turns off), ``group`` (training.group_by_length), ``kernels`` (training.kernels), ``free``
-(training.padding_free), ``cache`` (training.cache_dequantized), ``compile`` (training.compile), ``pad``
+the loss and blocking batch copies, which ``trainers.qlora`` turns off), ``group`` (training.group_by_length),
+``kernels`` (training.kernels), ``free`` (training.padding_free), ``cache`` (training.cache_dequantized), ``compile`` (training.compile), ``pad``
 (training.pad_to_multiple_of), ``optim`` (training.optimizer) or any dotted recipe key.
 
 "real tok/s" counts non-padding input tokens (prompt, answer and EOS) over the optimizer steps after ``--warmup``
@@ -113,7 +113,7 @@ def recipe_overrides(options: dict[str, str], model: str, steps: int | None, max
         out += [f"training.max_steps={steps}", f"data.limit.train={steps * batch}"]  # one epoch, one evaluation
     for key, value in options.items():
         if key in ("cudnn", "blocking"):
-            continue  # not a recipe key: the row's process turns cuDNN attention off
+            continue  # not recipe keys: the row's process itself turns cuDNN attention off or restores the waits
         if key == "seed":
             out.append(f"seed={value}")
         else:
