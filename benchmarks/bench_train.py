@@ -10,7 +10,9 @@ rows, completion-only loss, bf16, its defaults otherwise); ``ours`` is ``trainer
 ``smollm2-135m-symptoms`` (the reference recipe's settings) and overrides. Keys: ``batch``, ``gc`` (gradient
 checkpointing on/off), ``cudnn=off`` (the row's process runs scaled-dot-product attention without its cuDNN
 backend), and for ``ours`` also ``blocking=on`` (Trainer's default waits for the device each step: its NaN check of
-the loss and blocking batch copies, which ``trainers.qlora`` turns off), ``group`` (training.group_by_length),
+the loss and blocking batch copies, which ``trainers.qlora`` turns off), ``emulate=off`` (compiled
+layers without Inductor's ``emulate_precision_casts``, which ``trainers.speedups`` sets so that fused kernels round
+to bf16 where eager does; session 13's compiled rows ran so, session 14's with ``emulate=on``, now the default), ``group`` (training.group_by_length),
 ``kernels`` (training.kernels), ``free`` (training.padding_free), ``cache`` (training.cache_dequantized), ``compile`` (training.compile), ``pad``
 (training.pad_to_multiple_of), ``optim`` (training.optimizer) or any dotted recipe key.
 
@@ -112,8 +114,8 @@ def recipe_overrides(options: dict[str, str], model: str, steps: int | None, max
         batch = int(options.get("batch", 4))
         out += [f"training.max_steps={steps}", f"data.limit.train={steps * batch}"]  # one epoch, one evaluation
     for key, value in options.items():
-        if key in ("cudnn", "blocking"):
-            continue  # not recipe keys: the row's process itself turns cuDNN attention off or restores the waits
+        if key in ("cudnn", "blocking", "emulate"):
+            continue  # not recipe keys: the row's process itself sets them (cuDNN attention, waits, Inductor casts)
         if key == "seed":
             out.append(f"seed={value}")
         else:
@@ -189,6 +191,10 @@ def run_ours(spec: dict) -> dict:
         import trainers.qlora
 
         trainers.qlora._overlap_options = lambda device: {}
+    if spec["options"].get("emulate") == "off":  # Inductor's default: fused kernels keep fp32 intermediates
+        import trainers.speedups
+
+        trainers.speedups.COMPILE_OPTIONS = {}
     clock = window_clock(spec["warmup"], spec.get("step_times", False))
     overrides = recipe_overrides(spec["options"], spec["model"], spec["steps"], spec["max_length"], spec["device"],
                                  spec.get("log_steps", 10))

@@ -387,6 +387,8 @@ def test_liger_kernels_need_cuda():
         _speed_options(recipe, "cpu")
     with pytest.raises(SpecError, match="choose one of: none, liger"):
         load_recipe("smollm2-135m-symptoms", ["training.kernels=fast"])
+    with pytest.raises(SpecError, match="'training.compile' and 'training.kernels=liger' exclude each other"):
+        load_recipe("smollm2-135m-symptoms", ["training.kernels=liger", "training.compile=true"])
 
 
 def test_length_grouped_padded_batches_train(workdir, tmp_path):

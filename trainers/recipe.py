@@ -107,7 +107,7 @@ class TrainingSection:
     pad_to_multiple_of: Optional[int] = None  # pad each batch's length up to a multiple: fewer distinct shapes
     compile: bool = False  # torch.compile each decoder layer: fused element-wise kernels, fewer launches
     cache_dequantized: bool = False  # keep the 4-bit base's dequantised weights: same values, 2 bytes/weight more
-    kernels: str = "none"  # "liger": fused Triton kernels (RMSNorm, RoPE, SwiGLU) from liger-kernel, CUDA only
+    kernels: str = "none"  # "liger": fused Triton kernels (RMSNorm, RoPE, SwiGLU) from liger-kernel, CUDA, no compile
     precision: str = "auto"
     device: str = "auto"
     logging_steps: int = 10
@@ -325,6 +325,11 @@ def validate(recipe: Recipe) -> None:
         raise SpecError(
             "recipe keys 'training.padding_free' and 'training.pad_to_multiple_of' exclude each other: a padding-free "
             "batch has no padding to round up; drop pad_to_multiple_of"
+        )
+    if t.compile and t.kernels == "liger":
+        raise SpecError(
+            "recipe keys 'training.compile' and 'training.kernels=liger' exclude each other: torch.compile cannot trace "
+            "Liger's kernels (it fails in the first step); keep compile, which fuses the same element-wise work"
         )
     if not 0 <= lora.dropout < 1:
         raise SpecError(f"recipe key 'lora.dropout' must be in [0, 1), not {lora.dropout}")

@@ -13,10 +13,11 @@ matmul dequantises each weight in Python-driven kernels in every forward and aga
 - ``training.compile``: each decoder layer is compiled on its own (``torch.compile``, dynamic shapes), which fuses
   the element-wise work (norms, rotary embedding, SwiGLU, residuals) and issues the layer's kernels from generated
   code; one compiled layer serves all of them. The first steps pay the compilation (about 80 s for
-  Llama-3.2-1B on an H200, minutes on a CPU). Unlike the cache, it changes the numbers slightly: on SmolLM2 every
-  logged training-loss window of a compiled run sat 0.001-0.007 below plain TRL's (eager) run of the same seed
-  (three seeds, ``benchmarks/RESULTS.md``), probably from rounding: Inductor does not round a fused kernel's
-  intermediates to bf16 as eager does (``benchmarks/probe_compile_loss.py`` measures the loss of one batch both ways).
+  Llama-3.2-1B on an H200, minutes on a CPU). The fused kernels round every op's result to bf16 as eager does
+  (Inductor's ``emulate_precision_casts``): by default Inductor keeps a fused kernel's intermediates in fp32, and then
+  every logged training-loss window on SmolLM2 sat 0.001-0.007 below plain TRL's run of the same seed (three seeds);
+  with the roundings kept the windows are within 0.0006 either side of TRL's, as TRL's own reruns are, at the same
+  speed (``benchmarks/RESULTS.md``, session 14).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["cache_dequantized_weights", "compile_decoder_layers"]
+__all__ = ["COMPILE_OPTIONS", "cache_dequantized_weights", "compile_decoder_layers"]
 
 
 def _cached_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +69,18 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
+# Inductor keeps a fused kernel's intermediates in fp32 unless told to round each op's result to the compute dtype as
+# eager does; without it a compiled run's loss sat 0.001-0.007 below eager's at every logged window on SmolLM2, with
+# it within 0.0006 either side, as close as plain TRL's own reruns of one seed, at the same speed (benchmarks/RESULTS.md).
+COMPILE_OPTIONS = {"emulate_precision_casts": True}
+
+
 def compile_decoder_layers(model: Any) -> int:
-    """``torch.compile`` each decoder layer in place (dynamic shapes: batches change length); return how many."""
+    """``torch.compile`` each decoder layer in place (dynamic shapes: batches change length); return how many.
+
+    The layers keep eager's bf16 roundings (``COMPILE_OPTIONS``), so they compute eager's values, not more precise ones.
+    """
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile(dynamic=True)
+        layer.compile(dynamic=True, options=dict(COMPILE_OPTIONS))
     return len(layers)

@@ -6,6 +6,7 @@
 #                                            # Trainer's per-step waits, and without compile (session 13's table)
 #   benchmarks/gpu/train_bench.sh switches   # the switches one by one at batch 16-32 (session 12's run 1)
 #   benchmarks/gpu/train_bench.sh curve      # one epoch of SmolLM2-135M-Instruct: TRL against ours, seeds 42-44
+#                                            # (ROWS with emulate=off on ours: session 13's compiled rows)
 #   benchmarks/gpu/train_bench.sh probe      # padding-free attention against SDPA; compiled against eager loss
 # ROWS replaces the rows; TOKENIZER is a folder with the SmolLM2 tokenizer (save_pretrained) for the random model.
 set -euo pipefail
