@@ -120,3 +120,43 @@ def test_compile_decoder_layers_compiles_each_layer_in_place_with_eagers_roundin
     # Inductor's fused kernels keep eager's bf16 rounding after each op (by default they keep fp32 intermediates,
     # and these logits differ by up to 4e-3): the compiled layers compute exactly eager's values
     assert torch.equal(compiled, eager)
+
+
+def test_compiled_padding_free_layers_compile_once_for_any_number_of_sequences():
+    """Off CUDA the packed row is attended sequence by sequence, a loop over host-side bounds; the compiled layers
+    leave that loop to eager so that a batch with another number of sequences does not recompile them."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainers.packing import use_varlen_attention
+    from trainers.speedups import compile_decoder_layers
+
+    def tiny():
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1)
+        model = LlamaForCausalLM(config)
+        use_varlen_attention(model)
+        return model
+
+    collate = padding_free_collator(pad_token_id=0, max_length=64)
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for n in (2, 3, 4, 2):
+        lengths = torch.randint(5, 30, (n,), generator=g).tolist()
+        batches.append(collate([{"input_ids": (ids := torch.randint(1, 64, (n_,), generator=g).tolist()),
+                                 "labels": ids} for n_ in lengths]))
+
+    def losses(model, check_recompiles=False):
+        out = []
+        for i, batch in enumerate(batches):
+            with torch._dynamo.config.patch(error_on_recompile=check_recompiles and i > 0):
+                loss = model(**batch).loss
+                loss.backward()
+            out.append(loss.item())
+        return out
+
+    eager = losses(tiny())
+    compiled = tiny()
+    torch._dynamo.reset()
+    compile_decoder_layers(compiled)
+    assert losses(compiled, check_recompiles=True) == pytest.approx(eager, rel=1e-5)

@@ -182,7 +182,7 @@ def test_fast_recipes_are_the_reference_plus_speed_switches():
         changed = {k: fast[k] for k in ref if ref[k] != fast[k]}
         assert changed == {"name": f"{model}-symptoms-fast", "training.padding_free": True,
                            "training.cache_dequantized": True, "training.optimizer": "adamw_torch_fused",
-                           "training.gradient_checkpointing": False}
+                           "training.gradient_checkpointing": False, "training.compile": True}
 
 
 def test_overrides_are_dotted_and_yaml_parsed():

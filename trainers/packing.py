@@ -59,6 +59,7 @@ class _FlashVarlen(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+@torch.compiler.disable  # a loop over host-side bounds: compiled layers would recompile for each sequence count
 def _sequence_by_sequence(q, k, v, cu, scale: float):
     """The same function with PyTorch's SDPA, one sequence at a time (CPU, or CUDA without flash attention)."""
     import torch.nn.functional as F
