@@ -85,3 +85,35 @@ def test_cli_starts_without_heavy_imports():
     code = "import sys, medqa_bench.cli as c; c.build_parser(); print(sorted(m for m in ('torch','transformers','plotly','sentence_transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_4bit_layers_on_the_cpu_keep_learning_after_an_evaluation():
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer for its bf16 inference kernel the first time the
+    layer runs in eval mode without gradients, and that path has no backward: a QLoRA run evaluated once (Trainer does,
+    after each epoch) would stop learning. ``load_base`` keeps the ordinary layout. (On other CPUs nothing is repacked
+    and this passes either way; this project's machines have AVX512-BF16.)"""
+    import bitsandbytes as bnb
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    loaded = load_base("smollm2-135m-instruct", quantization="4bit", device="cpu", dtype="float32")
+    torch.manual_seed(0)
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids = loaded.tokenizer("What are the symptoms of anemia? Tiredness and pale skin.", return_tensors="pt").input_ids
+
+    def loss_and_grads():
+        model.train()
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    loss_a, grads_a = loss_and_grads()
+    model.eval()
+    with torch.no_grad():
+        assert model(input_ids=ids, labels=ids).loss.item() == loss_a  # evaluated in float32, not bfloat16
+    loss_b, grads_b = loss_and_grads()
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                   for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert loss_b == loss_a and len(grads_b) == 120 and all(g is not None for g in grads_b.values())
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
