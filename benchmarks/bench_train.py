@@ -10,11 +10,12 @@ rows, completion-only loss, bf16, its defaults otherwise); ``ours`` is ``trainer
 ``smollm2-135m-symptoms`` (the reference recipe's settings) and overrides. Keys: ``batch``, ``gc`` (gradient
 checkpointing on/off), ``cudnn=off`` (the row's process runs scaled-dot-product attention without its cuDNN
 backend), and for ``ours`` also ``blocking=on`` (Trainer's default waits for the device each step: its NaN check of
-the loss and blocking batch copies, which ``trainers.qlora`` turns off), ``emulate=off`` (compiled
-layers without Inductor's ``emulate_precision_casts``, which ``trainers.speedups`` sets so that fused kernels round
-to bf16 where eager does; session 13's compiled rows ran so, session 14's with ``emulate=on``, now the default), ``group`` (training.group_by_length),
-``kernels`` (training.kernels), ``free`` (training.padding_free), ``cache`` (training.cache_dequantized), ``compile`` (training.compile), ``pad``
-(training.pad_to_multiple_of), ``optim`` (training.optimizer) or any dotted recipe key.
+the loss and blocking batch copies, which ``trainers.qlora`` turns off), ``emulate=off`` (compiled layers without
+Inductor's ``emulate_precision_casts``, which ``trainers.speedups`` sets so that fused kernels round to bf16 where
+eager does; session 13's compiled rows ran so, session 14's with ``emulate=on``, now the default), ``group``
+(training.group_by_length), ``kernels`` (training.kernels), ``free`` (training.padding_free), ``cache``
+(training.cache_dequantized), ``compile`` (training.compile), ``pad`` (training.pad_to_multiple_of), ``optim``
+(training.optimizer) or any dotted recipe key.
 
 "real tok/s" counts non-padding input tokens (prompt, answer and EOS) over the optimizer steps after ``--warmup``
 steps (CUDA-synchronised at both ends only, unless ``--step-times``), so start-up, compilation, evaluation and saving

@@ -1,9 +1,10 @@
 """Does ``training.compile`` change the loss itself, before any training? One batch, four forwards, no update.
 
 Compiled with Inductor's defaults, the layers' loss curve on SmolLM2 sat systematically ~0.1% below plain TRL's at
-every logged window and seed (``benchmarks/RESULTS.md``, session 13; ``training.compile`` now keeps eager's roundings). If that comes from the forward's rounding (Inductor keeps a fused kernel's
-intermediates in fp32 where eager bf16 rounds after every op) rather than from a different training, the compiled
-bf16 loss of the untrained model is already below the eager bf16 loss, and closer to the fp32 loss. This prints the
+every logged window and seed (``benchmarks/RESULTS.md``, session 13; ``training.compile`` now keeps eager's
+roundings). If that comes from the forward's rounding (Inductor keeps a fused kernel's intermediates in fp32 where
+eager bf16 rounds after every op) rather than from a different training, the compiled bf16 loss of the untrained
+model already differs from the eager bf16 loss. This prints the
 losses of the same padding-free batch (the symptoms training examples, LoRA initialised: the base's output,
 dropout off), and the compiled loss with Inductor's ``emulate_precision_casts`` (eager's roundings kept)::
 

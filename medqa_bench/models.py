@@ -296,9 +296,9 @@ def load_base(
 def keep_4bit_layout(model: Any) -> int:
     """Stop bitsandbytes from repacking ``model``'s 4-bit weights for its CPU inference kernel; return the layers.
 
-    On a CPU with AVX512-BF16, bitsandbytes (0.49+) repacks a 4-bit layer's weight in place the first time the layer
-    runs in eval mode without gradients, and from then on every forward of that layer takes the repacked path. That
-    path computes in bfloat16 whatever the compute dtype and has no backward, so after one evaluation a QLoRA run
+    On a CPU with AVX512-BF16, bitsandbytes (0.50.2 here) repacks a 4-bit layer's weight in place the first time the
+    layer runs in eval mode without gradients, and from then on every forward of that layer takes the repacked path.
+    That path computes in bfloat16 whatever the compute dtype and has no backward, so after one evaluation a QLoRA run
     silently stops learning: no LoRA weight gets a gradient (measured on SmolLM2: none of 120). The layers keep the
     ordinary path instead, dequantise and matmul in the compute dtype, as on every other CPU and on the GPU.
     """

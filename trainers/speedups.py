@@ -13,8 +13,9 @@ matmul dequantises each weight in Python-driven kernels in every forward and aga
 - ``training.compile``: each decoder layer is compiled on its own (``torch.compile``, dynamic shapes), which fuses
   the element-wise work (norms, rotary embedding, SwiGLU, residuals) and issues the layer's kernels from generated
   code; one compiled layer serves all of them. The first steps pay the compilation (about 80 s for
-  Llama-3.2-1B on an H200, about 35 s for SmolLM2 on a 2-core CPU, where it was not shown to pay back). The fused kernels round every op's result to bf16 as eager does
-  (Inductor's ``emulate_precision_casts``): by default Inductor keeps a fused kernel's intermediates in fp32, and then
+  Llama-3.2-1B on an H200, about 35 s for SmolLM2 on a 2-core CPU, where it was not shown to pay back). The fused
+  kernels round every op's result to bf16 as eager does (Inductor's ``emulate_precision_casts``): by default
+  Inductor keeps a fused kernel's intermediates in fp32, and then
   every logged training-loss window on SmolLM2 sat 0.001-0.007 below plain TRL's run of the same seed (three seeds);
   with the roundings kept the windows are within 0.0006 either side of TRL's, as TRL's own reruns are, at the same
   speed (``benchmarks/RESULTS.md``, session 14).
@@ -70,8 +71,8 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
 
 
 # Inductor keeps a fused kernel's intermediates in fp32 unless told to round each op's result to the compute dtype as
-# eager does; without it a compiled run's loss sat 0.001-0.007 below eager's at every logged window on SmolLM2, with
-# it within 0.0006 either side, as close as plain TRL's own reruns of one seed, at the same speed (benchmarks/RESULTS.md).
+# eager does; without it a compiled run's loss sat 0.001-0.007 below TRL's (eager) at every logged window on SmolLM2,
+# with it within 0.0006 either side, as close as TRL's own reruns of one seed, at the same speed (benchmarks/RESULTS.md).
 COMPILE_OPTIONS = {"emulate_precision_casts": True}
 
 
