@@ -297,10 +297,13 @@ def keep_4bit_layout(model: Any) -> int:
     """Stop bitsandbytes from repacking ``model``'s 4-bit weights for its CPU inference kernel; return the layers.
 
     On a CPU with AVX512-BF16, bitsandbytes (0.50.2 here) repacks a 4-bit layer's weight in place the first time the
-    layer runs in eval mode without gradients, and from then on every forward of that layer takes the repacked path.
-    That path computes in bfloat16 whatever the compute dtype and has no backward, so after one evaluation a QLoRA run
-    silently stops learning: no LoRA weight gets a gradient (measured on SmolLM2: none of 120). The layers keep the
-    ordinary path instead, dequantise and matmul in the compute dtype, as on every other CPU and on the GPU.
+    layer runs in eval mode without gradients, and every later forward of that layer takes the repacked path until a
+    ``state_dict`` (a checkpoint save) unpacks it. That path computes in bfloat16 whatever the compute dtype and has no
+    backward: a training step in between gives no LoRA weight a gradient (measured on SmolLM2: none of 120), and the
+    trainer's evaluations ran in bfloat16. The unpacking restores the layout but not the values: the base weights then
+    differ by up to 1.4e-3 relative, so every epoch after the first trained on another base and a resumed run was no
+    longer bit-exact. The layers keep the ordinary path instead, dequantise and matmul in the compute dtype, as on every
+    other CPU and on the GPU.
     """
     import bitsandbytes as bnb
 

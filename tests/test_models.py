@@ -89,9 +89,9 @@ def test_cli_starts_without_heavy_imports():
 
 def test_4bit_layers_on_the_cpu_keep_learning_after_an_evaluation():
     """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer for its bf16 inference kernel the first time the
-    layer runs in eval mode without gradients, and that path has no backward: a QLoRA run evaluated once (Trainer does,
-    after each epoch) would stop learning. ``load_base`` keeps the ordinary layout. (On other CPUs nothing is repacked
-    and this passes either way; this project's machines have AVX512-BF16.)"""
+    layer runs in eval mode without gradients, and that path has no backward: training after an evaluation would get
+    no gradients until a checkpoint save unpacks the layers (with other values). ``load_base`` keeps the ordinary
+    layout. (On other CPUs nothing is repacked and this passes either way; this project's machines have AVX512-BF16.)"""
     import bitsandbytes as bnb
     import torch
     from peft import LoraConfig, get_peft_model
