@@ -4,9 +4,9 @@ Compiled with Inductor's defaults, the layers' loss curve on SmolLM2 sat systema
 every logged window and seed (``benchmarks/RESULTS.md``, session 13; ``training.compile`` now keeps eager's
 roundings). If that comes from the forward's rounding (Inductor keeps a fused kernel's intermediates in fp32 where
 eager bf16 rounds after every op) rather than from a different training, the compiled bf16 loss of the untrained
-model already differs from the eager bf16 loss. This prints the
-losses of the same padding-free batch (the symptoms training examples, LoRA initialised: the base's output,
-dropout off), and the compiled loss with Inductor's ``emulate_precision_casts`` (eager's roundings kept)::
+model already differs from the eager bf16 loss. This prints the losses of the same padding-free batch (the symptoms
+training examples, LoRA initialised: the base's output, dropout off), eager and compiled, with and without
+Inductor's ``emulate_precision_casts`` (eager's roundings kept), and in fp32::
 
     python benchmarks/probe_compile_loss.py [--device cuda] [--batch 16]
 """

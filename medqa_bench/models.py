@@ -293,8 +293,8 @@ def load_base(
     return LoadedModel(model, tokenizer, source, quantization, device, dtype)
 
 
-def keep_4bit_layout(model: Any) -> int:
-    """Stop bitsandbytes from repacking ``model``'s 4-bit weights for its CPU inference kernel; return the layers.
+def keep_4bit_layout(model: Any) -> None:
+    """Stop bitsandbytes from repacking ``model``'s 4-bit weights for its CPU inference kernel.
 
     On a CPU with AVX512-BF16, bitsandbytes (0.50.2 here) repacks a 4-bit layer's weight in place the first time the
     layer runs in eval mode without gradients, and every later forward of that layer takes the repacked path until a
@@ -307,10 +307,9 @@ def keep_4bit_layout(model: Any) -> int:
     """
     import bitsandbytes as bnb
 
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    return len(layers)
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def nf4_config(compute_dtype: str):
