@@ -15,7 +15,7 @@ Inductor's ``emulate_precision_casts``, which ``trainers.speedups`` sets so that
 eager does; session 13's compiled rows ran so, session 14's with ``emulate=on``, now the default), ``group``
 (training.group_by_length), ``kernels`` (training.kernels), ``free`` (training.padding_free), ``cache``
 (training.cache_dequantized), ``compile`` (training.compile), ``pad`` (training.pad_to_multiple_of), ``optim``
-(training.optimizer) or any dotted recipe key.
+(training.optimizer), ``once`` (training.logits_once) or any dotted recipe key.
 
 "real tok/s" counts non-padding input tokens (prompt, answer and EOS) over the optimizer steps after ``--warmup``
 steps (CUDA-synchronised at both ends only, unless ``--step-times``), so start-up, compilation, evaluation and saving
@@ -47,7 +47,7 @@ SHORT_KEYS = {"batch": "training.batch_size", "gc": "training.gradient_checkpoin
               "group": "training.group_by_length", "kernels": "training.kernels",
               "compile": "training.compile", "pad": "training.pad_to_multiple_of",
               "free": "training.padding_free", "optim": "training.optimizer",
-              "cache": "training.cache_dequantized"}
+              "cache": "training.cache_dequantized", "once": "training.logits_once"}
 
 
 def build_random_llama_1b(folder: Path, tokenizer_dir: str | None = None) -> Path:

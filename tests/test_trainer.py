@@ -418,7 +418,8 @@ def test_length_grouped_padded_batches_train(workdir, tmp_path):
 
 @pytest.fixture(scope="module")
 def switch_runs(workdir):
-    """One step of batch 4 three ways: padded (the reference), padding-free, padding-free with cached weights."""
+    """One step of batch 4 four ways: padded (the reference), padding-free, and padding-free with cached weights or
+    with the LM head projected once."""
     from transformers import TrainerCallback
 
     root, data = workdir
@@ -426,7 +427,8 @@ def switch_runs(workdir):
     overrides += [f"data.path={data}", "data.limit.train=4", "training.batch_size=4", "training.max_steps=1"]
     runs = {}
     for name, extra in (("padded", []), ("free", ["training.padding_free=true"]),
-                        ("free+cache", ["training.padding_free=true", "training.cache_dequantized=true"])):
+                        ("free+cache", ["training.padding_free=true", "training.cache_dequantized=true"]),
+                        ("free+once", ["training.padding_free=true", "training.logits_once=true"])):
         seen = []
 
         class Capture(TrainerCallback):
@@ -476,6 +478,52 @@ def test_cached_dequantized_weights_change_no_number(switch_runs):
     assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)  # the cache is never saved
     meta = json.loads((cached / META_FILE).read_text())
     assert meta["recipe"]["training"]["cache_dequantized"] and meta["recipe"]["training"]["padding_free"]
+
+
+def test_logits_once_trains_as_trls_head_does(switch_runs):
+    free, _, _ = switch_runs["free"]
+    once, batch, _ = switch_runs["free+once"]
+    # the collator lists the scored positions on the host: each is a position whose next label is learnt
+    labels = batch["labels"].reshape(-1)
+    assert batch["scored_positions"].tolist() == [i for i in range(len(labels) - 1) if labels[i + 1] != -100]
+    assert batch["scored_targets"].tolist() == [t for t in labels[1:].tolist() if t != -100]
+    (loss_a, eval_a), (loss_b, eval_b) = _step_and_eval(free), _step_and_eval(once)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)  # the step's loss
+    assert eval_b == pytest.approx(eval_a, rel=1e-5)  # after the update: the same gradient was applied
+    assert json.loads((once / META_FILE).read_text())["recipe"]["training"]["logits_once"]
+
+
+def test_logits_once_loss_and_gradient_are_trls(workdir, tmp_path):
+    import torch
+    from trl import SFTTrainer
+
+    from medqa_bench.data import load_dataset
+    from medqa_bench.models import load_tokenizer, resolve_model
+    from trainers.qlora import _build_trainer, limit_examples, sft_records
+
+    _, data = workdir
+    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *OVERRIDES, "training.padding_free=true",
+                                                   "training.logits_once=true"])
+    source = resolve_model(recipe.model.reference)
+    tokenizer = load_tokenizer(source)
+    rows = sft_records(limit_examples(load_dataset(recipe.data.spec()).split("train"), 3, 0), "reference", tokenizer)
+    trainer, _ = _build_trainer(recipe, source, "cpu", "fp32", tokenizer, rows, [], tmp_path / "ckpt", False, 0, ())
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    assert "scored_positions" in batch
+    lora = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def loss_and_grads(compute, inputs):
+        trainer.model.zero_grad()
+        loss = compute(trainer.model, inputs, num_items_in_batch=batch["scored_positions"].numel())
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in lora]
+
+    ours, ours_grads = loss_and_grads(trainer.compute_loss, dict(batch))
+    plain = {k: v for k, v in batch.items() if not k.startswith("scored_")}  # TRL's head, through the same model
+    trls, trls_grads = loss_and_grads(lambda *a, **kw: SFTTrainer.compute_loss(trainer, *a, **kw), plain)
+    assert torch.allclose(ours, trls, rtol=1e-6, atol=0)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(ours_grads, trls_grads))
+    assert any(g.abs().sum() > 0 for g in ours_grads)
 
 
 def test_lean_loss_is_trls_loss(workdir, tmp_path):

@@ -158,13 +158,19 @@ def _lean_trainer_class():
         """
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # From trainers.lm_head.with_scored_positions (training.logits_once): never passed on to TRL's method.
+            scored = {key: inputs.pop(key) for key in ("scored_positions", "scored_targets") if key in inputs}
             if (return_outputs or self.compute_loss_func is not None or self.label_smoother is not None
                     or self.args.loss_type != "nll" or self.aux_loss_enabled):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             inputs["use_cache"] = False
-            outputs = model(**inputs, fused_lm_head=True)
-            count = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            if scored:  # the positions and their number are known on the host: no device read
+                outputs = model(**inputs, **scored)
+                count = scored["scored_positions"].numel() if num_items_in_batch is None else num_items_in_batch
+            else:
+                outputs = model(**inputs, fused_lm_head=True)
+                count = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = -outputs.log_probs.sum() / torch.as_tensor(count).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())

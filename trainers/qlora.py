@@ -449,7 +449,7 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
 
     from medqa_bench.models import load_base
 
-    from . import packing, speedups
+    from . import lm_head, packing, speedups
 
     # Seeded before the base is loaded and again (by SFTTrainer) before PEFT draws the LoRA weights: same recipe
     # and seed, same adapter.
@@ -484,6 +484,13 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
     if recipe.training.padding_free:
         # Built by TRL with the tokenizer's pad token (which the packed rows never use): same examples, one row.
         trainer.data_collator = packing.padding_free_collator(trainer.data_collator.pad_token_id, recipe.data.max_length)
+    if recipe.training.logits_once:
+        try:
+            lm_head.install_logits_once(trainer.model)
+        except ValueError as err:
+            raise SpecError(f"training.logits_once cannot run on {recipe.model.reference}: {err}; "
+                            "set training.logits_once=false") from None
+        trainer.data_collator = lm_head.with_scored_positions(trainer.data_collator)
     if recipe.training.cache_dequantized:
         added = speedups.cache_dequantized_weights(trainer.model)
         log.info("cached the dequantised base weights: %.2f GiB", added / 2**30)

@@ -107,6 +107,7 @@ class TrainingSection:
     pad_to_multiple_of: Optional[int] = None  # pad each batch's length up to a multiple: fewer distinct shapes
     compile: bool = False  # torch.compile each decoder layer: fused element-wise kernels, fewer launches
     cache_dequantized: bool = False  # keep the 4-bit base's dequantised weights: same values, 2 bytes/weight more
+    logits_once: bool = False  # the loss's LM head projected once a step (gradient in the forward pass), not thrice
     kernels: str = "none"  # "liger": fused Triton kernels (RMSNorm, RoPE, SwiGLU) from liger-kernel, CUDA, no compile
     precision: str = "auto"
     device: str = "auto"

@@ -8,6 +8,7 @@
 #   benchmarks/gpu/train_bench.sh curve      # one epoch of SmolLM2-135M-Instruct: TRL against ours, seeds 42-44
 #                                            # (ROWS with emulate=off on ours: session 13's compiled rows)
 #   benchmarks/gpu/train_bench.sh probe      # padding-free attention against SDPA; compiled against eager loss
+#   benchmarks/gpu/train_bench.sh head       # the loss's LM head alone: projected twice a step against TRL's three
 # ROWS replaces the rows; TOKENIZER is a folder with the SmolLM2 tokenizer (save_pretrained) for the random model.
 set -euo pipefail
 STAGE=${STAGE:-/tmp/stage}
@@ -43,5 +44,8 @@ case "${1:-speed}" in
     python3 benchmarks/gpu/probe_varlen.py
     python3 benchmarks/probe_compile_loss.py --device cuda --batch 16
     ;;
-  *) echo "usage: $0 speed|switches|curve|probe" >&2; exit 2 ;;
+  head)
+    python3 benchmarks/gpu/probe_lm_head.py
+    ;;
+  *) echo "usage: $0 speed|switches|curve|probe|head" >&2; exit 2 ;;
 esac
