@@ -103,7 +103,11 @@ def test_a_head_that_is_not_a_plain_projection_is_refused():
 
     config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1, vocab_size=64)
-    check_supported(LlamaForCausalLM(config))
+    model = LlamaForCausalLM(config)
+    with pytest.raises(ValueError, match="the head is trained"):
+        check_supported(model)
+    model.requires_grad_(False)  # as under PEFT: the base frozen
+    check_supported(model)
     config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="not a plain projection.*final_logit_softcapping"):
-        check_supported(LlamaForCausalLM(config))
+        check_supported(LlamaForCausalLM(config).requires_grad_(False))

@@ -182,7 +182,8 @@ def test_fast_recipes_are_the_reference_plus_speed_switches():
         changed = {k: fast[k] for k in ref if ref[k] != fast[k]}
         assert changed == {"name": f"{model}-symptoms-fast", "training.padding_free": True,
                            "training.cache_dequantized": True, "training.optimizer": "adamw_torch_fused",
-                           "training.gradient_checkpointing": False, "training.compile": True}
+                           "training.gradient_checkpointing": False, "training.compile": True,
+                           "training.logits_once": True}
 
 
 def test_overrides_are_dotted_and_yaml_parsed():
@@ -493,7 +494,8 @@ def test_logits_once_trains_as_trls_head_does(switch_runs):
     assert json.loads((once / META_FILE).read_text())["recipe"]["training"]["logits_once"]
 
 
-def test_logits_once_loss_and_gradient_are_trls(workdir, tmp_path):
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_logits_once_loss_and_gradient_are_trls(workdir, tmp_path, padding_free):
     import torch
     from trl import SFTTrainer
 
@@ -502,7 +504,7 @@ def test_logits_once_loss_and_gradient_are_trls(workdir, tmp_path):
     from trainers.qlora import _build_trainer, limit_examples, sft_records
 
     _, data = workdir
-    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *OVERRIDES, "training.padding_free=true",
+    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *OVERRIDES, f"training.padding_free={padding_free}",
                                                    "training.logits_once=true"])
     source = resolve_model(recipe.model.reference)
     tokenizer = load_tokenizer(source)

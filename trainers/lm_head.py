@@ -129,13 +129,15 @@ def with_scored_positions(collate: Callable[[list], dict[str, Any]]) -> Callable
 
 
 def check_supported(model: Any) -> None:
-    """Raise ValueError unless ``model``'s LM head is a plain projection: no bias, soft-capping or logit scaling."""
+    """Raise ValueError unless ``model``'s LM head is a frozen plain projection: no bias, soft-capping, logit scaling."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     head = model.get_output_embeddings()
     odd = [name for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
                              "logits_scaling") if getattr(config, name, None) not in (None, 1, 1.0)]
     if head is None or getattr(head, "bias", None) is not None:
         odd.append("lm_head bias")
+    elif head.weight.requires_grad:
+        odd.append("the head is trained")
     if odd:
         raise ValueError(f"its LM head is not a plain projection ({', '.join(odd)})")
 
