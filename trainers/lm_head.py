@@ -49,7 +49,8 @@ class LinearLogProb(torch.autograd.Function):
 
     hidden: (N, H); weight: (V, H), frozen; targets: (N,) int64. Returns (N,) fp32 log-probabilities. The forward
     pass also computes d log p / d hidden for each token (fp32, N x H) and keeps it; the backward pass multiplies it
-    by the incoming gradient (``with_grad=False``: no gradient, one product). Compute dtype: autocast's when it is on, else the hidden states' (as TRL's head).
+    by the incoming gradient (``with_grad=False``: no gradient, one product). Compute dtype: autocast's when it is
+    on, else the hidden states' (as in TRL's head).
     """
 
     @staticmethod
