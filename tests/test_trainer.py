@@ -494,23 +494,28 @@ def test_logits_once_trains_as_trls_head_does(switch_runs):
     assert json.loads((once / META_FILE).read_text())["recipe"]["training"]["logits_once"]
 
 
-@pytest.mark.parametrize("padding_free", [True, False])
-def test_logits_once_loss_and_gradient_are_trls(workdir, tmp_path, padding_free):
-    import torch
-    from trl import SFTTrainer
-
+def _trainer_and_batch(workdir, tmp_path, extra=()):
+    """The real trainer on the CPU in fp32, built from the test recipe plus ``extra``, and its batch of 3 examples."""
     from medqa_bench.data import load_dataset
     from medqa_bench.models import load_tokenizer, resolve_model
     from trainers.qlora import _build_trainer, limit_examples, sft_records
 
     _, data = workdir
-    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *OVERRIDES, f"training.padding_free={padding_free}",
-                                                   "training.logits_once=true"])
+    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *OVERRIDES, *extra])
     source = resolve_model(recipe.model.reference)
     tokenizer = load_tokenizer(source)
     rows = sft_records(limit_examples(load_dataset(recipe.data.spec()).split("train"), 3, 0), "reference", tokenizer)
     trainer, _ = _build_trainer(recipe, source, "cpu", "fp32", tokenizer, rows, [], tmp_path / "ckpt", False, 0, ())
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    return trainer, trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+
+
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_logits_once_loss_and_gradient_are_trls(workdir, tmp_path, padding_free):
+    import torch
+    from trl import SFTTrainer
+
+    trainer, batch = _trainer_and_batch(workdir, tmp_path, [f"training.padding_free={padding_free}",
+                                                            "training.logits_once=true"])
     assert "scored_positions" in batch
     lora = [p for p in trainer.model.parameters() if p.requires_grad]
 
@@ -532,17 +537,7 @@ def test_lean_loss_is_trls_loss(workdir, tmp_path):
     import torch
     from trl import SFTTrainer
 
-    from medqa_bench.data import load_dataset
-    from medqa_bench.models import load_tokenizer, resolve_model
-    from trainers.qlora import _build_trainer, limit_examples, sft_records
-
-    _, data = workdir
-    recipe = load_recipe("smollm2-135m-symptoms", [f"data.path={data}", *OVERRIDES])
-    source = resolve_model(recipe.model.reference)
-    tokenizer = load_tokenizer(source)
-    rows = sft_records(limit_examples(load_dataset(recipe.data.spec()).split("train"), 3, 0), "reference", tokenizer)
-    trainer, _ = _build_trainer(recipe, source, "cpu", "fp32", tokenizer, rows, [], tmp_path / "ckpt", False, 0, ())
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    trainer, batch = _trainer_and_batch(workdir, tmp_path)
     count = (batch["labels"][:, 1:] != -100).sum()
     with torch.no_grad():
         ours = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=count)

@@ -69,6 +69,7 @@ class LinearLogProb(torch.autograd.Function):
         log_probs = torch.empty(n_tokens, device=device, dtype=torch.float32)
         grad_hidden = torch.zeros(hidden.shape, device=device, dtype=torch.float32) if with_grad else None
         ones = torch.ones(min(block, n_tokens), device=device, dtype=torch.float32)
+        unused = torch.zeros(min(block, n_tokens), device=device, dtype=torch.float32)  # TRL's extra outputs' sums
         tiles = torch.empty((min(block, n_tokens), vocab), device=device, dtype=dtype)
         for start in range(0, n_tokens, block):
             end = min(start + block, n_tokens)
@@ -78,9 +79,8 @@ class LinearLogProb(torch.autograd.Function):
             running_max = torch.full((n,), float("-inf"), device=device, dtype=torch.float32)
             sum_exp = torch.zeros(n, device=device, dtype=torch.float32)
             target_logit = torch.zeros(n, device=device, dtype=torch.float32)
-            unused = torch.zeros(n, device=device, dtype=torch.float32)  # the statistics of TRL's extra outputs
             fold = k._forward_kernel[(n,)] if triton else k._forward_tile
-            fold(tile, tile.stride(0), targets[start:end], running_max, sum_exp, unused, unused, unused, unused,
+            fold(tile, tile.stride(0), targets[start:end], running_max, sum_exp, *[unused[:n]] * 4,
                  target_logit, 0, vocab, BLOCK_SIZE=k._BLOCK_SIZE, **no_extras, **plain)
             log_z = running_max + torch.log(sum_exp)
             log_probs[start:end] = target_logit - log_z
