@@ -2,10 +2,17 @@
 
 The pipeline, in order::
 
-    load_table(path, columns)          CSV (plain or .gz), JSONL, or a Hugging Face `datasets` dataset
-    -> build_examples(rows, qtypes)    drop empty rows (counted), filter by qtype, group rows of one question
-    -> split_examples(examples, ...)   80/10/10, grouped so no question text and no focus crosses splits
-    -> SplitManifest                   item ids per split + fingerprints, shared by trainer and harness
+    load_table(path, columns)           CSV (plain or .gz), JSONL, or a Hugging Face `datasets` dataset
+    -> select_rows(rows, qtypes)        drop empty rows (counted), filter by qtype
+    -> build_splits(rows, options)      items and their splits; the order depends on the strategy:
+         grouped (default):  merge_rows   group rows asking the same question into one multi-reference item
+                             split_examples  80/10/10 by item, so no question text and no focus crosses splits
+         random (reference): split_rows   shuffle the ROWS with the seed and cut them 80/10/10, as the
+                                          reference work did, so a repeated question can sit in train and test
+                             merge_rows   then group rows of one question within each split only
+    -> SplitManifest                    item ids per split + fingerprints, shared by trainer and harness
+
+``random`` exists to reproduce the reference work's numbers, leakage included; ``grouped`` is what to trust.
 
 >>> ds = load_dataset()                       # the bundled MedQuAD, symptoms questions  # doctest: +SKIP
 >>> ds.split("test")[0].prompt()              # doctest: +SKIP
@@ -226,6 +233,23 @@ def build_examples(
     Rows whose normalised question text is the same become one item with several references (MedQuAD repeats
     questions across sources); a list-valued answer column gives several references directly.
     """
+    kept, report = select_rows(rows, columns_found, columns, qtype, source=source)
+    return [ex for _, ex in merge_rows(kept, columns_found, columns)], report
+
+
+def select_rows(
+    rows: list[dict[str, Any]],
+    columns_found: Sequence[str],
+    columns: ColumnMap = ColumnMap(),
+    qtype: str | Sequence[str] = DEFAULT_QTYPE,
+    *,
+    source: str = "data",
+) -> tuple[list[dict[str, Any]], LoadReport]:
+    """Validate columns, drop empty rows (counted) and filter by qtype, keeping file order.
+
+    Kept rows are returned as they were plus ``_q`` (question), ``_qt`` (qtype) and ``_answers`` (non-empty
+    answers): the row-level stage, so a split can be made on rows (``random``) or on merged items (``grouped``).
+    """
     found = set(columns_found)
     for role in ("question", "answer"):
         name = getattr(columns, role)
@@ -243,8 +267,7 @@ def build_examples(
         )
     report = LoadReport(rows=len(rows))
     report.qtypes = dict(Counter(str(r.get(columns.qtype, "") or "").strip() for r in rows)) if has_qtype else {}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    order: list[str] = []
+    kept: list[dict[str, Any]] = []
     for row in rows:
         q = str(row.get(columns.question) or "").strip()
         a = row.get(columns.answer)
@@ -256,38 +279,53 @@ def build_examples(
         qt = str(row.get(columns.qtype, "") or "").strip() if has_qtype else ""
         if wanted is not None and qt not in wanted:
             continue
-        report.kept += 1
-        key = qt + "\0" + normalize_question(q)
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append({**row, "_answers": answers, "_q": q, "_qt": qt})
+        kept.append({**row, "_answers": answers, "_q": q, "_qt": qt})
+    report.kept = len(kept)
     if report.dropped_empty:
         log.warning("%s: dropped %d rows with an empty question or answer", source, report.dropped_empty)
-    if not groups:
+    if not kept:
         present = ", ".join(f"{k} ({v})" for k, v in sorted(report.qtypes.items(), key=lambda kv: -kv[1])) or "none"
         raise DataError(f"{source}: no rows for qtype {sorted(wanted) if wanted else 'all'}; qtypes present: {present}")
-    examples = []
+    return kept, report
+
+
+def merge_rows(
+    kept: Sequence[dict[str, Any]],
+    columns_found: Sequence[str],
+    columns: ColumnMap = ColumnMap(),
+    split_of: Sequence[str] | None = None,
+) -> list[tuple[str, Example]]:
+    """Group rows asking the same normalised question (same qtype) into items: ``(split, item)`` pairs.
+
+    With ``split_of`` (one split name per row) rows merge only within their split, so the ``random`` strategy's
+    leakage is kept; without it the split is ``""``. Items come in the order of their first row, and an item's id
+    is its first row's id (``row-<n>`` without an id column), with ``.2``, ``.3``… on repeats: ids are unique
+    across all splits, because one counter runs over the whole file.
+    """
+    found = set(columns_found)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for n, row in enumerate(kept):
+        key = (split_of[n] if split_of is not None else "", row["_qt"] + "\0" + normalize_question(row["_q"]))
+        groups.setdefault(key, []).append(row)
+    merged = []
     used_ids: Counter[str] = Counter()
-    for n, key in enumerate(order):
-        members = groups[key]
+    for n, ((split, _), members) in enumerate(groups.items()):
         first = members[0]
         refs = tuple(dict.fromkeys(a for m in members for a in m["_answers"]))
         raw_id = str(first.get(columns.id) or "").strip() if columns.id in found else ""
         base_id = raw_id or f"row-{n}"
         used_ids[base_id] += 1
         item_id = base_id if used_ids[base_id] == 1 else f"{base_id}.{used_ids[base_id]}"
-        examples.append(
-            Example(
-                id=item_id,
-                question=first["_q"],
-                answer=refs[0],
-                qtype=first["_qt"],
-                focus=str(first.get(columns.focus, "") or "").strip() if columns.focus in found else "",
-                references=refs,
-            )
+        item = Example(
+            id=item_id,
+            question=first["_q"],
+            answer=refs[0],
+            qtype=first["_qt"],
+            focus=str(first.get(columns.focus, "") or "").strip() if columns.focus in found else "",
+            references=refs,
         )
-    return examples, report
+        merged.append((split, item))
+    return merged
 
 
 def _parse_qtypes(qtype: str | Sequence[str] | None) -> set[str] | None:
@@ -306,7 +344,9 @@ def _parse_qtypes(qtype: str | Sequence[str] | None) -> set[str] | None:
 @dataclass(frozen=True)
 class SplitOptions:
     seed: int = 42
-    strategy: str = "grouped"  # "grouped" (no question text or focus in two splits) or "random" (the reference's)
+    # "grouped": no question text or focus in two splits. "random": the reference work's naive split of rows, made
+    # before repeated questions are merged, so one question can be in train and test (leaky, for comparison only).
+    strategy: str = "grouped"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
     def __post_init__(self):
@@ -343,24 +383,61 @@ def _leak_groups(examples: Sequence[Example]) -> list[list[int]]:
     return list(comps.values())
 
 
-def split_examples(examples: Sequence[Example], options: SplitOptions = SplitOptions()) -> dict[str, list[Example]]:
-    """Split 80/10/10 with a seed. ``grouped`` keeps every question text and focus inside one split."""
-    rng = random.Random(options.seed)
-    if options.strategy == "random":
-        units = [[i] for i in range(len(examples))]
-    else:
-        units = sorted(_leak_groups(examples), key=lambda g: g[0])
-    rng.shuffle(units)
-    n = len(examples)
+def _fill(units: list[list[int]], n: int, options: SplitOptions) -> dict[str, list[int]]:
+    """Shuffle the units with the seed and fill train, then validation, then test, by cumulative count."""
+    random.Random(options.seed).shuffle(units)
     targets = [options.ratios[0] * n, (options.ratios[0] + options.ratios[1]) * n]
     out: dict[str, list[int]] = {s: [] for s in SPLITS}
     filled = 0
     for unit in units:
-        # Fill train, then validation, then test, by cumulative item count: deterministic and close to the ratios.
+        # Deterministic, and close to the ratios whatever the unit sizes.
         name = "train" if filled < targets[0] else "validation" if filled < targets[1] else "test"
         out[name].extend(unit)
         filled += len(unit)
-    return {s: [examples[i] for i in sorted(idx)] for s, idx in out.items()}
+    return {s: sorted(idx) for s, idx in out.items()}
+
+
+def split_examples(examples: Sequence[Example], options: SplitOptions = SplitOptions()) -> dict[str, list[Example]]:
+    """Split merged items 80/10/10 with a seed, keeping every question text and focus inside one split (``grouped``).
+
+    The ``random`` strategy splits rows before they are merged, so it cannot start from items: use
+    :func:`build_splits` (or :func:`load_dataset`) for it.
+    """
+    if options.strategy != "grouped":
+        raise DataError(
+            f"split_examples makes the 'grouped' split of merged items; the '{options.strategy}' split is made on "
+            "rows before merging: use build_splits or load_dataset"
+        )
+    units = sorted(_leak_groups(examples), key=lambda g: g[0])
+    return {s: [examples[i] for i in idx] for s, idx in _fill(units, len(examples), options).items()}
+
+
+def split_rows(n_rows: int, options: SplitOptions) -> list[str]:
+    """The split of each row, in row order: the reference work's naive split (rows shuffled, cut 80/10/10)."""
+    split_of = [""] * n_rows
+    for name, idx in _fill([[i] for i in range(n_rows)], n_rows, options).items():
+        for i in idx:
+            split_of[i] = name
+    return split_of
+
+
+def build_splits(
+    kept: Sequence[dict[str, Any]],
+    columns_found: Sequence[str],
+    columns: ColumnMap = ColumnMap(),
+    options: SplitOptions = SplitOptions(),
+) -> tuple[list[Example], dict[str, list[Example]]]:
+    """All items and the items of each split, from the rows :func:`select_rows` kept.
+
+    ``grouped`` merges rows of one question into items, then splits the items by leak group. ``random`` splits the
+    rows first and merges within each split, so a question asked by several rows can be in several splits, each
+    copy an item of its own (with its own id); all items are then the union of the three splits.
+    """
+    if options.strategy == "grouped":
+        examples = [ex for _, ex in merge_rows(kept, columns_found, columns)]
+        return examples, split_examples(examples, options)
+    merged = merge_rows(kept, columns_found, columns, split_rows(len(kept), options))
+    return [ex for _, ex in merged], {s: [ex for split, ex in merged if split == s] for s in SPLITS}
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -388,6 +465,16 @@ class SplitManifest:
             "counts": {k: len(v) for k, v in self.splits.items()},
             "splits": self.splits,
         }
+
+    def split_options(self) -> SplitOptions:
+        """The split options that rebuild the items this manifest's ids name (``grouped`` items need no seed).
+
+        A ``random`` manifest without ``"unit": "rows"`` was written before that strategy split rows: its ids name
+        merged items, as ``grouped`` ones do, so it is read that way and still gives the items it was made with.
+        """
+        if self.options.get("strategy") != "random" or self.options.get("unit") != "rows":
+            return SplitOptions()
+        return SplitOptions(seed=self.options["seed"], strategy="random", ratios=tuple(self.options["ratios"]))
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "SplitManifest":
@@ -459,7 +546,7 @@ def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None) -> Datase
     source = hf_dataset if hf_dataset is not None else (spec.path or default_dataset())
     rows, columns_found, data_fp = load_table(source)
     name = str(source) if isinstance(source, (str, os.PathLike)) else "dataset"
-    examples, report = build_examples(rows, columns_found, spec.columns, spec.qtype, source=name)
+    kept, report = select_rows(rows, columns_found, spec.columns, spec.qtype, source=name)
     options = {
         "qtype": spec.qtype,
         "columns": asdict(spec.columns),
@@ -467,6 +554,10 @@ def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None) -> Datase
         "strategy": spec.split.strategy,
         "ratios": list(spec.split.ratios),
     }
+    if spec.split.strategy == "random":
+        # Marks a row-level split; only here, so grouped manifests (and the adapters trained on them) keep their
+        # fingerprints.
+        options["unit"] = "rows"
     if spec.manifest:
         manifest = SplitManifest.read(spec.manifest)
         if manifest.data_fingerprint != data_fp:
@@ -474,13 +565,14 @@ def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None) -> Datase
                 f"split manifest {spec.manifest} was made from other data ({manifest.data_fingerprint[:19]}…, "
                 f"this file is {data_fp[:19]}…); run `medqa-bench data prepare` again"
             )
+        examples, _ = build_splits(kept, columns_found, spec.columns, manifest.split_options())
         by_id = {e.id: e for e in examples}
         missing = [i for ids in manifest.splits.values() for i in ids if i not in by_id]
         if missing:
             raise DataError(f"split manifest {spec.manifest} names {len(missing)} unknown items, e.g. {missing[0]}")
         splits = {s: [by_id[i] for i in manifest.splits.get(s, [])] for s in SPLITS}
     else:
-        splits = split_examples(examples, spec.split)
+        examples, splits = build_splits(kept, columns_found, spec.columns, spec.split)
         manifest = SplitManifest(data_fp, options, {s: [e.id for e in splits[s]] for s in SPLITS})
     return Dataset(spec, examples, splits, manifest, report)
 

@@ -175,3 +175,121 @@ def test_chat_prompt_has_one_bos_when_the_tokenizer_adds_it(tmp_path, default_mo
     # the default tokenizer adds no BOS: the chat text is the template's own
     assert ex.prompt("chat", default_model.tokenizer) == default_model.tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True)
+
+
+# ------------------------------------------------------------------------- split strategies: grouped vs random
+
+
+def _membership(ds):
+    return {s: [e.id for e in ds.split(s)] for s in ("train", "validation", "test")}
+
+
+def _crossing_questions(ds):
+    """Normalised questions found in more than one split."""
+    where: dict[str, set[str]] = {}
+    for name in ("train", "validation", "test"):
+        for e in ds.split(name):
+            where.setdefault(normalize_question(e.question), set()).add(name)
+    return {q for q, names in where.items() if len(names) > 1}
+
+
+def test_random_and_grouped_differ_on_bundled_symptoms(symptoms):
+    # Before the random split moved to rows it shuffled the same merged items with the same seed, and on the
+    # symptoms data (no leak group bigger than one item) gave exactly the grouped membership.
+    naive = load_dataset(DataSpec(split=SplitOptions(strategy="random")))
+    grouped, random_ = _membership(symptoms), _membership(naive)
+    for name in ("train", "validation", "test"):
+        assert set(grouped[name]) != set(random_[name]), name
+    assert naive.manifest.options["unit"] == "rows" and "unit" not in symptoms.manifest.options
+    # random splits the 2748 rows, then merges within splits: every item is in exactly one split
+    ids = [i for name in ("train", "validation", "test") for i in random_[name]]
+    assert len(ids) == len(set(ids)) == len(naive.examples) == len(naive.split("all"))
+    assert {e.id for e in naive.examples} == set(ids)
+
+
+def test_grouped_shares_no_question_and_no_focus_across_splits(symptoms):
+    assert not _crossing_questions(symptoms)
+    where: dict[str, set[str]] = {}
+    for name in ("train", "validation", "test"):
+        for e in symptoms.split(name):
+            if e.focus:
+                where.setdefault(e.focus.casefold(), set()).add(name)
+    assert all(len(names) == 1 for names in where.values())
+
+
+def _repeated_questions_csv(tmp_path):
+    """40 rows: 30 distinct questions, 5 of them asked again in 2 more rows (other case or spacing, other answer)."""
+    rows = [("q%d" % i, f"What are the symptoms of Disease {i} ?", f"Answer about disease {i}.", f"Disease {i}")
+            for i in range(30)]
+    for i in range(5):
+        second = (f"q{i}b", f"what are the symptoms of disease {i}?", f"Second answer {i}.", f"Disease {i}")
+        rows.insert(8 * i + 3, second)
+        rows.append((f"q{i}c", f"What are the symptoms of Disease {i}?", f"Third answer {i}.", f"Disease {i}"))
+    lines = ["qid,Question,Answer,focus,qtype"] + [f'{a},"{b}","{c}",{d},symptoms' for a, b, c, d in rows]
+    path = tmp_path / "repeated.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_random_splits_rows_before_merging(tmp_path):
+    path = _repeated_questions_csv(tmp_path)
+    crossing_random = 0
+    for seed in range(10):
+        grouped = load_dataset(DataSpec(path=path, split=SplitOptions(seed=seed)))
+        naive = load_dataset(DataSpec(path=path, split=SplitOptions(seed=seed, strategy="random")))
+        assert not _crossing_questions(grouped)  # grouped never leaks a question
+        assert len(grouped.examples) == 30 and sum(len(e.references) for e in grouped.examples) == 40
+        crossing_random += bool(_crossing_questions(naive))
+        # random: every row lands in exactly one split, repeated questions merge only inside it
+        assert sum(len(e.references) for e in naive.examples) == 40
+        ids = [e.id for name in ("train", "validation", "test") for e in naive.split(name)]
+        assert len(ids) == len(set(ids)) == len(naive.examples)
+        assert sorted(ids) == sorted(e.id for e in naive.split("all"))
+        # rows are what the ratios cut: 32/4/4 rows
+        assert [sum(len(e.references) for e in naive.split(s)) for s in ("train", "validation", "test")] == [32, 4, 4]
+        # deterministic for a seed
+        for strategy, ds in (("grouped", grouped), ("random", naive)):
+            again = load_dataset(DataSpec(path=path, split=SplitOptions(seed=seed, strategy=strategy)))
+            assert again.manifest.to_dict() == ds.manifest.to_dict()
+            assert [e.to_dict() for e in again.examples] == [e.to_dict() for e in ds.examples]
+    assert crossing_random >= 5  # most seeds put some repeated question in two splits
+
+
+def test_random_ids_unique_without_an_id_column(tmp_path):
+    p = tmp_path / "noid.csv"
+    p.write_text("Question,Answer,qtype\n" + "".join(f"Q{i % 7}?,A{i},symptoms\n" for i in range(40)))
+    for seed in range(5):
+        ds = load_dataset(DataSpec(path=str(p), split=SplitOptions(seed=seed, strategy="random")))
+        ids = [e.id for e in ds.examples]
+        assert len(ids) == len(set(ids)) and all(i.startswith("row-") for i in ids)
+
+
+@pytest.mark.parametrize("strategy", ["grouped", "random"])
+def test_manifest_reload_both_strategies(tmp_path, strategy):
+    path = _repeated_questions_csv(tmp_path)
+    ds = load_dataset(DataSpec(path=path, split=SplitOptions(seed=3, strategy=strategy)))
+    saved = tmp_path / "manifest.json"
+    saved.write_text(json.dumps(ds.manifest.to_dict()))
+    # the spec's own split options are ignored when a manifest is given: the manifest's are used
+    again = load_dataset(DataSpec(path=path, manifest=str(saved), split=SplitOptions(seed=99)))
+    for name in ("train", "validation", "test"):
+        assert [e.to_dict() for e in again.split(name)] == [e.to_dict() for e in ds.split(name)]
+    assert again.manifest.fingerprint == ds.manifest.fingerprint
+
+
+def test_random_manifest_from_before_row_splits_still_loads(tmp_path):
+    """A 'random' manifest written before the row-level split names merged items; it loads as it was made."""
+    path = _repeated_questions_csv(tmp_path)
+    merged = load_dataset(DataSpec(path=path))
+    old = {**merged.manifest.to_dict(), "options": {**merged.manifest.options, "strategy": "random"}}
+    saved = tmp_path / "old.json"
+    saved.write_text(json.dumps(old))
+    ds = load_dataset(DataSpec(path=path, manifest=str(saved)))
+    assert [e.to_dict() for e in ds.split("test")] == [e.to_dict() for e in merged.split("test")]
+
+
+def test_split_examples_refuses_random():
+    from medqa_bench.data import Example, split_examples
+
+    with pytest.raises(DataError, match="rows before merging"):
+        split_examples([Example(id="a", question="q", answer="a")], SplitOptions(strategy="random"))
