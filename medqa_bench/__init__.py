@@ -8,4 +8,4 @@ __version__ = "0.1.0"
 
 # Bumped whenever a change to inference code could change a cached generation or NLL (2: 4-bit layers on a CPU
 # compute in the requested dtype, not bitsandbytes' bf16 kernel).
-CODE_VERSION = "inference-2"
+CODE_VERSION = "inference-3"

@@ -60,6 +60,15 @@ class Results:
     def rescore(self, *, metrics: Sequence[str] | None = None, plugins: Sequence[str] = (), **kw: Any) -> "Results":
         return score(self.run_dir, metrics=list(metrics) if metrics else None, plugins=tuple(plugins), **kw)
 
+    def verdict(self) -> list[str]:
+        """The verdict's sentences (``results["verdict"]["lines"]``): what holds and what to distrust."""
+        return list((self.results.get("verdict") or {}).get("lines") or [])
+
+    def __repr__(self) -> str:
+        data = self.results.get("data") or {}
+        return (f"Results({str(self.run_dir)!r}, systems={self.systems}, n_items={data.get('n_items')}, "
+                f"metrics={list(self.results.get('metrics') or {})})")
+
     def summary(self) -> str:
         """The headline as text: one line per metric, one column per system, value [CI]."""
         systems = self.systems
@@ -73,6 +82,10 @@ class Results:
                 v = res.get(s, {}).get(m)
                 cells.append(f"{v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]" if v else "-")
             lines.append(f"{m:<22}" + "".join(f"{c:>32}" for c in cells))
+        verdict = (self.results.get("verdict") or {}).get("lines") or []
+        if verdict:
+            lines.append("verdict:")
+            lines += [f"  - {line}" for line in verdict]
         report = self.run_dir / "report.html"
         if report.exists():
             lines.append(f"report: {report}")

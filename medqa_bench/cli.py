@@ -88,8 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded sample of N items; 0 = the full split "
                    "(default: full split on GPU, 10 items on CPU)")
     r.add_argument("--sample-seed", type=int, metavar="N", help="seed of the --limit sample (default 0)")
-    r.add_argument("--prompt-format", choices=["reference", "chat"], help="the reference template (default) or the model's chat template")
-    r.add_argument("--max-new-tokens", type=int, metavar="N", help="generation budget (default 256 on GPU, 128 on CPU)")
+    r.add_argument("--prompt-format", choices=["reference", "chat"],
+                   help="ask every language-model system in this format (default: each in its own: the baseline in "
+                        "the model's chat template, an adapter in the format of its training metadata)")
+    r.add_argument("--baseline-formats", metavar="F,G", help="baseline rows, one per prompt format, e.g. chat,reference "
+                   "(default: chat when the model has a chat template, else reference)")
+    r.add_argument("--reference-rows", metavar="A,B|none", help="rows that need no model: retrieval, boilerplate, "
+                   "question (default: all three), or none")
+    r.add_argument("--max-new-tokens", type=int, metavar="N", help="generation budget (default: the 95th percentile "
+                   "of the evaluated split's reference lengths, at most 1024)")
+    r.add_argument("--stop", action="append", metavar="FORMAT=SEQ", help="a stop sequence for one prompt format, "
+                   "repeatable; FORMAT= (empty) for none (default: '### Question' and '### Answer' for reference)")
+    r.add_argument("--repetition-penalty", type=float, metavar="F", help="transformers' repetition_penalty for every "
+                   "system (default 1.0: off)")
+    r.add_argument("--no-repeat-ngram-size", type=int, metavar="N", help="forbid repeating word n-grams of this size "
+                   "for every system (default 0: off)")
     r.add_argument("--batch-size", metavar="N|auto", help="items per batch, or auto (token budget; default)")
     r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:1")
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="compute dtype (auto: bf16 on GPU, fp32 on CPU)")
@@ -180,8 +193,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             ch["batch_size"] = "auto" if args.batch_size == "auto" else int(args.batch_size)
         except ValueError:
             raise SpecError(f"--batch-size must be 'auto' or an integer, not '{args.batch_size}'") from None
+    decoding: dict[str, Any] = {}
     if args.max_new_tokens is not None:
-        ch["decoding"] = replace(spec.decoding or DecodingParams(), max_new_tokens=args.max_new_tokens)
+        decoding["max_new_tokens"] = args.max_new_tokens
+    if args.repetition_penalty is not None:
+        decoding["repetition_penalty"] = args.repetition_penalty
+    if args.no_repeat_ngram_size is not None:
+        decoding["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    if args.stop:
+        stops: dict[str, list[str]] = {}
+        for fmt, seq in _parse_assignments(args.stop, "--stop"):
+            stops.setdefault(fmt, [])
+            if seq:
+                stops[fmt].append(seq)
+        decoding["stop"] = {**((spec.decoding.stop if spec.decoding else None) or {}), **stops}
+    if decoding:
+        ch["decoding"] = replace(spec.decoding or DecodingParams(), **decoding)
+    for flag, key in (("baseline_formats", "baseline_formats"), ("reference_rows", "reference_rows")):
+        value = getattr(args, flag)
+        if value is not None:
+            ch[key] = tuple(x.strip() for x in value.split(",") if x.strip() and x.strip() != "none")
     if args.metrics:
         ch["metrics"] = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     if args.metric_param:

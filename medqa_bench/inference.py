@@ -15,6 +15,12 @@ layer (the LM head), and their log-softmax is taken in chunks: the same numbers 
 the logits of prompt and padding positions. A sequence longer than the model's context is scored
 with a strided sliding window: every completion token is scored exactly once, with up to ``max_length - stride``
 tokens of preceding context; nothing is silently truncated.
+
+**What a trainer scores instead.** A supervised fine-tuning run (TRL's ``SFTTrainer``) appends the EOS token to each
+completion, cuts prompt+completion to its ``max_length`` keeping the start, and finds the completion by the common
+prefix of the two tokenisations. ``completion_nll(..., append_eos=True, truncation="keep_start",
+boundary="common_prefix")`` scores exactly those tokens; :mod:`medqa_bench.loss` turns them into the trainer's
+validation loss. The defaults are the definition above.
 """
 
 from __future__ import annotations
@@ -27,11 +33,20 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger(__name__)
 
 
+#: Why a generation ended: the model's end of turn, a stop sequence, or the token budget.
+STOP_REASONS = ("eos", "stop", "length")
+
+
 @dataclass(frozen=True)
 class Generation:
     text: str
-    generated_tokens: int  # new tokens, EOS included when the model stopped there
+    generated_tokens: int  # new tokens, EOS (or the token that completed a stop sequence) included
     truncated: bool  # stopped at max_new_tokens
+    stop_reason: str = ""  # "eos" | "stop" | "length" (see STOP_REASONS); "" in records made before it existed
+
+    def __post_init__(self):
+        if not self.stop_reason:
+            object.__setattr__(self, "stop_reason", "length" if self.truncated else "eos")
 
 
 @dataclass(frozen=True)
@@ -44,13 +59,38 @@ class CompletionNLL:
         return math.exp(self.nll_sum / self.nll_tokens) if self.nll_tokens else float("nan")
 
 
+#: Stop sequences per prompt format, as lm-evaluation-harness's ``generate_until`` has them. The reference template's
+#: own markers end a generation: a base or instruct model prompted in that template otherwise goes on writing
+#: ``### Question: ...`` turns of its own until the budget. A chat model ends its turn with its EOS token.
+DEFAULT_STOP_SEQUENCES: dict[str, tuple[str, ...]] = {"reference": ("### Question", "### Answer"), "chat": ()}
+
+
 @dataclass(frozen=True)
 class DecodingParams:
-    max_new_tokens: int = 256
+    """How every system of a run generates. ``max_new_tokens=None`` is the automatic budget (the runner sets it
+    from the references' lengths); ``stop`` maps a prompt format to its stop sequences (None: the defaults above).
+    ``repetition_penalty`` (1.0 = off) and ``no_repeat_ngram_size`` (0 = off) are transformers' generation options,
+    applied to every system of a run alike."""
+
+    max_new_tokens: int | None = None
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+    stop: dict[str, tuple[str, ...]] | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+    def __post_init__(self):
+        if self.stop is not None:
+            if not isinstance(self.stop, dict):
+                raise ValueError("decoding.stop maps a prompt format to a list of stop sequences, e.g. {reference: ['###']}")
+            object.__setattr__(self, "stop", {str(k): tuple(str(x) for x in (v or ())) for k, v in self.stop.items()})
+
+    def stop_sequences(self, prompt_format: str | None) -> tuple[str, ...]:
+        """The stop sequences of a prompt format: ``stop`` when it names the format, else the default."""
+        table = DEFAULT_STOP_SEQUENCES if self.stop is None else {**DEFAULT_STOP_SEQUENCES, **self.stop}
+        return tuple(table.get(prompt_format or "", ()))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,7 +99,17 @@ class DecodingParams:
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
+            "stop": None if self.stop is None else {k: list(v) for k, v in self.stop.items()},
+            "repetition_penalty": self.repetition_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
         }
+
+    def for_format(self, prompt_format: str | None) -> dict[str, Any]:
+        """What one system's generations depend on (its cache key and its record): the run's decoding with the
+        stop sequences of that system's prompt format."""
+        d = self.to_dict()
+        d["stop"] = list(self.stop_sequences(prompt_format))
+        return d
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -154,32 +204,47 @@ def model_context_length(model: Any, tokenizer: Any) -> int:
 
 # --------------------------------------------------------------------------------------------- encoding
 
-
-def encode_pair(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-    """Token ids of (prompt, completion), tokenised jointly where that extends the prompt's own tokens."""
-    ctx = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    whole = tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]
-    if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
-        return list(ctx), list(whole[len(ctx):])
-    return list(ctx), list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+BOUNDARIES = ("prompt", "common_prefix")  # where a completion starts: see encode_pair
 
 
-def encode_pairs(tokenizer: Any, prompts: Sequence[str], completions: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+def encode_pair(tokenizer: Any, prompt: str, completion: str, *, boundary: str = "prompt") -> tuple[list[int], list[int]]:
+    """Token ids of (prompt, completion), tokenised jointly where that extends the prompt's own tokens.
+
+    Where it does not (a token merges across the boundary, or a chat template renders the prompt alone otherwise),
+    ``boundary`` decides: ``"prompt"`` keeps the prompt's tokens and tokenises the completion apart
+    (lm-evaluation-harness's ``_encode_pair``); ``"common_prefix"`` cuts the joint tokenisation where it leaves the
+    prompt's (TRL's SFT rule, ``common_prefix_length``): the sequence the trainer saw, its completion starting at the
+    first token that differs.
+    """
+    return encode_pairs(tokenizer, [prompt], [completion], boundary=boundary)[0]
+
+
+def encode_pairs(
+    tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], *, boundary: str = "prompt"
+) -> list[tuple[list[int], list[int]]]:
     """:func:`encode_pair` for many items, tokenised in two batched calls (a fast tokenizer runs them in parallel)."""
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {', '.join(BOUNDARIES)}, not {boundary!r}")
     if not prompts:
         return []
     ctxs = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     wholes = tokenizer([p + c for p, c in zip(prompts, completions)], add_special_tokens=True)["input_ids"]
-    out = []
-    for prompt, completion, ctx, whole in zip(prompts, completions, ctxs, wholes):
-        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
-            out.append((list(ctx), list(whole[len(ctx):])))
-        else:
-            out.append(encode_pair(tokenizer, prompt, completion))
-    return out
+    return [_split_pair(tokenizer, ctx, whole, completion, boundary)
+            for completion, ctx, whole in zip(completions, ctxs, wholes)]
+
+
+def _split_pair(tokenizer, ctx, whole, completion, boundary) -> tuple[list[int], list[int]]:
+    if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
+        return list(ctx), list(whole[len(ctx):])
+    if boundary == "common_prefix":
+        n = next((k for k, (a, b) in enumerate(zip(ctx, whole)) if a != b), min(len(ctx), len(whole)))
+        return list(whole[:n]), list(whole[n:])
+    return list(ctx), list(tokenizer(completion, add_special_tokens=False)["input_ids"])
 
 
 # --------------------------------------------------------------------------------------------- NLL
+
+TRUNCATIONS = ("window", "keep_start")
 
 
 def completion_nll(
@@ -195,26 +260,52 @@ def completion_nll(
     progress: bool = True,
     desc: str = "nll",
     on_result: Callable[[int, CompletionNLL], None] | None = None,
+    append_eos: bool = False,
+    truncation: str = "window",
+    boundary: str = "prompt",
 ) -> list[CompletionNLL]:
     """Per item NLL sum and token count of ``completions[i]`` given ``prompts[i]`` (see the module docstring).
 
     ``on_result(i, value)`` is called as each item finishes (the cache writes through it).
+
+    The defaults are the harness's definition. The other values score what a supervised fine-tuning run scores
+    (TRL's ``SFTTrainer``, :mod:`medqa_bench.loss`): ``append_eos`` appends the tokenizer's EOS text to each
+    completion (unless it already ends with it) and scores it, one token more per item; ``truncation="keep_start"``
+    cuts each prompt+completion to its first ``max_length`` tokens and scores the completion tokens inside them
+    (none, ``CompletionNLL(0.0, 0)``, when the prompt fills ``max_length``), where ``"window"`` scores every
+    completion token with a sliding window; ``boundary`` is :func:`encode_pair`'s.
     """
     import torch
 
     if len(prompts) != len(completions):
         raise ValueError("prompts and completions differ in length")
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, not {truncation!r}")
+    if append_eos:
+        eos = tokenizer.eos_token
+        if not eos:
+            raise ValueError("append_eos needs a tokenizer with an EOS token")
+        completions = [c if c.endswith(eos) else c + eos for c in completions]
     device = next(model.parameters()).device
     max_length = max_length or model_context_length(model, tokenizer)
     stride = stride or max(1, max_length // 2)
-    pairs = encode_pairs(tokenizer, prompts, completions)
+    pairs = encode_pairs(tokenizer, prompts, completions, boundary=boundary)
     results: list[CompletionNLL | None] = [None] * len(pairs)
-    short = [i for i, (a, b) in enumerate(pairs) if len(a) + len(b) <= max_length]
+    cut: set[int] = set()  # keep_start: items whose completion begins at or past max_length: nothing to score
+    if truncation == "keep_start":
+        pairs = [(a[:max_length], b[: max(0, max_length - len(a))]) for a, b in pairs]
+        cut = {i for i, (_, b) in enumerate(pairs) if not b}
+    short = [i for i, (a, b) in enumerate(pairs) if len(a) + len(b) <= max_length and i not in cut]
     long = [i for i, (a, b) in enumerate(pairs) if len(a) + len(b) > max_length]
     budget = default_token_budget(model)
     bar = _progress(len(pairs), desc, progress)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with torch.inference_mode(), attention_kernels(device):
+        for i in sorted(cut):
+            results[i] = CompletionNLL(0.0, 0)
+            if on_result:
+                on_result(i, results[i])
+            bar.update(1)
         lengths = [len(pairs[i][0]) + len(pairs[i][1]) for i in short]
 
         def finish(idx, pending):
@@ -433,7 +524,7 @@ def generate(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
-    decoding: DecodingParams = DecodingParams(),
+    decoding: DecodingParams = DecodingParams(max_new_tokens=256),
     *,
     batch_size: int | str = "auto",
     progress: bool = True,
@@ -441,8 +532,13 @@ def generate(
     on_result: Callable[[int, Generation], None] | None = None,
     cache_implementation: str | None = None,
     adapter_names: Sequence[str] | None = None,
+    stop_sequences: Sequence[Sequence[str]] | None = None,
 ) -> list[Generation]:
     """Greedy (or seeded sampled) generation with left padding, stopping at EOS, in length-sorted batches.
+
+    ``stop_sequences`` (one tuple per prompt) end a generation when its new text contains one of them, as
+    lm-evaluation-harness's ``generate_until``: the text is cut before the stop sequence and ``stop_reason`` is
+    ``"stop"``. Each row stops on its own sequences only, so a row's output does not depend on its batch.
 
     ``cache_implementation="static"`` pre-allocates the KV cache, which lets transformers compile the decoding
     step (CUDA graphs): faster per token on a GPU after a first, compiling call. The text is the same as with the
@@ -454,6 +550,10 @@ def generate(
     """
     import torch
 
+    if decoding.max_new_tokens is None or decoding.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive number of tokens, not {decoding.max_new_tokens!r}")
+    if stop_sequences is not None and len(stop_sequences) != len(prompts):
+        raise ValueError("stop_sequences needs one entry per prompt")
     device = next(model.parameters()).device
     eos = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -473,9 +573,10 @@ def generate(
                 width = -(-width // 64) * 64
                 if isinstance(batch_size, int):
                     rows = max(rows, batch_size)
+            members = list(batch) + [batch[0]] * (rows - len(batch))
             ids = torch.full((rows, width), pad_id, dtype=torch.long)
             mask = torch.zeros((rows, width), dtype=torch.long)
-            for r, i in enumerate(list(batch) + [batch[0]] * (rows - len(batch))):
+            for r, i in enumerate(members):
                 ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]):] = 1
             kwargs: dict[str, Any] = {
@@ -489,23 +590,81 @@ def generate(
                 kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            if decoding.repetition_penalty != 1.0:
+                kwargs["repetition_penalty"] = decoding.repetition_penalty
+            if decoding.no_repeat_ngram_size:
+                kwargs["no_repeat_ngram_size"] = decoding.no_repeat_ngram_size
             if cache_implementation:
                 kwargs["cache_implementation"] = cache_implementation
             if adapter_names is not None:
-                kwargs["adapter_names"] = [adapter_names[i] for i in list(batch) + [batch[0]] * (rows - len(batch))]
+                kwargs["adapter_names"] = [adapter_names[i] for i in members]
+            row_stops = [tuple(stop_sequences[i]) if stop_sequences is not None else () for i in members]
+            if any(row_stops):
+                from transformers import StoppingCriteriaList
+
+                kwargs["stopping_criteria"] = StoppingCriteriaList([StopSequences(tokenizer, row_stops, width)])
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             new = out[:, width:].cpu().tolist()
             for r, i in enumerate(batch):
-                toks = new[r]
-                stop = next((k for k, t in enumerate(toks) if t in eos), None)
-                kept = toks if stop is None else toks[:stop]
-                results[i] = Generation(
-                    text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                    generated_tokens=len(kept) + (0 if stop is None else 1),
-                    truncated=stop is None,
-                )
+                results[i] = finish_generation(tokenizer, new[r], eos, row_stops[r])
                 if on_result:
                     on_result(i, results[i])
             bar.update(len(batch))
     bar.close()
     return results  # type: ignore[return-value]
+
+
+def finish_generation(tokenizer: Any, tokens: Sequence[int], eos: Sequence[int], stops: Sequence[str] = ()) -> Generation:
+    """The :class:`Generation` of one row's new tokens: cut at the first EOS, or at the first stop sequence that the
+    text reaches before it (the text before the sequence is kept, the tokens up to the one that completed it are
+    counted), else the whole budget was used."""
+    stop = next((k for k, t in enumerate(tokens) if t in eos), None)
+    kept = list(tokens) if stop is None else list(tokens[:stop])
+    if stops:
+        text = tokenizer.decode(kept, skip_special_tokens=True)
+        hits = [(text.find(s), s) for s in stops if s and s in text]
+        if hits:
+            cut = min(hits)[0]
+            # the shortest prefix of tokens whose text holds the stop sequence (bisection: holding it is monotone)
+            lo, hi = 1, len(kept)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if any(s in tokenizer.decode(kept[:mid], skip_special_tokens=True) for _, s in hits):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            n = lo
+            return Generation(text=text[:cut].strip(), generated_tokens=n, truncated=False, stop_reason="stop")
+    text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+    if stop is not None:
+        return Generation(text=text, generated_tokens=len(kept) + 1, truncated=False, stop_reason="eos")
+    return Generation(text=text, generated_tokens=len(kept), truncated=True, stop_reason="length")
+
+
+class StopSequences:
+    """A ``transformers`` stopping criterion that ends each row on its own stop sequences.
+
+    Only the newly generated text is searched (the prompt of the reference template contains its own markers),
+    and only its last few tokens each step: enough to hold the longest stop sequence, with margin for tokens that
+    span its boundaries.
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[Sequence[str]], prompt_width: int):
+        self.tokenizer, self.stops, self.prompt_width = tokenizer, [tuple(s) for s in stops], prompt_width
+        longest = max((len(tokenizer(s, add_special_tokens=False)["input_ids"]) for row in self.stops for s in row),
+                      default=1)
+        self.window = longest + 4
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        new = input_ids.shape[1] - self.prompt_width
+        if new <= 0:
+            return done
+        tails = input_ids[:, -min(new, self.window):].tolist()
+        for r, (row, tail) in enumerate(zip(self.stops, tails)):
+            if row:
+                text = self.tokenizer.decode(tail, skip_special_tokens=True)
+                done[r] = any(s in text for s in row)
+        return done

@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, atomic, distributed
-from .cache import InferenceCache, cache_key
+from .cache import InferenceCache
+from .cached_inference import cached_generate_systems, cached_nll
 from .data import Example, load_dataset
 from .errors import AdapterError
 from .fingerprint import sha256_json
-from .inference import CompletionNLL, Generation, completion_nll, generate, model_context_length
-from .models import DEFAULT_MODEL, LoadedModel, attach_adapters, load_base, pick_device, resolve_model, system_active
+from .inference import CompletionNLL, model_context_length
+from .models import (DEFAULT_MODEL, AdapterInfo, LoadedModel, attach_adapters, load_base, load_tokenizer, pick_device,
+                     read_adapter, resolve_model)
 from .provenance import environment
 from .schema import SCHEMA_VERSION
 from .spec import RunSpec
+from .systems import System, plan_systems, recorded_prompt_format
 
 log = logging.getLogger(__name__)
 
@@ -66,120 +69,13 @@ def _cache_for(spec: RunSpec) -> InferenceCache:
     return InferenceCache(spec.cache)
 
 
-def _identity(loaded: LoadedModel, system: str) -> dict[str, Any]:
-    adapter = loaded.adapters.get(system)
-    return {
-        "model": loaded.source.fingerprint,
-        "adapter": adapter.fingerprint if adapter else None,
-        "quantization": loaded.quantization,
-        "dtype": loaded.dtype,
-        "device": loaded.device.split(":")[0],
-    }
-
-
-def _lookup(cache: InferenceCache, keys: list[str], ranks) -> dict[str, Any]:
-    # Multi-process: rank 0 reads the cache and tells the others, so every rank agrees on what is left to do.
-    return cache.get_many(keys) if ranks is None else ranks.from_main(lambda: cache.get_many(keys))
-
-
-def _cached_nll(loaded, system, prompts, completions, spec, cache, progress, ranks=None) -> list[CompletionNLL]:
-    max_length = spec.max_length or model_context_length(loaded.model, loaded.tokenizer)
-    ident = _identity(loaded, system)
-    keys = [cache_key("nll", ident, {"prompt": p, "completion": c, "max_length": max_length})
-            for p, c in zip(prompts, completions)]
-    found = _lookup(cache, keys, ranks)
-    out: list[CompletionNLL | None] = [CompletionNLL(**found[k]) if k in found else None for k in keys]
-    todo = [i for i, v in enumerate(out) if v is None]
-    if todo:
-        with system_active(loaded, system) as model:
-            def nll(part: list[int]) -> list[CompletionNLL]:  # part: positions in todo
-                def store(j: int, value: CompletionNLL) -> None:
-                    cache.put_many([(keys[todo[part[j]]], "nll", {"nll_sum": value.nll_sum, "nll_tokens": value.nll_tokens})])
-
-                return completion_nll(model, loaded.tokenizer, [prompts[todo[p]] for p in part],
-                                      [completions[todo[p]] for p in part], batch_size=spec.batch_size,
-                                      max_length=max_length, progress=progress, desc=f"nll {system}", on_result=store)
-
-            if ranks is None:
-                fresh = nll(list(range(len(todo))))
-            else:  # each rank scores whole batches of the single-process plan (see medqa_bench.distributed)
-                plan = ranks.from_main(lambda: distributed.nll_batches(
-                    model, loaded.tokenizer, [prompts[i] for i in todo], [completions[i] for i in todo],
-                    batch_size=spec.batch_size, max_length=max_length))
-                fresh = ranks.compute_sharded(len(todo), plan, nll)
-        for j, i in enumerate(todo):
-            out[i] = fresh[j]
-    return out  # type: ignore[return-value]
-
-
-def _generation_lookup(loaded, system, prompts, spec, cache, ranks) -> tuple[list[str], list[Generation | None]]:
-    """The cache keys of ``system``'s generations of ``prompts``, and the cached ones (None where not cached)."""
-    ident, decoding = _identity(loaded, system), spec.decoding.to_dict()
-    keys = [cache_key("generate", ident, {"prompt": p, "decoding": decoding}) for p in prompts]
-    found = _lookup(cache, keys, ranks)
-    return keys, [Generation(**found[k]) if k in found else None for k in keys]
-
-
-def _cached_generate(loaded, system, prompts, spec, cache, progress, ranks=None) -> list[Generation]:
-    keys, out = _generation_lookup(loaded, system, prompts, spec, cache, ranks)
-    todo = [i for i, v in enumerate(out) if v is None]
-    if todo:
-        with system_active(loaded, system) as model:
-            def gen(part: list[int]) -> list[Generation]:  # part: positions in todo
-                def store(j: int, g: Generation) -> None:
-                    cache.put_many([(keys[todo[part[j]]], "generate", _generation_record(g))])
-
-                return generate(model, loaded.tokenizer, [prompts[todo[p]] for p in part], spec.decoding,
-                                batch_size=spec.batch_size, progress=progress, desc=f"generate {system}", on_result=store)
-
-            if ranks is None:
-                fresh = gen(list(range(len(todo))))
-            else:  # each rank generates whole batches of the single-process plan (see medqa_bench.distributed)
-                plan = ranks.from_main(lambda: distributed.generation_batches(
-                    model, loaded.tokenizer, [prompts[i] for i in todo], batch_size=spec.batch_size,
-                    max_new_tokens=spec.decoding.max_new_tokens))
-                fresh = ranks.compute_sharded(len(todo), plan, gen)
-        for j, i in enumerate(todo):
-            out[i] = fresh[j]
-    return out  # type: ignore[return-value]
-
-
-def _generation_record(g: Generation) -> dict[str, Any]:
-    return {"text": g.text, "generated_tokens": g.generated_tokens, "truncated": g.truncated}
-
-
-def _cached_generate_systems(loaded, systems, prompts, spec, cache, progress, ranks=None) -> dict[str, list[Generation]]:
-    """Every system's generations. In one process with LoRA adapters, all systems' uncached items are generated
-    together in mixed-adapter batches (:func:`generate`'s ``adapter_names``): each decoding step reads the base
-    weights once for every system instead of once per system. Otherwise system after system."""
-    mixable = ranks is None and len(systems) > 1 and loaded.adapters and all(
-        getattr(cfg, "peft_type", None) == "LORA" for cfg in getattr(loaded.model, "peft_config", {}).values())
-    if not mixable:
-        return {s: _cached_generate(loaded, s, prompts, spec, cache, progress, ranks) for s in systems}
-    keys, out, todo = {}, {}, []
-    for s in systems:
-        keys[s], out[s] = _generation_lookup(loaded, s, prompts, spec, cache, None)
-        todo += [(s, i) for i, v in enumerate(out[s]) if v is None]
-    if todo:
-        def store(j: int, g: Generation) -> None:
-            s, i = todo[j]
-            cache.put_many([(keys[s][i], "generate", _generation_record(g))])
-
-        fresh = generate(loaded.model, loaded.tokenizer, [prompts[i] for _, i in todo], spec.decoding,
-                         batch_size=spec.batch_size, progress=progress, desc="generate", on_result=store,
-                         adapter_names=["__base__" if s == "baseline" else s for s, _ in todo])
-        for (s, i), g in zip(todo, fresh):
-            out[s][i] = g
-    return out
-
-
-def check_adapters_change_model(nlls: dict[str, list[CompletionNLL]], n: int = ADAPTER_CHECK_ITEMS) -> None:
+def check_adapters_change_model(adapter_nlls: dict[str, list[CompletionNLL]], base_nlls: dict[str, list[CompletionNLL]],
+                                n: int = ADAPTER_CHECK_ITEMS) -> None:
     """Fail loudly if an adapter leaves the log-probabilities of the first items unchanged (other harnesses then
-    silently evaluate the base model)."""
-    base = nlls["baseline"][:n]
-    for name, values in nlls.items():
-        if name == "baseline":
-            continue
+    silently evaluate the base model). ``base_nlls[adapter]`` is the base model's NLL of the same items in the
+    adapter's own prompt format (a baseline row in another format would differ for that reason alone)."""
+    for name, values in adapter_nlls.items():
+        base = base_nlls[name][:n]
         if all(abs(a.nll_sum - b.nll_sum) <= 1e-6 * max(1.0, abs(b.nll_sum)) for a, b in zip(values[:n], base)):
             raise AdapterError(
                 f"adapter '{name}' does not change the model: the log-probabilities of {len(base)} items equal the "
@@ -187,12 +83,56 @@ def check_adapters_change_model(nlls: dict[str, list[CompletionNLL]], n: int = A
             )
 
 
+def _reference_token_lengths(tokenizer, examples: list[Example]) -> list[int]:
+    if not examples:
+        return []
+    return [len(ids) for ids in tokenizer([e.answer for e in examples], add_special_tokens=False)["input_ids"]]
+
+
+def _budget(spec: RunSpec, tokenizer, pool: list[Example]) -> tuple[RunSpec, dict[str, Any]]:
+    """The run's generation budget: the user's, or the automatic one (medqa_bench.budget) from the evaluated split."""
+    from dataclasses import replace
+
+    from .budget import auto_max_new_tokens, given_budget
+
+    lengths = _reference_token_lengths(tokenizer, pool)
+    if spec.decoding.max_new_tokens is not None:
+        return spec, given_budget(spec.decoding.max_new_tokens, lengths)
+    info = auto_max_new_tokens(lengths)
+    return spec.replace(decoding=replace(spec.decoding, max_new_tokens=info["max_new_tokens"])), info
+
+
+def plan_run_systems(spec: RunSpec, tokenizer) -> tuple[list[System], dict[str, AdapterInfo]]:
+    """The run's systems and its adapters' identities, from the spec, the tokenizer and the adapter folders' files
+    (no weights are loaded: a bad adapter or format fails before the model loads)."""
+    from .reference_rows import REFERENCE_ROWS
+
+    adapters = _adapters_for(spec)
+    infos = {name: read_adapter(name, path) for name, path in adapters.items()}
+    systems = plan_systems(
+        baseline_formats=spec.baseline_formats,
+        prompt_format=spec.prompt_format,
+        adapters=adapters,
+        adapter_formats={name: recorded_prompt_format(info.training_meta) for name, info in infos.items()},
+        reference_rows=REFERENCE_ROWS if spec.reference_rows is None else spec.reference_rows,
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
+    return systems, infos
+
+
 def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
-    """Evaluate the baseline and every adapter of ``spec``; write and return the run folder.
+    """Evaluate every system of ``spec`` on the same items; write and return the run folder.
+
+    The flow: items (data, no model) -> systems (tokenizer and adapter metadata, no weights) -> reference rows and
+    the leakage audit (training split, no model) -> the model: NLL and generations per language-model system,
+    cached -> samples -> scores -> analysis and verdict -> run folder.
 
     Under ``accelerate launch`` (several processes) the items are sharded across the processes and rank 0 writes
     the same run folder a single process would; every process returns its path (see medqa_bench.distributed).
     """
+    from .audit import audit_items
+    from .reference_rows import reference_answers
+
     spec = spec or RunSpec()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -200,13 +140,13 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     progress = progress and (ranks is None or ranks.is_main)
     device = pick_device(spec.device) if ranks is None else ranks.device
     spec = spec.resolved_for(device)
-    adapters = _adapters_for(spec)
-    spec = spec.replace(adapters=tuple(adapters.items()))
 
+    # ---- items: data only
     t = time.perf_counter()
     dataset = load_dataset(spec.data)
     pool = dataset.split(spec.split)
     items = select_items(pool, spec.limit or 0, spec.sample_seed)
+    train = dataset.split("train")
     if spec.limit and spec.limit < len(pool):
         log.info("evaluating a seeded sample of %d of %d %s items (--limit 0 evaluates all)", len(items), len(pool), spec.split)
     else:
@@ -217,26 +157,45 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
 
     metrics = resolve_metrics(list(spec.metrics) if spec.metrics else None, plugins=spec.plugins, params=spec.metric_params)
 
-    t = time.perf_counter()
+    # ---- systems: tokenizer and adapter metadata, no weights
     if ranks is not None:  # one process converts a GGUF file / downloads from the Hub; the others then find it
         ranks.main_first(lambda: resolve_model(spec.model))
+    source = resolve_model(spec.model)
+    tokenizer = load_tokenizer(source)
+    systems, _ = plan_run_systems(spec, tokenizer)
+    spec, budget = _budget(spec, tokenizer, pool)
+    lm_systems = [s for s in systems if s.generates]
+    # results.json records the systems that ran, so the spec it holds reproduces them
+    spec = spec.replace(adapters=tuple((s.name, s.adapter) for s in lm_systems if s.kind == "adapter"),
+                        baseline_formats=tuple(s.prompt_format for s in lm_systems if s.kind == "baseline"),
+                        reference_rows=tuple(s.method for s in systems if s.kind == "reference"))
+
+    # ---- rows and audits that need no model: the training split only
+    t = time.perf_counter()
+    answers = {s.name: reference_answers(s.method, items, train) for s in systems if not s.generates}
+    overlap = audit_items(items, train) if train and spec.split != "train" else None
+    timings["reference_rows_s"] = time.perf_counter() - t
+
+    # ---- the model: one base, adapters attached
+    t = time.perf_counter()
     loaded = load_base(spec.model, quantization=spec.quantization, device=device, dtype=spec.dtype)
-    attach_adapters(loaded, adapters)
+    attach_adapters(loaded, {s.name: s.adapter for s in lm_systems if s.kind == "adapter"})
     timings["load_s"] = time.perf_counter() - t
 
     tok = loaded.tokenizer
-    prompts = [e.prompt(spec.prompt_format, tok) for e in items]
-    completions = [e.completion(spec.prompt_format) for e in items]
-    systems = ["baseline", *adapters]
+    formats = sorted({s.prompt_format for s in lm_systems})
+    prompts = {f: [e.prompt(f, tok) for e in items] for f in formats}
+    completions = {f: [e.completion(f) for e in items] for f in formats}
     # Multi-process: rank 0 creates the SQLite file (WAL, schema) before the other writers open it.
     cache = _cache_for(spec) if ranks is None else ranks.main_first(lambda: _cache_for(spec))
     try:
         t = time.perf_counter()
-        nlls = {s: _cached_nll(loaded, s, prompts, completions, spec, cache, progress, ranks) for s in systems}
-        check_adapters_change_model(nlls)  # on the gathered NLLs: every rank reaches the same verdict
+        nlls = {s.name: cached_nll(loaded, s, prompts[s.prompt_format], completions[s.prompt_format], spec, cache,
+                                    progress, ranks) for s in lm_systems}
+        _check_adapters(loaded, lm_systems, nlls, prompts, completions, spec, cache, ranks)
         timings["nll_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        gens = _cached_generate_systems(loaded, systems, prompts, spec, cache, progress, ranks)
+        gens = cached_generate_systems(loaded, lm_systems, prompts, spec, cache, progress, ranks)
         timings["generate_s"] = time.perf_counter() - t
         cache_stats = {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path) if cache.path else None}
     finally:
@@ -245,23 +204,32 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
         del loaded
         return ranks.wait_for_main()  # rank 0 scores and writes the run folder; return its path
 
+    ref_tokens = _reference_token_lengths(tok, items)
     samples = []
     for i, e in enumerate(items):
         record: dict[str, Any] = {
-            "id": e.id, "qtype": e.qtype, "focus": e.focus, "question": e.question, "prompt": prompts[i],
-            "reference": e.answer, "references": list(e.references),
-            "reference_tokens": len(tok(e.answer, add_special_tokens=False)["input_ids"]),
+            "id": e.id, "qtype": e.qtype, "focus": e.focus, "question": e.question,
+            "prompts": {f: prompts[f][i] for f in formats},
+            "reference": e.answer, "references": list(e.references), "reference_tokens": ref_tokens[i],
             "systems": {},
         }
+        if overlap is not None:
+            record["train_overlap"] = {k: overlap[i][k] for k in ("reference", "question", "near_duplicate")}
         for s in systems:
-            g, n = gens[s][i], nlls[s][i]
-            record["systems"][s] = {
-                "prediction": g.text, "generated_tokens": g.generated_tokens, "truncated": g.truncated,
-                "nll_sum": n.nll_sum, "nll_tokens": n.nll_tokens, "perplexity": n.perplexity,
-            }
+            if s.generates:
+                g, n = gens[s.name][i], nlls[s.name][i]
+                record["systems"][s.name] = {
+                    "prediction": g.text, "generated_tokens": g.generated_tokens, "truncated": g.truncated,
+                    "stop_reason": g.stop_reason, "nll_sum": n.nll_sum, "nll_tokens": n.nll_tokens,
+                    "perplexity": n.perplexity,
+                }
+            else:
+                a = answers[s.name][i]
+                record["systems"][s.name] = {
+                    "prediction": a.text, "generated_tokens": len(tok(a.text, add_special_tokens=False)["input_ids"]),
+                    "truncated": False, "stop_reason": None, "source": a.source,
+                }
         samples.append(record)
-
-    from .analysis.training import read_training_log
 
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -271,13 +239,16 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
         "spec": spec.to_dict(),
         "environment": environment(),
         "model": loaded.describe(),
-        "systems": {"baseline": {"kind": "baseline", "adapter": None, "training_log": None}},
+        "systems": _system_infos(systems, loaded, spec),
+        "budget": budget,
+        "loss_definition": _harness_loss_definition(loaded, spec),
         "data": {
             "source": spec.data.path or "bundled:medquad.csv.gz",
             "fingerprint": dataset.manifest.data_fingerprint,
             "manifest_fingerprint": dataset.manifest.fingerprint,
             "split": spec.split,
             "split_size": len(pool),
+            "train_size": len(train),
             "n_items": len(items),
             "limit": spec.limit,
             "sample_seed": spec.sample_seed,
@@ -288,14 +259,82 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     }
     if ranks is not None:
         results["environment"]["distributed"] = ranks.describe()
-    for name, info in loaded.adapters.items():
-        results["systems"][name] = {"kind": "adapter", "adapter": info.to_dict(), "training_log": read_training_log(info.path)}
     del loaded
     out_dir = spec.output_path
     timings["inference_total_s"] = time.perf_counter() - t0
     if ranks is not None:  # the others wait in wait_for_main() above; a failure here is passed on to them
         return ranks.main_only(lambda: _score_and_write(out_dir, results, samples, metrics, spec, timings, progress))
     return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress)
+
+
+def _check_adapters(loaded, lm_systems, nlls, prompts, completions, spec, cache, ranks) -> None:
+    """:func:`check_adapters_change_model` against the base model in each adapter's own prompt format."""
+    n = ADAPTER_CHECK_ITEMS
+    adapters = [s for s in lm_systems if s.kind == "adapter"]
+    base_rows = {s.prompt_format: s for s in lm_systems if s.kind == "baseline"}
+    base_nlls = {}
+    for a in adapters:
+        row = base_rows.get(a.prompt_format)
+        if row is not None:
+            base_nlls[a.name] = nlls[row.name]
+        else:  # no baseline row in this format: score the base alone on the first items (cached like any NLL)
+            probe = System("baseline", "baseline", a.prompt_format, "adapter check")
+            base_nlls[a.name] = cached_nll(loaded, probe, prompts[a.prompt_format][:n],
+                                            completions[a.prompt_format][:n], spec, cache, False, ranks)
+    check_adapters_change_model({a.name: nlls[a.name] for a in adapters}, base_nlls, n)
+
+
+def _system_infos(systems: list[System], loaded: LoadedModel, spec: RunSpec) -> dict[str, dict[str, Any]]:
+    """``results["systems"]``: each row's kind, prompt format (and why), stop sequences and provenance."""
+    from .analysis.training import read_training_log
+    from .reference_rows import describe_reference_row
+
+    out: dict[str, dict[str, Any]] = {}
+    for s in systems:
+        info: dict[str, Any] = {"kind": s.kind, "prompt_format": s.prompt_format, "format_source": s.format_source}
+        if s.generates:
+            info["stop_sequences"] = list(spec.decoding.stop_sequences(s.prompt_format))
+        if s.kind == "adapter":
+            adapter = loaded.adapters[s.name]
+            info.update(adapter=adapter.to_dict(), training_log=read_training_log(adapter.path),
+                        training_eval_loss=training_eval_loss_info(adapter.training_meta))
+        elif s.kind == "reference":
+            info.update(method=s.method, description=describe_reference_row(s.method))
+        out[s.name] = info
+    return out
+
+
+def _harness_loss_definition(loaded: LoadedModel, spec: RunSpec) -> dict[str, Any]:
+    """What the harness's loss and perplexity are, for the report to set beside an adapter's training eval loss."""
+    return {
+        "form": "corpus",
+        "formula": "sum of NLL over the reference tokens / number of reference tokens (natural log)",
+        "eos": False,
+        "truncation": "none: answers longer than the context are scored with a strided sliding window",
+        "max_length": spec.max_length or model_context_length(loaded.model, loaded.tokenizer),
+        "quantization": loaded.quantization,
+        "compute_dtype": loaded.dtype,
+        "split": spec.split,
+    }
+
+
+def training_eval_loss_info(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An adapter's recorded eval loss with its definition (the trainer's metadata), or None when not recorded."""
+    training = (meta or {}).get("training") or {}
+    value = training.get("final_eval_loss")
+    if value is None:
+        return None
+    definition = training.get("eval_loss_definition") or {
+        "form": "batch-mean",
+        "formula": "TRL/transformers' evaluation loop: the mean over evaluation batches of each batch's mean token "
+                   "loss (weighted by batch size, not by tokens)",
+        "eos": True,
+        "truncation": f"prompt + completion cut to max_length = {((meta.get('recipe') or {}).get('data') or {}).get('max_length')} tokens (keep start)",
+        "quantization": (meta.get("resolved") or {}).get("quantization"),
+        "compute_dtype": (meta.get("resolved") or {}).get("compute_dtype"),
+        "split": "validation",
+    }
+    return {"value": value, "definition": definition}
 
 
 def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, timings, progress) -> Path:
@@ -311,6 +350,9 @@ def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, ti
     t = time.perf_counter()
     results["analysis"] = analyze(results, samples, similarity_metric=spec.analysis.similarity_metric,
                                   thresholds=spec.analysis.thresholds or None, seed=spec.analysis.seed)
+    from .analysis.verdict import build_verdict
+
+    results["verdict"] = build_verdict(results)
     timings["analysis_s"] = time.perf_counter() - t
     results["timings"] = {**results.get("timings", {}), **{k: round(v, 3) for k, v in timings.items()}}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -356,5 +398,6 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
         for sys_record in record["systems"].values():
             for key in ("scores", "best_reference", "distractor_scores", "nearest_qtype"):
                 sys_record.pop(key, None)
+        record.pop("null_scores", None)
     results["spec"] = spec.to_dict()
     return _score_and_write(run_dir, results, samples, resolved, spec, dict(results.get("timings", {})), progress)

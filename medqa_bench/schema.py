@@ -16,13 +16,18 @@ from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
+#: 2.0: systems are rows of three kinds (baseline rows, one per prompt format; adapters, each in its own format;
+#: reference rows that need no model), samples hold a prompt per format, stop reasons, null scores and the leakage
+#: audit, and results hold the budget, the harness's loss definition and the verdict. 1.x run folders are refused.
 
 
 class SystemSample(TypedDict, total=False):
-    prediction: str  # generated text, special tokens stripped
-    generated_tokens: int  # new tokens generated (EOS included when it stopped there)
-    truncated: bool  # stopped at max_new_tokens rather than at EOS
+    prediction: str  # generated text (special tokens stripped, cut before a stop sequence); a reference row's answer
+    generated_tokens: int  # new tokens generated (EOS included when it stopped there); a reference row's token count
+    truncated: bool  # stopped at max_new_tokens rather than at EOS or a stop sequence
+    stop_reason: Optional[str]  # "eos" | "stop" | "length"; None for reference rows (nothing was generated)
+    source: Optional[dict[str, Any]]  # reference rows: the training item the answer came from ({"train_id", "score"})
     nll_sum: float  # sum of -log p(reference token | prompt, previous reference tokens), natural log
     nll_tokens: int  # number of reference tokens scored
     perplexity: float  # exp(nll_sum / nll_tokens)
@@ -37,12 +42,15 @@ class SampleRecord(TypedDict, total=False):
     qtype: str
     focus: str
     question: str
-    prompt: str
+    prompts: dict[str, str]  # prompt format -> the prompt text every system of that format was given
     reference: str  # the first reference (the training completion)
     references: list[str]
     reference_tokens: int  # model tokens of the first reference
     distractor_id: Optional[str]  # seeded item of another focus whose first reference is the distractor
-    systems: dict[str, SystemSample]  # "baseline" and each adapter name
+    null_scores: dict[str, float]  # similarity metric -> sim(first reference, distractor's first reference)
+    train_overlap: dict[str, Any]  # audit.audit_items(): {"reference": {"score", "train_id"}, "question": {...},
+    #                                 "near_duplicate": bool}; absent when there is no training split to compare with
+    systems: dict[str, SystemSample]  # every system of the run, by name
 
 
 class MetricValue(TypedDict):
@@ -62,9 +70,15 @@ class MetricInfo(TypedDict, total=False):
 
 
 class SystemInfo(TypedDict, total=False):
-    kind: str  # "baseline" | "adapter"
+    kind: str  # "baseline" | "adapter" | "reference"
+    prompt_format: Optional[str]  # "chat" | "reference"; None for reference rows
+    format_source: str  # why this format: "the model's chat template", "training metadata", "prompt_format", ...
+    stop_sequences: list[str]  # the stop sequences of its prompt format
     adapter: Optional[dict[str, Any]]  # models.AdapterInfo.to_dict()
     training_log: Optional[dict[str, Any]]  # analysis.training.read_training_log() of the adapter folder
+    training_eval_loss: Optional[dict[str, Any]]  # {"value", "definition"} from the adapter's training metadata
+    method: str  # reference rows: "retrieval" | "boilerplate" | "question"
+    description: str  # reference rows: what the row is and why it is there
 
 
 class ResultsFile(TypedDict, total=False):
@@ -79,5 +93,8 @@ class ResultsFile(TypedDict, total=False):
     data: dict[str, Any]  # data fingerprint, manifest fingerprint, split, n_items, limit, sample seed, item ids digest
     metrics: dict[str, MetricInfo]
     results: dict[str, dict[str, MetricValue]]  # system -> metric -> value with 95% bootstrap CI
+    budget: dict[str, Any]  # budget.auto_max_new_tokens() or given_budget(): max_new_tokens and how it was set
+    loss_definition: dict[str, Any]  # what this run's loss is (form, EOS, truncation, quantization, dtype, split)
     timings: dict[str, float]  # seconds per stage
-    analysis: dict[str, Any]  # analysis.analyze(): confusion matrices, paired statistics, length histograms
+    analysis: dict[str, Any]  # analysis.analyze(): comparisons, thresholds, degeneration, leakage, confusion, lengths
+    verdict: dict[str, Any]  # analysis.verdict.build_verdict(): per adapter, improves/regresses/warnings/conditions

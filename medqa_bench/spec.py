@@ -33,9 +33,9 @@ from .errors import SpecError
 from .inference import DecodingParams
 from .models import DEFAULT_MODEL
 
-#: Items evaluated by default on a CPU, so a first run ends in minutes; ``limit: 0`` evaluates the full split.
+#: Items evaluated by default on a CPU, so a first run ends in minutes; ``limit: 0`` evaluates the full split. A CPU
+#: evaluates fewer items rather than cutting answers short: the budget is the same as on a GPU.
 CPU_DEFAULT_LIMIT = 10
-CPU_DEFAULT_MAX_NEW_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,10 @@ class RunSpec:
     split: str = "test"
     limit: int | None = None
     sample_seed: int = 0
-    prompt_format: str = "reference"
-    decoding: DecodingParams | None = None  # None: "auto" (256 new tokens on GPU, 128 on CPU)
+    prompt_format: str | None = None  # None: every system in its own format; else this format for every LM system
+    baseline_formats: tuple[str, ...] | None = None  # None: the chat template when the model has one, else reference
+    reference_rows: tuple[str, ...] | None = None  # None: retrieval, boilerplate, question; (): none
+    decoding: DecodingParams | None = None  # None: defaults with the automatic budget (see medqa_bench.budget)
     batch_size: int | str = "auto"
     device: str = "auto"
     dtype: str = "auto"
@@ -74,8 +76,37 @@ class RunSpec:
     seed: int = 0
 
     def __post_init__(self):
-        if self.prompt_format not in PROMPT_FORMATS:
+        # Plain values as from_dict would get them (a dict for decoding, data or analysis, a dict of adapters), so the
+        # Python API takes what a spec file takes.
+        if isinstance(self.adapters, dict):
+            object.__setattr__(self, "adapters", tuple(self.adapters.items()))
+        for key, kind in (("decoding", DecodingParams), ("analysis", AnalysisSpec)):
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                try:
+                    object.__setattr__(self, key, kind(**value))
+                except (TypeError, ValueError) as exc:
+                    raise SpecError(f"invalid {key} section: {exc}") from None
+        if isinstance(self.data, dict):
+            try:
+                object.__setattr__(self, "data", DataSpec.from_dict(self.data))
+            except TypeError as exc:
+                raise SpecError(f"invalid data section: {exc}") from None
+        if self.prompt_format is not None and self.prompt_format not in PROMPT_FORMATS:
             raise SpecError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, not '{self.prompt_format}'")
+        for fmt in self.baseline_formats or ():
+            if fmt not in PROMPT_FORMATS:
+                raise SpecError(f"baseline_formats: '{fmt}' is not a prompt format; choose from {', '.join(PROMPT_FORMATS)}")
+        if self.reference_rows:
+            from .reference_rows import REFERENCE_ROWS
+
+            for row in self.reference_rows:
+                if row not in REFERENCE_ROWS:
+                    near = difflib.get_close_matches(row, REFERENCE_ROWS, n=1)
+                    raise SpecError(f"reference_rows: unknown row '{row}'" + (f"; did you mean '{near[0]}'?" if near else "")
+                                    + f"; rows are: {', '.join(REFERENCE_ROWS)} (or none)")
+        if self.decoding is not None and self.decoding.max_new_tokens is not None and self.decoding.max_new_tokens < 1:
+            raise SpecError(f"max_new_tokens must be a positive number of tokens, not {self.decoding.max_new_tokens}")
         if self.quantization not in ("none", "4bit"):
             raise SpecError(f"quantization must be '4bit' or 'none', not '{self.quantization}'")
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0)):
@@ -97,6 +128,8 @@ class RunSpec:
         d["data"] = self.data.to_dict()
         d["decoding"] = self.decoding.to_dict() if self.decoding else None
         d["metrics"] = list(self.metrics) if self.metrics is not None else None
+        for key in ("baseline_formats", "reference_rows"):
+            d[key] = list(d[key]) if d[key] is not None else None
         d["plugins"] = list(self.plugins)
         d["analysis"] = dataclasses.asdict(self.analysis)
         return d
@@ -121,13 +154,15 @@ class RunSpec:
         if isinstance(d.get("decoding"), dict):
             try:
                 d["decoding"] = DecodingParams(**d["decoding"])
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:
                 raise SpecError(f"invalid decoding section: {exc}") from None
         if isinstance(d.get("analysis"), dict):
             d["analysis"] = AnalysisSpec(**d["analysis"])
-        for key in ("metrics", "plugins"):
+        for key in ("metrics", "plugins", "baseline_formats", "reference_rows"):
             if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])
+            elif isinstance(d.get(key), str):  # "chat,reference" as on the command line
+                d[key] = tuple(x.strip() for x in d[key].split(",") if x.strip() and x.strip() != "none")
         return cls(**d)
 
     @classmethod
@@ -180,7 +215,7 @@ class RunSpec:
         if self.limit is None:
             changes["limit"] = CPU_DEFAULT_LIMIT if cpu else 0
         if self.decoding is None:
-            changes["decoding"] = DecodingParams(max_new_tokens=CPU_DEFAULT_MAX_NEW_TOKENS if cpu else 256)
+            changes["decoding"] = DecodingParams()  # max_new_tokens None: the runner sets the automatic budget
         return self.replace(**changes) if changes else self
 
     def to_json(self) -> str:

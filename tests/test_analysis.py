@@ -153,21 +153,34 @@ def test_analyze_skips_qtype_view_for_one_qtype_and_is_deterministic():
     assert a == analyze(_results(), samples, n_bootstrap=300, seed=3)
 
 
+def _th(a: dict) -> dict:
+    return {k: a["thresholds"][k] for k in ("t", "t_low", "t_high", "source")}
+
+
 def test_threshold_defaults_spec_and_validation():
-    a = analyze(_results(), _table(), n_bootstrap=200)
-    assert a["thresholds"] == {"t": 0.7, "t_low": 0.55, "t_high": 0.8, "source": "default"}
+    a = analyze(_results(), _table(), n_bootstrap=200)  # no null scores: the fallback defaults, and why
+    assert _th(a) == {"t": 0.7, "t_low": 0.55, "t_high": 0.8, "source": "default"}
+    assert "null pair" in a["thresholds"]["reason"]
     r = _results()
     r["spec"] = {"analysis": {"similarity_metric": None, "thresholds": {SIM: {"t": 0.6}}, "seed": 0}}
-    assert analyze(r, _table(), n_bootstrap=200)["thresholds"] == {
-        "t": 0.6,
-        "t_low": 0.55,
-        "t_high": 0.8,
-        "source": "spec",
-    }
+    assert _th(analyze(r, _table(), n_bootstrap=200)) == {"t": 0.6, "t_low": 0.55, "t_high": 0.8, "source": "spec"}
     r["spec"]["analysis"]["thresholds"] = {"t_high": 0.9}  # flat: the chosen metric's
     assert analyze(r, _table(), n_bootstrap=200)["thresholds"]["t_high"] == 0.9
     with pytest.raises(SpecError, match="t_low <= t_high"):
         analyze(_results(), _table(), thresholds={"t_low": 0.9, "t_high": 0.5})
+
+
+def test_thresholds_are_calibrated_on_unrelated_reference_pairs():
+    # 20 items whose references score 0.00, 0.05, ..., 0.95 against their distractors' references
+    samples = [dict(_sample(i, "a", 0.5, 0.6), null_scores={SIM: i / 20}) for i in range(20)]
+    a = analyze(_results(), samples, n_bootstrap=200)
+    null = np.arange(20) / 20
+    assert a["thresholds"]["source"] == "calibrated" and a["thresholds"]["n_pairs"] == 20
+    assert a["thresholds"]["t"] == pytest.approx(np.percentile(null, 95))
+    assert a["thresholds"]["t_low"] == pytest.approx(np.percentile(null, 90))
+    assert a["match_thresholds"][SIM]["t_high"] == pytest.approx(np.percentile(null, 99))
+    # the match threshold of McNemar's test is the calibrated one
+    assert a["paired"]["ft"]["metrics"][SIM]["mcnemar"]["t"] == pytest.approx(np.percentile(null, 95))
 
 
 def test_metric_choice_fallback_and_errors():
@@ -181,6 +194,7 @@ def test_metric_choice_fallback_and_errors():
     samples = [{"id": "x", "qtype": "a", "systems": {"baseline": {"scores": scores}}}]
     a = analyze({"systems": {"baseline": {"kind": "baseline"}}, "metrics": metrics}, samples, n_bootstrap=100)
     assert a["similarity_metric"] == "rougeL" and a["thresholds"]["t"] == 0.3  # graded similarity before exact_match
+    assert a["thresholds"]["source"] == "default"  # one item: too few null pairs to calibrate
     with pytest.raises(MetricError, match="usable metrics are: exact_match, rougeL"):
         analyze({"metrics": metrics}, samples, similarity_metric="advises_doctor")
     none = analyze({"metrics": {"bleu": metrics["bleu"]}}, samples, n_bootstrap=100)
@@ -346,3 +360,18 @@ def test_read_training_log_trainer_state(tmp_path):
 
 def test_read_training_log_none_when_absent(tmp_path):
     assert read_training_log(tmp_path) is None
+
+
+def test_permutation_p_is_exact_on_few_items_and_valid_under_the_null():
+    # 3 items, all better: of the 2^3 sign flips, two (all +, all -) are as extreme as observed
+    r = stats.paired_bootstrap([0.9, 0.8, 0.7], [0.1, 0.2, 0.3], n_bootstrap=500)
+    assert r["p_permutation"] == 0.25 and r["p_bootstrap"] < 0.01  # the bootstrap's p is not to be trusted here
+    # 5 differences of 1 and 5 of 0: 2 * P(all five positive) = 2/32
+    assert stats.paired_bootstrap([1] * 5 + [0] * 5, [0] * 10)["p_permutation"] == pytest.approx(2 / 32)
+    corpus = stats.paired_bootstrap_corpus([10, 12, 9], [5, 6, 5], [20, 20, 20], [5, 6, 5], exponentiate=False)
+    assert corpus["p_permutation"] == 0.25
+    # under the null the test rejects about 5% of the time (60 items: random flips)
+    rng = np.random.default_rng(7)
+    rejected = sum(stats.paired_bootstrap(rng.normal(size=60), rng.normal(size=60), n_bootstrap=400,
+                                          seed=k)["p_permutation"] < 0.05 for k in range(200))
+    assert 2 <= rejected <= 20

@@ -166,13 +166,52 @@ def js_errors(events: list[dict]) -> list[str]:
     return out
 
 
+VERDICT_STATE = """JSON.stringify((function () {
+    var v = document.getElementById('verdict');
+    var box = v.getBoundingClientRect();
+    var firstWarning = v.querySelector('li.warning');
+    var article = v.querySelector('article.verdict-adapter');
+    function texts(selector) {
+        return Array.from(v.querySelectorAll(selector)).map(function (l) { return l.innerText; });
+    }
+    function rows(outcome) {
+        return Array.from(v.querySelectorAll('tr.verdict-row[data-outcome=' + outcome + ']')).map(function (r) {
+            return {metric: r.getAttribute('data-metric'), text: r.innerText}; });
+    }
+    return {
+        first_section: document.querySelector('main section').id,
+        top: box.top + window.scrollY,
+        summary_top: document.getElementById('summary').getBoundingClientRect().top + window.scrollY,
+        visible: box.height > 100 && getComputedStyle(v).display !== 'none'
+            && getComputedStyle(v).visibility !== 'hidden',
+        adapter: article ? article.getAttribute('data-adapter') : null,
+        headline: article ? article.querySelector('.verdict-headline').innerText : '',
+        improves: rows('improves'),
+        regresses: rows('regresses'),
+        no_difference: rows('no_difference'),
+        adapter_warnings: texts('ul.verdict-warnings li'),
+        conditions: texts('ul.verdict-conditions li'),
+        run_warnings: Array.from(v.querySelectorAll('ul.run-warnings li')).map(function (l) {
+            return {code: l.getAttribute('data-code'), text: l.innerText}; }),
+        references: Array.from(v.querySelectorAll('table.verdict-references tr[data-reference]')).map(function (r) {
+            return r.innerText; }),
+        clean: (v.querySelector('.verdict-clean') || {}).innerText,
+        warning_background: firstWarning ? getComputedStyle(firstWarning).backgroundColor : null,
+        text: v.innerText
+    };
+})())"""
+
+
 @pytest.fixture(scope="module")
 def loaded_report(tmp_path_factory):
     binary = chromium_binary()
     tmp = tmp_path_factory.mktemp("browser")
-    # Planted in predictions, question, reference, focus, and a qtype (which plotly draws as axis labels).
+    # Planted in predictions, question, reference, focus, and a qtype (which plotly draws as axis labels); also in a
+    # reference row's description and training item, the adapter's format source (so in the verdict's sentences)
+    # and a flagged item's training id.
     qtype = 'treatment <img src=x onerror="window.__xss = 5">'
-    report = render_report([make_run(tmp / "run", payload=XSS, qtypes=("symptoms", qtype))])
+    report = render_report([make_run(tmp / "run", payload=XSS, qtypes=("symptoms", qtype),
+                                     baseline_formats=("chat", "reference"))])
     browser = DevTools(binary, tmp / "profile", tmp / "chromium.log")
     try:
         target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -202,12 +241,17 @@ def loaded_report(tmp_path_factory):
             xss: typeof window.__xss,
             items: document.querySelectorAll('#ex-list .item').length,
             explorer_text: document.getElementById('ex-list').innerText,
-            planted_elements: document.querySelectorAll('img, #ex-list script, #ex-list svg').length,
+            planted_elements: document.querySelectorAll(
+                'img, #ex-list script, #ex-list svg, #verdict svg, #verdict script, #leakage table svg').length,
             scripts: document.querySelectorAll('script').length,
+            leakage_text: document.getElementById('leakage').innerText,
             heatmap_labels: Array.from(document.querySelectorAll('#fig-qtype .ytick text'))
+                .map(function (t) { return t.textContent; }),
+            legend: Array.from(document.querySelectorAll('#fig-metric-bars .legendtext'))
                 .map(function (t) { return t.textContent; })})""",
         )
-        # The explorer's search control filters the list.
+        verdict = browser.evaluate(session, VERDICT_STATE)
+        # The explorer's search control filters the list, and so does the near-duplicate switch.
         searched = browser.evaluate(
             session,
             """(function () {
@@ -218,6 +262,15 @@ def loaded_report(tmp_path_factory):
             session,
             "(function () { var s = document.getElementById('ex-search'); s.value = '';"
             " s.dispatchEvent(new Event('input')); })()",
+        )
+        near = browser.evaluate(
+            session,
+            """(function () {
+            var c = document.getElementById('ex-neardup'); c.checked = true; c.dispatchEvent(new Event('change'));
+            var r = {items: document.querySelectorAll('#ex-list .item').length,
+                     badges: document.querySelectorAll('#ex-list .badge.neardup').length,
+                     text: document.getElementById('ex-list').innerText};
+            c.checked = false; c.dispatchEvent(new Event('change')); return JSON.stringify(r); })()""",
         )
         size = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
         shot = browser.send(
@@ -232,7 +285,11 @@ def loaded_report(tmp_path_factory):
         )
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "report.png").write_bytes(base64.b64decode(shot["data"]))
-        yield {**json.loads(state), "searched": searched, "errors": js_errors(browser.events)}
+        # The top of the page as it opens: the verdict must be on it.
+        top = browser.send("Page.captureScreenshot", {"format": "png"}, session, timeout=60)
+        (ARTIFACTS / "report-top.png").write_bytes(base64.b64decode(top["data"]))
+        yield {**json.loads(state), "verdict": json.loads(verdict), "searched": searched, "near": json.loads(near),
+               "errors": js_errors(browser.events)}
     finally:
         browser.close()
 
@@ -242,10 +299,51 @@ def test_no_javascript_errors(loaded_report):
 
 
 def test_every_chart_is_drawn(loaded_report):
-    assert loaded_report["expected"] >= 12  # metrics, 6 confusion views, 4 length views, 2 training curves
+    # metrics, leakage histogram, 6 confusion views, 4 length views, 2 training curves
+    assert loaded_report["expected"] == 14
     assert loaded_report["placeholders"] == loaded_report["expected"]
     assert loaded_report["rendered"] == loaded_report["expected"]
     assert loaded_report["svgs"] >= loaded_report["expected"]
+
+
+def test_reference_rows_are_a_distinct_legend_entry(loaded_report):
+    legend = loaded_report["legend"]
+    assert {"retrieval (reference)", "boilerplate (reference)", "question (reference)"} <= set(legend)
+    assert {"baseline-chat", "baseline-reference", "qlora-medquad"} <= set(legend)
+
+
+def test_verdict_opens_the_page(loaded_report):
+    v = loaded_report["verdict"]
+    assert v["first_section"] == "verdict" and v["visible"]
+    assert v["top"] < 900  # in the first screen, above the summary table
+    assert v["top"] < v["summary_top"]
+    assert v["adapter"] == "qlora-medquad"
+    assert v["headline"].startswith("qlora-medquad improves on ")
+
+
+def test_verdict_lists_improvements_regressions_and_warnings_as_text(loaded_report):
+    v = loaded_report["verdict"]
+    assert v["improves"], "the fixture's adapter improves on some metric"
+    for row in v["improves"]:
+        assert "improves" in row["text"] and ("baseline-chat" in row["text"] or "baseline-reference" in row["text"])
+    assert [r["metric"] for r in v["regresses"]] == ["rougeL"]
+    assert "regresses" in v["regresses"][0]["text"] and "baseline-chat" in v["regresses"][0]["text"]
+    assert "regresses on rougeL" in v["headline"]
+    assert "does not beat the reference rows retrieval (rougeL)" in v["headline"]
+    assert {r["metric"] for r in v["improves"] + v["regresses"] + v["no_difference"]} == {
+        "embedding_similarity", "fuzzy", "rougeL", "perplexity"}
+    assert any("perplexity" == r["metric"] and "baseline-reference" in r["text"]
+               for r in v["improves"] + v["regresses"] + v["no_difference"])
+    assert len(v["references"]) == 3
+    assert any(r.startswith("retrieval") and "✗ worse than it" in r for r in v["references"])
+    assert any(r.startswith("boilerplate") and "✗ not significantly better" in r for r in v["references"])
+    assert v["adapter_warnings"] and all(w.strip() for w in v["adapter_warnings"])
+    assert any("prompt format" in c for c in v["conditions"]) and any("quantization" in c for c in v["conditions"])
+    codes = {w["code"] for w in v["run_warnings"]}
+    assert {"budget", "leakage", "thresholds", "boilerplate_row"} <= codes
+    assert any("references are longer than the 64-token budget" in w["text"] for w in v["run_warnings"])
+    assert "verdict holds on the 28 items without near-duplicates" in v["clean"]
+    assert v["warning_background"] not in (None, "rgba(0, 0, 0, 0)", "transparent")  # styled as a warning
 
 
 def test_planted_scripts_do_not_run_and_show_as_text(loaded_report):
@@ -254,15 +352,23 @@ def test_planted_scripts_do_not_run_and_show_as_text(loaded_report):
     assert loaded_report["planted_elements"] == 0
     assert "<script>window.__xss = 1;" in loaded_report["explorer_text"]
     assert "<img src=x onerror=" in loaded_report["explorer_text"]
+    assert "<script>window.__xss = 1;" in loaded_report["verdict"]["text"]  # the adapter's format source
+    assert "t0002 <script>window.__xss = 1;" in loaded_report["leakage_text"]  # a flagged item's training id
     assert loaded_report["scripts"] == loaded_report["expected"] + 3  # plotly, figure data, items, page code
     assert 'treatment <img src=x onerror="window.__xss = 5">' in loaded_report["heatmap_labels"]
 
 
-def test_item_explorer_lists_and_searches(loaded_report):
+def test_item_explorer_lists_searches_and_shows_sources(loaded_report):
     assert loaded_report["items"] == 25  # first page
     assert loaded_report["searched"] == 1
+    near = loaded_report["near"]
+    assert near["items"] == 2 and near["badges"] == 2
+    assert "answer of training item" in near["text"] and "the question itself" in near["text"]
+    assert "chat format" in near["text"] and "nearest training item: reference" in near["text"]
+    assert "hit max_new_tokens" in near["text"] or "stopped: " in near["text"]  # each model row's stop reason
 
 
 def test_screenshot_saved(loaded_report):
     png = (ARTIFACTS / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
+    assert (ARTIFACTS / "report-top.png").read_bytes()[:4] == b"\x89PNG"

@@ -47,8 +47,13 @@ def test_run_folder_contents(small_run):
     results = json.loads((run / "results.json").read_text())
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert (run / "report.html").exists()
-    assert results["schema_version"] == "1.0"
-    assert set(results["systems"]) == {"baseline", "ft"}
+    assert results["schema_version"] == "2.0"
+    assert list(results["systems"]) == ["baseline", "ft", "retrieval", "boilerplate", "question"]
+    assert [results["systems"][s]["kind"] for s in results["systems"]] == ["baseline", "adapter"] + ["reference"] * 3
+    # the instruct baseline is asked in its own chat template; an adapter without training metadata in the same
+    assert results["systems"]["baseline"]["prompt_format"] == "chat" == results["systems"]["ft"]["prompt_format"]
+    assert results["budget"]["source"] == "given" and results["budget"]["max_new_tokens"] == 8
+    assert results["verdict"]["adapters"]["ft"]["lines"]
     assert results["model"]["fingerprint"].startswith("gguf-sha256:")
     assert results["systems"]["ft"]["adapter"]["fingerprint"].startswith("sha256:")
     assert results["data"]["manifest_fingerprint"].startswith("sha256:") and results["data"]["n_items"] == 3
@@ -60,16 +65,48 @@ def test_run_folder_contents(small_run):
             assert v["ci_low"] <= v["value"] <= v["ci_high"], (s, m, v)
     assert len(samples) == 3
     for rec in samples:
+        assert set(rec["prompts"]) == {"chat"} and rec["prompts"]["chat"].startswith("<|im_start|>")
+        assert set(rec["train_overlap"]) == {"reference", "question", "near_duplicate"}
         for s in ("baseline", "ft"):
             r = rec["systems"][s]
-            assert {"prediction", "truncated", "generated_tokens", "nll_sum", "nll_tokens"} <= set(r)
+            assert {"prediction", "truncated", "stop_reason", "generated_tokens", "nll_sum", "nll_tokens"} <= set(r)
             assert set(METRICS.split(",")) <= set(r["scores"])
+        for s in ("retrieval", "boilerplate", "question"):  # no language model: no NLL metrics, no stop reason
+            r = rec["systems"][s]
+            assert r["stop_reason"] is None and "nll_sum" not in r and "loss" not in r["scores"]
+        assert rec["systems"]["question"]["prediction"] == rec["question"]
+        assert rec["systems"]["retrieval"]["source"]["train_id"] != rec["id"]
     # corpus perplexity is exp(sum NLL / sum tokens)
     import math
 
     base = [r["systems"]["baseline"] for r in samples]
     expected = math.exp(sum(r["nll_sum"] for r in base) / sum(r["nll_tokens"] for r in base))
     assert results["results"]["baseline"]["perplexity"]["value"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_adapter_is_asked_in_its_recorded_format(tmp_path, lora_adapter):
+    """An adapter whose training metadata records the reference template is evaluated in it, beside the chat
+    baseline; the adapter check then scores the base alone in the reference template too."""
+    import shutil
+
+    adapter = tmp_path / "ft-ref"
+    shutil.copytree(lora_adapter, adapter)
+    (adapter / "medqa_bench.json").write_text(json.dumps({"resolved": {"prompt_format": "reference"}}))
+    out = tmp_path / "run"
+    cli(*base_args(out, tmp_path / "cache.sqlite", adapter, limit=2, tokens=6, metrics="loss,rougeL", report=False),
+        "--reference-rows", "question", check=True)
+    results = json.loads((out / "results.json").read_text())
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    ft, base = results["systems"]["ft"], results["systems"]["baseline"]
+    assert (ft["prompt_format"], ft["format_source"]) == ("reference", "training metadata")
+    assert (base["prompt_format"], base["format_source"]) == ("chat", "the model's chat template")
+    assert ft["stop_sequences"] == ["### Question", "### Answer"] and base["stop_sequences"] == []
+    assert set(results["systems"]) == {"baseline", "ft", "question"}
+    assert samples[0]["prompts"]["reference"].startswith("### Question Type:")
+    # NLL: baseline (chat) + ft (reference) + the base alone in the reference template; generations: two systems
+    assert results["cache"]["misses"] == 3 * 2 + 2 * 2
+    conditions = {c["code"] for c in results["verdict"]["adapters"]["ft"]["conditions"]}
+    assert "prompt_format" in conditions and "stop_sequences" in conditions
 
 
 def test_second_run_is_all_cache_hits(small_run, lora_adapter):
@@ -129,7 +166,7 @@ def test_resume_after_kill_9(tmp_path, lora_adapter, small_run):
 
     def per_item(run_dir):
         rows = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
-        return [(r["id"], {s: ({f: v[f] for f in fields}, {m: v["scores"][m] for m in metrics})
+        return [(r["id"], {s: ({f: v.get(f) for f in fields}, {m: v["scores"].get(m) for m in metrics})
                            for s, v in r["systems"].items()}) for r in rows]
 
     assert per_item(tmp_path / "killed") == per_item(small_run / "run")
@@ -150,7 +187,7 @@ def test_score_rescores_without_the_language_model(small_run, monkeypatch):
     res = api.score(run, metrics=["rouge1", "fuzzy_token_set"], progress=False)
     assert set(res.results["results"]["baseline"]) == {"rouge1", "fuzzy_token_set"}
     assert "rouge1" in res.samples[0]["systems"]["ft"]["scores"]
-    assert res.table().shape[0] == 4 and len(res.items()) == 6
+    assert res.table().shape[0] == 5 * 2 and len(res.items()) == 3 * 5  # 5 systems (3 reference rows), 3 items
 
 
 @pytest.mark.parametrize(

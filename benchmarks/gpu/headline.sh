@@ -1,24 +1,23 @@
 #!/usr/bin/env bash
-# Train the shipped adapter on the GPU and evaluate baseline vs adapter on the full symptoms test split.
-# Runs on the GPU machine after ../shared/device/README.md's three staging calls (model in $STAGE, wheels installed).
-# Generation and NLL happen here; metrics, analysis and the report are computed on the CPU machine afterwards:
-#   medqa-bench score reports/headline/<run> && medqa-bench report reports/headline/<run>
-# Environment: ADAPTER (evaluate this folder, no training), RECIPE (smollm2-135m-symptoms), NAME (adapter name), SETS (extra --set options), STAGE (/tmp/stage).
+# The headline evaluation: the shipped adapter against the baseline in both prompt formats and the reference rows,
+# on the full symptoms test split, with the default budget (the 95th percentile of the references' lengths).
+# Runs on the GPU machine after ../shared/device/README.md's three staging calls (model in $STAGE, wheels installed,
+# bm25s among them: EXTRA_WHEELS=bm25s ../shared/device/stage.sh). Generation and NLL happen here; metrics, analysis,
+# verdict and the report are computed on the CPU machine afterwards, where the embedding model is:
+#   medqa-bench score reports/headline --metrics default
+# Environment: ADAPTER (evaluate this folder; default: the shipped adapter), NAME (its name), STAGE (/tmp/stage),
+# RUN_OUT (where the run folder goes), EXTRA (more `run` options).
 set -euo pipefail
 STAGE=${STAGE:-/tmp/stage}
-RECIPE=${RECIPE:-smollm2-135m-symptoms}
 NAME=${NAME:-smollm2-135m-symptoms-qlora}
+RUN_OUT=${RUN_OUT:-$STAGE/runs/headline}
 export MEDQA_BENCH_MODEL_DIR=$STAGE MEDQA_BENCH_CACHE=$STAGE/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 start=$(date +%s)
-ADAPTER=${ADAPTER:-}   # set to an existing adapter folder to evaluate it without training
-if [ -z "$ADAPTER" ]; then
-  ADAPTER=$STAGE/adapters/$NAME
-  # shellcheck disable=SC2086
-  python3 -m medqa_bench.cli train "$RECIPE" ${SETS:-} --out "$ADAPTER" --overwrite
-  echo "TRAIN_SECONDS $(( $(date +%s) - start ))"
-fi
-python3 -m medqa_bench.cli -q run --name "$NAME-test" --adapter "$NAME=$ADAPTER" --limit 0 \
-  --max-new-tokens 512 --dtype float32 --metrics loss,perplexity --no-report --out "$STAGE/runs/$NAME"
+adapter_args=()
+if [ -n "${ADAPTER:-}" ]; then adapter_args=(--adapter "$NAME=$ADAPTER"); fi
+# shellcheck disable=SC2086
+python3 -m medqa_bench.cli -q run --name headline "${adapter_args[@]}" --limit 0 --baseline-formats chat,reference \
+  --dtype float32 --metrics loss,perplexity --no-report --out "$RUN_OUT" ${EXTRA:-}
 echo "TOTAL_SECONDS $(( $(date +%s) - start ))"
 echo HEADLINE_DONE

@@ -1,12 +1,20 @@
-"""From scored items to the analysis the report draws: confusion matrices, paired tests, lengths.
+"""From scored items to the analysis the report draws: comparisons, verdict inputs, confusion matrices, lengths.
 
 :func:`analyze` reads a ``results.json`` dict and the ``samples.jsonl`` records (see :mod:`medqa_bench.schema`) and
-returns plain JSON, stored by the runner as ``results["analysis"]``. Every adapter is compared with its baseline
-on the items both scored; ``results["systems"][adapter]["compared_with"]`` names that baseline when a combined
-report holds several (otherwise the one system of kind ``baseline``).
+returns plain JSON, stored by the runner as ``results["analysis"]``:
 
-Thresholds (``t`` for a match, ``t_low``/``t_high`` for partial/correct) come, first found first, from the
-``thresholds`` argument, ``results["spec"]["analysis"]["thresholds"]``, or :data:`DEFAULT_THRESHOLDS`.
+- ``comparisons[a][b]``: paired statistics of system ``a`` against ``b`` on the items both scored, for each adapter
+  against every baseline row of its run and every language-model row against every reference row
+  (:mod:`medqa_bench.analysis.compare`);
+- ``strongest_baseline[adapter][metric]`` and ``paired[adapter]``: each adapter judged against the best baseline
+  row per metric, Holm-adjusted over those metrics;
+- ``match_thresholds``: each bounded metric's soft-match thresholds, calibrated on unrelated reference pairs
+  (:mod:`medqa_bench.analysis.thresholds`) unless the spec or the caller sets them;
+- ``degeneration`` (stop, truncation, empty, repetition, length; :mod:`medqa_bench.analysis.degeneration`) and
+  ``leakage`` (near-duplicates of training items and the clean subset; :mod:`medqa_bench.analysis.leakage`);
+- ``confusion``, ``language_modeling`` and ``lengths`` as before.
+
+:data:`DEFAULT_THRESHOLDS` are only the fallback when calibration is impossible (too few or two-valued null scores).
 """
 
 from __future__ import annotations
@@ -19,11 +27,11 @@ import numpy as np
 from ..errors import MetricError, SpecError
 from . import confusion, lengths, stats
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 3
 DEFAULT_SIMILARITY_METRIC = "embedding_similarity"
 
-# Starting points for English medical answers, set by reading predictions near each cut on MedQuAD; calibrate on
-# your own data. all-MiniLM-L6-v2 cosine sits near 0.3-0.5 for unrelated medical text of one topic, so a match
+# Fallbacks when the null distribution cannot calibrate a metric (medqa_bench.analysis.thresholds), set by reading
+# predictions near each cut on MedQuAD. all-MiniLM-L6-v2 cosine sits near 0.3-0.5 for unrelated medical text of one topic, so a match
 # needs well above that; ROUGE-L F of paraphrased correct answers is rarely above 0.5.
 DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "embedding_similarity": {"t": 0.70, "t_low": 0.55, "t_high": 0.80},
@@ -64,57 +72,112 @@ def analyze(
     """
     if n_bootstrap < 100:
         raise SpecError(f"n_bootstrap={n_bootstrap} is too few for a 95% interval; use at least 100 (default 2000)")
+    from . import compare
+    from .degeneration import degeneration_stats, degeneration_warnings
+    from .leakage import leakage
+    from .thresholds import resolve_thresholds
+
     spec = results.get("spec") or {}
     spec_analysis = spec.get("analysis") or {}  # spec.AnalysisSpec
     spec_thresholds = spec_analysis.get("thresholds") or spec.get("thresholds")
-    systems, baselines = system_roles(results, samples)
+    roles = run_roles(results, samples)
+    systems, baselines = roles["names"], {a: bases[0] for a, bases in roles["baselines"].items()}
     metrics = _metric_infos(results, samples)
     metric = _choose_metric(metrics, similarity_metric or spec_analysis.get("similarity_metric"))
-    th, th_source = (None, None) if metric is None else _thresholds(metric, thresholds, spec_thresholds, True)
-    match_t = {m: _thresholds(m, thresholds, spec_thresholds, m == metric)[0]["t"] for m in bounded_metrics(metrics)}
+    match: dict[str, dict] = {}
+    for m in bounded_metrics(metrics):
+        values, source = resolve_thresholds(m, samples, defaults=dict(DEFAULT_THRESHOLDS.get(m, GENERIC_THRESHOLDS)),
+                                            from_spec=spec_thresholds, given=thresholds, chosen_metric=m == metric)
+        match[m] = {**values, "source": source}
+    th = match.get(metric) if metric is not None else None
+    match_t = {m: v["t"] for m, v in match.items()}
 
     out: dict[str, Any] = {
         "version": ANALYSIS_VERSION,
         "similarity_metric": metric,
         "bounded_metrics": bounded_metrics(metrics),
-        "thresholds": None if th is None else {**th, "source": th_source},
+        "thresholds": th,
+        "match_thresholds": match,
         "systems": systems,
+        "kinds": roles["kinds"],
         "baselines": baselines,
+        "baseline_rows": roles["baselines"],
+        "reference_rows": sorted({r for rows in roles["references"].values() for r in rows}, key=systems.index),
         "seed": seed,
         "n_bootstrap": n_bootstrap,
         "n_items": len(samples),
     }
+    pairs = compare.comparison_pairs(roles)
+    out["comparisons"] = compare.to_nested(pairs, [
+        {"metrics": compare.compare(samples, a, b, metrics, match_t, seed=seed, n_bootstrap=n_bootstrap)}
+        for a, b in pairs])
+    strongest = out["strongest_baseline"] = compare.strongest_baselines(results, samples, roles, metrics)
+    # One baseline per adapter where a view needs one (confusion transitions, item explorer): the strongest row on
+    # the similarity metric, else the first row.
+    baselines = {a: strongest.get(a, {}).get(metric or "", b) for a, b in baselines.items()}
+    out["baselines"] = baselines
+    out["paired"] = compare.judged(out["comparisons"], strongest)
+    for adapter, block in out["paired"].items():
+        block["baseline"] = baselines[adapter]
+        for row in block["metrics"].values():
+            row["mark"] = stats.significance_mark(row["p_permutation"])
     grades = None
     if metric is not None:
         out["confusion"], grades = _confusion(samples, systems, baselines, metric, th)
     else:
         out["confusion"] = None
-    out["paired"] = _paired(samples, baselines, metrics, match_t, seed=seed, n_bootstrap=n_bootstrap)
-    out["language_modeling"] = _language_modeling(samples, systems, baselines, seed=seed, n_bootstrap=n_bootstrap)
+    loss_against = {a: strongest.get(a, {}).get("loss") or strongest.get(a, {}).get("perplexity") or b
+                    for a, b in baselines.items()}
+    out["language_modeling"] = _language_modeling(samples, systems, loss_against, seed=seed, n_bootstrap=n_bootstrap)
     out["lengths"] = lengths.length_histograms(samples, systems, grades)
-    out["lengths"]["max_new_tokens"] = (spec.get("decoding") or {}).get("max_new_tokens")
+    max_new_tokens = (spec.get("decoding") or {}).get("max_new_tokens")
+    out["lengths"]["max_new_tokens"] = max_new_tokens
+    degeneration = degeneration_stats(samples, systems)
+    out["degeneration"] = {
+        "stats": degeneration,
+        "warnings": degeneration_warnings(degeneration, max_new_tokens=max_new_tokens, skip=[
+            n for n in systems if roles["kinds"][n] == "reference"]),
+    }
+    out["leakage"] = leakage(samples, systems, metrics, out["paired"], match_t, seed=seed, n_bootstrap=n_bootstrap)
     return _json_safe(out)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def system_roles(results: dict, samples: list[dict]) -> tuple[list[str], dict[str, str]]:
-    """System names in run order, and ``{adapter: its baseline}``."""
+def run_roles(results: dict, samples: list[dict]) -> dict[str, Any]:
+    """Who is compared with whom. ``names``: systems in run order; ``kinds``: baseline / adapter / reference;
+    ``baselines``: ``{adapter: [baseline rows of its run]}``; ``references``: ``{system: [reference rows of its
+    run]}``. A combined report (several run folders) keeps comparisons within each run (``info["run"]``); an
+    adapter's ``compared_with`` (older combined reports) names its one baseline.
+    """
     info = results.get("systems") or {}
     names = list(info) or list(dict.fromkeys(n for s in samples for n in s.get("systems", {})))
-    base_names = [n for n in names if (info.get(n) or {}).get("kind") == "baseline"] or [
-        n for n in names if n == "baseline"
-    ]
-    baselines = {}
+    kinds = {}
     for n in names:
-        if n in base_names:
-            continue
-        b = (info.get(n) or {}).get("compared_with") or (base_names[0] if len(base_names) == 1 else None)
-        if b is None:
-            raise SpecError(f"system '{n}' has no baseline to compare with: baselines are {base_names or 'none'}")
-        baselines[n] = b
-    return names, baselines
+        kind = (info.get(n) or {}).get("kind")
+        kinds[n] = kind if kind in ("baseline", "adapter", "reference") else ("baseline" if n == "baseline" else "adapter")
+    run_of = {n: (info.get(n) or {}).get("run") for n in names}
+    baselines: dict[str, list[str]] = {}
+    references: dict[str, list[str]] = {}
+    for n in names:
+        same_run = [m for m in names if run_of[m] == run_of[n]]
+        if kinds[n] == "adapter":
+            given = (info.get(n) or {}).get("compared_with")
+            bases = [given] if given else [m for m in same_run if kinds[m] == "baseline"]
+            if not bases:
+                all_bases = [m for m in names if kinds[m] == "baseline"]
+                raise SpecError(f"system '{n}' has no baseline to compare with: baselines are {all_bases or 'none'}")
+            baselines[n] = bases
+        if kinds[n] != "reference":
+            references[n] = [m for m in same_run if kinds[m] == "reference"]
+    return {"names": names, "kinds": kinds, "baselines": baselines, "references": references}
+
+
+def system_roles(results: dict, samples: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """System names in run order, and ``{adapter: its first baseline row}``."""
+    roles = run_roles(results, samples)
+    return roles["names"], {a: bases[0] for a, bases in roles["baselines"].items()}
 
 
 def _metric_infos(results: dict, samples: list[dict]) -> dict[str, dict]:
@@ -155,32 +218,6 @@ def _choose_metric(metrics: dict[str, dict], requested: str | None) -> str | Non
     preferred = [DEFAULT_SIMILARITY_METRIC, *DEFAULT_THRESHOLDS]
     ranked = sorted(usable, key=lambda m: preferred.index(m) if m in preferred else len(preferred))
     return ranked[0] if ranked else None
-
-
-def _thresholds(metric: str, given: dict | None, from_spec: dict | None, chosen_metric: bool) -> tuple[dict, str]:
-    """Defaults, overridden by the spec, overridden by the argument. A flat ``{"t": ...}`` applies only to the
-    chosen similarity metric; ``{metric: {"t": ...}}`` to the metric it names."""
-    base = dict(DEFAULT_THRESHOLDS.get(metric, GENERIC_THRESHOLDS))
-    source = "default"
-    for candidate, label in ((from_spec, "spec"), (given, "argument")):
-        if not candidate:
-            continue
-        if isinstance(candidate.get(metric), dict):
-            chosen = candidate[metric]
-        elif chosen_metric:
-            chosen = candidate
-        else:
-            continue
-        picked = {k: float(chosen[k]) for k in ("t", "t_low", "t_high") if k in chosen}
-        if picked:
-            base.update(picked)
-            source = label
-    if not 0.0 <= base["t_low"] <= base["t_high"] <= 1.0 or not 0.0 <= base["t"] <= 1.0:
-        raise SpecError(
-            f"thresholds for '{metric}' must satisfy 0 <= t_low <= t_high <= 1 and 0 <= t <= 1; got "
-            f"t={base['t']}, t_low={base['t_low']}, t_high={base['t_high']}"
-        )
-    return base, source
 
 
 def _finite(x) -> float | None:
@@ -242,66 +279,6 @@ def _confusion(samples, systems, baselines, metric, th) -> tuple[dict, dict[str,
         "graded": {"labels": list(confusion.GRADES), "counts": counts, "transitions": moves},
         "qtype": by_qtype,
     }, grades
-
-
-def _per_item(samples, system, metric, info) -> dict[str, float]:
-    if info.get("kind") != "nll":
-        return {s["id"]: v for s in samples if (v := _score(s, system, metric)) is not None}
-    out = {}
-    for s in samples:
-        sys = s.get("systems", {}).get(system) or {}
-        nll, tok = _finite(sys.get("nll_sum")), _finite(sys.get("nll_tokens"))
-        if nll is not None and tok:
-            out[s["id"]] = math.exp(nll / tok) if _is_perplexity(metric) else nll / tok
-    return out
-
-
-def _is_perplexity(metric: str) -> bool:
-    return "perplex" in metric.lower() or metric.lower() == "ppl"
-
-
-def _paired(samples, baselines, metrics, match_t, *, seed, n_bootstrap) -> dict:
-    by_id = {s["id"]: s for s in samples}
-    out = {}
-    for adapter, base in baselines.items():
-        rows = {}
-        for m, info in metrics.items():
-            a_items, b_items = _per_item(samples, adapter, m, info), _per_item(samples, base, m, info)
-            ids = [i for i in a_items if i in b_items]
-            if not ids:
-                continue
-            a, b = np.array([a_items[i] for i in ids]), np.array([b_items[i] for i in ids])
-            if info.get("kind") == "nll":
-                cols = [
-                    [by_id[i]["systems"][sys][f] for i in ids]
-                    for sys in (adapter, base)
-                    for f in ("nll_sum", "nll_tokens")
-                ]
-                boot = stats.paired_bootstrap_corpus(
-                    *cols, exponentiate=_is_perplexity(m), n_bootstrap=n_bootstrap, seed=seed
-                )
-            else:
-                boot = stats.paired_bootstrap(a, b, n_bootstrap=n_bootstrap, seed=seed)
-            hib = info.get("higher_is_better")
-            th = match_t.get(m)
-            diff = boot["mean_diff"]
-            rows[m] = {
-                **boot,
-                "kind": info.get("kind"),
-                "higher_is_better": hib,
-                "form": "corpus" if info.get("kind") == "nll" else "mean",
-                "better": None if hib is None or diff is None or diff == 0 else (diff > 0) == bool(hib),
-                "wins": int(np.sum(a > b)) if hib is not False else int(np.sum(a < b)),
-                "losses": int(np.sum(a < b)) if hib is not False else int(np.sum(a > b)),
-                "ties": int(np.sum(a == b)),
-                "wilcoxon": stats.wilcoxon_signed_rank(a, b),
-                "mcnemar": {**stats.mcnemar_exact(a >= th, b >= th), "t": th} if th is not None else None,
-            }
-        for m, p in zip(rows, stats.holm([r["p_bootstrap"] for r in rows.values()])):
-            rows[m]["p_holm"] = p
-            rows[m]["mark"] = stats.significance_mark(rows[m]["p_bootstrap"])
-        out[adapter] = {"baseline": base, "metrics": rows}
-    return out
 
 
 def _language_modeling(samples, systems, baselines, *, seed, n_bootstrap) -> dict | None:

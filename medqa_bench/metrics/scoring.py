@@ -8,7 +8,10 @@ so shared work (tokenising, embedding a reference) happens once per run rather t
 - "nll" metrics read ``nll_sum``/``nll_tokens`` (of the first reference) from the system's record;
 - similarity metrics (``bounds == (0, 1)``) also score the prediction against a *distractor*: the first
   reference of another item, of a different focus, picked from the seed and the item id (same for every
-  system, stored as ``distractor_id``), in ``distractor_scores[name]``;
+  system, stored as ``distractor_id``), in ``distractor_scores[name]``; and the item's own first reference
+  against that same distractor reference, once per item, in the sample's ``null_scores[name]``: what unrelated
+  answers score, on which :mod:`medqa_bench.analysis.thresholds` calibrates the soft-match thresholds;
+- "nll" metrics skip systems without NLLs (reference rows: no language model produced them);
 - when the items span two or more qtypes, similarity metrics with a ``pairwise`` form (embedding_similarity,
   fuzzy, fuzzy_token_set, token_f1, rouge1, rouge2; not the LCS-based rougeL/rougeLsum, whose N×N cost is
   quadratic in Python) record ``nearest_qtype[name] = [qtype, score]``: the qtype of the most similar first
@@ -115,6 +118,7 @@ def _check_samples(samples: list[dict], metrics: list[Metric], systems: list[str
     if dupes:
         raise MetricError(f"metric names must be unique; given twice: {', '.join(dupes)}")
     needs_prediction = any(m.kind != "nll" for m in metrics)
+    # rows without a language model (reference rows) have no NLL: NLL metrics skip them (see _scored_systems)
     seen: set[str] = set()
     for s in samples:
         if "id" not in s:
@@ -174,7 +178,24 @@ def _score_metric(metric: Metric, samples: list[dict], systems: list[str], refs:
                     preds.append(sample["systems"][system].get("prediction") or "")
                     targets.append(refs[d][0])
                     ctxs.append({**_context(sample, system, None), "distractor_id": samples[d]["id"]})
+        # The null pairs: an item's first reference against its distractor's, what unrelated answers score
+        # (medqa_bench.analysis.thresholds calibrates the soft-match thresholds on them). One per item.
+        n_dist = len(preds)
+        for i, sample in enumerate(samples):
+            if distractors[i] is not None:
+                d = distractors[i]
+                preds.append(refs[i][0])
+                targets.append(refs[d][0])
+                ctxs.append({"id": sample["id"], "qtype": sample.get("qtype", ""), "focus": sample.get("focus", ""),
+                             "question": sample.get("question", ""), "system": None, "reference_index": 0,
+                             "distractor_id": samples[d]["id"]})
     out = metric.compute(predictions=preds, references=targets, items=ctxs)
+    if with_distractor:
+        k_null = n_dist
+        for i, sample in enumerate(samples):
+            if distractors[i] is not None:
+                sample.setdefault("null_scores", {})[metric.name] = float(out[k_null])
+                k_null += 1
 
     pick = np.argmax if metric.higher_is_better else np.argmin
     per_system: dict[str, tuple[Any, list[dict]]] = {}
@@ -229,6 +250,14 @@ def _nearest_qtype(metric: Metric, samples: list[dict], systems: list[str], refs
                 rec.setdefault("nearest_qtype", {})[metric.name] = [qtypes[j], float(sim[row, j])]
 
 
+def _scored_systems(metric: Metric, samples: list[dict], systems: list[str]) -> list[str]:
+    """The systems a metric scores: all of them, except that an NLL metric skips rows without NLLs (reference
+    rows, which no language model produced)."""
+    if metric.kind != "nll":
+        return list(systems)
+    return [s for s in systems if any((r["systems"].get(s) or {}).get("nll_sum") is not None for r in samples)]
+
+
 def score_samples(
     samples: list[dict],
     metrics: list[Metric],
@@ -273,10 +302,13 @@ def score_samples(
     for metric in bar:
         bar.set_postfix_str(metric.name)
         info[metric.name] = metric.describe()
-        per_system = _score_metric(metric, samples, systems, refs, distractors)
+        scored = _scored_systems(metric, samples, systems)
+        if not scored:
+            continue
+        per_system = _score_metric(metric, samples, scored, refs, distractors)
         if several_qtypes and metric.is_similarity and metric.pairwise is not None:
-            _nearest_qtype(metric, samples, systems, refs)
-        for system in systems:
+            _nearest_qtype(metric, samples, scored, refs)
+        for system in scored:
             scores, item_ctx = per_system[system]
             value, lo, hi = bootstrap_ci(metric, scores, item_ctx, index)
             results[system][metric.name] = {"value": value, "ci_low": lo, "ci_high": hi, "n": len(samples)}

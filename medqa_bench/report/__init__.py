@@ -21,15 +21,17 @@ _PLOTLY_MODES = ("inline", "cdn")
 def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str = "inline") -> Path:
     """Read ``results.json`` + ``samples.jsonl`` from each run folder and write ``report.html`` atomically.
 
-    The analysis stored in ``results["analysis"]`` is used when present (else :func:`medqa_bench.analysis.analyze`
-    computes it). Several folders are combined into one comparison when they cover the same items: systems
-    become ``<run>/<system>`` and each adapter is compared with its own run's baseline.
+    The analysis and verdict stored in ``results["analysis"]`` and ``results["verdict"]`` are used when present
+    (else :func:`medqa_bench.analysis.analyze` and :func:`medqa_bench.analysis.verdict.build_verdict` compute them).
+    Several folders are combined into one comparison when they cover the same items: systems become
+    ``<run>/<system>`` and each adapter is compared with its own run's baseline and reference rows.
 
     ``out`` defaults to ``<run>/report.html`` for one run and ``<first run>/combined-report.html`` for several;
     a folder means ``<out>/report.html``. ``plotly="inline"`` embeds plotly.js (fully offline, ~4.6 MB);
     ``"cdn"`` links it from cdn.plot.ly. Raises :class:`RunError` for missing, damaged or incompatible runs.
     """
     from ..analysis import ANALYSIS_VERSION, analyze
+    from ..analysis.verdict import build_verdict
     from .page import render_html
     from .runs import combine_runs, load_run, run_names
 
@@ -47,12 +49,14 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
     if len(loaded) == 1:
         results, samples = loaded[0]
         analysis = results.get("analysis")
+        verdict = results.get("verdict")
         if not analysis or analysis.get("version") != ANALYSIS_VERSION:
             analysis = analyze(results, samples, **_analysis_options(results))
+            verdict = None
             notes.append("The analysis was computed while rendering (results.json held none of this version).")
     else:
         results, samples = combine_runs(names, loaded)
-        analysis = analyze(results, samples, **_analysis_options(loaded[0][0]))
+        analysis, verdict = analyze(results, samples, **_analysis_options(loaded[0][0])), None
         if results.get("signature_conflicts"):
             notes.append(
                 "Metric signatures differ between runs for "
@@ -61,9 +65,11 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
             )
     if analysis.get("similarity_metric") is None:
         notes.append("No metric with bounds [0, 1] was scored, so the confusion matrices are omitted.")
+    if not verdict:  # reads the analysis only: no statistics of its own
+        verdict = build_verdict({**results, "analysis": analysis})
 
     html = render_html(
-        results, samples, analysis, list(zip(names, [r for r, _ in loaded])), plotly_mode=plotly, notes=notes
+        results, samples, analysis, verdict, list(zip(names, [r for r, _ in loaded])), plotly_mode=plotly, notes=notes
     )
     target = _target(run_dirs, out)
     atomic.write_text(target, html)
@@ -71,13 +77,22 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
 
 
 def _analysis_options(results: dict) -> dict:
-    """The options the runner used, as results.json records them: its analysis block, else the run spec's."""
+    """The options the runner used, as results.json records them: its analysis block, else the run spec's.
+
+    Only thresholds that were given when analysing (source "argument") are passed on: calibrated and default ones
+    are recomputed from the samples, and the spec's are read from the spec again, so each keeps its source.
+    """
     stored = results.get("analysis") or {}
     spec = (results.get("spec") or {}).get("analysis") or {}
     opts = {"similarity_metric": stored.get("similarity_metric") or spec.get("similarity_metric")}
-    th = stored.get("thresholds")
-    if th:
-        opts["thresholds"] = {k: th[k] for k in ("t", "t_low", "t_high") if k in th}
+    keys = ("t", "t_low", "t_high")
+    given = {m: {k: th[k] for k in keys if k in th}
+             for m, th in (stored.get("match_thresholds") or {}).items() if th.get("source") == "argument"}
+    th = stored.get("thresholds") or {}
+    if not given and th.get("source") == "argument" and stored.get("similarity_metric"):
+        given = {stored["similarity_metric"]: {k: th[k] for k in keys if k in th}}
+    if given:
+        opts["thresholds"] = given
     for key in ("seed", "n_bootstrap"):
         value = stored.get(key, spec.get(key))
         if value is not None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from .plotting import GRADE_COLORS, heatmaps, label, plotly_modules
 
+REFERENCE_SCALE = [[0.0, "#f7f7f7"], [1.0, "#9a9a9a"]]  # reference rows' panels: light greys, text stays legible
 
-def own_vs_other(conf, systems):
+
+def own_vs_other(conf, systems, styles):
     panels = []
     cells = (("TP", "FN"), ("FP", "TN"))
     for s in systems:
@@ -13,13 +15,14 @@ def own_vs_other(conf, systems):
         if not r or not r["n"]:
             continue
         f1 = "–" if r["f1"] is None else f"{r['f1']:.2f}"
-        title = f"{label(s)}<br><sub>t={r['t']:.2f} · F1={f1} · n={r['n']}</sub>"
+        title = f"{styles[s]['name']}<br><sub>t={r['t']:.2f} · F1={f1} · n={r['n']}</sub>"
         text = [[f"{cells[i][j]}<br>{r['matrix'][i][j]}" for j in range(2)] for i in range(2)]
-        panels.append((title, r["matrix"], ["≥ t", "< t"], ["own (s+)", "other (s−)"], text))
+        scale = REFERENCE_SCALE if styles[s]["reference"] else "Blues"
+        panels.append((title, r["matrix"], ["≥ t", "< t"], ["own (s+)", "other (s−)"], text, scale))
     return heatmaps(panels) if panels else None
 
 
-def roc(conf, systems, colors):
+def roc(conf, systems, styles):
     go, _ = plotly_modules()
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dash"), name="chance"))
@@ -32,8 +35,8 @@ def roc(conf, systems, colors):
                 x=r["roc"]["fpr"],
                 y=r["roc"]["tpr"],
                 mode="lines",
-                line=dict(color=colors[s], shape="hv"),
-                name=f"{label(s)} (AUC {r['auc']:.3f})",
+                line=dict(color=styles[s]["color"], shape="hv", dash=styles[s]["dash"]),
+                name=f"{styles[s]['name']} (AUC {r['auc']:.3f})" if r.get("auc") is not None else styles[s]["name"],
             )
         )
     fig.update_layout(
@@ -46,25 +49,30 @@ def roc(conf, systems, colors):
     return fig
 
 
-def sweep(conf, systems, colors, t):
+def sweep(conf, systems, styles, t):
     go, _ = plotly_modules()
     fig = go.Figure()
+    n_models = sum(not styles[s]["reference"] for s in systems)
     for s in systems:
         r = conf["own_vs_other"].get(s)
         if not r or not r.get("sweep"):
             continue
-        for key, dash in (("f1", "solid"), ("precision", "dash"), ("recall", "dot")):
+        st = styles[s]
+        # reference rows: F1 only, as a grey dash-dot bar to clear
+        lines = (("f1", "solid"), ("precision", "dash"), ("recall", "dot"))
+        for key, dash in lines[:1] if st["reference"] else lines:
             fig.add_trace(
                 go.Scatter(
                     x=r["sweep"]["t"],
                     y=r["sweep"][key],
                     mode="lines",
-                    line=dict(color=colors[s], dash=dash),
-                    name=f"{label(s)} {key}",
+                    line=dict(color=st["color"], dash="dashdot" if st["reference"] else dash,
+                              width=1.5 if st["reference"] else 2),
+                    name=f"{st['name']} {key}",
                     legendgroup=s,
                     connectgaps=False,
                     # With many systems, precision and recall start hidden (click the legend to show them).
-                    visible=True if key == "f1" or len(systems) <= 2 else "legendonly",
+                    visible=True if key == "f1" or n_models <= 2 else "legendonly",
                 )
             )
     fig.add_vline(x=t, line=dict(color="#444", dash="dot"), annotation_text=f"t = {t:.2f}")
@@ -72,18 +80,20 @@ def sweep(conf, systems, colors, t):
     return fig
 
 
-def graded(conf, systems):
+def graded(conf, systems, styles):
     go, _ = plotly_modules()
     fig = go.Figure()
     counts = conf["graded"]["counts"]
     for grade in conf["graded"]["labels"]:
         fig.add_trace(
             go.Bar(
-                y=[label(s) for s in systems],
+                y=[styles[s]["name"] for s in systems],
                 x=[counts.get(s, {}).get(grade, 0) for s in systems],
                 orientation="h",
                 name=grade,
                 marker_color=GRADE_COLORS[grade],
+                marker_opacity=[0.4 if styles[s]["reference"] else 1.0 for s in systems],
+                marker_pattern_shape=[styles[s]["pattern"] for s in systems],
                 text=[counts.get(s, {}).get(grade, 0) for s in systems],
                 textposition="inside",
             )
@@ -116,7 +126,7 @@ def transitions(conf):
     return heatmaps(panels, cols=2, colorscale="Purples", height_per=340) if panels else None
 
 
-def qtype(conf, systems):
+def qtype(conf, systems, styles):
     panels = []
     for s in systems:
         q = conf["qtype"].get(s)
@@ -125,11 +135,12 @@ def qtype(conf, systems):
         acc = "–" if q["accuracy"] is None else f"{q['accuracy']:.0%}"
         panels.append(
             (
-                f"{label(s)}<br><sub>same qtype {acc} of {q['n']}</sub>",
+                f"{styles[s]['name']}<br><sub>same qtype {acc} of {q['n']}</sub>",
                 q["matrix"],
                 [label(c) for c in q["columns"]],
                 [label(r) for r in q["rows"]],
                 [[str(v) for v in row] for row in q["matrix"]],
+                REFERENCE_SCALE if styles[s]["reference"] else "Greens",
             )
         )
     height = 120 + 45 * max(len(conf["qtype"][s]["rows"]) for s in conf["qtype"])

@@ -1,18 +1,23 @@
 """Plotly figures of the report, drawn from ``results`` and ``results["analysis"]`` only (no statistics here).
 
-Strings from the data pass through :func:`plotting.label` before plotly sees them.
+Strings from the data pass through :func:`plotting.label` before plotly sees them. Reference rows (no model) are
+drawn grey, hatched or dashed and named "(reference)" in legends; the length views leave them out, since they
+generated nothing.
 """
 
 from __future__ import annotations
 
 from . import confusion_figures as cf
-from .plotting import LAYOUT, grid, label, plotly_modules, system_colors
+from .plotting import LAYOUT, grid, label, plotly_modules, system_styles
 
 
 def build_figures(results: dict, analysis: dict) -> list[dict]:
     """``[{"id", "section", "title", "caption", "figure"}]`` with ``figure`` a plotly Figure, in page order."""
     systems = analysis["systems"]
-    colors = system_colors(systems)
+    kinds = analysis.get("kinds") or {}
+    styles = system_styles(systems, kinds)
+    colors = {s: st["color"] for s, st in styles.items()}
+    models = [s for s in systems if kinds.get(s) != "reference"]
     out: list[dict] = []
 
     def add(fig_id, section, title, caption, fig):
@@ -35,9 +40,19 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
         "metric-bars",
         "metrics",
         "Metrics with 95% bootstrap CIs",
-        "Bars: corpus value per system; whiskers: 95% CI.",
-        _metric_bars(results, systems, colors),
+        "Bars: corpus value per system; whiskers: 95% CI. Grey hatched bars: reference rows (no model).",
+        _metric_bars(results, systems, styles),
     )
+    leak = analysis.get("leakage")
+    if leak and leak.get("ran", True) and leak.get("histogram"):
+        add(
+            "leakage-histogram",
+            "leakage",
+            "Similarity of each evaluated item to its nearest training item",
+            "Items per bin of the highest reference similarity and question similarity to any training item; "
+            "the line marks the near-duplicate threshold.",
+            _leakage_hist(leak),
+        )
     conf = analysis.get("confusion")
     if conf:
         m = conf["metric"]  # page titles are escaped by the template, not here
@@ -46,28 +61,28 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
             "confusion",
             f"Own versus other reference ({m})",
             "Positives: similarity to the item's own reference; negatives: to another item's reference (distractor).",
-            cf.own_vs_other(conf, systems),
+            cf.own_vs_other(conf, systems, styles),
         )
         add(
             "roc",
             "confusion",
             f"ROC: own versus other reference ({m})",
             "Separating own-reference from distractor similarity over all thresholds; AUC in the legend.",
-            cf.roc(conf, systems, colors),
+            cf.roc(conf, systems, styles),
         )
         add(
             "threshold-sweep",
             "confusion",
             f"Threshold sweep ({m})",
             "Precision (dashed), recall (dotted) and F1 (solid) of own-vs-other matching; the line marks t.",
-            cf.sweep(conf, systems, colors, analysis["thresholds"]["t"]),
+            cf.sweep(conf, systems, styles, analysis["thresholds"]["t"]),
         )
         add(
             "graded",
             "confusion",
             f"Graded outcome ({m})",
-            "Correct: s+ ≥ t_high; partial: t_low ≤ s+ < t_high; wrong: below.",
-            cf.graded(conf, systems),
+            "Correct: s+ ≥ t_high; partial: t_low ≤ s+ < t_high; wrong: below. Faded: reference rows.",
+            cf.graded(conf, systems, styles),
         )
         add(
             "transitions",
@@ -82,32 +97,32 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
                 "confusion",
                 f"Question type of the nearest reference ({m})",
                 "Rows: the item's qtype; columns: qtype of the most similar reference, or 'below t'.",
-                cf.qtype(conf, systems),
+                cf.qtype(conf, systems, styles),
             )
     lengths = analysis.get("lengths") or {}
-    if lengths.get("systems"):
+    if lengths.get("systems") and models:
         graded = bool(conf)
         for grade in ("wrong", "partial") if graded else ("all",):
             add(
                 f"lengths-{grade}",
                 "lengths",
                 f"Length of {grade} predictions" if graded else "Length of predictions",
-                "Generated tokens, overlaid across systems; grey: reference tokens of all items.",
-                _length_hist(lengths, systems, colors, grade),
+                "Generated tokens, overlaid across model rows; grey: reference tokens of all items.",
+                _length_hist(lengths, models, colors, grade),
             )
         add(
             "length-diff",
             "lengths",
             "Prediction length − reference length",
-            "Tokens; right of zero the prediction is longer than the reference.",
-            _diff_hist(lengths, systems, colors),
+            "Tokens, model rows; right of zero the prediction is longer than the reference.",
+            _diff_hist(lengths, models, colors),
         )
         add(
             "truncation",
             "lengths",
             "Truncated at max_new_tokens",
-            "Share of predictions that hit the generation limit, of all and of wrong ones.",
-            _truncation(lengths, systems, colors),
+            "Share of predictions that hit the generation limit, of all and of wrong ones (model rows).",
+            _truncation(lengths, models, colors),
         )
     logs = {n: (results.get("systems") or {}).get(n, {}).get("training_log") for n in systems}
     logs = {n: v for n, v in logs.items() if v}
@@ -129,7 +144,7 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
     return out
 
 
-def _metric_bars(results, systems, colors):
+def _metric_bars(results, systems, styles):
     go, make_subplots = plotly_modules()
     scored = {m for s in systems for m in (results.get("results") or {}).get(s, {})}
     metrics = [m for m in results.get("metrics") or {} if m in scored] + sorted(
@@ -145,13 +160,17 @@ def _metric_bars(results, systems, colors):
             if not v or v.get("value") is None:
                 continue
             lo, hi = v.get("ci_low"), v.get("ci_high")
+            st = styles[s]
             fig.add_trace(
                 go.Bar(
                     x=[label(s)],
                     y=[v["value"]],
-                    name=label(s),
-                    marker_color=colors[s],
-                    showlegend=k == 0,
+                    name=st["name"],
+                    marker_color=st["color"],
+                    marker_pattern_shape=st["pattern"],
+                    marker_line=dict(color=st["color"], width=1) if st["reference"] else None,
+                    opacity=0.75 if st["reference"] else 1.0,
+                    showlegend=not any(t.legendgroup == s for t in fig.data),
                     legendgroup=s,
                     error_y=dict(
                         type="data",
@@ -159,7 +178,7 @@ def _metric_bars(results, systems, colors):
                         array=[(hi - v["value"]) if hi is not None else 0],
                         arrayminus=[(v["value"] - lo) if lo is not None else 0],
                     ),
-                    hovertemplate=f"{label(s)}<br>{label(m)} = %{{y:.4g}}<extra></extra>",
+                    hovertemplate=f"{st['name']}<br>{label(m)} = %{{y:.4g}}<extra></extra>",
                 ),
                 row=k // cols + 1,
                 col=k % cols + 1,
@@ -168,9 +187,31 @@ def _metric_bars(results, systems, colors):
     fig.update_layout(
         height=300 * rows + 90,
         bargap=0.3,
-        margin=dict(l=60, r=20, t=90, b=30),
-        legend=dict(orientation="h", yanchor="bottom", y=1.06, x=0),
+        margin=dict(l=60, r=20, t=100, b=30),
+        # the legend sits in the top margin, clear of the subplot titles, however many rows there are
+        legend=dict(orientation="h", yref="container", yanchor="top", y=1.0, x=0),
     )
+    return fig
+
+
+def _leakage_hist(leak):
+    go, _ = plotly_modules()
+    h = leak["histogram"]
+    edges = h.get("edges") or []
+    if len(edges) < 2:
+        return None
+    x = _centers(edges)
+    fig = go.Figure()
+    for side, color, name in (("reference", "#0072B2", "reference vs training references"),
+                              ("question", "#E69F00", "question vs training questions")):
+        if h.get(side):
+            fig.add_trace(go.Bar(x=x, y=h[side], name=name, marker_color=color,
+                                 hovertemplate=f"{name}<br>%{{x:.2f}}: %{{y}} items<extra></extra>"))
+    if leak.get("threshold") is not None:
+        fig.add_vline(x=leak["threshold"], line=dict(color="#D55E00", dash="dot"),
+                      annotation_text=f"near-duplicate ≥ {leak['threshold']:g}")
+    fig.update_layout(barmode="group", bargap=0.08, xaxis_title="highest similarity to a training item",
+                      yaxis_title="items", height=360, xaxis=dict(range=[edges[0], edges[-1]]))
     return fig
 
 

@@ -1,5 +1,8 @@
 """The page: tables and provenance as template context, figures and items as escaped JSON, one Jinja2 template.
 
+The page opens with the verdict (:mod:`.verdict_view`), then the summary, paired tests, degeneration, leakage audit
+and thresholds (:mod:`.tables`), the figures (:mod:`.figures`), the item explorer and the provenance.
+
 Data strings reach the page two ways, both safe: as template variables (Jinja2 autoescape) and as JSON in
 ``<script type="application/json">`` blocks, where :func:`script_json` escapes ``<``, ``>`` and ``&`` so a
 ``</script>`` inside a prediction cannot close the block. The explorer's JS inserts text with ``textContent``.
@@ -10,15 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from importlib import resources
 from typing import Any
 
-from ..analysis.stats import significance_mark
-from . import figures
+from . import diagnostics, figures, tables
+from .cells import fmt
+from .verdict_view import verdict_context
 
+# Figure sections, in page order; "leakage" figures sit inside the leakage audit section.
 _SECTIONS = {
-    "metrics": "Metrics",
+    "leakage": "Leakage audit",
+    "metrics": "Metric charts",
     "confusion": "Soft-thresholded confusion matrices",
     "lengths": "Error lengths",
     "training": "Training curves",
@@ -31,140 +36,6 @@ def script_json(obj: Any) -> str:
     for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
         text = text.replace(ch, esc)
     return text
-
-
-def fmt(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    x = float(x)
-    if abs(x) >= 100:
-        return f"{x:.1f}"
-    if abs(x) >= 10:
-        return f"{x:.2f}"
-    return f"{x:.{digits}f}"
-
-
-def fmt_p(p) -> str:
-    if p is None:
-        return "–"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _ci(row: dict, digits: int = 3) -> str:
-    return f"[{fmt(row.get('ci_low'), digits)}, {fmt(row.get('ci_high'), digits)}]"
-
-
-def _delta_cell(row: dict | None, *, pct_of: float | None = None) -> dict | None:
-    if not row or row.get("mean_diff") is None:
-        return None
-    d = row["mean_diff"]
-    significant = row.get("p_bootstrap") is not None and row["p_bootstrap"] < 0.05
-    cls = "same" if row.get("better") is None else ("better" if row["better"] else "worse")
-    return {
-        "text": f"{'+' if d > 0 else ''}{fmt(d)}",
-        "pct": f"{100 * d / pct_of:+.1f}%" if pct_of else "",
-        "arrow": "▲" if d > 0 else "▼" if d < 0 else "=",
-        "cls": cls + ("" if significant else " ns"),
-        "mark": significance_mark(row.get("p_bootstrap")),
-        "title": f"Δ {fmt(d)} {_ci(row)}, paired bootstrap p = {fmt_p(row.get('p_bootstrap'))}",
-    }
-
-
-def _headline(results: dict, analysis: dict) -> dict:
-    systems = analysis["systems"]
-    paired = analysis.get("paired") or {}
-    metric_infos = results.get("metrics") or {}
-    names = list(metric_infos) or sorted({m for s in systems for m in (results.get("results") or {}).get(s, {})})
-    rows = []
-    for m in names:
-        info = metric_infos.get(m) or {}
-        cells = []
-        for s in systems:
-            v = ((results.get("results") or {}).get(s) or {}).get(m)
-            cell = {
-                "value": fmt(v.get("value")) if v else "–",
-                "ci": f"[{fmt(v.get('ci_low'))}, {fmt(v.get('ci_high'))}]" if v and v.get("ci_low") is not None else "",
-                "n": v.get("n") if v else None,
-                "delta": None,
-            }
-            if s in paired:
-                base_v = ((results.get("results") or {}).get(paired[s]["baseline"]) or {}).get(m) or {}
-                cell["delta"] = _delta_cell(paired[s]["metrics"].get(m), pct_of=base_v.get("value"))
-            cells.append(cell)
-        hib = info.get("higher_is_better")
-        rows.append(
-            {
-                "metric": m,
-                "direction": "↑ higher is better" if hib else "↓ lower is better" if hib is False else "",
-                "signature": info.get("signature") or "",
-                "cells": cells,
-            }
-        )
-    return {"systems": systems, "rows": rows}
-
-
-def _language_modeling(analysis: dict) -> list[dict] | None:
-    lm = analysis.get("language_modeling")
-    if not lm:
-        return None
-    rows = []
-    for s in analysis["systems"]:
-        v = lm["systems"].get(s)
-        if not v:
-            continue
-        change = lm["changes"].get(s)
-        rows.append(
-            {
-                "label": "Baseline" if s not in analysis["baselines"] else "Fine-tuned",
-                "system": s,
-                "loss": fmt(v["loss"], 4),
-                "perplexity": fmt(v["perplexity"]),
-                "tokens": v["n_tokens"],
-                "change": None,
-            }
-        )
-        if change:
-            cells = {}
-            for k in ("loss", "perplexity"):
-                c = change[k]
-                cells[k] = {
-                    "pct": "–" if c.get("pct") is None else f"{c['pct']:+.1f}%",
-                    "cls": ("better" if (c["mean_diff"] or 0) < 0 else "worse")
-                    + ("" if (c.get("p_bootstrap") or 1) < 0.05 else " ns"),
-                    "mark": significance_mark(c.get("p_bootstrap")),
-                    "title": f"Δ {fmt(c['mean_diff'], 4)} {_ci(c, 4)}, p = {fmt_p(c.get('p_bootstrap'))}",
-                }
-            rows[-1]["change"] = cells
-    return rows
-
-
-def _paired_rows(analysis: dict) -> list[dict]:
-    rows = []
-    for adapter, block in (analysis.get("paired") or {}).items():
-        for m, r in block["metrics"].items():
-            mc = r.get("mcnemar")
-            rows.append(
-                {
-                    "adapter": adapter,
-                    "baseline": block["baseline"],
-                    "metric": m,
-                    "form": r.get("form"),
-                    "n": r.get("n"),
-                    "diff": _delta_cell(r)
-                    or {"text": "–", "cls": "same", "arrow": "", "mark": "", "title": "", "pct": ""},
-                    "ci": _ci(r),
-                    "p": fmt_p(r.get("p_bootstrap")),
-                    "p_holm": fmt_p(r.get("p_holm")),
-                    "wilcoxon": fmt_p((r.get("wilcoxon") or {}).get("p")),
-                    "mcnemar": (
-                        f"{mc['table'][1][0]} / {mc['table'][0][1]} · p {fmt_p(mc['p'])} (t={mc['t']:.2f})"
-                        if mc
-                        else "–"
-                    ),
-                    "wtl": f"{r.get('wins')} / {r.get('ties')} / {r.get('losses')}",
-                }
-            )
-    return rows
 
 
 def _model_reference(results: dict) -> str:
@@ -193,7 +64,7 @@ def _provenance(run_name: str, results: dict) -> dict:
         m: {"signature": i.get("signature"), "source": i.get("source")}
         for m, i in (results.get("metrics") or {}).items()
     }
-    tables = [
+    tables_ = [
         (
             "Run",
             _flatten({k: results.get(k) for k in ("run_name", "created", "medqa_bench_version", "schema_version")}),
@@ -201,15 +72,34 @@ def _provenance(run_name: str, results: dict) -> dict:
         ("Model", _flatten(results.get("model"))),
         ("Systems and adapters", _flatten(systems)),
         ("Data and split", _flatten(results.get("data"))),
+        ("Generation budget", _flatten(results.get("budget"))),
+        ("Loss definition (this run)", _flatten(results.get("loss_definition"))),
         ("Metrics", _flatten(metrics)),
         ("Environment, versions and hardware", _flatten(results.get("environment"))),
         ("Timings (seconds)", _flatten(results.get("timings"))),
     ]
     return {
         "name": run_name,
-        "tables": [(t, rows) for t, rows in tables if rows],
+        "tables": [(t, rows) for t, rows in tables_ if rows],
         "spec": json.dumps(results.get("spec") or {}, indent=2, ensure_ascii=False),
     }
+
+
+def _comparison_pairs(analysis: dict, default_metric: str | None) -> list[dict]:
+    """The explorer's "compare" choices: each adapter against its strongest baseline row (on the default metric)
+    first, its other baseline rows, then every model row against every reference row."""
+    kinds = analysis.get("kinds") or {}
+    strongest = analysis.get("strongest_baseline") or {}
+    pairs = []
+    for a, per in (analysis.get("comparisons") or {}).items():
+        best = (strongest.get(a) or {}).get(default_metric) if default_metric else None
+        for b in sorted(per, key=lambda b: (kinds.get(b) == "reference", b != best)):
+            tag = "strongest baseline" if b == best else kinds.get(b) or ""
+            pairs.append({"a": a, "b": b, "label": f"{a}  vs  {b} ({tag})" if tag else f"{a}  vs  {b}"})
+    if not pairs:  # an analysis without comparisons (older runs): each adapter against its first baseline row
+        pairs = [{"a": a, "b": b, "label": f"{a}  vs  {b}"} for a, b in (analysis.get("baselines") or {}).items()]
+    pairs.sort(key=lambda p: (kinds.get(p["a"]) != "adapter", kinds.get(p["b"]) == "reference"))
+    return pairs
 
 
 def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
@@ -217,15 +107,32 @@ def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
     metrics = [m for m in metric_infos if metric_infos[m].get("kind") != "nll"] or sorted(
         {m for s in samples for sys in s.get("systems", {}).values() for m in (sys.get("scores") or {})}
     )
-    keep = ("prediction", "generated_tokens", "truncated", "scores")
+    keep = ("prediction", "generated_tokens", "truncated", "stop_reason", "source", "scores")
+    default_metric = analysis.get("similarity_metric") or (metrics[0] if metrics else None)
+    infos = results.get("systems") or {}
+    kinds = analysis.get("kinds") or {}
+    systems = []
+    for n in analysis["systems"]:
+        info = infos.get(n) or {}
+        fmt_name = info.get("prompt_format")
+        systems.append({
+            "name": n,
+            "kind": kinds.get(n) or info.get("kind") or "",
+            "format": fmt_name or "",
+            # combined reports keep each run's prompts apart: "<run>/<format>"
+            "prompt_key": (f"{info['run']}/{fmt_name}" if info.get("run") else fmt_name) if fmt_name else "",
+            "description": info.get("description") or "",
+            "method": info.get("method") or "",
+        })
     return {
-        "systems": analysis["systems"],
-        "comparisons": analysis["baselines"],
+        "systems": systems,
+        "pairs": _comparison_pairs(analysis, default_metric),
         "metrics": metrics,
         "higher_is_better": {
             m: (metric_infos.get(m) or {}).get("higher_is_better", True) is not False for m in metrics
         },
-        "default_metric": analysis.get("similarity_metric") or (metrics[0] if metrics else None),
+        "default_metric": default_metric,
+        "leakage_threshold": (analysis.get("leakage") or {}).get("threshold"),
         "items": [
             {
                 "id": s["id"],
@@ -233,6 +140,8 @@ def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
                 "focus": s.get("focus"),
                 "question": s.get("question"),
                 "reference": s.get("reference"),
+                "prompts": s.get("prompts") or ({"prompt": s["prompt"]} if s.get("prompt") else {}),
+                "overlap": s.get("train_overlap"),
                 "systems": {
                     n: {k: v for k, v in (sys or {}).items() if k in keep}
                     for n, sys in (s.get("systems") or {}).items()
@@ -247,6 +156,7 @@ def render_html(
     results: dict,
     samples: list[dict],
     analysis: dict,
+    verdict: dict | None,
     runs: list[tuple[str, dict]],
     *,
     plotly_mode: str,
@@ -257,16 +167,17 @@ def render_html(
     from markupsafe import Markup
     from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
+    from ..analysis.verdict import metric_notes
+
     figs = figures.build_figures(results, analysis)
-    sections = []
+    sections = {}
     for key, title in _SECTIONS.items():
         items = [
             {**f, "json": Markup(script_json(pio.to_json(f["figure"], validate=False)))}
             for f in figs
             if f["section"] == key
         ]
-        if items:
-            sections.append({"key": key, "title": title, "figures": items})
+        sections[key] = {"key": key, "title": title, "figures": items}
     explorer = script_json(_explorer(results, samples, analysis))
     nonce = hashlib.sha256(explorer.encode() + json.dumps(analysis, sort_keys=True).encode()).hexdigest()[:32]
     if plotly_mode == "inline":
@@ -279,6 +190,7 @@ def render_html(
     env.filters["fmt"] = fmt
     template = env.from_string(pkg.joinpath("report.html").read_text(encoding="utf-8"))
     th = analysis.get("thresholds")
+    systems = tables.systems_context(results, analysis)
     return template.render(
         title=results.get("run_name") or "medqa-bench run",
         created=results.get("created") or "",
@@ -286,9 +198,18 @@ def render_html(
         n_items=analysis["n_items"],
         analysis=analysis,
         thresholds=th,
-        headline=_headline(results, analysis),
-        lm_rows=_language_modeling(analysis),
-        paired_rows=_paired_rows(analysis),
+        threshold_source=diagnostics.threshold_source_text(th),
+        systems=systems,
+        system_info={s["name"]: s for s in systems},
+        verdict=verdict_context(results, analysis, verdict),
+        headline=tables.headline(results, analysis, metric_notes(results, analysis)),
+        lm_rows=tables.language_modeling(results, analysis),
+        loss_definitions=tables.loss_definitions(results, analysis, runs),
+        tests=tables.paired_tests(analysis),
+        degeneration=diagnostics.degeneration(analysis),
+        budgets=diagnostics.budget(results, runs),
+        threshold_table=diagnostics.thresholds(analysis),
+        leakage=diagnostics.leakage(results, analysis),
         sections=sections,
         n_figures=len(figs),
         explorer_json=Markup(explorer),

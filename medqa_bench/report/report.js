@@ -35,30 +35,38 @@
   }
 
   // ---------------------------------------------------------------------------------------------- explorer
+  var STOP_TEXT = { eos: "stopped: end of turn (eos)", stop: "stopped: stop sequence", length: "hit max_new_tokens" };
+
   function explorer() {
     var data = readJSON("explorer-data");
-    var adapters = Object.keys(data.comparisons);
+    var info = {};
+    data.systems.forEach(function (s) { info[s.name] = s; });
+    var names = data.systems.map(function (s) { return s.name; });
+    var pairs = data.pairs || [];
     var compare = document.getElementById("ex-compare");
     var metricSel = document.getElementById("ex-metric");
     var sortSel = document.getElementById("ex-sort");
     var search = document.getElementById("ex-search");
+    var nearOnly = document.getElementById("ex-neardup");
     var list = document.getElementById("ex-list");
     var more = document.getElementById("ex-more");
     var count = document.getElementById("ex-count");
     var pageSize = 25, limit = pageSize;
 
-    if (adapters.length === 0) {
-      compare.appendChild(el("option", null, data.systems[0] || "—")).value = "";
+    if (pairs.length === 0) {
+      compare.appendChild(el("option", null, names[0] || "—")).value = "";
       sortSel.querySelector("option[value=regression]").textContent = "lowest score first";
       sortSel.querySelector("option[value=improvement]").textContent = "highest score first";
     }
-    adapters.forEach(function (a) {
-      compare.appendChild(el("option", null, a + "  vs  " + data.comparisons[a])).value = a;
+    pairs.forEach(function (p, i) {
+      compare.appendChild(el("option", null, p.label)).value = String(i);
     });
     data.metrics.forEach(function (m) {
       metricSel.appendChild(el("option", null, m)).value = m;
     });
     if (data.default_metric) metricSel.value = data.default_metric;
+
+    function pair() { return compare.value === "" ? null : pairs[Number(compare.value)]; }
 
     function score(item, system, metric) {
       var s = item.systems[system];
@@ -66,15 +74,15 @@
       return typeof v === "number" && isFinite(v) ? v : null;
     }
 
-    // Positive = the adapter is better on this metric (sign flipped when lower is better).
+    // Positive = the first system of the pair is better on this metric (sign flipped when lower is better).
     function gain(item) {
-      var m = metricSel.value, a = compare.value;
+      var m = metricSel.value, p = pair();
       var sign = data.higher_is_better[m] ? 1 : -1;
-      if (!a) {
-        var only = score(item, data.systems[0], m);
+      if (!p) {
+        var only = score(item, names[0], m);
         return only === null ? null : sign * only;
       }
-      var va = score(item, a, m), vb = score(item, data.comparisons[a], m);
+      var va = score(item, p.a, m), vb = score(item, p.b, m);
       return va === null || vb === null ? null : sign * (va - vb);
     }
 
@@ -87,30 +95,78 @@
 
     function fmt(v) { return v === null || v === undefined ? "–" : Number(v).toFixed(3); }
 
+    function overlapLine(item) {
+      var o = item.overlap;
+      var line = el("div", "overlap");
+      line.appendChild(el("span", "label", "nearest training item: "));
+      ["reference", "question"].forEach(function (side, k) {
+        var r = o[side] || {};
+        var flagged = data.leakage_threshold !== null && typeof r.score === "number" && r.score >= data.leakage_threshold;
+        if (k) line.appendChild(el("span", null, " · "));
+        line.appendChild(el("span", flagged ? "flag" : null,
+          side + " " + fmt(r.score) + (r.train_id ? " (train " + r.train_id + ")" : "")));
+      });
+      return line;
+    }
+
+    function systemHead(s, out) {
+      var i = info[s] || {};
+      var th = el("th", i.kind === "reference" ? "ref" : null);
+      th.appendChild(el("div", "name", s));
+      var meta = el("div", "sub");
+      meta.appendChild(el("span", "badge kind-" + (i.kind || ""), i.kind || ""));
+      if (i.format) meta.appendChild(el("span", null, " " + i.format + " format"));
+      th.appendChild(meta);
+      if (i.description) th.title = i.description;
+      if (i.kind === "reference") {
+        var src = out.source;
+        th.appendChild(el("div", "sub source", src && src.train_id
+          ? "answer of training item " + src.train_id + (typeof src.score === "number" ? " (score " + src.score.toFixed(3) + ")" : "")
+          : i.method === "question" ? "the question itself" : "no training item recorded"));
+      } else if (out.stop_reason !== undefined) {
+        var stop = out.stop_reason === null ? "no stop reason" : (STOP_TEXT[out.stop_reason] || out.stop_reason);
+        th.appendChild(el("div", "sub stop stop-" + out.stop_reason, stop + " · " + out.generated_tokens + " tokens"));
+      }
+      return th;
+    }
+
     function card(item, g) {
       var box = el("article", "item");
+      var p = pair();
       var head = el("header");
       head.appendChild(el("span", "id", item.id));
       if (item.qtype) head.appendChild(el("span", null, item.qtype));
       if (item.focus) head.appendChild(el("span", null, item.focus));
-      if (g !== null && compare.value) {
+      if (item.overlap && item.overlap.near_duplicate) head.appendChild(el("span", "badge neardup", "near-duplicate of a training item"));
+      if (g !== null && p) {
         head.appendChild(el("span", "badge " + (g > 0 ? "better" : g < 0 ? "worse" : "same"),
-          (g > 0 ? "▲ improved " : g < 0 ? "▼ regressed " : "= unchanged ") + Math.abs(g).toFixed(3)));
+          (g > 0 ? "▲ " + p.a + " better by " : g < 0 ? "▼ " + p.a + " worse by " : "= unchanged ") + Math.abs(g).toFixed(3)));
       }
       box.appendChild(head);
       box.appendChild(el("div", "q text", item.question));
       box.appendChild(el("div", "ref text", item.reference));
+      if (item.overlap) box.appendChild(overlapLine(item));
+      var formats = Object.keys(item.prompts || {});
+      if (formats.length) {
+        var det = el("details", "prompts");
+        det.appendChild(el("summary", null, "prompts (" + formats.join(", ") + ")"));
+        formats.forEach(function (f) {
+          det.appendChild(el("div", "sub", f));
+          det.appendChild(el("pre", "text", item.prompts[f]));
+        });
+        box.appendChild(det);
+      }
       var table = el("table");
-      var systems = compare.value ? [data.comparisons[compare.value], compare.value] : data.systems;
-      data.systems.forEach(function (s) { if (systems.indexOf(s) < 0) systems.push(s); });
+      var systems = p ? [p.b, p.a] : names.slice();
+      names.forEach(function (s) { if (systems.indexOf(s) < 0) systems.push(s); });
       systems.forEach(function (s) {
         var out = item.systems[s];
         if (!out) return;
-        var tr = el("tr");
-        var name = el("th", null, s);
-        tr.appendChild(name);
+        var tr = el("tr", (info[s] || {}).kind === "reference" ? "ref" : null);
+        tr.appendChild(systemHead(s, out));
         var pred = el("td", "pred");
-        pred.appendChild(el("div", "text", out.prediction));
+        if (out.prediction && out.prediction.trim()) pred.appendChild(el("div", "text", out.prediction));
+        else pred.appendChild(el("div", "empty", "(empty answer)"));
         if (out.truncated) pred.appendChild(el("div", "trunc", "truncated at max_new_tokens (" + out.generated_tokens + " tokens)"));
         tr.appendChild(pred);
         var sc = el("td", "scores");
@@ -128,8 +184,9 @@
 
     function render() {
       var q = search.value.trim().toLowerCase();
-      var rows = data.items.filter(function (it) { return !q || it._text.indexOf(q) >= 0; })
-        .map(function (it) { return { item: it, g: gain(it) }; });
+      var rows = data.items.filter(function (it) {
+        return (!q || it._text.indexOf(q) >= 0) && (!nearOnly.checked || (it.overlap && it.overlap.near_duplicate));
+      }).map(function (it) { return { item: it, g: gain(it) }; });
       var mode = sortSel.value;
       rows.sort(function (x, y) {
         if (mode === "id") return x.item.id < y.item.id ? -1 : x.item.id > y.item.id ? 1 : 0;
@@ -145,7 +202,7 @@
       more.style.display = rows.length > limit ? "" : "none";
     }
 
-    [compare, metricSel, sortSel].forEach(function (c) { c.addEventListener("change", function () { limit = pageSize; render(); }); });
+    [compare, metricSel, sortSel, nearOnly].forEach(function (c) { c.addEventListener("change", function () { limit = pageSize; render(); }); });
     search.addEventListener("input", function () { limit = pageSize; render(); });
     more.addEventListener("click", function () { limit += pageSize; render(); });
     render();

@@ -29,9 +29,16 @@ def load_run(folder: str | Path) -> tuple[dict, list[dict]]:
         raise RunError(f"{results_path}: expected a JSON object, found {type(results).__name__}")
     version = str(results.get("schema_version", ""))
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:  # minor versions only add fields
+        older = version.split(".")[0] == "1"
         raise RunError(
             f"{results_path}: schema_version {version or 'none'!r}, but this medqa-bench reads {SCHEMA_VERSION!r}; "
-            "re-run the evaluation with this version, or use the version that wrote it"
+            + (
+                "schema 1.x run folders have one baseline and no reference rows, stop reasons, leakage audit or "
+                "verdict, so this report cannot be drawn from them; "
+                if older
+                else ""
+            )
+            + "re-run the evaluation with this version (`medqa-bench run`), or use the version that wrote it"
         )
     try:
         text = samples_path.read_text(encoding="utf-8")
@@ -64,7 +71,11 @@ def run_names(folders: list[Path], results: list[dict]) -> list[str]:
 def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple[dict, list[dict]]:
     """One results dict and one sample list whose systems are ``<run>/<system>``.
 
-    Runs must cover the same item ids; each adapter keeps its own run's baseline (``compared_with``).
+    Runs must cover the same item ids. Every system records its run (``info["run"]``), so the analysis compares
+    each adapter with the baseline rows and reference rows of its own run (:func:`medqa_bench.analysis.run_roles`);
+    an adapter's own ``compared_with`` is kept, prefixed. Prompts are keyed ``<run>/<format>`` (each run's model
+    renders its own). The generation budget is the run's that cuts the largest share of references, the loss
+    definition and the model's quantization are carried when the runs agree; each run's own stay in ``runs``.
     """
     first_ids = {s["id"] for s in runs[0][1]}
     for name, (_, samples) in zip(names[1:], runs[1:]):
@@ -88,14 +99,29 @@ def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple
         "metrics": {},
         "results": {},
         "data": runs[0][0].get("data") or {},
+        "runs": {
+            run: {k: r.get(k) for k in ("budget", "loss_definition", "model")} for run, (r, _) in zip(names, runs)
+        },
+    }
+    budgets = [r.get("budget") for r, _ in runs if r.get("budget")]
+    if budgets:
+        combined["budget"] = max(
+            budgets, key=lambda b: (b.get("references_longer") or 0) / (b.get("n_references") or 1)
+        )
+    definitions = [r.get("loss_definition") for r, _ in runs]
+    if definitions[0] and all(d == definitions[0] for d in definitions):
+        combined["loss_definition"] = definitions[0]
+    quantization = {(r.get("model") or {}).get("quantization") for r, _ in runs}
+    combined["model"] = {
+        "reference": ", ".join(dict.fromkeys(str((r.get("model") or {}).get("reference")) for r, _ in runs)),
+        "quantization": quantization.pop() if len(quantization) == 1 else None,
     }
     signatures: dict[str, set] = {}
     for run, (results, _) in zip(names, runs):
-        base = [n for n, info in (results.get("systems") or {}).items() if (info or {}).get("kind") == "baseline"]
         for system, info in (results.get("systems") or {}).items():
             info = dict(info or {})
-            if info.get("kind") != "baseline" and len(base) == 1:
-                info["compared_with"] = prefixed(run, info.get("compared_with") or base[0])
+            if info.get("compared_with"):
+                info["compared_with"] = prefixed(run, info["compared_with"])
             info["run"] = run
             combined["systems"][prefixed(run, system)] = info
         for metric, info in (results.get("metrics") or {}).items():
@@ -108,7 +134,10 @@ def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple
     by_id: dict[str, dict] = {}
     for run, (_, samples) in zip(names, runs):
         for s in samples:
-            row = by_id.setdefault(s["id"], {k: v for k, v in s.items() if k != "systems"} | {"systems": {}})
+            shared = {k: v for k, v in s.items() if k not in ("systems", "prompts")}
+            row = by_id.setdefault(s["id"], shared | {"systems": {}, "prompts": {}})
+            for fmt, text in (s.get("prompts") or {}).items():
+                row["prompts"][prefixed(run, fmt)] = text
             for system, out in (s.get("systems") or {}).items():
                 row["systems"][prefixed(run, system)] = out
     order = [s["id"] for s in runs[0][1]]

@@ -1,0 +1,241 @@
+"""The verdict: what a run shows about each adapter, and what in it to distrust, as data and as plain sentences.
+
+Per adapter, against the **strongest baseline** of each metric (:mod:`medqa_bench.analysis.compare`):
+
+- ``improves`` / ``regresses``: metrics where the paired difference is significant by the paired permutation
+  (sign-flip) test after Holm's correction over the adapter's metrics (p < :data:`ALPHA`), better or worse given
+  the metric's direction; a handful of items can never reach significance (3 items: p >= 0.25);
+  ``no_difference``: the rest;
+- ``references``: per reference row of its run (retrieval, boilerplate, question echo), the metrics on which the
+  adapter beats it, those on which it is significantly worse, and all on which it does **not** beat it
+  significantly (Holm over that comparison's metrics). A model that does not beat copying the
+  nearest training answer, or repeating the question, has not shown it answers better than lookup;
+- ``warnings``: degeneration (empty, truncated, repetitive or badly sized answers) of the adapter and of the
+  baselines it is judged against, near-duplicates of training items and whether the verdict holds without them,
+  a budget that cuts references, metrics on which echoing the question scores as high as a model, a small sample,
+  soft-match thresholds that fell back to defaults;
+- ``conditions``: every way the adapter and its strongest baselines were not evaluated alike (prompt format, stop
+  sequences, the base's quantization at training and at evaluation, the definition of the training eval loss).
+
+The same holds as run-level ``notes`` for a run without adapters. ``lines`` are the sentences the CLI prints and the
+report opens with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ALPHA = 0.05
+SMALL_SAMPLE = 30  # fewer items: CIs too wide to read much into "no difference"
+BUDGET_CUT_SHARE = 0.05  # more references than this longer than the budget: a warning
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.2f}"
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _value(results: dict, system: str, metric: str) -> float | None:
+    return (((results.get("results") or {}).get(system) or {}).get(metric) or {}).get("value")
+
+
+def _significant(row: dict) -> bool:
+    return row.get("p_holm") is not None and row["p_holm"] < ALPHA
+
+
+def _row(metric: str, row: dict) -> dict[str, Any]:
+    return {"metric": metric, "against": row.get("against"), "diff": row.get("mean_diff"),
+            "ci": [row.get("ci_low"), row.get("ci_high")], "p_holm": row.get("p_holm")}
+
+
+def _against_strongest(judged: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"improves": [], "regresses": [], "no_difference": []}
+    for m, row in (judged.get("metrics") or {}).items():
+        if _significant(row) and row.get("better") is True:
+            out["improves"].append(_row(m, row))
+        elif _significant(row) and row.get("better") is False:
+            out["regresses"].append(_row(m, row))
+        else:
+            out["no_difference"].append(_row(m, row))
+    return out
+
+
+def _against_references(comparisons: dict, adapter: str, kinds: dict[str, str]) -> dict[str, dict]:
+    """Per reference row the adapter was compared with (those of its own run)."""
+    out = {}
+    for ref, block in (comparisons.get(adapter) or {}).items():
+        if kinds.get(ref) != "reference":
+            continue
+        rows = block.get("metrics") or {}
+        beats = [m for m, r in rows.items() if _significant(r) and r.get("better") is True]
+        worse = [m for m, r in rows.items() if _significant(r) and r.get("better") is False]
+        out[ref] = {"beats": beats, "worse_than": worse, "does_not_beat": [m for m in rows if m not in beats]}
+    return out
+
+
+def metric_notes(results: dict, analysis: dict) -> list[dict]:
+    """Metrics on which a reference row scores at least as high as a language-model row: echoing the question
+    means the metric measures topic, one fixed answer means it measures genre (register, boilerplate)."""
+    kinds = analysis.get("kinds") or {}
+    lm = [s for s in analysis.get("systems", []) if kinds.get(s) in ("baseline", "adapter")]
+    what = {"question": "topic, not content", "boilerplate": "register and boilerplate, not content",
+            "retrieval": "closeness to a look-alike training answer"}
+    notes = []
+    infos = results.get("metrics") or {}
+    for ref in analysis.get("reference_rows") or []:
+        method = ((results.get("systems") or {}).get(ref) or {}).get("method") or ref
+        for m, info in infos.items():
+            if info.get("kind") == "nll":
+                continue
+            rv = _value(results, ref, m)
+            if rv is None:
+                continue
+            hib = info.get("higher_is_better") is not False
+            compared = [s for s in lm if ref in ((analysis.get("comparisons") or {}).get(s) or {})]  # its run's rows
+            below = [s for s in compared if _value(results, s, m) is not None
+                     and ((_value(results, s, m) <= rv) if hib else (_value(results, s, m) >= rv))]
+            if below and method in ("question", "boilerplate"):
+                notes.append({
+                    "code": f"{method}_row", "metric": m, "reference": ref, "value": rv, "systems": below,
+                    "message": f"on {m}, the {ref} row ({'echoing the question' if method == 'question' else 'one fixed answer for every item'}, "
+                               f"{_fmt(rv)}) scores as high as {', '.join(below)}: {m} measures {what[method]} here",
+                })
+    return notes
+
+
+def _conditions(results: dict, adapter: str, bases: list[str]) -> list[dict]:
+    systems = results.get("systems") or {}
+    a = systems.get(adapter) or {}
+    out = []
+    for b in bases:
+        info = systems.get(b) or {}
+        if a.get("prompt_format") != info.get("prompt_format"):
+            out.append({"code": "prompt_format", "message":
+                        f"prompt format: {adapter} in '{a.get('prompt_format')}' ({a.get('format_source')}), "
+                        f"{b} in '{info.get('prompt_format')}' ({info.get('format_source')}): each in its own format"})
+        if (a.get("stop_sequences") or []) != (info.get("stop_sequences") or []):
+            out.append({"code": "stop_sequences", "message":
+                        f"stop sequences: {adapter} {a.get('stop_sequences') or 'none'}, "
+                        f"{b} {info.get('stop_sequences') or 'none'} (each its format's)"})
+    trained = (((a.get("adapter") or {}).get("training") or {}).get("resolved") or {}).get("quantization")
+    evaluated = (results.get("model") or {}).get("quantization")
+    if trained and evaluated and trained != evaluated:
+        out.append({"code": "quantization", "message":
+                    f"quantization: {adapter} was trained on a {trained} base and is evaluated on a {evaluated} base"})
+    tel = a.get("training_eval_loss")
+    harness = results.get("loss_definition") or {}
+    if tel:
+        d = tel.get("definition") or {}
+        if d.get("form") != harness.get("form") or d.get("eos") != harness.get("eos"):
+            out.append({"code": "loss_definition", "message":
+                        f"loss: {adapter}'s training eval loss {_fmt(tel.get('value'))} is {d.get('form')} over the "
+                        f"{d.get('split')} split ({d.get('formula', '')}; EOS {'scored' if d.get('eos') else 'not scored'}; "
+                        f"{d.get('truncation')}); this run's loss is {harness.get('form')} over the {harness.get('split')} "
+                        "split, not comparable number for number"})
+    return out
+
+
+def _clean_subset(analysis: dict, adapter: str, full: dict[str, list[dict]]) -> dict | None:
+    leak = analysis.get("leakage") or {}
+    clean = leak.get("clean") or {}
+    judged = (clean.get("judged") or {}).get(adapter)
+    if not leak.get("n_near_duplicates") or judged is None:
+        return None
+    now = _against_strongest(judged)
+    before = {k: {r["metric"] for r in v} for k, v in full.items()}
+    after = {k: {r["metric"] for r in v} for k, v in now.items()}
+    changed = sorted(m for k in ("improves", "regresses") for m in before[k] ^ after[k])
+    return {"n_items": clean.get("n_items"), **now, "changed": changed}
+
+
+def build_verdict(results: dict) -> dict[str, Any]:
+    """The verdict of a scored and analysed run (``results`` with ``analysis``), JSON-ready."""
+    analysis = results.get("analysis") or {}
+    kinds = analysis.get("kinds") or {}
+    n_items = analysis.get("n_items") or 0
+    degeneration = (analysis.get("degeneration") or {}).get("warnings") or []
+    notes = metric_notes(results, analysis)
+    run_warnings: list[dict] = [{"code": n["code"], "message": n["message"]} for n in notes]
+    budget = results.get("budget") or {}
+    longer, n_refs = budget.get("references_longer") or 0, budget.get("n_references") or 0
+    if n_refs and longer / n_refs > BUDGET_CUT_SHARE:
+        run_warnings.append({"code": "budget", "message":
+                             f"{longer} of the evaluated split's {n_refs} references are longer than the "
+                             f"{budget.get('max_new_tokens')}-token budget: even a perfect answer would be cut"})
+    if n_items < SMALL_SAMPLE:
+        run_warnings.append({"code": "small_sample", "message":
+                             f"only {n_items} items: the intervals are wide and 'no significant difference' says little "
+                             "(--limit 0 evaluates the whole split)"})
+    for m, th in (analysis.get("match_thresholds") or {}).items():
+        if th.get("source") == "default" and th.get("reason"):
+            run_warnings.append({"code": "thresholds", "message":
+                                 f"{m}'s soft-match thresholds are fallback defaults: {th['reason']}"})
+    leak = analysis.get("leakage") or {}
+    if leak.get("n_near_duplicates"):
+        run_warnings.append({"code": "leakage", "message":
+                             f"{leak['n_near_duplicates']} of {leak.get('n_items')} items nearly repeat a training item "
+                             f"(reference or question similarity ≥ {leak.get('threshold')}); the verdict is also given "
+                             f"on the {(leak.get('clean') or {}).get('n_items')} items without them"})
+    for w in degeneration:
+        if kinds.get(w["system"]) == "baseline":
+            run_warnings.append({"code": w["code"], "system": w["system"], "message": w["message"]})
+
+    adapters: dict[str, Any] = {}
+    for adapter, judged in (analysis.get("paired") or {}).items():
+        strongest = (analysis.get("strongest_baseline") or {}).get(adapter) or {}
+        bases = list(dict.fromkeys(strongest.values()))
+        versus = _against_strongest(judged)
+        refs = _against_references(analysis.get("comparisons") or {}, adapter, kinds)
+        warnings = [{"code": w["code"], "message": w["message"]} for w in degeneration if w["system"] == adapter]
+        clean = _clean_subset(analysis, adapter, versus)
+        if clean and clean["changed"]:
+            warnings.append({"code": "leakage", "message":
+                             f"without the near-duplicate items ({clean['n_items']} items left) the verdict changes on "
+                             f"{', '.join(clean['changed'])}"})
+        adapters[adapter] = {
+            "strongest_baseline": strongest,
+            **versus,
+            "references": refs,
+            "warnings": warnings,
+            "conditions": _conditions(results, adapter, bases),
+            "clean_subset": clean,
+        }
+        adapters[adapter]["lines"] = _adapter_lines(adapter, adapters[adapter], results)
+    verdict = {"version": 1, "alpha": ALPHA, "correction": "holm", "adapters": adapters, "warnings": run_warnings}
+    verdict["lines"] = [line for a in adapters.values() for line in a["lines"]] + [
+        f"warning: {w['message']}" for w in run_warnings]
+    if not adapters:
+        verdict["lines"].insert(0, "no adapter was evaluated: the run compares baseline and reference rows only")
+    return verdict
+
+
+def _adapter_lines(adapter: str, v: dict, results: dict) -> list[str]:
+    def listing(rows: list[dict]) -> str:
+        return ", ".join(f"{r['metric']} ({'+' if (r['diff'] or 0) > 0 else ''}{_fmt(r['diff'])} vs {r['against']}, "
+                         f"p_holm {_p(r['p_holm'])})" for r in rows)
+
+    lines = []
+    if v["improves"]:
+        lines.append(f"{adapter} beats the strongest baseline on {listing(v['improves'])}")
+    if v["regresses"]:
+        lines.append(f"{adapter} is worse than the strongest baseline on {listing(v['regresses'])}")
+    if not v["improves"] and not v["regresses"]:
+        lines.append(f"{adapter} shows no significant difference from the strongest baseline on any metric")
+    elif v["no_difference"]:
+        lines.append(f"{adapter}: no significant difference on {', '.join(r['metric'] for r in v['no_difference'])}")
+    for ref, r in v["references"].items():
+        if r["does_not_beat"]:
+            worse = f" (significantly worse on {', '.join(r['worse_than'])})" if r.get("worse_than") else ""
+            lines.append(f"{adapter} does not significantly beat the {ref} reference row on "
+                         f"{', '.join(r['does_not_beat'])}{worse}")
+    if v["clean_subset"] and not v["clean_subset"]["changed"]:
+        lines.append(f"{adapter}: the verdict holds on the {v['clean_subset']['n_items']} items without "
+                     "near-duplicates of training items")
+    lines += [f"warning: {w['message']}" for w in v["warnings"]]
+    lines += [f"condition: {c['message']}" for c in v["conditions"]]
+    return lines

@@ -1,0 +1,240 @@
+"""The report's tables as template context: systems, summary, loss and its definitions, paired tests.
+
+Every number comes from ``results`` and ``results["analysis"]``; this module only picks, orders and formats them.
+Strings stay raw here: the template escapes them.
+"""
+
+from __future__ import annotations
+
+
+from .cells import BLANK_DELTA, ci, delta, fmt, fmt_p
+
+
+def value(results: dict, system: str, metric: str) -> dict | None:
+    """``results["results"][system][metric]`` (``{"value", "ci_low", "ci_high", "n"}``), or None."""
+    return ((results.get("results") or {}).get(system) or {}).get(metric)
+
+
+def metric_names(results: dict, analysis: dict) -> list[str]:
+    names = list(results.get("metrics") or {})
+    return names or sorted({m for s in analysis["systems"] for m in (results.get("results") or {}).get(s, {})})
+
+
+def systems_context(results: dict, analysis: dict) -> list[dict]:
+    """One entry per system, in run order: its kind, prompt format and why, stop sequences, and (reference rows)
+    what the row is. The template draws table headers and badges from these."""
+    infos = results.get("systems") or {}
+    kinds = analysis.get("kinds") or {}
+    out = []
+    for s in analysis["systems"]:
+        info = infos.get(s) or {}
+        kind = kinds.get(s) or info.get("kind") or ("baseline" if s == "baseline" else "adapter")
+        stops = info.get("stop_sequences")
+        why = info.get("format_source") or "no reason recorded"
+        out.append({
+            "name": s,
+            "kind": kind,
+            "format": info.get("prompt_format"),
+            "format_source": info.get("format_source") or "",
+            "stop_sequences": ", ".join(repr(x) for x in stops) if stops else ("none" if stops is not None else ""),
+            "description": info.get("description") or "",
+            "method": info.get("method") or "",
+            "title": info.get("description") or (
+                f"{kind} row, prompt format {info['prompt_format']} ({why})" if info.get("prompt_format")
+                else f"{kind} row"),
+        })
+    return out
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def headline(results: dict, analysis: dict, notes: list[dict]) -> dict:
+    """Rows of metrics, one cell per system; each adapter's delta is against the strongest baseline row of that
+    metric (named in the cell); baselines and reference rows get none. ``notes``: verdict.metric_notes()."""
+    systems = analysis["systems"]
+    kinds = analysis.get("kinds") or {}
+    paired = analysis.get("paired") or {}
+    strongest = analysis.get("strongest_baseline") or {}
+    metric_infos = results.get("metrics") or {}
+    rows = []
+    for m in metric_names(results, analysis):
+        info = metric_infos.get(m) or {}
+        # marked only where there is a choice: an adapter with several baseline rows
+        strongest_rows = {per[m] for a, per in strongest.items()
+                          if m in per and len((analysis.get("baseline_rows") or {}).get(a) or []) > 1}
+        cells = []
+        for s in systems:
+            v = value(results, s, m)
+            cell = {
+                "system": s,
+                "kind": kinds.get(s),
+                "value": fmt(v.get("value")) if v else "–",
+                "ci": f"[{fmt(v.get('ci_low'))}, {fmt(v.get('ci_high'))}]" if v and v.get("ci_low") is not None else "",
+                "delta": None,
+                "against": None,
+                "strongest": s in strongest_rows,
+            }
+            row = ((paired.get(s) or {}).get("metrics") or {}).get(m)
+            if row is not None:
+                against = row.get("against") or (paired.get(s) or {}).get("baseline")
+                base_v = value(results, against, m) or {}
+                cell["delta"] = delta(row, pct_of=base_v.get("value"))
+                cell["against"] = against
+            cells.append(cell)
+        hib = info.get("higher_is_better")
+        rows.append({
+            "metric": m,
+            "direction": "↑ higher is better" if hib else "↓ lower is better" if hib is False else "",
+            "signature": info.get("signature") or "",
+            "notes": [_note(n) for n in notes if n.get("metric") == m],
+            "cells": cells,
+        })
+    return {"rows": rows}
+
+
+def _note(note: dict) -> dict:
+    """A metric note, short for a table cell: what the metric measures here and which rows it concerns; the
+    verdict's full sentence goes to the tooltip (and stands in the verdict's run warnings)."""
+    message = note.get("message") or ""
+    head, sep, what = message.rpartition(f"{note.get('metric')} measures ")
+    systems = note.get("systems") or []
+    rows = ", ".join(systems) if len(systems) <= 2 else f"{len(systems)} model rows"
+    short = f"{note.get('reference')} row ({fmt(note.get('value'))}) scores as high as {rows}"
+    return {"code": note.get("code") or "", "message": message,
+            "text": f"measures {what}: {short}" if sep else message}
+
+
+def language_modeling(results: dict, analysis: dict) -> list[dict] | None:
+    """Loss and perplexity of the reference answers per language-model row, each adapter's change against the
+    baseline row the analysis compared it with (the strongest on loss)."""
+    lm = analysis.get("language_modeling")
+    if not lm:
+        return None
+    kinds = analysis.get("kinds") or {}
+    infos = results.get("systems") or {}
+    rows = []
+    for s in analysis["systems"]:
+        v = lm["systems"].get(s)
+        if not v:
+            continue
+        change = lm["changes"].get(s)
+        row = {
+            "label": "Fine-tuned" if kinds.get(s) == "adapter" else "Baseline",
+            "system": s,
+            "format": (infos.get(s) or {}).get("prompt_format") or "",
+            "loss": fmt(v["loss"], 4),
+            "perplexity": fmt(v["perplexity"]),
+            "tokens": v["n_tokens"],
+            "change": None,
+        }
+        if change:
+            row["against"] = change.get("baseline")
+            cells = {}
+            for k in ("loss", "perplexity"):
+                c = change[k]
+                cell = delta(c, digits=4)
+                cells[k] = {**(cell or BLANK_DELTA), "pct": "–" if c.get("pct") is None else f"{c['pct']:+.1f}%"}
+            row["change"] = cells
+        rows.append(row)
+    return rows
+
+
+_LOSS_FIELDS = (
+    ("value", "value"),
+    ("form", "form"),
+    ("formula", "formula"),
+    ("eos", "EOS token scored"),
+    ("truncation", "truncation"),
+    ("max_length", "max length (tokens)"),
+    ("quantization", "base quantization"),
+    ("compute_dtype", "compute dtype"),
+    ("split", "split"),
+)
+
+
+def _show(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return fmt(v, 4)
+    return str(v)
+
+
+def loss_definitions(results: dict, analysis: dict, runs: list[tuple[str, dict]]) -> dict | None:
+    """The harness's loss definition beside each adapter's training eval loss and its definition, field by field;
+    rows where the columns differ are marked, so a reader sees why the numbers differ."""
+    columns = []
+    harness = [(name, r.get("loss_definition")) for name, r in runs if r.get("loss_definition")]
+    distinct = list({repr(sorted(d.items())): (n, d) for n, d in harness}.values())
+    lm = (analysis.get("language_modeling") or {}).get("systems") or {}
+    for name, d in distinct:
+        title = "this run's loss (the table above)" if len(distinct) == 1 else f"run {name}: loss"
+        columns.append({"title": title, "kind": "harness", "values": {"value": "per row, above", **d}})
+    for s, info in (results.get("systems") or {}).items():
+        tel = (info or {}).get("training_eval_loss")
+        if not tel:
+            continue
+        here = (lm.get(s) or {}).get("loss")
+        values = {**(tel.get("definition") or {}), "value": tel.get("value")}
+        columns.append({"title": f"{s}: training eval loss", "kind": "training", "values": values,
+                        "here": fmt(here, 4) if here is not None else None, "system": s})
+    if not columns:
+        return None
+    keys = [k for k, _ in _LOSS_FIELDS]
+    keys += sorted({k for c in columns for k in c["values"]} - set(keys))
+    labels = dict(_LOSS_FIELDS)
+    rows = []
+    for k in keys:
+        cells = [_show(c["values"].get(k)) for c in columns]
+        rows.append({"field": labels.get(k, k), "cells": cells,
+                     "differs": k != "value" and len({c for c in cells}) > 1})
+    return {"columns": columns, "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------ paired tests
+
+
+def _test_row(a: str, b: str, m: str, r: dict) -> dict:
+    mc = r.get("mcnemar")
+    return {
+        "system": a,
+        "against": b,
+        "metric": m,
+        "form": r.get("form"),
+        "n": r.get("n"),
+        "diff": delta(r) or BLANK_DELTA,
+        "ci": ci(r),
+        "p": fmt_p(r.get("p_permutation")),
+        "p_holm": fmt_p(r.get("p_holm")),
+        "significant": r.get("p_holm") is not None and r["p_holm"] < 0.05,
+        "wilcoxon": fmt_p((r.get("wilcoxon") or {}).get("p")),
+        "mcnemar": (
+            f"{mc['table'][1][0]} / {mc['table'][0][1]} · p {fmt_p(mc['p'])} (t={mc['t']:.2f})"
+            if mc and mc.get("table") and mc.get("t") is not None else "–"
+        ),
+        "wtl": f"{r.get('wins')} / {r.get('ties')} / {r.get('losses')}",
+    }
+
+
+def paired_tests(analysis: dict) -> dict:
+    """``judged``: each adapter against its strongest baseline row per metric (Holm over the adapter's metrics, the
+    family the verdict reads); ``groups``: every comparison the analysis made, adapters against baseline rows
+    first, then model rows against reference rows, each with Holm over its own metrics."""
+    judged = []
+    for adapter, block in (analysis.get("paired") or {}).items():
+        for m, r in block["metrics"].items():
+            judged.append(_test_row(adapter, r.get("against") or block.get("baseline"), m, r))
+    kinds = analysis.get("kinds") or {}
+    groups = []
+    for a, per in (analysis.get("comparisons") or {}).items():
+        for b, block in per.items():
+            kind = "adapter vs baseline" if kinds.get(b) == "baseline" else "model vs reference row"
+            groups.append({
+                "system": a, "against": b, "kind": kind, "reference": kinds.get(b) == "reference",
+                "rows": [_test_row(a, b, m, r) for m, r in (block.get("metrics") or {}).items()],
+            })
+    groups.sort(key=lambda g: g["reference"])  # stable: run order within each kind
+    return {"judged": judged, "groups": groups, "n_comparisons": len(groups)}

@@ -1,0 +1,126 @@
+"""A system is data: what answers a run's questions, and how it is asked.
+
+Every row of a comparison is a :class:`System`:
+
+- ``baseline``: the base model alone, in one prompt format. A model with a chat template is asked in that template
+  by default, because that is the format it was made for; ``baseline_formats=("chat", "reference")`` adds one
+  baseline row per format.
+- ``adapter``: the base model with a LoRA adapter, asked in the prompt format recorded in the adapter's training
+  metadata (the format it was trained on).
+- ``reference``: a row that needs no language model (:mod:`medqa_bench.reference_rows`): the nearest training
+  question's answer, one fixed typical answer, or the question itself. Each shows what a metric gives for free.
+
+A user's ``prompt_format`` overrides every language-model row's format; ``format_source`` records why each row has
+the format it has, and the verdict lists unequal conditions. Later kinds (a model behind an inference server, a
+retrieval-augmented system) are more rows of this list, not special cases in the runner.
+
+>>> plan_systems(baseline_formats=None, prompt_format=None, adapters={}, adapter_formats={},
+...              reference_rows=("question",), has_chat_template=True)[0].name
+'baseline'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+from .data import PROMPT_FORMATS
+from .errors import SpecError
+
+SYSTEM_KINDS = ("baseline", "adapter", "reference")
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class System:
+    """One row of a comparison. ``prompt_format`` is None for rows that generate nothing (reference rows)."""
+
+    name: str
+    kind: str  # "baseline" | "adapter" | "reference"
+    prompt_format: str | None = None
+    format_source: str = ""  # why this format: "the model's chat template", "training metadata", "prompt_format", ...
+    adapter: str | None = None  # kind "adapter": the adapter folder
+    method: str | None = None  # kind "reference": a name of medqa_bench.reference_rows.REFERENCE_ROWS
+
+    def __post_init__(self):
+        if self.kind not in SYSTEM_KINDS:
+            raise SpecError(f"system '{self.name}': kind must be one of {', '.join(SYSTEM_KINDS)}, not '{self.kind}'")
+        if self.kind != "reference" and self.prompt_format not in PROMPT_FORMATS:
+            raise SpecError(f"system '{self.name}': prompt format must be one of {', '.join(PROMPT_FORMATS)}, "
+                            f"not {self.prompt_format!r}")
+
+    @property
+    def generates(self) -> bool:
+        """Whether a language model answers (and can score the references' NLL) for this row."""
+        return self.kind != "reference"
+
+    @property
+    def peft_name(self) -> str:
+        """The adapter name PEFT knows this row by (``__base__``: the base model alone)."""
+        return self.name if self.kind == "adapter" else "__base__"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def baseline_name(fmt: str, formats: Sequence[str]) -> str:
+    """``baseline`` when the run asks the base model in one format, ``baseline-<format>`` for each of several."""
+    return BASELINE if len(formats) == 1 else f"{BASELINE}-{fmt}"
+
+
+def plan_systems(
+    *,
+    baseline_formats: Sequence[str] | None,
+    prompt_format: str | None,
+    adapters: Mapping[str, str],
+    adapter_formats: Mapping[str, str | None],
+    reference_rows: Sequence[str],
+    has_chat_template: bool,
+) -> list[System]:
+    """The run's rows: baseline rows, then adapters, then reference rows.
+
+    ``adapter_formats[name]`` is the format recorded in the adapter's training metadata (None when it has none).
+    Raises SpecError for a format the model cannot take or a name used twice; needs no model weights.
+    """
+    if baseline_formats:
+        formats, why = list(dict.fromkeys(baseline_formats)), "baseline_formats"
+    elif prompt_format:
+        formats, why = [prompt_format], "prompt_format"
+    elif has_chat_template:
+        formats, why = ["chat"], "the model's chat template"
+    else:
+        formats, why = ["reference"], "the model has no chat template"
+    for fmt in formats + ([prompt_format] if prompt_format else []):
+        if fmt not in PROMPT_FORMATS:
+            raise SpecError(f"prompt format '{fmt}' is unknown; choose from: {', '.join(PROMPT_FORMATS)}")
+        if fmt == "chat" and not has_chat_template:
+            raise SpecError("prompt format 'chat' needs a model with a chat template, and this tokenizer has none; "
+                            "use --baseline-formats reference")
+    systems = [System(baseline_name(f, formats), "baseline", f, why) for f in formats]
+    for name, path in adapters.items():
+        recorded = adapter_formats.get(name)
+        if prompt_format:
+            fmt, source = prompt_format, "prompt_format (overrides the training metadata)" if recorded else "prompt_format"
+        elif recorded:
+            fmt, source = recorded, "training metadata"
+        else:
+            fmt, source = formats[0], "no training metadata: the first baseline row's format"
+        if fmt == "chat" and not has_chat_template:
+            raise SpecError(f"adapter '{name}' was trained in the chat format, but the model has no chat template")
+        systems.append(System(name, "adapter", fmt, source, adapter=str(path)))
+    for method in reference_rows:
+        systems.append(System(method, "reference", None, "", method=method))
+    names = [s.name for s in systems]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise SpecError(f"system name(s) {', '.join(clash)} used twice: an adapter cannot take the name of a baseline "
+                        "or reference row; rename it (--adapter NEWNAME=PATH)")
+    return systems
+
+
+def recorded_prompt_format(training_meta: Mapping[str, Any] | None) -> str | None:
+    """The prompt format an adapter was trained on, from its ``medqa_bench.json`` (None when not recorded)."""
+    meta = training_meta or {}
+    fmt = (meta.get("resolved") or {}).get("prompt_format") or ((meta.get("recipe") or {}).get("data") or {}).get(
+        "prompt_format")
+    return fmt if fmt in PROMPT_FORMATS else None
