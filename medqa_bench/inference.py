@@ -207,7 +207,9 @@ def model_context_length(model: Any, tokenizer: Any) -> int:
 BOUNDARIES = ("prompt", "common_prefix")  # where a completion starts: see encode_pair
 
 
-def encode_pair(tokenizer: Any, prompt: str, completion: str, *, boundary: str = "prompt") -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: Any, prompt: str, completion: str, *, boundary: str = "prompt"
+) -> tuple[list[int], list[int]]:
     """Token ids of (prompt, completion), tokenised jointly where that extends the prompt's own tokens.
 
     Where it does not (a token merges across the boundary, or a chat template renders the prompt alone otherwise),

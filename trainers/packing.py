@@ -12,6 +12,8 @@ up to rounding; what goes away is the work on padding (22% of a random batch of 
                                             across a sequence boundary and no masked block is computed
     -> ``LeanSFTTrainer.compute_loss``      TRL's fused, chunked LM head on the scored positions, without the per-step
                                             device-to-host reads of TRL's metrics
+    -> ``LeanSFTTrainer.evaluation_loop``   the validation loss of padded and padding-free batches alike, as the
+                                            harness defines it (``medqa_bench.loss``: sum NLL / sum tokens)
 
 >>> collate = padding_free_collator(pad_token_id=0)
 >>> batch = collate([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, 5]}])
@@ -155,6 +157,9 @@ def _lean_trainer_class():
         of processes as TRL and Trainer do. Anything beyond the plain completion-only NLL (a custom loss function,
         label smoothing, DFT, MoE auxiliary losses, returned outputs) is left to TRL's method. Trainer's own waits
         (its NaN check of each loss, its blocking batch copies) are turned off in ``trainers.qlora._overlap_options``.
+
+        Its evaluation reports the harness's corpus loss (:meth:`evaluation_loop`, :mod:`medqa_bench.loss`), so the
+        recorded validation loss is the number the harness recomputes from the saved adapter.
         """
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -192,6 +197,52 @@ def _lean_trainer_class():
                     or self.args.include_num_input_tokens_seen == "no"):
                 return super()._track_num_input_tokens(inputs)
             self.state.num_input_tokens_seen += inputs["input_ids"].numel()
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            """The validation loss as the harness defines it (:mod:`medqa_bench.loss`): sum NLL / sum scored tokens over
+            the whole split, not Trainer's mean of each batch's token mean.
+
+            Each batch (padded, padding-free, with or without ``scored_positions``) is scored by
+            :func:`medqa_bench.loss.sequence_nll`, the harness's own LM-head gather and float32 log-softmax, per
+            sequence; the per-sequence sums and counts are gathered over the processes as Trainer gathers its losses
+            (``gather_for_metrics``, which drops the samples repeated to even out the last batches) and added in
+            float64. Metrics: ``<prefix>_loss``, ``<prefix>_nll_tokens`` (scored tokens) and ``<prefix>_items``.
+            Predictions, custom losses and DeepSpeed/FSDP keep Trainer's loop.
+            """
+            args = self.args
+            loss_only = prediction_loss_only if prediction_loss_only is not None else args.prediction_loss_only
+            if (not loss_only or description != "Evaluation" or self.compute_loss_func is not None
+                    or self.label_smoother is not None or args.loss_type != "nll" or self.aux_loss_enabled
+                    or self.is_deepspeed_enabled or self.is_fsdp_enabled):
+                return super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                               ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            from transformers.trainer_utils import EvalLoopOutput
+
+            from medqa_bench.loss import sequence_nll
+
+            model = self._wrap_model(self.model, training=False)
+            if len(self.accelerator._models) == 0 and model is self.model:
+                # evaluated before any training step: prepared as Trainer prepares it (mixed-precision autocast)
+                model = self.accelerator.prepare_model(model, evaluation_mode=True)
+            model.eval()
+            self.callback_handler.eval_dataloader = dataloader
+            nll, tokens, items = 0, 0, 0  # the sums stay on the device until the end
+            with torch.no_grad():
+                for inputs in dataloader:
+                    inputs = self._prepare_inputs(inputs)
+                    with self.compute_loss_context_manager():
+                        sums, counts = sequence_nll(model, inputs)
+                    sums, counts = self.accelerator.gather_for_metrics((sums, counts))
+                    nll, tokens, items = nll + sums.sum(), tokens + counts.sum(), items + counts.numel()
+                    self.control = self.callback_handler.on_prediction_step(args, self.state, self.control)
+            tokens = int(tokens)
+            metrics = {
+                f"{metric_key_prefix}_loss": float(nll) / tokens if tokens else float("nan"),
+                f"{metric_key_prefix}_nll_tokens": tokens,
+                f"{metric_key_prefix}_items": items,
+            }
+            return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=items)
 
     return LeanSFTTrainer
 

@@ -8,7 +8,8 @@ The pipeline, in order::
     -> load_dataset(recipe.data.spec())        the harness's template and split manifest, never a copy
     -> load_base(..., quantization="4bit")     NF4 + double quantization, compute dtype = the precision
     -> SFTTrainer(peft_config=LoraConfig)      completion-only loss, EOS appended, eval every epoch
-                                               (trainers.packing: padding-free rows; no per-step device reads)
+                                               (trainers.packing: padding-free rows; no per-step device reads;
+                                               the validation loss is the harness's, medqa_bench.loss)
     -> atomic.directory(out)                   adapter + training_log.jsonl + medqa_bench.json, in one rename
 
 >>> from trainers.qlora import load_recipe, train                                          # doctest: +SKIP
@@ -45,7 +46,9 @@ __all__ = ["Recipe", "load_recipe", "train", "checkpoint_dir", "last_checkpoint"
 META_FILE = "medqa_bench.json"
 LOG_FILE = "training_log.jsonl"
 RECIPE_FILE = "recipe.json"  # in the checkpoint folder: what --resume must match
-META_VERSION = 1
+# 2: training.final_eval_loss is the harness's corpus loss (medqa_bench.loss), described by
+#    training.eval_loss_definition; version 1 recorded Trainer's mean of batch means
+META_VERSION = 2
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -333,6 +336,7 @@ def train(
     from transformers import PrinterCallback
 
     from medqa_bench.data import load_dataset
+    from medqa_bench.loss import eval_loss_definition
     from medqa_bench.models import load_tokenizer, pick_device, resolve_model
 
     # DDP: each process trains on its own device, cuda:<local rank> (CPU stays CPU).
@@ -384,6 +388,7 @@ def train(
     rows = [json.loads(line) for line in (ckpt_root / LOG_FILE).read_text().splitlines() if line.strip()]
     epochs = [r for r in rows if r["type"] == "epoch"]
     tokens = clock.tokens_end - clock.tokens_start
+    evaluated = [h for h in trainer.state.log_history if "eval_loss" in h]
     meta = {
         "version": META_VERSION,
         "kind": "qlora" if recipe.model.quantization == "4bit" else "lora",
@@ -419,6 +424,14 @@ def train(
             "peak_memory_source": memory_source,
             "final_train_loss": epochs[-1]["train_loss"] if epochs else result.training_loss,
             "final_eval_loss": epochs[-1]["eval_loss"] if epochs else None,
+            # what final_eval_loss is (medqa_bench.loss.training_eval_loss recomputes it from this folder), and over
+            # how many items and scored tokens
+            "eval_loss_definition": eval_loss_definition(
+                max_length=recipe.data.max_length, quantization=recipe.model.quantization,
+                compute_dtype=_DTYPES[precision], prompt_format=recipe.data.prompt_format,
+            ) if val_rows else None,
+            "final_eval_items": evaluated[-1].get("eval_items") if evaluated else None,
+            "final_eval_tokens": evaluated[-1].get("eval_nll_tokens") if evaluated else None,
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
