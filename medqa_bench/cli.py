@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", metavar="N|auto", help="items per batch, or auto (token budget; default)")
     r.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:1")
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="compute dtype (auto: bf16 on GPU, fp32 on CPU)")
-    r.add_argument("--quantization", choices=["none", "4bit"], help="4bit: NF4 as in QLoRA; none (default)")
+    r.add_argument("--quantization", choices=["none", "4bit"], help="put every system on this base (4bit: NF4 as in "
+                   "QLoRA); default: baseline rows unquantized, each adapter on the base it was trained on")
     r.add_argument("--max-length", type=int, metavar="N", help="context for NLL scoring; longer answers use a sliding window")
     r.add_argument("--metrics", metavar="A,B,...", help="metrics to compute (default: all built-ins; see `metrics list`)")
     r.add_argument("--metric-param", action="append", metavar="METRIC.KEY=VALUE", help="e.g. embedding_similarity.model=/path")
@@ -318,7 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s")
     if not args.debug:
-        for noisy in ("transformers", "sentence_transformers", "httpx", "urllib3", "datasets", "huggingface_hub"):
+        # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional kernel package is missing; the
+        # 4-bit layers keep their ordinary path here (models.keep_4bit_layout), so the line says nothing useful.
+        for noisy in ("transformers", "sentence_transformers", "httpx", "urllib3", "datasets", "huggingface_hub",
+                      "bitsandbytes"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         import os
         import warnings

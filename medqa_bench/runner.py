@@ -25,7 +25,7 @@ from .models import (DEFAULT_MODEL, AdapterInfo, LoadedModel, attach_adapters, l
 from .provenance import environment
 from .schema import SCHEMA_VERSION
 from .spec import RunSpec
-from .systems import System, plan_systems, recorded_prompt_format
+from .systems import System, plan_systems, recorded_prompt_format, recorded_quantization
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ def plan_run_systems(spec: RunSpec, tokenizer) -> tuple[list[System], dict[str, 
         adapter_formats={name: recorded_prompt_format(info.training_meta) for name, info in infos.items()},
         reference_rows=REFERENCE_ROWS if spec.reference_rows is None else spec.reference_rows,
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        quantization=spec.quantization,
+        adapter_quantizations={name: recorded_quantization(info.training_meta) for name, info in infos.items()},
     )
     return systems, infos
 
@@ -176,13 +178,15 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     overlap = audit_items(items, train) if train and spec.split != "train" else None
     timings["reference_rows_s"] = time.perf_counter() - t
 
-    # ---- the model: one base, adapters attached
+    # ---- the model: one base per quantization the systems run on, each adapter attached to its own
     t = time.perf_counter()
-    loaded = load_base(spec.model, quantization=spec.quantization, device=device, dtype=spec.dtype)
-    attach_adapters(loaded, {s.name: s.adapter for s in lm_systems if s.kind == "adapter"})
+    bases: dict[str, LoadedModel] = {}
+    for q in dict.fromkeys(s.quantization for s in lm_systems):
+        bases[q] = load_base(spec.model, quantization=q, device=device, dtype=spec.dtype)
+        attach_adapters(bases[q], {s.name: s.adapter for s in lm_systems if s.kind == "adapter" and s.quantization == q})
     timings["load_s"] = time.perf_counter() - t
 
-    tok = loaded.tokenizer
+    tok = next(iter(bases.values())).tokenizer
     formats = sorted({s.prompt_format for s in lm_systems})
     prompts = {f: [e.prompt(f, tok) for e in items] for f in formats}
     completions = {f: [e.completion(f) for e in items] for f in formats}
@@ -190,18 +194,21 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     cache = _cache_for(spec) if ranks is None else ranks.main_first(lambda: _cache_for(spec))
     try:
         t = time.perf_counter()
-        nlls = {s.name: cached_nll(loaded, s, prompts[s.prompt_format], completions[s.prompt_format], spec, cache,
-                                    progress, ranks) for s in lm_systems}
-        _check_adapters(loaded, lm_systems, nlls, prompts, completions, spec, cache, ranks)
+        nlls = {s.name: cached_nll(bases[s.quantization], s, prompts[s.prompt_format], completions[s.prompt_format],
+                                   spec, cache, progress, ranks) for s in lm_systems}
+        _check_adapters(bases, lm_systems, nlls, prompts, completions, spec, cache, ranks)
         timings["nll_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        gens = cached_generate_systems(loaded, lm_systems, prompts, spec, cache, progress, ranks)
+        gens = {}
+        for q, loaded in bases.items():
+            gens.update(cached_generate_systems(loaded, [s for s in lm_systems if s.quantization == q], prompts,
+                                                spec, cache, progress, ranks))
         timings["generate_s"] = time.perf_counter() - t
         cache_stats = {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path) if cache.path else None}
     finally:
         cache.close()
     if ranks is not None and not ranks.is_main:
-        del loaded
+        del bases
         return ranks.wait_for_main()  # rank 0 scores and writes the run folder; return its path
 
     ref_tokens = _reference_token_lengths(tok, items)
@@ -238,10 +245,11 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
         "run_name": spec.run_name,
         "spec": spec.to_dict(),
         "environment": environment(),
-        "model": loaded.describe(),
-        "systems": _system_infos(systems, loaded, spec),
+        "model": next(iter(bases.values())).describe(),
+        "models": {q: b.describe() for q, b in bases.items()},
+        "systems": _system_infos(systems, bases, spec),
         "budget": budget,
-        "loss_definition": _harness_loss_definition(loaded, spec),
+        "loss_definition": _harness_loss_definition(bases, spec),
         "data": {
             "source": spec.data.path or "bundled:medquad.csv.gz",
             "fingerprint": dataset.manifest.data_fingerprint,
@@ -259,7 +267,7 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     }
     if ranks is not None:
         results["environment"]["distributed"] = ranks.describe()
-    del loaded
+    del bases
     out_dir = spec.output_path
     timings["inference_total_s"] = time.perf_counter() - t0
     if ranks is not None:  # the others wait in wait_for_main() above; a failure here is passed on to them
@@ -267,25 +275,27 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress)
 
 
-def _check_adapters(loaded, lm_systems, nlls, prompts, completions, spec, cache, ranks) -> None:
-    """:func:`check_adapters_change_model` against the base model in each adapter's own prompt format."""
+def _check_adapters(bases, lm_systems, nlls, prompts, completions, spec, cache, ranks) -> None:
+    """:func:`check_adapters_change_model` against the base model alone in each adapter's own prompt format and on
+    its own (quantized or not) base."""
     n = ADAPTER_CHECK_ITEMS
     adapters = [s for s in lm_systems if s.kind == "adapter"]
-    base_rows = {s.prompt_format: s for s in lm_systems if s.kind == "baseline"}
+    base_rows = {(s.prompt_format, s.quantization): s for s in lm_systems if s.kind == "baseline"}
     base_nlls = {}
     for a in adapters:
-        row = base_rows.get(a.prompt_format)
+        row = base_rows.get((a.prompt_format, a.quantization))
         if row is not None:
             base_nlls[a.name] = nlls[row.name]
-        else:  # no baseline row in this format: score the base alone on the first items (cached like any NLL)
-            probe = System("baseline", "baseline", a.prompt_format, "adapter check")
-            base_nlls[a.name] = cached_nll(loaded, probe, prompts[a.prompt_format][:n],
-                                            completions[a.prompt_format][:n], spec, cache, False, ranks)
+        else:  # no such baseline row: score the base alone on the first items (cached like any NLL)
+            probe = System("baseline", "baseline", a.prompt_format, "adapter check", a.quantization)
+            base_nlls[a.name] = cached_nll(bases[a.quantization], probe, prompts[a.prompt_format][:n],
+                                           completions[a.prompt_format][:n], spec, cache, False, ranks)
     check_adapters_change_model({a.name: nlls[a.name] for a in adapters}, base_nlls, n)
 
 
-def _system_infos(systems: list[System], loaded: LoadedModel, spec: RunSpec) -> dict[str, dict[str, Any]]:
-    """``results["systems"]``: each row's kind, prompt format (and why), stop sequences and provenance."""
+def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: RunSpec) -> dict[str, dict[str, Any]]:
+    """``results["systems"]``: each row's kind, prompt format and quantization (and why), stop sequences and
+    provenance."""
     from .analysis.training import read_training_log
     from .reference_rows import describe_reference_row
 
@@ -294,8 +304,9 @@ def _system_infos(systems: list[System], loaded: LoadedModel, spec: RunSpec) -> 
         info: dict[str, Any] = {"kind": s.kind, "prompt_format": s.prompt_format, "format_source": s.format_source}
         if s.generates:
             info["stop_sequences"] = list(spec.decoding.stop_sequences(s.prompt_format))
+            info.update(quantization=s.quantization, quantization_source=s.quantization_source)
         if s.kind == "adapter":
-            adapter = loaded.adapters[s.name]
+            adapter = bases[s.quantization].adapters[s.name]
             info.update(adapter=adapter.to_dict(), training_log=read_training_log(adapter.path),
                         training_eval_loss=training_eval_loss_info(adapter.training_meta))
         elif s.kind == "reference":
@@ -304,37 +315,41 @@ def _system_infos(systems: list[System], loaded: LoadedModel, spec: RunSpec) -> 
     return out
 
 
-def _harness_loss_definition(loaded: LoadedModel, spec: RunSpec) -> dict[str, Any]:
-    """What the harness's loss and perplexity are, for the report to set beside an adapter's training eval loss."""
+LOSS_FORMULAS = {
+    "corpus": "sum of NLL over the scored tokens / number of scored tokens (natural log), over the whole split",
+    "batch_mean": "Trainer's evaluation loop: the mean over evaluation batches of each batch's mean token loss, "
+                  "weighted by batch size, not by tokens",
+}
+
+
+def _harness_loss_definition(bases: dict[str, LoadedModel], spec: RunSpec) -> dict[str, Any]:
+    """What this run's loss and perplexity are, in the keys of :func:`medqa_bench.loss.eval_loss_definition`, for the
+    report to set beside an adapter's training eval loss."""
+    loaded = next(iter(bases.values()))
     return {
         "form": "corpus",
-        "formula": "sum of NLL over the reference tokens / number of reference tokens (natural log)",
-        "eos": False,
-        "truncation": "none: answers longer than the context are scored with a strided sliding window",
-        "max_length": spec.max_length or model_context_length(loaded.model, loaded.tokenizer),
-        "quantization": loaded.quantization,
-        "compute_dtype": loaded.dtype,
+        "formula": LOSS_FORMULAS["corpus"],
         "split": spec.split,
+        "eos": False,
+        "boundary": "prompt",
+        "truncation": {"max_length": spec.max_length or model_context_length(loaded.model, loaded.tokenizer),
+                       "mode": "window: answers longer than the context are scored with a strided sliding window"},
+        "quantization": "/".join(bases) if len(bases) > 1 else loaded.quantization,
+        "compute_dtype": loaded.dtype,
+        "prompt_format": "each system's own",
     }
 
 
 def training_eval_loss_info(meta: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An adapter's recorded eval loss with its definition (the trainer's metadata), or None when not recorded."""
-    training = (meta or {}).get("training") or {}
-    value = training.get("final_eval_loss")
+    """An adapter's recorded eval loss with its definition (:func:`medqa_bench.loss.definition_from_metadata`), or
+    None when the adapter's metadata records none."""
+    from .loss import definition_from_metadata
+
+    value = ((meta or {}).get("training") or {}).get("final_eval_loss")
     if value is None:
         return None
-    definition = training.get("eval_loss_definition") or {
-        "form": "batch-mean",
-        "formula": "TRL/transformers' evaluation loop: the mean over evaluation batches of each batch's mean token "
-                   "loss (weighted by batch size, not by tokens)",
-        "eos": True,
-        "truncation": f"prompt + completion cut to max_length = {((meta.get('recipe') or {}).get('data') or {}).get('max_length')} tokens (keep start)",
-        "quantization": (meta.get("resolved") or {}).get("quantization"),
-        "compute_dtype": (meta.get("resolved") or {}).get("compute_dtype"),
-        "split": "validation",
-    }
-    return {"value": value, "definition": definition}
+    definition = definition_from_metadata(meta)
+    return {"value": value, "definition": {**definition, "formula": LOSS_FORMULAS.get(definition.get("form"), "")}}
 
 
 def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, timings, progress) -> Path:

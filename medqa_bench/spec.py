@@ -64,7 +64,7 @@ class RunSpec:
     batch_size: int | str = "auto"
     device: str = "auto"
     dtype: str = "auto"
-    quantization: str = "none"
+    quantization: str | None = None  # None: baseline rows unquantized, each adapter on the base it was trained on
     max_length: int | None = None  # context for NLL scoring (sliding window beyond it); None: the model's
     metrics: tuple[str, ...] | None = None  # None: medqa_bench.metrics.DEFAULT_METRICS
     metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -107,7 +107,7 @@ class RunSpec:
                                     + f"; rows are: {', '.join(REFERENCE_ROWS)} (or none)")
         if self.decoding is not None and self.decoding.max_new_tokens is not None and self.decoding.max_new_tokens < 1:
             raise SpecError(f"max_new_tokens must be a positive number of tokens, not {self.decoding.max_new_tokens}")
-        if self.quantization not in ("none", "4bit"):
+        if self.quantization is not None and self.quantization not in ("none", "4bit"):
             raise SpecError(f"quantization must be '4bit' or 'none', not '{self.quantization}'")
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0)):
             raise SpecError(f"batch_size must be 'auto' or a positive integer, not {self.batch_size!r}")

@@ -278,7 +278,7 @@ def test_out_folder_and_stored_analysis_is_used(tmp_path):
     out = render_report([folder], tmp_path / "out")
     assert out == tmp_path / "out" / "report.html"
     page = out.read_text()
-    assert "t = 0.9," in page and "(given when analysing)" in page and "200 resamples" in page
+    assert "t = 0.900," in page and "(given when analysing)" in page and "200 resamples" in page
     assert "computed while rendering" not in page
     assert 'data-adapter="qlora-medquad"' in page  # no stored verdict: built from the stored analysis
 

@@ -129,3 +129,15 @@ def test_generate_stops_each_row_on_its_own_sequences(default_model):
     assert out[0].stop_reason == "stop" and out[0].text == free.text[: free.text.index(stop)].strip()
     assert out[0].generated_tokens < free.generated_tokens
     assert (out[1].text, out[1].stop_reason) == (free.text, free.stop_reason)  # its batch-mate is unaffected
+
+
+def test_each_adapter_runs_on_the_base_it_was_trained_on():
+    systems = _plan(adapters={"q": "/a", "l": "/b", "u": "/c"}, adapter_formats={},
+                    adapter_quantizations={"q": "4bit", "l": "none"}, reference_rows=())
+    assert [(s.name, s.quantization, s.quantization_source) for s in systems] == [
+        ("baseline", "none", "default: the unquantized base"), ("q", "4bit", "training metadata"),
+        ("l", "none", "training metadata"), ("u", "none", "no training metadata: the unquantized base")]
+    forced = _plan(adapters={"q": "/a"}, adapter_formats={}, adapter_quantizations={"q": "none"}, quantization="4bit",
+                   reference_rows=())
+    assert [(s.quantization, s.quantization_source) for s in forced] == [
+        ("4bit", "quantization"), ("4bit", "quantization (overrides the training metadata)")]

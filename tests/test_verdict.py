@@ -128,7 +128,8 @@ def test_metric_notes_name_the_metric_that_measures_topic(verdict):
     notes = metric_notes(results, results["analysis"])
     assert [(n["metric"], n["reference"]) for n in notes] == [("embedding_similarity", "question")]
     assert set(notes[0]["systems"]) == {"baseline-chat", "baseline-reference", "ft"}
-    assert any("embedding_similarity measures topic, not content" in w["message"] for w in v["warnings"])
+    [note] = [w for w in v["warnings"] if w["code"] == "question_row"]
+    assert note["metrics"] == ["embedding_similarity"] and "measure topic, not content" in note["message"]
 
 
 def test_warnings_degeneration_leakage_budget_and_conditions(verdict):

@@ -93,7 +93,7 @@ def metric_notes(results: dict, analysis: dict) -> list[dict]:
             if info.get("kind") == "nll":
                 continue
             rv = _value(results, ref, m)
-            if rv is None:
+            if rv is None or rv <= 0:  # nothing given for free (exact match: everyone scores 0)
                 continue
             hib = info.get("higher_is_better") is not False
             compared = [s for s in lm if ref in ((analysis.get("comparisons") or {}).get(s) or {})]  # its run's rows
@@ -106,6 +106,21 @@ def metric_notes(results: dict, analysis: dict) -> list[dict]:
                                f"{_fmt(rv)}) scores as high as {', '.join(below)}: {m} measures {what[method]} here",
                 })
     return notes
+
+
+def _grouped_notes(notes: list[dict]) -> list[dict]:
+    """One warning per reference row, naming every metric it scores as high as a model on (the per-metric notes
+    stay in :func:`metric_notes` for the report's table)."""
+    out = []
+    for ref in dict.fromkeys(n["reference"] for n in notes):
+        mine = [n for n in notes if n["reference"] == ref]
+        what = "echoing the question" if mine[0]["code"] == "question_row" else "one fixed answer for every item"
+        measures = "topic, not content" if mine[0]["code"] == "question_row" else "register and boilerplate, not content"
+        listing = "; ".join(f"{n['metric']} {_fmt(n['value'])} (≥ {', '.join(n['systems'])})" for n in mine)
+        out.append({"code": mine[0]["code"], "metrics": [n["metric"] for n in mine], "message":
+                    f"the {ref} row ({what}) scores as high as language-model rows on {len(mine)} metric(s): "
+                    f"{listing}; there these metrics measure {measures}"})
+    return out
 
 
 def _conditions(results: dict, adapter: str, bases: list[str]) -> list[dict]:
@@ -123,20 +138,32 @@ def _conditions(results: dict, adapter: str, bases: list[str]) -> list[dict]:
                         f"stop sequences: {adapter} {a.get('stop_sequences') or 'none'}, "
                         f"{b} {info.get('stop_sequences') or 'none'} (each its format's)"})
     trained = (((a.get("adapter") or {}).get("training") or {}).get("resolved") or {}).get("quantization")
-    evaluated = (results.get("model") or {}).get("quantization")
+    evaluated = a.get("quantization") or (results.get("model") or {}).get("quantization")
     if trained and evaluated and trained != evaluated:
         out.append({"code": "quantization", "message":
-                    f"quantization: {adapter} was trained on a {trained} base and is evaluated on a {evaluated} base"})
+                    f"quantization: {adapter} was trained on a {trained} base and is evaluated on a {evaluated} base "
+                    "(a QLoRA adapter learns against its quantized base's weights)"})
+    for b in bases:
+        bq = (systems.get(b) or {}).get("quantization")
+        if bq and evaluated and bq != evaluated:
+            out.append({"code": "base_quantization", "message":
+                        f"base weights: {adapter} runs on the {evaluated} base it was trained on, {b} on the {bq} base "
+                        "(each at its best)"})
     tel = a.get("training_eval_loss")
     harness = results.get("loss_definition") or {}
     if tel:
         d = tel.get("definition") or {}
-        if d.get("form") != harness.get("form") or d.get("eos") != harness.get("eos"):
+        differ = [k for k in ("form", "split", "eos", "quantization", "compute_dtype")
+                  if str(d.get(k)) != str(a.get("quantization") if k == "quantization" else harness.get(k))]
+        trunc = d.get("truncation")
+        trunc = trunc.get("max_length") if isinstance(trunc, dict) else trunc
+        if differ or trunc:
             out.append({"code": "loss_definition", "message":
-                        f"loss: {adapter}'s training eval loss {_fmt(tel.get('value'))} is {d.get('form')} over the "
-                        f"{d.get('split')} split ({d.get('formula', '')}; EOS {'scored' if d.get('eos') else 'not scored'}; "
-                        f"{d.get('truncation')}); this run's loss is {harness.get('form')} over the {harness.get('split')} "
-                        "split, not comparable number for number"})
+                        f"loss: {adapter}'s training eval loss {_fmt(tel.get('value'))} is the {d.get('form')} form over "
+                        f"the {d.get('split')} split with EOS scored, cut to {trunc} tokens, on a {d.get('quantization')} "
+                        f"base in {d.get('compute_dtype')}; this run's loss is the {harness.get('form')} form over the "
+                        f"{harness.get('split')} split without EOS or truncation: not comparable number for number "
+                        "(medqa_bench.loss.training_eval_loss recomputes the training number)"})
     return out
 
 
@@ -160,7 +187,7 @@ def build_verdict(results: dict) -> dict[str, Any]:
     n_items = analysis.get("n_items") or 0
     degeneration = (analysis.get("degeneration") or {}).get("warnings") or []
     notes = metric_notes(results, analysis)
-    run_warnings: list[dict] = [{"code": n["code"], "message": n["message"]} for n in notes]
+    run_warnings: list[dict] = _grouped_notes(notes)
     budget = results.get("budget") or {}
     longer, n_refs = budget.get("references_longer") or 0, budget.get("n_references") or 0
     if n_refs and longer / n_refs > BUDGET_CUT_SHARE:
