@@ -129,8 +129,8 @@ def audit_items(
     ``{"id", "reference": {"score", "train_id"}, "question": {"score", "train_id"}, "near_duplicate"}``; with no
     training item to compare with (an empty training split) the scores and ids are None and nothing is flagged.
 
-    A training item with several references has each as a text of its own: one item can take several of the 20
-    candidate places.
+    A training item with several references has each as a text of its own: one item can take several of the
+    candidate places (CANDIDATES).
     """
     own = [item.id for item in items]
     ref_texts, ref_ids = [], []

@@ -8,8 +8,9 @@ the median reference has about 370 tokens). The automatic budget is::
 
 where ``p95`` is the 95th percentile (nearest rank) of the token lengths, in the evaluated model's tokenizer, of the
 first reference of every item of the evaluated split -- the whole split, not a ``--limit`` sample, so the budget
-does not move with the sample. The cap bounds a run's cost on answers of thousands of tokens; when it binds, the
-report says how many references are longer. On a CPU, a run evaluates fewer items rather than cutting answers.
+does not move with the sample. The cap bounds a run's cost on answers of thousands of tokens. ``references_longer``
+counts the references a model could not reproduce and end within the budget (``n >= max_new_tokens``: the EOS
+needs a token of its own), and the report states it. On a CPU, a run evaluates fewer items rather than cutting answers.
 
 >>> auto_max_new_tokens([10, 20, 30, 40, 400])["max_new_tokens"]
 400
@@ -47,7 +48,7 @@ def auto_max_new_tokens(reference_tokens: Sequence[int]) -> dict[str, Any]:
         "percentile_tokens": p,
         "capped": p > AUTO_CAP,
         "n_references": len(reference_tokens),
-        "references_longer": sum(1 for n in reference_tokens if n > budget),
+        "references_longer": sum(1 for n in reference_tokens if n >= budget),
     }
 
 
@@ -58,6 +59,6 @@ def given_budget(max_new_tokens: int, reference_tokens: Sequence[int]) -> dict[s
         "source": "given",
         "rule": "set by the user (decoding.max_new_tokens / --max-new-tokens)",
         "n_references": len(reference_tokens),
-        "references_longer": sum(1 for n in reference_tokens if n > max_new_tokens),
+        "references_longer": sum(1 for n in reference_tokens if n >= max_new_tokens),
         "auto_would_be": auto_max_new_tokens(reference_tokens)["max_new_tokens"] if reference_tokens else None,
     }

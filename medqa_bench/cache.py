@@ -1,8 +1,9 @@
 """Content-addressed store of generations and completion NLLs, written as they are produced.
 
 The key is a digest of everything that can change the value: the model's weight fingerprint, the adapter's
-fingerprint (or none for the baseline), quantization, dtype, device type, the exact prompt (and completion) text,
-the decoding or scoring parameters, and ``medqa_bench.CODE_VERSION``. Changing any part gives a new key, so a
+fingerprint (or none for the baseline), quantization, dtype, device type, the system's prompt format, the exact
+prompt (and completion) text, the decoding parameters with the format's stop sequences or the scoring context
+length, and ``medqa_bench.CODE_VERSION``. Changing any part gives a new key, so a
 stale entry is never returned. Entries are committed one batch at a time (SQLite in WAL mode), so a run killed
 at any moment keeps everything it finished, and several processes can write at once.
 """

@@ -203,7 +203,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         decoding["no_repeat_ngram_size"] = args.no_repeat_ngram_size
     if args.stop:
         stops: dict[str, list[str]] = {}
-        for fmt, seq in _parse_assignments(args.stop, "--stop"):
+        for value in args.stop:  # the sequence is kept as typed (a stop sequence may begin or end with spaces)
+            fmt, sep, seq = value.partition("=")
+            if not sep:
+                raise SpecError(f"--stop '{value}' must look like FORMAT=SEQUENCE")
+            fmt = fmt.strip()
             stops.setdefault(fmt, [])
             if seq:
                 stops[fmt].append(seq)

@@ -85,7 +85,13 @@ class DecodingParams:
         if self.stop is not None:
             if not isinstance(self.stop, dict):
                 raise ValueError("decoding.stop maps a prompt format to a list of stop sequences, e.g. {reference: ['###']}")
-            object.__setattr__(self, "stop", {str(k): tuple(str(x) for x in (v or ())) for k, v in self.stop.items()})
+            unknown = [k for k in self.stop if k not in DEFAULT_STOP_SEQUENCES]
+            if unknown:
+                raise ValueError(f"decoding.stop: '{unknown[0]}' is not a prompt format; formats are: "
+                                 f"{', '.join(DEFAULT_STOP_SEQUENCES)}")
+            # one string is one sequence, not a list of characters
+            object.__setattr__(self, "stop", {str(k): (v,) if isinstance(v, str) else tuple(str(x) for x in (v or ()))
+                                              for k, v in self.stop.items()})
 
     def stop_sequences(self, prompt_format: str | None) -> tuple[str, ...]:
         """The stop sequences of a prompt format: ``stop`` when it names the format, else the default."""

@@ -263,8 +263,14 @@ def load_base(
     quantization: str = "none",
     device: str = "auto",
     dtype: str = "auto",
+    dequantize_once: bool = False,
 ) -> LoadedModel:
-    """Load the base model once. ``quantization`` is ``"none"`` or ``"4bit"`` (NF4, double quantization, as QLoRA)."""
+    """Load the base model once. ``quantization`` is ``"none"`` or ``"4bit"`` (NF4, double quantization, as QLoRA).
+
+    ``dequantize_once`` (4-bit only): keep each layer's dequantised weight (:func:`cache_dequantized_weights`), the
+    same numbers at the speed of an unquantized model; the harness evaluates this way, the trainer only with
+    ``training.cache_dequantized``.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -288,6 +294,8 @@ def load_base(
         model.to(device)
     elif device == "cpu":
         keep_4bit_layout(model)
+    if quantization == "4bit" and dequantize_once:
+        cache_dequantized_weights(model)
     model.eval()
     tokenizer = load_tokenizer(source)
     return LoadedModel(model, tokenizer, source, quantization, device, dtype)
@@ -310,6 +318,43 @@ def keep_4bit_layout(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+def _cached_forward(self, x):
+    # bitsandbytes' Linear4bit.forward with the dequantised weight kept: input cast to the compute dtype, the
+    # product, the result cast back (its training path is dequantise + F.linear, forward and backward alike).
+    import torch
+
+    weight = self.dequantized_weight
+    bias = None if self.bias is None else self.bias.to(weight.dtype)
+    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+
+def cache_dequantized_weights(model: Any) -> int:
+    """Give every bitsandbytes 4-bit linear layer of ``model`` its dequantised weight; return the bytes added.
+
+    Each NF4 weight is dequantised once with bitsandbytes' own ``dequantize_4bit`` to the compute dtype, and the layer
+    then runs a plain ``F.linear`` on exactly the values bitsandbytes would rebuild in every forward: the 4-bit model's
+    numbers, at the speed of an unquantized one, for 2 (bf16) or 4 (fp32) bytes per weight. The weight is a
+    non-persistent buffer (never saved, never trained); the packed 4-bit weight stays.
+    """
+    import types
+
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbF
+    import torch
+
+    added = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        dtype = module.compute_dtype or torch.bfloat16
+        with torch.no_grad():
+            weight = bnbF.dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
+        module.register_buffer("dequantized_weight", weight, persistent=False)
+        module.forward = types.MethodType(_cached_forward, module)
+        added += weight.numel() * weight.element_size()
+    return added
 
 
 def nf4_config(compute_dtype: str):

@@ -182,7 +182,8 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     t = time.perf_counter()
     bases: dict[str, LoadedModel] = {}
     for q in dict.fromkeys(s.quantization for s in lm_systems):
-        bases[q] = load_base(spec.model, quantization=q, device=device, dtype=spec.dtype)
+        # 4-bit: each weight dequantised once (bitsandbytes' own values), not in every forward of every token
+        bases[q] = load_base(spec.model, quantization=q, device=device, dtype=spec.dtype, dequantize_once=True)
         attach_adapters(bases[q], {s.name: s.adapter for s in lm_systems if s.kind == "adapter" and s.quantization == q})
     timings["load_s"] = time.perf_counter() - t
 

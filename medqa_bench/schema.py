@@ -74,6 +74,8 @@ class SystemInfo(TypedDict, total=False):
     prompt_format: Optional[str]  # "chat" | "reference"; None for reference rows
     format_source: str  # why this format: "the model's chat template", "training metadata", "prompt_format", ...
     stop_sequences: list[str]  # the stop sequences of its prompt format
+    quantization: str  # language-model rows: "none" | "4bit", the base it ran on
+    quantization_source: str  # why: "default: the unquantized base", "training metadata", "quantization", ...
     adapter: Optional[dict[str, Any]]  # models.AdapterInfo.to_dict()
     training_log: Optional[dict[str, Any]]  # analysis.training.read_training_log() of the adapter folder
     training_eval_loss: Optional[dict[str, Any]]  # {"value", "definition"} from the adapter's training metadata
@@ -88,7 +90,8 @@ class ResultsFile(TypedDict, total=False):
     run_name: str
     spec: dict[str, Any]  # spec.RunSpec.to_dict()
     environment: dict[str, Any]  # versions, python, platform, git_commit, hardware
-    model: dict[str, Any]  # models.LoadedModel.describe(): reference, fingerprint, quantization, dtype, device
+    model: dict[str, Any]  # models.LoadedModel.describe() of the first base loaded: reference, fingerprint, dtype, ...
+    models: dict[str, dict[str, Any]]  # quantization -> LoadedModel.describe(): one base per quantization used
     systems: dict[str, SystemInfo]
     data: dict[str, Any]  # data fingerprint, manifest fingerprint, split, n_items, limit, sample seed, item ids digest
     metrics: dict[str, MetricInfo]

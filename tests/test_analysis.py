@@ -277,7 +277,7 @@ def test_analyze_paired_block_on_realistic_run():
     assert block["baseline"] == "baseline"
     es = block["metrics"][SIM]
     assert es["form"] == "mean" and es["n"] == 30 and es["better"] is True
-    assert es["mcnemar"]["t"] == 0.7 and es["wilcoxon"]["p"] is not None and es["p_holm"] >= es["p_bootstrap"]
+    assert es["mcnemar"]["t"] == 0.7 and es["wilcoxon"]["p"] is not None and es["p_holm"] >= es["p_permutation"]
     ppl = block["metrics"]["perplexity"]
     assert ppl["form"] == "corpus" and ppl["mean_diff"] < 0 and ppl["better"] is True and ppl["mcnemar"] is None
     lm = a["language_modeling"]

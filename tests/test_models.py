@@ -117,3 +117,20 @@ def test_4bit_layers_on_the_cpu_keep_learning_after_an_evaluation():
                    for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
     assert loss_b == loss_a and len(grads_b) == 120 and all(g is not None for g in grads_b.values())
     assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+
+
+@pytest.mark.slow
+def test_dequantize_once_gives_the_4bit_models_numbers():
+    """The harness keeps a 4-bit base's dequantised weights (speed); the logits are bitsandbytes' own."""
+    import torch
+
+    from medqa_bench.models import load_base
+
+    plain = load_base(quantization="4bit", device="cpu", dtype="float32")
+    cached = load_base(quantization="4bit", device="cpu", dtype="float32", dequantize_once=True)
+    ids = plain.tokenizer(["What are the symptoms of gout?", "Fever"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = plain.model(**ids).logits
+        b = cached.model(**ids).logits
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert any(hasattr(m, "dequantized_weight") for m in cached.model.modules())

@@ -85,13 +85,15 @@ def test_run_folder_contents(small_run):
 
 
 def test_adapter_is_asked_in_its_recorded_format(tmp_path, lora_adapter):
-    """An adapter whose training metadata records the reference template is evaluated in it, beside the chat
-    baseline; the adapter check then scores the base alone in the reference template too."""
+    """An adapter whose training metadata records the reference template and a 4-bit base is evaluated in that
+    template on that base, beside the chat baseline on the unquantized base; the adapter check then scores the 4-bit
+    base alone in the reference template."""
     import shutil
 
     adapter = tmp_path / "ft-ref"
     shutil.copytree(lora_adapter, adapter)
-    (adapter / "medqa_bench.json").write_text(json.dumps({"resolved": {"prompt_format": "reference"}}))
+    (adapter / "medqa_bench.json").write_text(json.dumps({"resolved": {"prompt_format": "reference",
+                                                                     "quantization": "4bit"}}))
     out = tmp_path / "run"
     cli(*base_args(out, tmp_path / "cache.sqlite", adapter, limit=2, tokens=6, metrics="loss,rougeL", report=False),
         "--reference-rows", "question", check=True)
@@ -101,6 +103,9 @@ def test_adapter_is_asked_in_its_recorded_format(tmp_path, lora_adapter):
     assert (ft["prompt_format"], ft["format_source"]) == ("reference", "training metadata")
     assert (base["prompt_format"], base["format_source"]) == ("chat", "the model's chat template")
     assert ft["stop_sequences"] == ["### Question", "### Answer"] and base["stop_sequences"] == []
+    # and on the base it was trained on: two bases loaded, the baseline on the unquantized one
+    assert (ft["quantization"], base["quantization"]) == ("4bit", "none")
+    assert set(results["models"]) == {"none", "4bit"}
     assert set(results["systems"]) == {"baseline", "ft", "question"}
     assert samples[0]["prompts"]["reference"].startswith("### Question Type:")
     # NLL: baseline (chat) + ft (reference) + the base alone in the reference template; generations: two systems

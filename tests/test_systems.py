@@ -65,11 +65,11 @@ def test_automatic_budget_rule():
     assert nearest_rank([5, 1, 4, 2, 3], 95) == 5 and nearest_rank(list(range(1, 101)), 95) == 95
     lengths = list(range(1, 101))
     info = auto_max_new_tokens(lengths)
-    assert info["max_new_tokens"] == 95 and info["references_longer"] == 5 and not info["capped"]
+    assert info["max_new_tokens"] == 95 and info["references_longer"] == 6 and not info["capped"]  # 95..100: no room for EOS
     assert auto_max_new_tokens([3] * 10)["max_new_tokens"] == AUTO_FLOOR
     big = auto_max_new_tokens([5000] * 10)
     assert big["max_new_tokens"] == AUTO_CAP and big["capped"] and big["references_longer"] == 10
-    assert given_budget(50, lengths) == {**given_budget(50, lengths), "references_longer": 50, "auto_would_be": 95}
+    assert given_budget(50, lengths) == {**given_budget(50, lengths), "references_longer": 51, "auto_would_be": 95}
 
 
 def test_decoding_stop_sequences_per_format():

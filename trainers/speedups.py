@@ -23,7 +23,6 @@ matmul dequantises each weight in Python-driven kernels in every forward and aga
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
@@ -31,34 +30,11 @@ import torch
 __all__ = ["COMPILE_OPTIONS", "cache_dequantized_weights", "compile_decoder_layers"]
 
 
-def _cached_forward(self, x: torch.Tensor) -> torch.Tensor:
-    # bitsandbytes' Linear4bit.forward with the dequantised weight kept: input cast to the compute dtype, the
-    # product, the result cast back (its training path is dequantise + F.linear, forward and backward alike).
-    weight = self.dequantized_weight
-    bias = None if self.bias is None else self.bias.to(weight.dtype)
-    return torch.nn.functional.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
-
-
 def cache_dequantized_weights(model: Any) -> int:
-    """Give every bitsandbytes 4-bit linear layer of ``model`` its dequantised weight; return the bytes added.
+    """:func:`medqa_bench.models.cache_dequantized_weights` (one implementation, shared with the harness)."""
+    from medqa_bench.models import cache_dequantized_weights as cache
 
-    The weight is a non-persistent buffer (never saved, never trained); the packed 4-bit weight stays, so a saved
-    adapter and its base are unchanged.
-    """
-    import bitsandbytes as bnb
-    import bitsandbytes.functional as bnbF
-
-    added = 0
-    for module in model.modules():
-        if not isinstance(module, bnb.nn.Linear4bit):
-            continue
-        dtype = module.compute_dtype or torch.bfloat16
-        with torch.no_grad():
-            weight = bnbF.dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
-        module.register_buffer("dequantized_weight", weight, persistent=False)
-        module.forward = types.MethodType(_cached_forward, module)
-        added += weight.numel() * weight.element_size()
-    return added
+    return cache(model)
 
 
 def decoder_layers(model: Any) -> list[torch.nn.Module]:

@@ -120,7 +120,7 @@ def analyze(
     for adapter, block in out["paired"].items():
         block["baseline"] = baselines[adapter]
         for row in block["metrics"].values():
-            row["mark"] = stats.significance_mark(row["p_permutation"])
+            row["mark"] = stats.significance_mark(row["p_holm"])
     grades = None
     if metric is not None:
         out["confusion"], grades = _confusion(samples, systems, baselines, metric, th)

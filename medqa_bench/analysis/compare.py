@@ -86,7 +86,7 @@ def compare(samples: list[dict], a: str, b: str, metrics: dict[str, dict], match
         }
     for m, p in zip(rows, stats.holm([r["p_permutation"] for r in rows.values()])):
         rows[m]["p_holm"] = p
-        rows[m]["mark"] = stats.significance_mark(rows[m]["p_permutation"])
+        rows[m]["mark"] = stats.significance_mark(p)
     return rows
 
 

@@ -82,7 +82,17 @@ def metric_notes(results: dict, analysis: dict) -> list[dict]:
     """Metrics on which a reference row scores at least as high as a language-model row: echoing the question
     means the metric measures topic, one fixed answer means it measures genre (register, boilerplate)."""
     kinds = analysis.get("kinds") or {}
-    lm = [s for s in analysis.get("systems", []) if kinds.get(s) in ("baseline", "adapter")]
+    # The rows a verdict rests on: the adapters and, per metric, the baseline each is judged against (a broken row,
+    # e.g. a baseline that leaves half its answers empty, says nothing about the metric). Without adapters: every
+    # baseline row.
+    strongest = analysis.get("strongest_baseline") or {}
+    adapters = [s for s in analysis.get("systems", []) if kinds.get(s) == "adapter"]
+
+    def judged_rows(metric: str) -> list[str]:
+        if not adapters:
+            return [s for s in analysis.get("systems", []) if kinds.get(s) == "baseline"]
+        return list(dict.fromkeys(adapters + [strongest[a][metric] for a in adapters if metric in strongest.get(a, {})]))
+
     what = {"question": "topic, not content", "boilerplate": "register and boilerplate, not content",
             "retrieval": "closeness to a look-alike training answer"}
     notes = []
@@ -96,7 +106,7 @@ def metric_notes(results: dict, analysis: dict) -> list[dict]:
             if rv is None or rv <= 0:  # nothing given for free (exact match: everyone scores 0)
                 continue
             hib = info.get("higher_is_better") is not False
-            compared = [s for s in lm if ref in ((analysis.get("comparisons") or {}).get(s) or {})]  # its run's rows
+            compared = [s for s in judged_rows(m) if ref in ((analysis.get("comparisons") or {}).get(s) or {})]
             below = [s for s in compared if _value(results, s, m) is not None
                      and ((_value(results, s, m) <= rv) if hib else (_value(results, s, m) >= rv))]
             if below and method in ("question", "boilerplate"):
@@ -151,7 +161,7 @@ def _conditions(results: dict, adapter: str, bases: list[str]) -> list[dict]:
                         "(each at its best)"})
     tel = a.get("training_eval_loss")
     harness = results.get("loss_definition") or {}
-    if tel:
+    if tel and harness.get("form"):  # a combined report of runs with different definitions has none to compare
         d = tel.get("definition") or {}
         differ = [k for k in ("form", "split", "eos", "quantization", "compute_dtype")
                   if str(d.get(k)) != str(a.get("quantization") if k == "quantization" else harness.get(k))]

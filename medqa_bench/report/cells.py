@@ -46,7 +46,7 @@ def ci(row: dict, digits: int = 3) -> str:
     return f"[{fmt(row.get('ci_low'), digits)}, {fmt(row.get('ci_high'), digits)}]"
 
 
-def delta(row: dict | None, *, pct_of: float | None = None, digits: int = 3, p_key: str = "p_permutation") -> dict | None:
+def delta(row: dict | None, *, pct_of: float | None = None, digits: int = 3, p_key: str = "p_holm") -> dict | None:
     """A paired difference as a table cell: text, arrow, better/worse class (faded when not significant at
     ``p_key`` < 0.05), significance mark and a tooltip with the CI and p-values."""
     if not row or row.get("mean_diff") is None:
