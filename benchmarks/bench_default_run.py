@@ -3,8 +3,8 @@
     python benchmarks/bench_default_run.py          # from the repository root; the GGUF conversion stays cached
 
 It runs ``medqa-bench -q run --cache <temporary file> --out <temporary folder>`` (the default model, the seeded
-10-item sample of the symptoms test split on a CPU, baseline and the shipped adapter, every built-in metric, the
-report), then prints the wall time, the run's own stage timings from ``results.json`` and the ratio to the
+5-item sample of the symptoms test split on a CPU with the automatic budget, the chat baseline, the shipped adapter
+on its 4-bit base and the reference rows, every built-in metric, the report), then prints the wall time, the run's own stage timings from ``results.json`` and the ratio to the
 performance issue's 120 s target (>= 1.0 meets it). The model conversion from GGUF is cached outside the run and
 is not redone; delete the user cache to time a first run.
 """

@@ -84,7 +84,8 @@ def main() -> None:
     import torch
 
     from medqa_bench.data import load_dataset
-    from medqa_bench.inference import DecodingParams, completion_nll, encode_pair, generate
+    from medqa_bench.generation import DecodingParams, generate
+    from medqa_bench.inference import completion_nll, encode_pair
     from medqa_bench.models import load_base
 
     lm = load_base(args.model, device=args.device, dtype=args.dtype)

@@ -13,7 +13,8 @@ from typing import Any
 
 from . import distributed
 from .cache import InferenceCache, cache_key
-from .inference import CompletionNLL, Generation, completion_nll, generate, model_context_length
+from .generation import Generation, generate
+from .inference import CompletionNLL, completion_nll, model_context_length
 from .models import LoadedModel, system_active
 from .systems import System
 

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(r)
     r.add_argument("--split", choices=["train", "validation", "test", "all"], help="which split to evaluate (default test)")
     r.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded sample of N items; 0 = the full split "
-                   "(default: full split on GPU, 10 items on CPU)")
+                   "(default: full split on GPU, 5 items on CPU)")
     r.add_argument("--sample-seed", type=int, metavar="N", help="seed of the --limit sample (default 0)")
     r.add_argument("--prompt-format", choices=["reference", "chat"],
                    help="ask every language-model system in this format (default: each in its own: the baseline in "
@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .api import run
-    from .inference import DecodingParams
+    from .generation import DecodingParams
     from .spec import AnalysisSpec, RunSpec
 
     spec = RunSpec.from_file(args.spec) if args.spec else RunSpec()

@@ -169,7 +169,7 @@ def shard(batches: Sequence[Sequence[int]], rank: int, world: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------- batch plans
-# These repeat how inference.completion_nll and inference.generate group their items (same lengths, same
+# These repeat how inference.completion_nll and generation.generate group their items (same lengths, same
 # token_batches, same budget), so that a rank given whole batches of the plan rebuilds exactly those batches.
 
 

@@ -46,10 +46,48 @@ __all__ = [
     "batch_mean_loss",
     "sequence_nll",
     "training_eval_loss",
+    "training_eval_loss_info",
+    "run_loss_definition",
+    "FORMULAS",
 ]
 
 #: "corpus": sum NLL / sum tokens over the split; "batch_mean": Trainer's mean of batch token means (adapters < v2).
 FORMS = ("corpus", "batch_mean")
+
+
+#: What each form computes, in words, for reports.
+FORMULAS = {
+    "corpus": "sum of NLL over the scored tokens / number of scored tokens (natural log), over the whole split",
+    "batch_mean": "Trainer's evaluation loop: the mean over evaluation batches of each batch's mean token loss, "
+                  "weighted by batch size, not by tokens",
+}
+
+
+def run_loss_definition(*, split: str, max_length: int, quantization: str, compute_dtype: str) -> dict[str, Any]:
+    """What an evaluation run's loss and perplexity are (:mod:`medqa_bench.inference`'s definition), in the keys of
+    :func:`eval_loss_definition`, for the report to set beside an adapter's training eval loss."""
+    return {
+        "form": "corpus",
+        "formula": FORMULAS["corpus"],
+        "split": split,
+        "eos": False,
+        "boundary": "prompt",
+        "truncation": {"max_length": max_length,
+                       "mode": "window: answers longer than the context are scored with a strided sliding window"},
+        "quantization": quantization,
+        "compute_dtype": compute_dtype,
+        "prompt_format": "each system's own",
+    }
+
+
+def training_eval_loss_info(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An adapter's recorded eval loss with its definition (:func:`definition_from_metadata`), or None when its
+    metadata records none."""
+    value = ((meta or {}).get("training") or {}).get("final_eval_loss")
+    if value is None:
+        return None
+    definition = definition_from_metadata(meta)
+    return {"value": value, "definition": {**definition, "formula": FORMULAS.get(definition.get("form"), "")}}
 
 
 def eval_loss_definition(

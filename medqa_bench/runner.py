@@ -298,6 +298,7 @@ def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: Ru
     """``results["systems"]``: each row's kind, prompt format and quantization (and why), stop sequences and
     provenance."""
     from .analysis.training import read_training_log
+    from .loss import training_eval_loss_info
     from .reference_rows import describe_reference_row
 
     out: dict[str, dict[str, Any]] = {}
@@ -316,41 +317,13 @@ def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: Ru
     return out
 
 
-LOSS_FORMULAS = {
-    "corpus": "sum of NLL over the scored tokens / number of scored tokens (natural log), over the whole split",
-    "batch_mean": "Trainer's evaluation loop: the mean over evaluation batches of each batch's mean token loss, "
-                  "weighted by batch size, not by tokens",
-}
-
-
 def _harness_loss_definition(bases: dict[str, LoadedModel], spec: RunSpec) -> dict[str, Any]:
-    """What this run's loss and perplexity are, in the keys of :func:`medqa_bench.loss.eval_loss_definition`, for the
-    report to set beside an adapter's training eval loss."""
+    from .loss import run_loss_definition
+
     loaded = next(iter(bases.values()))
-    return {
-        "form": "corpus",
-        "formula": LOSS_FORMULAS["corpus"],
-        "split": spec.split,
-        "eos": False,
-        "boundary": "prompt",
-        "truncation": {"max_length": spec.max_length or model_context_length(loaded.model, loaded.tokenizer),
-                       "mode": "window: answers longer than the context are scored with a strided sliding window"},
-        "quantization": "/".join(bases) if len(bases) > 1 else loaded.quantization,
-        "compute_dtype": loaded.dtype,
-        "prompt_format": "each system's own",
-    }
-
-
-def training_eval_loss_info(meta: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An adapter's recorded eval loss with its definition (:func:`medqa_bench.loss.definition_from_metadata`), or
-    None when the adapter's metadata records none."""
-    from .loss import definition_from_metadata
-
-    value = ((meta or {}).get("training") or {}).get("final_eval_loss")
-    if value is None:
-        return None
-    definition = definition_from_metadata(meta)
-    return {"value": value, "definition": {**definition, "formula": LOSS_FORMULAS.get(definition.get("form"), "")}}
+    return run_loss_definition(
+        split=spec.split, max_length=spec.max_length or model_context_length(loaded.model, loaded.tokenizer),
+        quantization="/".join(bases), compute_dtype=loaded.dtype)
 
 
 def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, timings, progress) -> Path:

@@ -30,12 +30,12 @@ from typing import Any
 
 from .data import PROMPT_FORMATS, DataSpec
 from .errors import SpecError
-from .inference import DecodingParams
+from .generation import DecodingParams
 from .models import DEFAULT_MODEL
 
 #: Items evaluated by default on a CPU, so a first run ends in minutes; ``limit: 0`` evaluates the full split. A CPU
 #: evaluates fewer items rather than cutting answers short: the budget is the same as on a GPU.
-CPU_DEFAULT_LIMIT = 10
+CPU_DEFAULT_LIMIT = 5
 
 
 @dataclass(frozen=True)

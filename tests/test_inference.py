@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from medqa_bench.errors import AdapterError
-from medqa_bench.inference import DecodingParams, completion_nll, encode_pair, generate
+from medqa_bench.generation import DecodingParams, generate
+from medqa_bench.inference import completion_nll, encode_pair
 from medqa_bench.models import attach_adapters, load_base, read_adapter, system_active
 
 

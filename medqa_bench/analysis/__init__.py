@@ -51,7 +51,7 @@ __all__ = [
     "DEFAULT_SIMILARITY_METRIC",
     "bounded_metrics",
     "similarity_metrics",
-    "system_roles",
+    "run_roles",
 ]
 
 
@@ -172,12 +172,6 @@ def run_roles(results: dict, samples: list[dict]) -> dict[str, Any]:
         if kinds[n] != "reference":
             references[n] = [m for m in same_run if kinds[m] == "reference"]
     return {"names": names, "kinds": kinds, "baselines": baselines, "references": references}
-
-
-def system_roles(results: dict, samples: list[dict]) -> tuple[list[str], dict[str, str]]:
-    """System names in run order, and ``{adapter: its first baseline row}``."""
-    roles = run_roles(results, samples)
-    return roles["names"], {a: bases[0] for a, bases in roles["baselines"].items()}
 
 
 def _metric_infos(results: dict, samples: list[dict]) -> dict[str, dict]:
