@@ -149,3 +149,21 @@ def _boilerplate(items: Sequence[Example], train: Sequence[Example]) -> list[Ref
             pick = others[0]
         out.append(ReferenceAnswer(train[pick].answer, {"train_id": train[pick].id, "score": float(scores[pick])}))
     return out
+
+
+def method_settings(method: str) -> dict[str, Any]:
+    """What a results file records so a reference row can be reproduced: the library, its version and parameters."""
+    from importlib.metadata import version
+
+    _check_method(method)
+    if method == "retrieval":
+        from .retrieval import BM25Index
+
+        settings = BM25Index.build(["x"], ["x"]).describe()
+        settings.pop("n_documents", None)
+        return {"index": "BM25 over the training split's questions; the answer is the nearest one's first reference",
+                **settings}
+    if method == "boilerplate":
+        return {"vectorizer": "scikit-learn TfidfVectorizer(stop_words='english', sublinear_tf=True) on the training "
+                              "answers; the answer nearest the centroid (cosine)", "scikit-learn": version("scikit-learn")}
+    return {}

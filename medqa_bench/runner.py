@@ -299,7 +299,7 @@ def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: Ru
     provenance."""
     from .analysis.training import read_training_log
     from .loss import training_eval_loss_info
-    from .reference_rows import describe_reference_row
+    from .reference_rows import describe_reference_row, method_settings
 
     out: dict[str, dict[str, Any]] = {}
     for s in systems:
@@ -312,7 +312,7 @@ def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: Ru
             info.update(adapter=adapter.to_dict(), training_log=read_training_log(adapter.path),
                         training_eval_loss=training_eval_loss_info(adapter.training_meta))
         elif s.kind == "reference":
-            info.update(method=s.method, description=describe_reference_row(s.method))
+            info.update(method=s.method, description=describe_reference_row(s.method), settings=method_settings(s.method))
         out[s.name] = info
     return out
 

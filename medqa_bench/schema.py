@@ -81,6 +81,7 @@ class SystemInfo(TypedDict, total=False):
     training_eval_loss: Optional[dict[str, Any]]  # {"value", "definition"} from the adapter's training metadata
     method: str  # reference rows: "retrieval" | "boilerplate" | "question"
     description: str  # reference rows: what the row is and why it is there
+    settings: dict[str, Any]  # reference rows: library, version and parameters (reference_rows.method_settings)
 
 
 class ResultsFile(TypedDict, total=False):

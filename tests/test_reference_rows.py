@@ -131,3 +131,13 @@ def test_bm25_is_deterministic_and_described():
     d = BM25Index.build(texts, ids).describe()
     assert d["library"] == "bm25s" and d["version"] and (d["k1"], d["b"]) == (1.5, 0.75)
     assert d["tokenizer"]["stopwords"].startswith("bm25s 'en'") and d["n_documents"] == 30
+
+
+def test_reference_rows_record_their_settings():
+    from medqa_bench.reference_rows import method_settings
+
+    r = method_settings("retrieval")
+    assert r["library"] == "bm25s" and r["version"] and (r["k1"], r["b"]) == (1.5, 0.75) and "n_documents" not in r
+    assert method_settings("boilerplate")["scikit-learn"] and method_settings("question") == {}
+    with pytest.raises(Exception):
+        method_settings("oracle")
