@@ -29,7 +29,7 @@ def _add_data_options(p: argparse.ArgumentParser, *, with_split: bool = True) ->
     g.add_argument("--id-column", metavar="NAME", help="column holding the item id (default qid)")
     if with_split:
         g.add_argument("--split-seed", type=int, metavar="N", help="seed of the train/validation/test split (default 42)")
-        g.add_argument("--split-strategy", choices=["grouped", "random"],
+        g.add_argument("--split-strategy", choices=["grouped", "random", "grouped-by-qtype"],
                        help="grouped (default): no question text or focus in two splits; random: the reference's naive split")
         g.add_argument("--manifest", metavar="PATH", help="reuse a split manifest written by `data prepare`")
 

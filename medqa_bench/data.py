@@ -341,17 +341,23 @@ def _parse_qtypes(qtype: str | Sequence[str] | None) -> set[str] | None:
 # --------------------------------------------------------------------------------------------- splitting
 
 
+SPLIT_STRATEGIES = ("grouped", "random", "grouped-by-qtype")
+
+
 @dataclass(frozen=True)
 class SplitOptions:
     seed: int = 42
     # "grouped": no question text or focus in two splits. "random": the reference work's naive split of rows, made
     # before repeated questions are merged, so one question can be in train and test (leaky, for comparison only).
+    # "grouped-by-qtype": each question type split on its own as "grouped" splits it alone, so the test items of a
+    # question type are the same whether a run reads that type alone or every type; training items that share a
+    # question or a focus with any validation or test item (of any type) are then dropped from train.
     strategy: str = "grouped"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
     def __post_init__(self):
-        if self.strategy not in ("grouped", "random"):
-            raise DataError(f"split strategy must be 'grouped' or 'random', not '{self.strategy}'")
+        if self.strategy not in SPLIT_STRATEGIES:
+            raise DataError(f"split strategy must be one of {', '.join(SPLIT_STRATEGIES)}, not '{self.strategy}'")
         if len(self.ratios) != 3 or abs(sum(self.ratios) - 1.0) > 1e-6 or min(self.ratios) < 0:
             raise DataError(f"split ratios must be three non-negative numbers summing to 1, not {self.ratios}")
 
@@ -403,6 +409,8 @@ def split_examples(examples: Sequence[Example], options: SplitOptions = SplitOpt
     The ``random`` strategy splits rows before they are merged, so it cannot start from items: use
     :func:`build_splits` (or :func:`load_dataset`) for it.
     """
+    if options.strategy == "grouped-by-qtype":
+        return _split_by_qtype(examples, options)
     if options.strategy != "grouped":
         raise DataError(
             f"split_examples makes the 'grouped' split of merged items; the '{options.strategy}' split is made on "
@@ -410,6 +418,25 @@ def split_examples(examples: Sequence[Example], options: SplitOptions = SplitOpt
         )
     units = sorted(_leak_groups(examples), key=lambda g: g[0])
     return {s: [examples[i] for i in idx] for s, idx in _fill(units, len(examples), options).items()}
+
+
+def _split_by_qtype(examples: Sequence[Example], options: SplitOptions) -> dict[str, list[Example]]:
+    """Each question type's own grouped split, joined; then train loses every item that shares a leak group (over
+    all types) with a validation or test item, so no question or focus crosses from train to evaluation."""
+    grouped = SplitOptions(seed=options.seed, strategy="grouped", ratios=options.ratios)
+    by_type: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(examples):
+        by_type[ex.qtype].append(i)
+    split_of: dict[int, str] = {}
+    for idx in by_type.values():
+        part = [examples[i] for i in idx]
+        position = {id(ex): i for i, ex in zip(idx, part)}
+        for name, chosen in split_examples(part, grouped).items():
+            split_of.update((position[id(ex)], name) for ex in chosen)
+    for group in _leak_groups(examples):
+        if any(split_of[i] != "train" for i in group):
+            split_of.update((i, "dropped") for i in group if split_of[i] == "train")
+    return {s: [ex for i, ex in enumerate(examples) if split_of[i] == s] for s in SPLITS}
 
 
 def split_rows(n_rows: int, options: SplitOptions) -> list[str]:
@@ -433,7 +460,7 @@ def build_splits(
     rows first and merges within each split, so a question asked by several rows can be in several splits, each
     copy an item of its own (with its own id); all items are then the union of the three splits.
     """
-    if options.strategy == "grouped":
+    if options.strategy in ("grouped", "grouped-by-qtype"):
         examples = [ex for _, ex in merge_rows(kept, columns_found, columns)]
         return examples, split_examples(examples, options)
     merged = merge_rows(kept, columns_found, columns, split_rows(len(kept), options))

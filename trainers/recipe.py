@@ -299,7 +299,7 @@ def validate(recipe: Recipe) -> None:
     _choice("training.optimizer", t.optimizer, OPTIMIZERS)
     _choice("training.kernels", t.kernels, KERNELS)
     _choice("data.prompt_format", data.prompt_format, PROMPT_FORMATS)
-    _choice("data.split.strategy", data.split.strategy, ("grouped", "random"))
+    _choice("data.split.strategy", data.split.strategy, ("grouped", "random", "grouped-by-qtype"))
     positive = {
         "lora.r": lora.r,
         "lora.alpha": lora.alpha,
