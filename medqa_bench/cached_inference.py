@@ -2,9 +2,11 @@
 stored as they finish) for what is missing.
 
 The cache key of an output is the system's identity (:func:`identity`: weight and adapter fingerprints,
-quantization, dtype, device type, prompt format) with the item's exact prompt (and completion) and the decoding
-parameters of its format (stop sequences included). Under ``accelerate launch`` rank 0 reads the cache and every
-rank computes whole batches of the single-process plan (:mod:`medqa_bench.distributed`).
+quantization, dtype, device type, prompt format and, for a retrieval-augmented row, its retrieval spec and prompt
+template version; the passages themselves are in the prompt text) with the item's exact prompt (and completion)
+and the decoding parameters of its format (stop sequences included). ``prompts`` are keyed by
+:attr:`System.prompt_key` (the format, or ``<format>+rag``). Under ``accelerate launch`` rank 0 reads the cache and
+every rank computes whole batches of the single-process plan (:mod:`medqa_bench.distributed`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from .systems import System
 
 def identity(loaded: LoadedModel, system: System) -> dict[str, Any]:
     """What a system's outputs depend on besides the item: weights, adapter, quantization, dtype, device type and the
-    prompt format (the prompt text carries it too; the format is named so the key says so)."""
-    adapter = loaded.adapters.get(system.name) if system.kind == "adapter" else None
-    return {
+    prompt format (the prompt text carries it too; the format is named so the key says so). A row with retrieval adds
+    its spec and the prompt template's version (the passages are in the prompt text); rows without it keep the keys
+    they had before retrieval existed."""
+    adapter = loaded.adapters.get(system.adapter_name) if system.adapter_name else None
+    out = {
         "model": loaded.source.fingerprint,
         "adapter": adapter.fingerprint if adapter else None,
         "quantization": loaded.quantization,
@@ -31,6 +35,9 @@ def identity(loaded: LoadedModel, system: System) -> dict[str, Any]:
         "device": loaded.device.split(":")[0],
         "prompt_format": system.prompt_format,
     }
+    if system.retrieval is not None:
+        out["retrieval"] = system.retrieval.to_dict()
+    return out
 
 
 def _lookup(cache: InferenceCache, keys: list[str], ranks) -> dict[str, Any]:
@@ -47,7 +54,7 @@ def cached_nll(loaded, system: System, prompts, completions, spec, cache, progre
     out: list[CompletionNLL | None] = [CompletionNLL(**found[k]) if k in found else None for k in keys]
     todo = [i for i, v in enumerate(out) if v is None]
     if todo:
-        with system_active(loaded, "baseline" if system.kind == "baseline" else system.name) as model:
+        with system_active(loaded, system.adapter_name or "baseline") as model:
             def nll(part: list[int]) -> list[CompletionNLL]:  # part: positions in todo
                 def store(j: int, value: CompletionNLL) -> None:
                     cache.put_many([(keys[todo[part[j]]], "nll", {"nll_sum": value.nll_sum, "nll_tokens": value.nll_tokens})])
@@ -82,7 +89,7 @@ def _cached_generate(loaded, system: System, prompts, spec, cache, progress, ran
     todo = [i for i, v in enumerate(out) if v is None]
     stops = spec.decoding.stop_sequences(system.prompt_format)
     if todo:
-        with system_active(loaded, "baseline" if system.kind == "baseline" else system.name) as model:
+        with system_active(loaded, system.adapter_name or "baseline") as model:
             def gen(part: list[int]) -> list[Generation]:  # part: positions in todo
                 def store(j: int, g: Generation) -> None:
                     cache.put_many([(keys[todo[part[j]]], "generate", _generation_record(g))])
@@ -108,25 +115,25 @@ def _generation_record(g: Generation) -> dict[str, Any]:
 
 
 def cached_generate_systems(loaded, systems: list[System], prompts, spec, cache, progress, ranks=None) -> dict[str, list[Generation]]:
-    """Every language-model system's generations of its own prompts (``prompts[format]``). In one process with LoRA
-    adapters, all systems' uncached items are generated together in mixed-adapter batches (:func:`generate`'s
-    ``adapter_names``): each decoding step reads the base weights once for every system instead of once per
-    system. Each row keeps its own prompt format and stop sequences. Otherwise system after system."""
+    """Every language-model system's generations of its own prompts (``prompts[system.prompt_key]``). In one process
+    with LoRA adapters, all systems' uncached items are generated together in mixed-adapter batches
+    (:func:`generate`'s ``adapter_names``): each decoding step reads the base weights once for every system instead
+    of once per system. Each row keeps its own prompt format and stop sequences. Otherwise system after system."""
     mixable = ranks is None and len(systems) > 1 and loaded.adapters and all(
         getattr(cfg, "peft_type", None) == "LORA" for cfg in getattr(loaded.model, "peft_config", {}).values())
     if not mixable:
-        return {s.name: _cached_generate(loaded, s, prompts[s.prompt_format], spec, cache, progress, ranks)
+        return {s.name: _cached_generate(loaded, s, prompts[s.prompt_key], spec, cache, progress, ranks)
                 for s in systems}
     keys, out, todo = {}, {}, []
     for s in systems:
-        keys[s.name], out[s.name] = _generation_lookup(loaded, s, prompts[s.prompt_format], spec, cache, None)
+        keys[s.name], out[s.name] = _generation_lookup(loaded, s, prompts[s.prompt_key], spec, cache, None)
         todo += [(s, i) for i, v in enumerate(out[s.name]) if v is None]
     if todo:
         def store(j: int, g: Generation) -> None:
             s, i = todo[j]
             cache.put_many([(keys[s.name][i], "generate", _generation_record(g))])
 
-        fresh = generate(loaded.model, loaded.tokenizer, [prompts[s.prompt_format][i] for s, i in todo], spec.decoding,
+        fresh = generate(loaded.model, loaded.tokenizer, [prompts[s.prompt_key][i] for s, i in todo], spec.decoding,
                          batch_size=spec.batch_size, progress=progress, desc="generate", on_result=store,
                          adapter_names=[s.peft_name for s, _ in todo],
                          stop_sequences=[spec.decoding.stop_sequences(s.prompt_format) for s, _ in todo])

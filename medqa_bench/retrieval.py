@@ -26,6 +26,7 @@ What it does, exactly:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Collection, Sequence
 
 from .errors import DataError
@@ -112,6 +113,37 @@ class BM25Index:
             order = np.flatnonzero(keep)[np.argsort(-scores[keep], kind="stable")]
             out.append([(self.ids[n], float(scores[n])) for n in order[:k]])
         return out
+
+    def save(self, folder: str | Path) -> None:
+        """Write the index into ``folder``: bm25s's own files (numpy arrays saved without pickle, JSON vocabularies
+        and parameters) and ``ids.json``. :meth:`load` reads it back; the scores are the same."""
+        import json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._retriever is not None:
+            self._retriever.save(str(folder), allow_pickle=False, show_progress=False)
+            self._tokenizer.save_vocab(str(folder))
+        meta = {"ids": list(self.ids), "k1": self.k1, "b": self.b, "empty": self._retriever is None}
+        (folder / "ids.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "BM25Index":
+        """An index written by :meth:`save` (arrays loaded with ``allow_pickle=False``)."""
+        import json
+        import logging
+
+        import bm25s
+
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
+        folder = Path(folder)
+        meta = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+        retriever = tokenizer = None
+        if not meta["empty"]:
+            retriever = bm25s.BM25.load(str(folder), mmap=False, allow_pickle=False, show_progress=False)
+            tokenizer = bm25s.tokenization.Tokenizer(lower=True, splitter=TOKEN_PATTERN, stopwords=STOPWORDS)
+            tokenizer.load_vocab(str(folder))
+        return cls(tuple(meta["ids"]), meta["k1"], meta["b"], retriever, tokenizer)
 
     def describe(self) -> dict[str, Any]:
         """What a results file records so the retrieval can be reproduced: library, parameters, tokenizer."""

@@ -14,8 +14,13 @@ Every row of a comparison is a :class:`System`:
 
 A user's ``prompt_format`` overrides every language-model row's format, and ``quantization`` every row's
 quantization (baseline rows default to the unquantized base); ``format_source`` and ``quantization_source`` record
-why each row has what it has, and the verdict lists unequal conditions. Later kinds (a model behind an inference server, a
-retrieval-augmented system) are more rows of this list, not special cases in the runner.
+why each row has what it has, and the verdict lists unequal conditions.
+
+**Retrieval is an attribute, not a kind.** ``rag=RagSpec(...)`` (``--rag bm25:k=3``) adds, after the plain rows, a
+``<name>+rag`` row for every language-model row: the same kind, format, quantization and adapter, with ``retrieval``
+set and ``variant_of`` naming the plain row. Its prompts carry training passages (:mod:`medqa_bench.rag`); it shares
+its plain row's attached adapter (:attr:`System.adapter_name`). Later kinds (a model behind an inference server) are
+more rows of this list, not special cases in the runner.
 
 >>> plan_systems(baseline_formats=None, prompt_format=None, adapters={}, adapter_formats={},
 ...              reference_rows=("question",), has_chat_template=True)[0].name
@@ -24,11 +29,12 @@ retrieval-augmented system) are more rows of this list, not special cases in the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from .data import PROMPT_FORMATS
 from .errors import SpecError
+from .rag import RagSpec, prompt_key
 
 SYSTEM_KINDS = ("baseline", "adapter", "reference")
 BASELINE = "baseline"
@@ -46,6 +52,8 @@ class System:
     quantization_source: str = ""  # why: "default", "training metadata", "quantization" (the user's), ...
     adapter: str | None = None  # kind "adapter": the adapter folder
     method: str | None = None  # kind "reference": a name of medqa_bench.reference_rows.REFERENCE_ROWS
+    retrieval: RagSpec | None = None  # language-model rows: training passages in the prompt (medqa_bench.rag)
+    variant_of: str | None = None  # a +rag row: the plain row it adds retrieval to
 
     def __post_init__(self):
         if self.kind not in SYSTEM_KINDS:
@@ -53,6 +61,8 @@ class System:
         if self.kind != "reference" and self.prompt_format not in PROMPT_FORMATS:
             raise SpecError(f"system '{self.name}': prompt format must be one of {', '.join(PROMPT_FORMATS)}, "
                             f"not {self.prompt_format!r}")
+        if self.retrieval is not None and self.kind == "reference":
+            raise SpecError(f"system '{self.name}': a reference row takes no retrieval (it generates nothing)")
 
     @property
     def generates(self) -> bool:
@@ -60,9 +70,22 @@ class System:
         return self.kind != "reference"
 
     @property
+    def adapter_name(self) -> str | None:
+        """The name its adapter is attached under: its own, or its plain row's for a +rag row (one adapter, loaded
+        once); None for rows without an adapter."""
+        if self.kind != "adapter":
+            return None
+        return self.variant_of or self.name
+
+    @property
     def peft_name(self) -> str:
         """The adapter name PEFT knows this row by (``__base__``: the base model alone)."""
-        return self.name if self.kind == "adapter" else "__base__"
+        return self.adapter_name or "__base__"
+
+    @property
+    def prompt_key(self) -> str:
+        """Which prompts this row is given: its format's, or ``<format>+rag`` with retrieval (samples.jsonl)."""
+        return prompt_key(self.prompt_format, self.retrieval)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,8 +106,9 @@ def plan_systems(
     has_chat_template: bool,
     quantization: str | None = None,
     adapter_quantizations: Mapping[str, str | None] | None = None,
+    rag: RagSpec | None = None,
 ) -> list[System]:
-    """The run's rows: baseline rows, then adapters, then reference rows.
+    """The run's rows: baseline rows, then adapters, then (with ``rag``) a ``+rag`` row of each, then reference rows.
 
     ``adapter_formats[name]`` is the format recorded in the adapter's training metadata (None when it has none), and
     ``adapter_quantizations[name]`` the quantization of the base it was trained on. ``quantization`` (the user's)
@@ -125,6 +149,8 @@ def plan_systems(
         else:
             q, q_why = "none", "no training metadata: the unquantized base"
         systems.append(System(name, "adapter", fmt, source, q, q_why, adapter=str(path)))
+    if rag is not None:
+        systems += [replace(s, name=f"{s.name}+rag", retrieval=rag, variant_of=s.name) for s in list(systems)]
     for method in reference_rows:
         systems.append(System(method, "reference", None, "", method=method))
     names = [s.name for s in systems]
