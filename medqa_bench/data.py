@@ -2,7 +2,8 @@
 
 The pipeline, in order::
 
-    load_table(path, columns)           CSV (plain or .gz), JSONL, or a Hugging Face `datasets` dataset
+    load_table(path)                    CSV (plain or .gz), JSONL, or a Hugging Face `datasets` dataset, read as written
+                                        or refused with the line at fault (medqa_bench.readers)
     -> select_rows(rows, qtypes)        drop empty rows (counted), filter by qtype
     -> build_splits(rows, options)      items and their splits; the order depends on the strategy:
          grouped (default):  merge_rows   group rows asking the same question into one multi-reference item
@@ -21,10 +22,7 @@ The pipeline, in order::
 
 from __future__ import annotations
 
-import csv
 import functools
-import gzip
-import io
 import json
 import logging
 import os
@@ -37,8 +35,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import DataError
-from .fingerprint import sha256_file, sha256_json
-from .jsonl import parse_jsonl
+from .fingerprint import sha256_json
+from .readers import load_table
 
 log = logging.getLogger(__name__)
 
@@ -124,82 +122,6 @@ def _adds_bos(tokenizer: Any) -> bool:
     bos_id = getattr(tokenizer, "bos_token_id", None)
     ids = tokenizer("x", add_special_tokens=True)["input_ids"]
     return bos_id is not None and bool(ids) and ids[0] == bos_id
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def _decode_utf8(raw: bytes, path: Path) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"{path}: bytes that are not UTF-8 at byte {exc.start} (line {line}): {raw[exc.start:exc.start + 4]!r}; "
-            "re-encode the file as UTF-8"
-        ) from None
-
-
-def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise DataError(f"data file {path} does not exist")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; give a .csv, .csv.gz, .jsonl or .jsonl.gz file, or a saved `datasets` folder")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: not a valid gzip file ({exc})") from None
-    return _decode_utf8(raw, path)
-
-
-def _table_format(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    ext = suffixes[-1] if suffixes else ""
-    if ext in (".csv", ".tsv"):
-        return ext[1:]
-    if ext in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    raise DataError(f"{path}: unknown format '{ext or 'no extension'}'; medqa-bench reads .csv, .tsv, .jsonl (optionally .gz)")
-
-
-def load_table(source: str | os.PathLike | Any) -> tuple[list[dict[str, Any]], list[str], str]:
-    """Read rows from a file or a `datasets` dataset. Returns (rows, column names, fingerprint)."""
-    if not isinstance(source, (str, os.PathLike)):
-        return _rows_from_hf(source)
-    path = Path(source).expanduser()
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-        import datasets
-
-        return _rows_from_hf(datasets.load_from_disk(str(path)), fingerprint=None)
-    fmt = _table_format(path)
-    text = _read_text(path)
-    if not text.strip():
-        raise DataError(f"{path} is empty")
-    if fmt == "jsonl":
-        rows = parse_jsonl(text, str(path), DataError)
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-    else:
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
-    if not rows:
-        raise DataError(f"{path} has a header but no rows")
-    return rows, columns, "sha256:" + sha256_file(path)
-
-
-def _rows_from_hf(ds: Any, fingerprint: str | None = None) -> tuple[list[dict[str, Any]], list[str], str]:
-    if isinstance(getattr(ds, "column_names", None), dict):
-        raise DataError("a DatasetDict was given; pick one split, e.g. dataset['train']")
-    columns = list(ds.column_names)
-    rows = [dict(r) for r in ds]
-    if not rows:
-        raise DataError("the dataset has no rows")
-    fp = fingerprint or f"datasets:{getattr(ds, '_fingerprint', None) or sha256_json(rows)}"
-    return rows, columns, fp
 
 
 # --------------------------------------------------------------------------------------------- examples
@@ -571,9 +493,11 @@ def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None) -> Datase
 
     spec = spec or DataSpec()
     source = hf_dataset if hf_dataset is not None else (spec.path or default_dataset())
-    rows, columns_found, data_fp = load_table(source)
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "dataset"
-    kept, report = select_rows(rows, columns_found, spec.columns, spec.qtype, source=name)
+    table = load_table(source)
+    cols = spec.columns
+    table.require_text([cols.question, cols.qtype, cols.focus, cols.id], list_columns=[cols.answer])
+    rows, columns_found, data_fp = table.rows, table.columns, table.fingerprint
+    kept, report = select_rows(rows, columns_found, spec.columns, spec.qtype, source=table.source)
     options = {
         "qtype": spec.qtype,
         "columns": asdict(spec.columns),
