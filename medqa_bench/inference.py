@@ -178,6 +178,8 @@ def _split_pair(tokenizer, ctx, whole, completion, boundary) -> tuple[list[int],
 # --------------------------------------------------------------------------------------------- NLL
 
 TRUNCATIONS = ("window", "keep_start")
+#: The shortest sliding window that scores anything: one token of context and the token it predicts.
+MIN_WINDOW = 2
 
 
 def completion_nll(
@@ -214,6 +216,12 @@ def completion_nll(
         raise ValueError("prompts and completions differ in length")
     if truncation not in TRUNCATIONS:
         raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, not {truncation!r}")
+    if truncation == "window" and max_length is not None and max_length < MIN_WINDOW:
+        from .errors import SpecError
+
+        raise SpecError(f"max_length (--max-length) is {max_length} tokens: a token is scored from the tokens before it "
+                        f"in its window, so a window of 1 scores nothing; give at least {MIN_WINDOW}, or leave it unset "
+                        "for the model's context length")
     if append_eos:
         eos = tokenizer.eos_token
         if not eos:

@@ -25,7 +25,8 @@ from typing import Any
 
 from . import atomic
 from .errors import AdapterError, ModelError
-from .fingerprint import sha256_file, sha256_files, sha256_json
+from .fingerprint import sha256_files, sha256_json
+from .weight_files import WeightFileError, check_safetensors, pickle_conversion
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,11 @@ def resolve_model(reference: str | os.PathLike | None = None) -> ModelSource:
                 f"{path} is a folder but not a model checkpoint (no config.json); "
                 "give a checkpoint folder, a .gguf file, a Hub id, or the alias " + DEFAULT_MODEL
             )
+        for weights in sorted(path.glob("*.safetensors")):
+            try:
+                check_safetensors(weights)
+            except WeightFileError as exc:
+                raise ModelError(f"model folder {path}: {exc}; download or convert the checkpoint again") from None
         return ModelSource(ref, "folder", str(path.resolve()), _weights_fingerprint(path))
     if path.exists():
         raise ModelError(f"{path} is neither a checkpoint folder nor a .gguf file")
@@ -403,17 +409,34 @@ def read_adapter(name: str, path: str | os.PathLike) -> AdapterInfo:
     cfg_path = folder / "adapter_config.json"
     if not cfg_path.exists():
         raise AdapterError(f"adapter '{name}': {folder} has no adapter_config.json (not a PEFT adapter folder)")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"adapter '{name}': {cfg_path} is not valid JSON ({exc})") from exc
-    weights = [p for p in (folder / "adapter_model.safetensors", folder / "adapter_model.bin") if p.exists()]
-    if not weights:
+    config = _read_json_object(cfg_path, f"adapter '{name}'")
+    safetensors, pickled = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
+    if not safetensors.exists():
+        if pickled.exists():
+            raise AdapterError(
+                f"adapter '{name}': {pickled} is a pickled PyTorch file, which medqa-bench does not load (unpickling "
+                f"runs code from the file); if you trust it, convert it to adapter_model.safetensors: "
+                f"{pickle_conversion(folder)}")
         raise AdapterError(f"adapter '{name}': {folder} has no adapter_model.safetensors")
+    try:
+        check_safetensors(safetensors)
+    except WeightFileError as exc:
+        raise AdapterError(f"adapter '{name}' ({folder}): {exc}; copy or train the adapter again") from None
+    weights = [p for p in (safetensors, pickled) if p.exists()]  # both, as fingerprinted before .bin was refused
     meta_path = folder / "medqa_bench.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    meta = _read_json_object(meta_path, f"adapter '{name}'") if meta_path.exists() else None
     digest = sha256_files([cfg_path, *weights], folder)
     return AdapterInfo(name, str(folder.resolve()), f"sha256:{digest}", config.get("base_model_name_or_path"), config, meta)
+
+
+def _read_json_object(path: Path, whose: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{whose}: {path} is not valid JSON ({exc}); the folder is damaged") from None
+    if not isinstance(value, dict):
+        raise AdapterError(f"{whose}: {path} holds a JSON {type(value).__name__}, not an object; the folder is damaged")
+    return value
 
 
 def _check_adapter_base(info: AdapterInfo, loaded: LoadedModel) -> None:
