@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medqa-bench-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test chromium bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medqa-bench run
 
-test: $(STAMP)
+test: chromium $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The browser test needs headless Chromium: found, installed (Debian/Ubuntu as root), or one line saying how, before
+# anything else is installed.
+chromium:
+	@sh scripts/ensure-chromium.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eval.py

@@ -1,14 +1,27 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic writes: a reader sees the old file or folder or the new one, never half of either.
+
+New files and folders get the mode the user's umask gives (``tempfile`` makes them 0600 and 0700, which would leave
+a report meant to be shared unreadable by others).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
+
+
+def umask() -> int:
+    """The process's umask (read by setting it and setting it back: Python has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -17,6 +30,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -41,11 +55,14 @@ def write_jsonl(path: str | os.PathLike, rows) -> None:
 
 
 @contextlib.contextmanager
-def directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def directory(path: str | os.PathLike, *, overwrite: bool = False,
+              carry_except: Collection[str] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
 
     If ``path`` exists and ``overwrite`` is false, :class:`FileExistsError` is raised before any work.
-    On failure the temporary folder is removed and ``path`` is untouched.
+    On failure the temporary folder is removed and ``path`` is untouched. With ``carry_except``, the entries of the
+    old folder that the new one lacks and that are not named there are carried over (hard links where possible), so
+    a folder that also holds other files (a cache, a combined report) keeps them.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -53,8 +70,13 @@ def directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~umask())
         yield tmp
-        if path.exists():
+        if carry_except is not None and path.is_dir():
+            _carry(path, tmp, set(carry_except))
+        if path.exists() and _exchange(tmp, path):
+            _remove(tmp)  # now the old folder
+        elif path.exists():  # no atomic exchange here: two renames, the old folder gone for an instant
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)
@@ -62,5 +84,56 @@ def directory(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
         else:
             os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
+
+
+def _carry(old: Path, new: Path, skip: set[str]) -> None:
+    for entry in old.iterdir():
+        target = new / entry.name
+        if entry.name in skip or os.path.lexists(target):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), target)
+        elif entry.is_dir():
+            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, target)
+
+
+def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28, some others)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # a kernel or file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache", metavar="PATH", help="SQLite cache of generations and NLLs (default: the user cache)")
     r.add_argument("--no-cache", action="store_true", help="compute everything afresh and store nothing")
     r.add_argument("--no-report", action="store_true", help="skip report.html")
+    r.add_argument("--overwrite", action="store_true", help="replace a run folder that holds a different run (another "
+                   "spec); re-running the same spec replaces its folder without it")
     r.add_argument("--seed", type=int, help="seed of bootstrap CIs and distractor choice (default 0)")
 
     s = sub.add_parser("score", help="re-score a run folder's saved generations (no language model is loaded)")
@@ -238,6 +240,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ch["cache"] = args.cache
     if args.no_report:
         ch["report"] = False
+    if args.overwrite:
+        ch["overwrite"] = True
     ch["data"] = _data_spec(args, spec.data)
     spec = spec.replace(**ch)
     result = run(spec, progress=not args.quiet)
@@ -268,9 +272,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import render_report
+    import contextlib
 
-    path = render_report([Path(d) for d in args.run_dirs], Path(args.out) if args.out else None, plotly=args.plotly)
+    from .report import render_report
+    from .run_folder import lock
+
+    dirs = [Path(d) for d in args.run_dirs]
+    # writing into a run folder: not while a run is replacing it
+    with lock(dirs[0]) if args.out is None and dirs[0].is_dir() else contextlib.nullcontext():
+        path = render_report(dirs, Path(args.out) if args.out else None, plotly=args.plotly)
     print(path)
     return 0
 

@@ -7,17 +7,18 @@ generations without loading the language model. Both return the run folder's pat
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, atomic, distributed
+from . import __version__, atomic, distributed, run_folder
 from .cache import InferenceCache
 from .cached_inference import cached_generate_systems, cached_nll
 from .data import Example, load_dataset
-from .errors import AdapterError
+from .errors import AdapterError, DataError
 from .fingerprint import sha256_json
 from .inference import CompletionNLL, model_context_length
 from .models import (DEFAULT_MODEL, AdapterInfo, LoadedModel, attach_adapters, load_base, load_tokenizer, pick_device,
@@ -67,6 +68,14 @@ def _cache_for(spec: RunSpec) -> InferenceCache:
 
         return InferenceCache(cache_dir() / "inference.sqlite")
     return InferenceCache(spec.cache)
+
+
+def _empty_split_message(dataset, spec: RunSpec) -> str:
+    sizes = ", ".join(f"{name} {len(dataset.split(name))}" for name in ("train", "validation", "test"))
+    report = dataset.report
+    return (f"the {spec.split} split is empty: the qtype filter '{spec.data.qtype}' kept {report.kept} of "
+            f"{report.rows} rows ({len(dataset.examples)} items; split {sizes}); evaluate another --split, widen "
+            "--qtype or use more data")
 
 
 def check_adapters_change_model(adapter_nlls: dict[str, list[CompletionNLL]], base_nlls: dict[str, list[CompletionNLL]],
@@ -131,11 +140,21 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
 
     Under ``accelerate launch`` (several processes) the items are sharded across the processes and rank 0 writes
     the same run folder a single process would; every process returns its path (see medqa_bench.distributed).
+
+    The run folder is checked before any work (writable, not a file) and locked until the run ends; before the model
+    loads, a folder holding a different run stops the run unless ``spec.overwrite`` (see medqa_bench.run_folder).
     """
+    spec = spec or RunSpec()
+    if distributed.world_size() > 1 and os.environ.get("RANK", "0") != "0":
+        return _run(spec, progress)  # only the process that writes the run folder holds its lock
+    with run_folder.lock(spec.output_path):
+        return _run(spec, progress)
+
+
+def _run(spec: RunSpec, progress: bool) -> Path:
     from .audit import audit_items
     from .reference_rows import reference_answers
 
-    spec = spec or RunSpec()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ranks = distributed.launched(spec.device)  # None unless launched with WORLD_SIZE > 1 (nothing imported then)
@@ -147,6 +166,8 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     t = time.perf_counter()
     dataset = load_dataset(spec.data)
     pool = dataset.split(spec.split)
+    if not pool:
+        raise DataError(_empty_split_message(dataset, spec))
     items = select_items(pool, spec.limit or 0, spec.sample_seed)
     train = dataset.split("train")
     if spec.limit and spec.limit < len(pool):
@@ -171,6 +192,8 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     spec = spec.replace(adapters=tuple((s.name, s.adapter) for s in lm_systems if s.kind == "adapter"),
                         baseline_formats=tuple(s.prompt_format for s in lm_systems if s.kind == "baseline"),
                         reference_rows=tuple(s.method for s in systems if s.kind == "reference"))
+    run_folder.check_replaceable(spec.output_path, spec.to_dict(), overwrite=spec.overwrite,
+                                 own_files=[spec.cache] if spec.cache not in (None, "default") else [])
 
     # ---- rows and audits that need no model: the training split only
     t = time.perf_counter()
@@ -344,17 +367,18 @@ def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, ti
     results["verdict"] = build_verdict(results)
     timings["analysis_s"] = time.perf_counter() - t
     results["timings"] = {**results.get("timings", {}), **{k: round(v, 3) for k, v in timings.items()}}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # samples first, results last: a results.json always has its samples beside it.
-    atomic.write_jsonl(out_dir / "samples.jsonl", samples)
-    atomic.write_json(out_dir / "results.json", results)
-    if spec.report:
-        from .report import render_report
+    # The three files are written into a sibling folder that replaces the run folder in one rename: a failure (a
+    # full disk, a failing report) leaves the earlier run folder as it was.
+    with run_folder.staged(out_dir) as tmp:
+        atomic.write_jsonl(tmp / "samples.jsonl", samples)
+        atomic.write_json(tmp / "results.json", results)
+        if spec.report:
+            from .report import render_report
 
-        t = time.perf_counter()
-        render_report([out_dir])
-        results["timings"]["report_s"] = round(time.perf_counter() - t, 3)
-        atomic.write_json(out_dir / "results.json", results)
+            t = time.perf_counter()
+            render_report([tmp])
+            results["timings"]["report_s"] = round(time.perf_counter() - t, 3)
+            atomic.write_json(tmp / "results.json", results)
     log.info("wrote %s", out_dir)
     return out_dir
 

@@ -16,6 +16,14 @@ Example file (YAML)::
     decoding: {max_new_tokens: 256}
     metrics: [perplexity, rougeL, embedding_similarity]
     metric_params: {embedding_similarity: {model: /models/all-MiniLM-L6-v2}}
+
+Every value is checked by type when the spec is made (from a file, a dict or keyword arguments: one coercion,
+:mod:`medqa_bench.typed`, shared with the training recipes), and the checks that need no model (ranges, choices, the
+run name) run then too, so a bad value fails in a second with its dotted key::
+
+    >>> RunSpec.from_dict({"decoding": {"max_new_tokens": "lots"}})
+    Traceback (most recent call last):
+    medqa_bench.errors.SpecError: run spec key 'decoding.max_new_tokens' must be an integer, not 'lots'
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import PROMPT_FORMATS, DataSpec
+from . import typed
+from .data import PROMPT_FORMATS, SPLITS, DataSpec
 from .errors import SpecError
 from .generation import DecodingParams
 from .models import DEFAULT_MODEL
@@ -36,6 +45,14 @@ from .models import DEFAULT_MODEL
 #: Items evaluated by default on a CPU, so a first run ends in minutes; ``limit: 0`` evaluates the full split. A CPU
 #: evaluates fewer items rather than cutting answers short: the budget is the same as on a GPU.
 CPU_DEFAULT_LIMIT = 5
+#: How spec errors name the document: "run spec key 'decoding.max_new_tokens' must be an integer, not 'lots'".
+DOC = "run spec"
+#: Devices a run can be given; ``cuda:N`` names one GPU.
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+THRESHOLD_KEYS = ("t", "t_low", "t_high")
+# Keys a file may give as one comma-separated string, as on the command line ("chat,reference"); "none" is dropped.
+_COMMA_LISTS = ("metrics", "plugins", "baseline_formats", "reference_rows")
 
 
 @dataclass(frozen=True)
@@ -74,24 +91,39 @@ class RunSpec:
     cache: str | None = "default"  # "default": the user cache; None: no cache; else a path
     report: bool = True
     seed: int = 0
+    overwrite: bool = False  # replace a run folder that holds a different run (see medqa_bench.run_folder)
 
     def __post_init__(self):
-        # Plain values as from_dict would get them (a dict for decoding, data or analysis, a dict of adapters), so the
-        # Python API takes what a spec file takes.
-        if isinstance(self.adapters, dict):
-            object.__setattr__(self, "adapters", tuple(self.adapters.items()))
-        for key, kind in (("decoding", DecodingParams), ("analysis", AnalysisSpec)):
-            value = getattr(self, key)
-            if isinstance(value, dict):
-                try:
-                    object.__setattr__(self, key, kind(**value))
-                except (TypeError, ValueError) as exc:
-                    raise SpecError(f"invalid {key} section: {exc}") from None
-        if isinstance(self.data, dict):
-            try:
-                object.__setattr__(self, "data", DataSpec.from_dict(self.data))
-            except TypeError as exc:
-                raise SpecError(f"invalid data section: {exc}") from None
+        # One coercion for a file, a dict and keyword arguments, so the Python API takes what a spec file takes: a
+        # mapping for data, decoding or analysis, a mapping of adapters, a list or "a,b" for a list of names.
+        for key, tp in typed.field_types(RunSpec).items():
+            given = getattr(self, key)
+            value = typed.coerce(tp, _plain_value(key, given), key, doc=DOC)
+            if value is not given:
+                object.__setattr__(self, key, value)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Ranges and choices: everything about a spec that can be wrong without data or a model."""
+        if self.name is not None and (not self.name or self.name in (".", "..") or self.name.startswith(".")
+                                      or any(c in self.name for c in "/\\\0")):
+            raise SpecError(f"run name {self.name!r} must be a plain folder name (no '/' or '\\', not starting with "
+                            "'.'): the run folder is reports/<name>; use --out DIR to write elsewhere")
+        if self.split not in (*SPLITS, "all"):
+            raise SpecError(f"split must be one of {', '.join(SPLITS)}, all; not '{self.split}'")
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise SpecError(f"device must be auto, cpu, cuda, cuda:N or mps, not '{self.device}'")
+        if self.dtype not in DTYPES:
+            raise SpecError(f"dtype must be one of {', '.join(DTYPES)}, not '{self.dtype}'")
+        if self.max_length is not None and self.max_length < 1:
+            raise SpecError(f"max_length must be a positive number of tokens, not {self.max_length}")
+        if self.decoding is not None:
+            d = self.decoding
+            if d.repetition_penalty <= 0:
+                raise SpecError(f"decoding.repetition_penalty must be greater than 0 (1.0 = off), not {d.repetition_penalty}")
+            if d.no_repeat_ngram_size < 0:
+                raise SpecError(f"decoding.no_repeat_ngram_size must be >= 0 (0 = off), not {d.no_repeat_ngram_size}")
+        _check_thresholds(self.analysis.thresholds)
         if self.prompt_format is not None and self.prompt_format not in PROMPT_FORMATS:
             raise SpecError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, not '{self.prompt_format}'")
         for fmt in self.baseline_formats or ():
@@ -136,33 +168,14 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        """A spec from plain data (a parsed file, results.json's ``spec``): unknown keys answer "did you mean …",
+        values are coerced and checked by :meth:`__post_init__`."""
+        if not isinstance(d, dict):
+            raise SpecError(f"a {DOC} is a mapping of keys to values, not {typed.show(d)}")
+        typed.check_keys(d, typed.field_types(cls), doc=DOC)
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k for k in d if k not in known]
-        if unknown:
-            k = unknown[0]
-            near = difflib.get_close_matches(k, known, n=1)
-            raise SpecError(f"unknown run spec key '{k}'" + (f"; did you mean '{near[0]}'?" if near else f"; keys: {', '.join(sorted(known))}"))
-        if "adapters" in d:
-            a = d["adapters"] or {}
-            d["adapters"] = tuple(a.items()) if isinstance(a, dict) else tuple(tuple(x) for x in a)
-        if isinstance(d.get("data"), dict):
-            try:
-                d["data"] = DataSpec.from_dict(d["data"])
-            except TypeError as exc:
-                raise SpecError(f"invalid data section: {exc}") from None
-        if isinstance(d.get("decoding"), dict):
-            try:
-                d["decoding"] = DecodingParams(**d["decoding"])
-            except (TypeError, ValueError) as exc:
-                raise SpecError(f"invalid decoding section: {exc}") from None
-        if isinstance(d.get("analysis"), dict):
-            d["analysis"] = AnalysisSpec(**d["analysis"])
-        for key in ("metrics", "plugins", "baseline_formats", "reference_rows"):
-            if isinstance(d.get(key), list):
-                d[key] = tuple(d[key])
-            elif isinstance(d.get(key), str):  # "chat,reference" as on the command line
-                d[key] = tuple(x.strip() for x in d[key].split(",") if x.strip() and x.strip() != "none")
+        if d.get("data") is None:  # `data:` left empty in a file: the defaults
+            d.pop("data", None)
         return cls(**d)
 
     @classmethod
@@ -189,7 +202,10 @@ class RunSpec:
             raise SpecError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
         if not isinstance(d, dict):
             raise SpecError(f"{path}: a run spec is a mapping of keys to values")
-        base = cls.from_dict(d)
+        try:
+            base = cls.from_dict(d)
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}") from None
         return base.replace(**overrides) if overrides else base
 
     def replace(self, **changes: Any) -> "RunSpec":
@@ -220,3 +236,33 @@ class RunSpec:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+def _plain_value(key: str, value: Any) -> Any:
+    """The shapes a file may use for a field before type coercion: a mapping of adapters, "a,b" for a list."""
+    if key == "adapters":
+        if isinstance(value, dict):
+            return tuple(value.items())
+        if isinstance(value, (list, tuple)) and not all(isinstance(x, (list, tuple)) and len(x) == 2 for x in value):
+            raise SpecError(f"{DOC} key 'adapters' maps names to adapter folders, e.g. {{ft: adapters/my-adapter}}; "
+                            f"not {typed.show(value)}")
+    if key in _COMMA_LISTS and isinstance(value, str):
+        return tuple(x.strip() for x in value.split(",") if x.strip() and x.strip() != "none")
+    return value
+
+
+def _check_thresholds(thresholds: dict[str, Any]) -> None:
+    """``analysis.thresholds``: ``t``, ``t_low``, ``t_high`` in [0, 1] with ``t_low <= t_high``, flat or under a
+    metric's name (the analysis checks them again against the calibrated values)."""
+    groups = {"": {k: v for k, v in thresholds.items() if not isinstance(v, dict)}}
+    groups.update({f"{m}.": v for m, v in thresholds.items() if isinstance(v, dict)})
+    for prefix, group in groups.items():
+        for k, v in group.items():
+            key = f"analysis.thresholds.{prefix}{k}"
+            if k not in THRESHOLD_KEYS:
+                raise SpecError(f"{key}: not a threshold; thresholds are {', '.join(THRESHOLD_KEYS)} (flat, or under "
+                                "a metric's name)")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise SpecError(f"{key} must be a number in [0, 1], not {typed.show(v)}")
+        if group.get("t_low", 0) > group.get("t_high", 1):
+            raise SpecError(f"analysis.thresholds.{prefix}t_low ({group['t_low']}) must not exceed t_high ({group['t_high']})")

@@ -7,8 +7,9 @@ file, plus ``key=value`` overrides with dotted keys whose values are parsed as Y
     >>> r.lora.r, r.training.max_steps                                                    # doctest: +SKIP
     (32, 10)
 
-Every key is checked against the dataclasses below: an unknown key answers "did you mean …", a value of the
-wrong type or out of range names the key, the value and what is allowed.
+Every key is checked against the dataclasses below (by :mod:`medqa_bench.typed`, the run spec's coercion too): an
+unknown key answers "did you mean …", a value of the wrong type or out of range names the key, the value and what is
+allowed.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from medqa_bench import typed
 from medqa_bench.data import PROMPT_FORMATS, ColumnMap, DataSpec, SplitOptions
 from medqa_bench.errors import SpecError
 
@@ -192,7 +192,7 @@ def load_recipe(recipe: str | os.PathLike, overrides: Sequence[str] = ()) -> Rec
     raw.setdefault("name", path.stem)
     for item in overrides:
         _apply_override(raw, item)
-    built = _build(Recipe, raw, "")
+    built = typed.build(Recipe, raw, doc="recipe", exclude=("source",))
     recipe_obj = dataclasses.replace(built, source=str(path))
     validate(recipe_obj)
     return recipe_obj
@@ -219,69 +219,6 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             raise SpecError(f"override '{item}': '{part}' is a value, not a section")
         node = child
     node[parts[-1]] = value
-
-
-def _unknown_key(key: str, allowed: Sequence[str], where: str) -> SpecError:
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    hint = f"did you mean '{where}{close[0]}'? " if close else ""
-    return SpecError(f"unknown recipe key '{where}{key}'; {hint}keys here are: {', '.join(allowed)}")
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """Build a frozen dataclass from a mapping, checking every key and the type of every value."""
-    if not isinstance(raw, dict):
-        raise SpecError(f"recipe key '{where.rstrip('.') or 'recipe'}' must be a section (a mapping), not {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise _unknown_key(str(key), fields, where)
-        kwargs[key] = _coerce(hints[key], value, f"{where}{key}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(args[0], value, key)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
-    if origin is tuple:
-        (item_tp, *_) = typing.get_args(tp)
-        if isinstance(value, (str, int, float)):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(f"recipe key '{key}' must be a list, not {value!r}")
-        return tuple(_coerce(item_tp, v, key) for v in value)
-    if value is None:
-        raise SpecError(f"recipe key '{key}' needs a value ({_TYPE_NAMES.get(tp, tp.__name__)}), not null")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise SpecError(f"recipe key '{key}' must be {_TYPE_NAMES.get(tp, tp.__name__)}, not {value!r}")
-
-
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 def _choice(key: str, value: str, allowed: Sequence[str]) -> None:

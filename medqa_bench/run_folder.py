@@ -1,0 +1,169 @@
+"""The run folder: written whole or not at all, by one run at a time, replacing only the same run unless asked.
+
+    lock(folder)                  before any work: the folder can be written (not a file, not read-only); then
+                                  ``<parent>/.<name>.lock`` is held until the run ends, so a second run into the
+                                  same folder stops at once with a one-line error
+    check_replaceable(...)        before the model loads: a folder holding a different run is replaced only with
+                                  ``overwrite`` (``--overwrite``); a folder holding other files is never replaced
+    staged(folder)                results.json, samples.jsonl and report.html written into a sibling folder and
+                                  swapped in with one rename (medqa_bench.atomic.directory); any other files of
+                                  the old folder (a cache, a combined report) are carried over
+
+"The same run" is the same spec as results.json records it, apart from where and how it is written (``name``,
+``output_dir``, ``cache``, ``report``, ``overwrite``): re-running a command resumes from the cache and replaces its
+folder without asking; a run with another model, adapter, data, split, limit, decoding or metric set does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+from . import atomic
+from .errors import RunError
+from .fingerprint import sha256_json
+
+log = logging.getLogger(__name__)
+
+#: The files a run writes; the rest of a folder is the user's and is carried over when the folder is replaced.
+RUN_FILES = ("results.json", "samples.jsonl", "report.html")
+#: Spec keys that say where and how a run is written, not what it evaluates.
+PLACEMENT_KEYS = ("name", "output_dir", "cache", "report", "overwrite")
+
+_held: dict[Path, int] = {}  # lock files this process holds, with their nesting depth
+
+
+def lock_path(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.lock"
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """A :class:`RunError` unless ``folder`` can be created or replaced: not a file, its parent a writable folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"the run folder {folder} is a file; choose another --out or --name")
+    if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise RunError(f"the run folder {folder} is read-only; make it writable (chmod u+w) or choose another --out")
+    above = folder.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise RunError(f"cannot create the run folder {folder}: {above} is a file; choose another --out")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".probe", dir=folder.parent))
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else folder.parent
+        raise RunError(f"cannot write the run folder {folder}: {exc.strerror or exc} ({where}); choose another --out") from None
+
+
+@contextlib.contextmanager
+def lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Check that ``folder`` can be written, then hold its lock file until the block ends (re-entrant).
+
+    A second process asking for the same folder gets a :class:`RunError` at once, naming the holder's pid.
+    """
+    folder = Path(folder)
+    check_writable(folder)
+    path = lock_path(folder).resolve()
+    if path in _held:
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): no lock
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                log.warning("cannot lock %s (%s): a second run into %s would not be stopped", path, exc.strerror, folder)
+            else:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                raise RunError(f"another medqa-bench run{f' (pid {holder})' if holder else ''} is writing {folder} "
+                               f"(lock {lock_path(folder)}); wait for it to finish or choose another --out or --name") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _held[path] = 1
+        try:
+            yield
+        finally:
+            del _held[path]
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a run opening it)
+
+
+def identity(spec: Mapping[str, Any]) -> str:
+    """What a run evaluates: the fingerprint of its spec (``RunSpec.to_dict()`` or results.json's ``spec``) without
+    :data:`PLACEMENT_KEYS`."""
+    return "sha256:" + sha256_json({k: v for k, v in _plain(spec).items() if k not in PLACEMENT_KEYS})
+
+
+def check_replaceable(folder: str | os.PathLike, spec: Mapping[str, Any], *, overwrite: bool,
+                      own_files: Iterable[str | os.PathLike] = ()) -> None:
+    """A :class:`RunError` unless a run of ``spec`` may replace ``folder``: it is absent or empty, holds the same run
+    (or an unfinished one), or holds another run and ``overwrite`` is set. A folder holding files a run does not
+    write (``own_files``: the run's cache when it lives there) and no results.json is never replaced."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    names = {p.name for p in folder.iterdir()}
+    results = folder / "results.json"
+    if "results.json" not in names:
+        own = set(RUN_FILES) | {Path(f).name + s for f in own_files if Path(f).parent.resolve() == folder.resolve()
+                                for s in ("", "-wal", "-shm", "-journal")}
+        foreign = sorted(names - own)
+        if foreign:
+            raise RunError(f"{folder} is not a run folder (it holds '{foreign[0]}' and no results.json); write the run "
+                           "into a new or empty folder with --out DIR or --name NAME")
+        return  # empty, or what an unfinished run left
+    try:
+        recorded = json.loads(results.read_text(encoding="utf-8"))["spec"]
+        differs = _differing_keys(recorded, spec)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        differs = ["(its results.json cannot be read)"]
+    if not differs or overwrite:
+        return
+    raise RunError(f"{folder} holds a different run (its spec differs in: {', '.join(differs)}); pass --overwrite to "
+                   "replace it, or choose another --out or --name")
+
+
+def _differing_keys(recorded: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
+    old, new = _plain(recorded), _plain(spec)
+    if identity(old) == identity(new):
+        return []
+    return sorted(k for k in set(old) | set(new) if k not in PLACEMENT_KEYS and old.get(k) != new.get(k))
+
+
+def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """As results.json holds it: tuples as lists, paths as strings."""
+    return json.loads(json.dumps(dict(spec), default=str))
+
+
+@contextlib.contextmanager
+def staged(folder: str | os.PathLike) -> Iterator[Path]:
+    """A sibling folder to write the run into; on success it replaces ``folder`` in one rename, carrying over the
+    old folder's other files. A failure (a full disk, a failing report) leaves ``folder`` as it was and becomes a
+    one-line :class:`RunError`."""
+    folder = Path(folder)
+    with lock(folder):
+        try:
+            with atomic.directory(folder, overwrite=True, carry_except=RUN_FILES) as tmp:
+                yield tmp
+        except OSError as exc:
+            raise RunError(f"cannot write the run folder {folder}: {exc.strerror or exc}; "
+                           "the folder was left as it was") from None
