@@ -384,3 +384,26 @@ def describe_template() -> dict[str, Any]:
     return {"version": TEMPLATE_VERSION, "reference": REFERENCE_RAG_TEMPLATE,
             "chat_user_turn": "Question type: {qtype}\n\n" + CHAT_RAG_USER,
             "passage": "[n] {question}\\n{answer cut to `words` words}; passages one blank line apart, best first"}
+
+
+# --------------------------------------------------------------------------------------------- a run's retrieval
+
+
+def run_passages(rag: RagSpec, items: Sequence[Example], train: Sequence[Example], cache: str | None
+                 ) -> tuple[list[list[Passage]], dict[str, Any]]:
+    """Each item's passages for a run, and what ``results.json`` records of the retrieval: the index is loaded from
+    the cache folder of the run's ``cache`` (built there once per training split), searched with the items'
+    questions."""
+    index = load_or_build_index(rag.method, train, cache_folder(cache))
+    info = {**rag.to_dict(), "label": rag.label, "index": index.describe(), "template": describe_template()}
+    return retrieve(rag, index, items), info
+
+
+def rag_prompts(items: Sequence[Example], systems: Sequence[Any], tokenizer: Any,
+                passages: Sequence[Sequence[Passage]] | None) -> dict[str, list[str]]:
+    """The prompts of the systems with retrieval, by :attr:`System.prompt_key` (``<format>+rag``)."""
+    out: dict[str, list[str]] = {}
+    for s in systems:
+        if s.retrieval is not None and s.prompt_key not in out:
+            out[s.prompt_key] = [rag_prompt(e, s.prompt_format, tokenizer, p) for e, p in zip(items, passages or ())]
+    return out

@@ -65,7 +65,7 @@ class MetricInfo(TypedDict, total=False):
     higher_is_better: bool
     signature: str  # everything that changes its value, e.g. "rougeL|stemmer=on|rouge-score=0.1.2"
     source: str  # "builtin", "entry-point:pkg", "plugin:path.py", "evaluate:path"
-    kind: str  # "reference" | "nll" | "prediction"
+    kind: str  # "reference" | "nll" | "prediction" | "context" (systems with retrieval only)
     bounds: Optional[list[float]]  # [0, 1] for similarity metrics usable by the confusion analysis
 
 

@@ -77,6 +77,7 @@ class RunSpec:
     prompt_format: str | None = None  # None: every system in its own format; else this format for every LM system
     baseline_formats: tuple[str, ...] | None = None  # None: the chat template when the model has one, else reference
     reference_rows: tuple[str, ...] | None = None  # None: retrieval, boilerplate, question; (): none
+    rag: str | None = None  # "bm25:k=3" or "dense:k=3": a +rag row of every LM row (medqa_bench.rag); None: none
     decoding: DecodingParams | None = None  # None: defaults with the automatic budget (see medqa_bench.budget)
     batch_size: int | str = "auto"
     device: str = "auto"
@@ -139,6 +140,10 @@ class RunSpec:
                                     + f"; rows are: {', '.join(REFERENCE_ROWS)} (or none)")
         if self.decoding is not None and self.decoding.max_new_tokens is not None and self.decoding.max_new_tokens < 1:
             raise SpecError(f"max_new_tokens must be a positive number of tokens, not {self.decoding.max_new_tokens}")
+        if self.rag is not None:
+            from .rag import RagSpec
+
+            RagSpec.parse(self.rag)  # raises SpecError naming what is wrong
         if self.quantization is not None and self.quantization not in ("none", "4bit"):
             raise SpecError(f"quantization must be '4bit' or 'none', not '{self.quantization}'")
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size > 0)):

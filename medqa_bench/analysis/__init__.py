@@ -147,9 +147,11 @@ def analyze(
 
 def run_roles(results: dict, samples: list[dict]) -> dict[str, Any]:
     """Who is compared with whom. ``names``: systems in run order; ``kinds``: baseline / adapter / reference;
-    ``baselines``: ``{adapter: [baseline rows of its run]}``; ``references``: ``{system: [reference rows of its
-    run]}``. A combined report (several run folders) keeps comparisons within each run (``info["run"]``); an
-    adapter's ``compared_with`` (older combined reports) names its one baseline.
+    ``baselines``: ``{judged row: [baseline rows of its run]}`` for each adapter and each row with retrieval (a
+    ``+rag`` row, baseline or adapter, is judged against the plain baseline rows; no row is judged against a ``+rag``
+    baseline); ``references``: ``{system: [reference rows of its run]}``; ``variants``: ``{+rag row: its plain
+    row}``. A combined report (several run folders) keeps comparisons within each run (``info["run"]``); an adapter's
+    ``compared_with`` (older combined reports) names its one baseline.
     """
     info = results.get("systems") or {}
     names = list(info) or list(dict.fromkeys(n for s in samples for n in s.get("systems", {})))
@@ -158,20 +160,22 @@ def run_roles(results: dict, samples: list[dict]) -> dict[str, Any]:
         kind = (info.get(n) or {}).get("kind")
         kinds[n] = kind if kind in ("baseline", "adapter", "reference") else ("baseline" if n == "baseline" else "adapter")
     run_of = {n: (info.get(n) or {}).get("run") for n in names}
+    rag = {n: bool((info.get(n) or {}).get("retrieval")) for n in names}
+    variants = {n: v for n in names if rag[n] and (v := (info.get(n) or {}).get("variant_of")) in names}
     baselines: dict[str, list[str]] = {}
     references: dict[str, list[str]] = {}
     for n in names:
         same_run = [m for m in names if run_of[m] == run_of[n]]
-        if kinds[n] == "adapter":
+        if kinds[n] == "adapter" or (rag[n] and kinds[n] == "baseline"):
             given = (info.get(n) or {}).get("compared_with")
-            bases = [given] if given else [m for m in same_run if kinds[m] == "baseline"]
+            bases = [given] if given else [m for m in same_run if kinds[m] == "baseline" and not rag[m]]
             if not bases:
                 all_bases = [m for m in names if kinds[m] == "baseline"]
                 raise SpecError(f"system '{n}' has no baseline to compare with: baselines are {all_bases or 'none'}")
             baselines[n] = bases
         if kinds[n] != "reference":
             references[n] = [m for m in same_run if kinds[m] == "reference"]
-    return {"names": names, "kinds": kinds, "baselines": baselines, "references": references}
+    return {"names": names, "kinds": kinds, "baselines": baselines, "references": references, "variants": variants}
 
 
 def _metric_infos(results: dict, samples: list[dict]) -> dict[str, dict]:

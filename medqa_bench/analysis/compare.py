@@ -91,11 +91,15 @@ def compare(samples: list[dict], a: str, b: str, metrics: dict[str, dict], match
 
 
 def comparison_pairs(roles: dict) -> list[tuple[str, str]]:
-    """(system, against) pairs: each adapter vs each baseline row of its run; each language-model row vs each
+    """(system, against) pairs: each adapter (and each row with retrieval) vs each baseline row of its run; each
+    row with retrieval vs its plain row (adapter+rag vs adapter: what retrieval adds); each language-model row vs each
     reference row of its run."""
     pairs = []
     for adapter, bases in roles["baselines"].items():
         pairs += [(adapter, b) for b in bases]
+    for system, plain in (roles.get("variants") or {}).items():
+        if (system, plain) not in pairs:
+            pairs.append((system, plain))
     for system in roles["names"]:
         if roles["kinds"][system] in ("baseline", "adapter"):
             pairs += [(system, r) for r in roles["references"].get(system, [])]

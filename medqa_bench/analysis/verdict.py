@@ -15,7 +15,11 @@ Per adapter, against the **strongest baseline** of each metric (:mod:`medqa_benc
   a budget that cuts references, metrics on which echoing the question scores as high as a model, a small sample,
   soft-match thresholds that fell back to defaults;
 - ``conditions``: every way the adapter and its strongest baselines were not evaluated alike (prompt format, stop
-  sequences, the base's quantization at training and at evaluation, the definition of the training eval loss).
+  sequences, retrieved passages in the prompt, the base's quantization at training and at evaluation, the definition
+  of the training eval loss).
+
+A row with retrieval (``baseline+rag``, ``<adapter>+rag``; :mod:`medqa_bench.rag`) gets a verdict of its own, judged
+against the plain baseline rows as an adapter is.
 
 The same holds as run-level ``notes`` for a run without adapters. ``lines`` are the sentences the CLI prints and the
 report opens with.
@@ -147,6 +151,12 @@ def _conditions(results: dict, adapter: str, bases: list[str]) -> list[dict]:
             out.append({"code": "stop_sequences", "message":
                         f"stop sequences: {adapter} {a.get('stop_sequences') or 'none'}, "
                         f"{b} {info.get('stop_sequences') or 'none'} (each its format's)"})
+    rag = a.get("retrieval") or {}
+    plain = [b for b in bases if not (systems.get(b) or {}).get("retrieval")]
+    if rag and plain:
+        out.append({"code": "retrieval", "message":
+                    f"retrieval: {adapter} is given {rag.get('k')} training passages ({rag.get('label')}) in its prompt, "
+                    f"{', '.join(plain)} none"})
     trained = (((a.get("adapter") or {}).get("training") or {}).get("resolved") or {}).get("quantization")
     evaluated = a.get("quantization") or (results.get("model") or {}).get("quantization")
     if trained and evaluated and trained != evaluated:

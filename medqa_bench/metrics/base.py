@@ -18,7 +18,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..errors import MetricError
 
-KINDS = ("reference", "nll", "prediction")
+#: reference: prediction vs each reference (best kept); nll: from the NLL fields; prediction: the prediction alone;
+#: context: systems with retrieval only, with ``items[k]["passages"]`` (medqa_bench.metrics.grounding).
+KINDS = ("reference", "nll", "prediction", "context")
 
 #: ``score(predictions, references, items) -> one float per pair``, positional, batched over all pairs.
 ScoreFn = Callable[[Sequence[str], Sequence[str], Sequence[dict]], Sequence[float]]
@@ -32,7 +34,8 @@ class Metric:
 
     ``score`` receives three sequences of equal length, positionally: predictions, references and one item
     record per pair (``id``, ``qtype``, ``focus``, ``question``, ``system``, ``reference_index`` and, where the
-    system has them, ``nll_sum``/``nll_tokens``). It returns one finite float per pair.
+    system has them, ``nll_sum``/``nll_tokens`` and ``passages``: the texts of the passages a system with retrieval
+    was given). It returns one finite float per pair. A ``"context"`` metric scores only systems with passages.
 
     ``aggregate(scores, items) -> float`` turns per-item scores into the corpus value (``None``: the mean). An
     aggregate may also offer ``resampled(scores, items, index) -> array`` for a vectorised bootstrap, where
@@ -47,7 +50,7 @@ class Metric:
     score: ScoreFn
     signature: str = ""  # everything that changes the value, e.g. "rougeL|f1|stemmer=on|rouge-score=0.1.2"
     aggregate: Optional[Callable[..., float]] = None  # over per-item scores and item records; None = mean
-    kind: str = "reference"  # "reference" | "nll" | "prediction"
+    kind: str = "reference"  # "reference" | "nll" | "prediction" | "context"
     bounds: Optional[tuple[float, float]] = None  # (0, 1) for similarity metrics the soft confusion can use
     source: str = "builtin"  # "builtin", "entry-point:<dist>", "plugin:<path or module:attr>", "evaluate:<path>"
     citation: str = ""

@@ -11,7 +11,9 @@ so shared work (tokenising, embedding a reference) happens once per run rather t
   system, stored as ``distractor_id``), in ``distractor_scores[name]``; and the item's own first reference
   against that same distractor reference, once per item, in the sample's ``null_scores[name]``: what unrelated
   answers score, on which :mod:`medqa_bench.analysis.thresholds` calibrates the soft-match thresholds;
-- "nll" metrics skip systems without NLLs (reference rows: no language model produced them);
+- "nll" metrics skip systems without NLLs (reference rows: no language model produced them), and "context" metrics
+  (:mod:`medqa_bench.metrics.grounding`) systems without ``passages`` (rows without retrieval); a context metric that
+  applies to no system is left out of the results altogether;
 - when the items span two or more qtypes, similarity metrics with a ``pairwise`` form (embedding_similarity,
   fuzzy, fuzzy_token_set, token_f1, rouge1, rouge2; not the LCS-based rougeL/rougeLsum, whose N×N cost is
   quadratic in Python) record ``nearest_qtype[name] = [qtype, score]``: the qtype of the most similar first
@@ -150,6 +152,8 @@ def _context(sample: dict, system: str, reference_index: Optional[int]) -> dict[
     for key in ("nll_sum", "nll_tokens"):
         if rec.get(key) is not None:
             ctx[key] = rec[key]
+    if isinstance(rec.get("passages"), list):  # a system with retrieval: the texts it was given
+        ctx["passages"] = [p.get("text", "") if isinstance(p, dict) else str(p) for p in rec["passages"]]
     return ctx
 
 
@@ -252,7 +256,9 @@ def _nearest_qtype(metric: Metric, samples: list[dict], systems: list[str], refs
 
 def _scored_systems(metric: Metric, samples: list[dict], systems: list[str]) -> list[str]:
     """The systems a metric scores: all of them, except that an NLL metric skips rows without NLLs (reference
-    rows, which no language model produced)."""
+    rows, which no language model produced) and a context metric rows without passages (no retrieval)."""
+    if metric.kind == "context":
+        return [s for s in systems if all(isinstance((r["systems"].get(s) or {}).get("passages"), list) for r in samples)]
     if metric.kind != "nll":
         return list(systems)
     return [s for s in systems if any((r["systems"].get(s) or {}).get("nll_sum") is not None for r in samples)]
@@ -301,8 +307,10 @@ def score_samples(
     bar = tqdm(metrics, desc="scoring", unit="metric", disable=not progress)
     for metric in bar:
         bar.set_postfix_str(metric.name)
-        info[metric.name] = metric.describe()
         scored = _scored_systems(metric, samples, systems)
+        if not scored and metric.kind == "context":  # no system retrieved: the metric does not apply to this run
+            continue
+        info[metric.name] = metric.describe()
         if not scored:
             continue
         per_system = _score_metric(metric, samples, scored, refs, distractors)

@@ -102,12 +102,19 @@ def _comparison_pairs(analysis: dict, default_metric: str | None) -> list[dict]:
     return pairs
 
 
+def _prompt_key(info: dict, fmt_name: str | None) -> str:
+    if not fmt_name:
+        return ""
+    key = f"{fmt_name}+rag" if info.get("retrieval") else fmt_name
+    return f"{info['run']}/{key}" if info.get("run") else key
+
+
 def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
     metric_infos = results.get("metrics") or {}
     metrics = [m for m in metric_infos if metric_infos[m].get("kind") != "nll"] or sorted(
         {m for s in samples for sys in s.get("systems", {}).values() for m in (sys.get("scores") or {})}
     )
-    keep = ("prediction", "generated_tokens", "truncated", "stop_reason", "source", "scores")
+    keep = ("prediction", "generated_tokens", "truncated", "stop_reason", "source", "scores", "passages")
     default_metric = analysis.get("similarity_metric") or (metrics[0] if metrics else None)
     infos = results.get("systems") or {}
     kinds = analysis.get("kinds") or {}
@@ -119,8 +126,9 @@ def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
             "name": n,
             "kind": kinds.get(n) or info.get("kind") or "",
             "format": fmt_name or "",
-            # combined reports keep each run's prompts apart: "<run>/<format>"
-            "prompt_key": (f"{info['run']}/{fmt_name}" if info.get("run") else fmt_name) if fmt_name else "",
+            # combined reports keep each run's prompts apart: "<run>/<format>"; a row with retrieval "<format>+rag"
+            "prompt_key": _prompt_key(info, fmt_name),
+            "retrieval": (info.get("retrieval") or {}).get("label") or "",
             "description": info.get("description") or "",
             "method": info.get("method") or "",
         })

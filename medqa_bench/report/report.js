@@ -116,6 +116,7 @@
       var meta = el("div", "sub");
       meta.appendChild(el("span", "badge kind-" + (i.kind || ""), i.kind || ""));
       if (i.format) meta.appendChild(el("span", null, " " + i.format + " format"));
+      if (i.retrieval) meta.appendChild(el("span", "badge rag", "RAG " + i.retrieval));
       th.appendChild(meta);
       if (i.description) th.title = i.description;
       if (i.kind === "reference") {
@@ -128,6 +129,18 @@
         th.appendChild(el("div", "sub stop stop-" + out.stop_reason, stop + " · " + out.generated_tokens + " tokens"));
       }
       return th;
+    }
+
+    // The training passages a system with retrieval was given, best first, as text (never HTML).
+    function passageList(passages) {
+      var det = el("details", "passages");
+      det.appendChild(el("summary", null, "retrieved passages (" + passages.length + ")"));
+      passages.forEach(function (p, n) {
+        det.appendChild(el("div", "sub", "[" + (n + 1) + "] training item " + p.id +
+          (typeof p.score === "number" ? " · score " + p.score.toFixed(3) : "")));
+        det.appendChild(el("pre", "text", p.text));
+      });
+      return det;
     }
 
     function card(item, g) {
@@ -168,6 +181,7 @@
         if (out.prediction && out.prediction.trim()) pred.appendChild(el("div", "text", out.prediction));
         else pred.appendChild(el("div", "empty", "(empty answer)"));
         if (out.truncated) pred.appendChild(el("div", "trunc", "truncated at max_new_tokens (" + out.generated_tokens + " tokens)"));
+        if (Array.isArray(out.passages)) pred.appendChild(passageList(out.passages));
         tr.appendChild(pred);
         var sc = el("td", "scores");
         data.metrics.forEach(function (m) {

@@ -120,8 +120,9 @@ def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple
     for run, (results, _) in zip(names, runs):
         for system, info in (results.get("systems") or {}).items():
             info = dict(info or {})
-            if info.get("compared_with"):
-                info["compared_with"] = prefixed(run, info["compared_with"])
+            for key in ("compared_with", "variant_of"):  # names of other rows of the same run
+                if info.get(key):
+                    info[key] = prefixed(run, info[key])
             info["run"] = run
             combined["systems"][prefixed(run, system)] = info
         for metric, info in (results.get("metrics") or {}).items():
