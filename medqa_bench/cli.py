@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: chat when the model has a chat template, else reference)")
     r.add_argument("--reference-rows", metavar="A,B|none", help="rows that need no model: retrieval, boilerplate, "
                    "question (default: all three), or none")
+    r.add_argument("--rag", metavar="METHOD:k=N|none", help="add a +rag row of every language-model row, its prompt "
+                   "holding the N nearest training passages: bm25:k=3 or dense:k=3 (default: none)")
     r.add_argument("--max-new-tokens", type=int, metavar="N", help="generation budget (default: the 95th percentile "
                    "of the evaluated split's reference lengths, at most 1024)")
     r.add_argument("--stop", action="append", metavar="FORMAT=SEQ", help="a stop sequence for one prompt format, "
@@ -154,6 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="metrics_command", metavar="ACTION")
     ml = msub.add_parser("list", help="every metric with where it comes from")
     ml.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR")
+
+    c = sub.add_parser("chat", help="a local web page: every system answers a typed question side by side",
+                       description="Ask the baseline, the adapters and their +rag rows the same question, each in its "
+                                   "own prompt format; mark answers and export them as evaluation data.")
+    c.add_argument("--model", help="as for run (default smollm2-135m-instruct)")
+    c.add_argument("--adapter", action="append", metavar="NAME=PATH", help="a PEFT LoRA adapter folder; repeatable")
+    c.add_argument("--no-default-adapter", action="store_true", help="do not add the shipped adapter when none is given")
+    c.add_argument("--prompt-format", choices=["reference", "chat"], help="ask every system in this format")
+    c.add_argument("--baseline-formats", metavar="F,G", help="baseline rows, one per prompt format")
+    c.add_argument("--quantization", choices=["none", "4bit"], help="put every system on this base")
+    c.add_argument("--rag", metavar="METHOD:k=N|none", default="bm25:k=3",
+                   help="passages from the training split for the +rag rows (default bm25:k=3; none: no +rag rows)")
+    _add_data_options(c)
+    c.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    c.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="compute dtype")
+    c.add_argument("--max-new-tokens", type=int, metavar="N", help="longest answer in tokens (default 256)")
+    c.add_argument("--cache", metavar="PATH", help="as for run: the passage index is kept beside it")
+    c.add_argument("--export-dir", metavar="DIR", help="where exports are written (default chat-exports)")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    c.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     return p
 
 
@@ -220,6 +242,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             ch[key] = tuple(x.strip() for x in value.split(",") if x.strip() and x.strip() != "none")
+    if args.rag is not None:
+        ch["rag"] = None if args.rag.strip() in ("", "none") else args.rag.strip()
     if args.metrics:
         ch["metrics"] = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     if args.metric_param:
@@ -321,7 +345,26 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "score": cmd_score, "report": cmd_report, "train": cmd_train, "data": cmd_data, "metrics": cmd_metrics}
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import ChatOptions, launch
+
+    ch: dict[str, Any] = {"data": _data_spec(args)}
+    for flag in ("model", "prompt_format", "quantization", "device", "dtype", "max_new_tokens", "cache", "export_dir"):
+        if getattr(args, flag) is not None:
+            ch[flag] = getattr(args, flag)
+    if args.adapter:
+        ch["adapters"] = tuple(_parse_assignments(args.adapter, "--adapter"))
+    if args.no_default_adapter:
+        ch["default_adapters"] = False
+    if args.baseline_formats:
+        ch["baseline_formats"] = tuple(x.strip() for x in args.baseline_formats.split(",") if x.strip())
+    ch["rag"] = None if args.rag.strip() in ("", "none") else args.rag.strip()
+    launch(ChatOptions(**ch), host=args.host, port=args.port, progress=not args.quiet)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "score": cmd_score, "report": cmd_report, "train": cmd_train, "data": cmd_data,
+            "metrics": cmd_metrics, "chat": cmd_chat}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

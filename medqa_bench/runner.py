@@ -26,6 +26,7 @@ from .models import (DEFAULT_MODEL, AdapterInfo, LoadedModel, attach_adapters, l
 from .provenance import environment
 from .schema import SCHEMA_VERSION
 from .spec import RunSpec
+from .rag import RagSpec, rag_prompts, run_passages
 from .systems import System, plan_systems, recorded_prompt_format, recorded_quantization
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def plan_run_systems(spec: RunSpec, tokenizer) -> tuple[list[System], dict[str, 
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         quantization=spec.quantization,
         adapter_quantizations={name: recorded_quantization(info.training_meta) for name, info in infos.items()},
+        rag=RagSpec.parse(spec.rag) if spec.rag else None,
     )
     return systems, infos
 
@@ -189,8 +191,9 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     spec, budget = _budget(spec, tokenizer, pool)
     lm_systems = [s for s in systems if s.generates]
     # results.json records the systems that ran, so the spec it holds reproduces them
-    spec = spec.replace(adapters=tuple((s.name, s.adapter) for s in lm_systems if s.kind == "adapter"),
-                        baseline_formats=tuple(s.prompt_format for s in lm_systems if s.kind == "baseline"),
+    plain = [s for s in lm_systems if s.retrieval is None]  # a +rag row comes back from spec.rag
+    spec = spec.replace(adapters=tuple((s.name, s.adapter) for s in plain if s.kind == "adapter"),
+                        baseline_formats=tuple(s.prompt_format for s in plain if s.kind == "baseline"),
                         reference_rows=tuple(s.method for s in systems if s.kind == "reference"))
     run_folder.check_replaceable(spec.output_path, spec.to_dict(), overwrite=spec.overwrite,
                                  own_files=[spec.cache] if spec.cache not in (None, "default") else [])
@@ -198,6 +201,11 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     # ---- rows and audits that need no model: the training split only
     t = time.perf_counter()
     answers = {s.name: reference_answers(s.method, items, train) for s in systems if not s.generates}
+    passages, retrieval_info = None, None
+    rag = next((s.retrieval for s in lm_systems if s.retrieval is not None), None)
+    if rag is not None:  # the training split's index, built once per training fingerprint (rank 0 first)
+        passages, retrieval_info = (run_passages(rag, items, train, spec.cache) if ranks is None else
+                                    ranks.main_first(lambda: run_passages(rag, items, train, spec.cache)))
     overlap = audit_items(items, train) if train and spec.split != "train" else None
     timings["reference_rows_s"] = time.perf_counter() - t
 
@@ -207,18 +215,20 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     for q in dict.fromkeys(s.quantization for s in lm_systems):
         # 4-bit: each weight dequantised once (bitsandbytes' own values), not in every forward of every token
         bases[q] = load_base(spec.model, quantization=q, device=device, dtype=spec.dtype, dequantize_once=True)
-        attach_adapters(bases[q], {s.name: s.adapter for s in lm_systems if s.kind == "adapter" and s.quantization == q})
+        attach_adapters(bases[q], {s.adapter_name: s.adapter for s in lm_systems
+                                   if s.kind == "adapter" and s.quantization == q})
     timings["load_s"] = time.perf_counter() - t
 
     tok = next(iter(bases.values())).tokenizer
     formats = sorted({s.prompt_format for s in lm_systems})
     prompts = {f: [e.prompt(f, tok) for e in items] for f in formats}
+    prompts.update(rag_prompts(items, lm_systems, tok, passages))  # "<format>+rag": System.prompt_key
     completions = {f: [e.completion(f) for e in items] for f in formats}
     # Multi-process: rank 0 creates the SQLite file (WAL, schema) before the other writers open it.
     cache = _cache_for(spec) if ranks is None else ranks.main_first(lambda: _cache_for(spec))
     try:
         t = time.perf_counter()
-        nlls = {s.name: cached_nll(bases[s.quantization], s, prompts[s.prompt_format], completions[s.prompt_format],
+        nlls = {s.name: cached_nll(bases[s.quantization], s, prompts[s.prompt_key], completions[s.prompt_format],
                                    spec, cache, progress, ranks) for s in lm_systems}
         _check_adapters(bases, lm_systems, nlls, prompts, completions, spec, cache, ranks)
         timings["nll_s"] = time.perf_counter() - t
@@ -240,7 +250,7 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     for i, e in enumerate(items):
         record: dict[str, Any] = {
             "id": e.id, "qtype": e.qtype, "focus": e.focus, "question": e.question,
-            "prompts": {f: prompts[f][i] for f in formats},
+            "prompts": {key: prompts[key][i] for key in prompts},
             "reference": e.answer, "references": list(e.references), "reference_tokens": ref_tokens[i],
             "systems": {},
         }
@@ -254,6 +264,8 @@ def _run(spec: RunSpec, progress: bool) -> Path:
                     "stop_reason": g.stop_reason, "nll_sum": n.nll_sum, "nll_tokens": n.nll_tokens,
                     "perplexity": n.perplexity,
                 }
+                if s.retrieval is not None:  # what the prompt gave it; the grounding metrics read them
+                    record["systems"][s.name]["passages"] = [p.to_dict() for p in passages[i]]
             else:
                 a = answers[s.name][i]
                 record["systems"][s.name] = {
@@ -271,7 +283,7 @@ def _run(spec: RunSpec, progress: bool) -> Path:
         "environment": environment(),
         "model": next(iter(bases.values())).describe(),
         "models": {q: b.describe() for q, b in bases.items()},
-        "systems": _system_infos(systems, bases, spec),
+        "systems": _system_infos(systems, bases, spec, retrieval_info),
         "budget": budget,
         "loss_definition": _harness_loss_definition(bases, spec),
         "data": {
@@ -301,10 +313,10 @@ def _run(spec: RunSpec, progress: bool) -> Path:
 
 def _check_adapters(bases, lm_systems, nlls, prompts, completions, spec, cache, ranks) -> None:
     """:func:`check_adapters_change_model` against the base model alone in each adapter's own prompt format and on
-    its own (quantized or not) base."""
+    its own (quantized or not) base. Plain rows only: a +rag row shares its plain row's adapter."""
     n = ADAPTER_CHECK_ITEMS
-    adapters = [s for s in lm_systems if s.kind == "adapter"]
-    base_rows = {(s.prompt_format, s.quantization): s for s in lm_systems if s.kind == "baseline"}
+    adapters = [s for s in lm_systems if s.kind == "adapter" and s.retrieval is None]
+    base_rows = {(s.prompt_format, s.quantization): s for s in lm_systems if s.kind == "baseline" and s.retrieval is None}
     base_nlls = {}
     for a in adapters:
         row = base_rows.get((a.prompt_format, a.quantization))
@@ -317,9 +329,10 @@ def _check_adapters(bases, lm_systems, nlls, prompts, completions, spec, cache, 
     check_adapters_change_model({a.name: nlls[a.name] for a in adapters}, base_nlls, n)
 
 
-def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: RunSpec) -> dict[str, dict[str, Any]]:
+def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: RunSpec,
+                  retrieval: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``results["systems"]``: each row's kind, prompt format and quantization (and why), stop sequences and
-    provenance."""
+    provenance; a +rag row also its plain row (``variant_of``) and ``retrieval`` (medqa_bench.rag.run_passages)."""
     from .analysis.training import read_training_log
     from .loss import training_eval_loss_info
     from .reference_rows import describe_reference_row, method_settings
@@ -330,8 +343,10 @@ def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: Ru
         if s.generates:
             info["stop_sequences"] = list(spec.decoding.stop_sequences(s.prompt_format))
             info.update(quantization=s.quantization, quantization_source=s.quantization_source)
+        if s.retrieval is not None:
+            info.update(variant_of=s.variant_of, retrieval=retrieval)
         if s.kind == "adapter":
-            adapter = bases[s.quantization].adapters[s.name]
+            adapter = bases[s.quantization].adapters[s.adapter_name]
             info.update(adapter=adapter.to_dict(), training_log=read_training_log(adapter.path),
                         training_eval_loss=training_eval_loss_info(adapter.training_meta))
         elif s.kind == "reference":

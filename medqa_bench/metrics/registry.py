@@ -40,12 +40,14 @@ BUILTINS: dict[str, str] = {
     "rougeLsum": "medqa_bench.metrics.rouge:rougeLsum",
     "token_f1": "medqa_bench.metrics.text:token_f1",
     "embedding_similarity": "medqa_bench.metrics.embedding:embedding_similarity",
+    "context_recall": "medqa_bench.metrics.grounding:context_recall",
+    "answer_grounding": "medqa_bench.metrics.grounding:answer_grounding",
 }
 
 DEFAULT_METRICS = [
     "loss", "perplexity", "exact_match", "fuzzy", "rouge1", "rouge2", "rougeL", "rougeLsum", "token_f1",
-    "embedding_similarity",
-]  # fmt: skip
+    "embedding_similarity", "context_recall", "answer_grounding",
+]  # fmt: skip  (the last two score systems with retrieval only; a run without --rag records neither)
 
 ENTRY_POINT_GROUP = "medqa_bench.metrics"
 
