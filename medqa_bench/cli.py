@@ -303,7 +303,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     dirs = [Path(d) for d in args.run_dirs]
     # writing into a run folder: not while a run is replacing it
-    with lock(dirs[0]) if args.out is None and dirs[0].is_dir() else contextlib.nullcontext():
+    with lock(dirs[0], check=False) if args.out is None and dirs[0].is_dir() else contextlib.nullcontext():
         path = render_report(dirs, Path(args.out) if args.out else None, plotly=args.plotly)
     print(path)
     return 0

@@ -47,6 +47,10 @@ def lock_path(folder: str | os.PathLike) -> Path:
 def check_writable(folder: str | os.PathLike) -> None:
     """A :class:`RunError` unless ``folder`` can be created or replaced: not a file, its parent a writable folder."""
     folder = Path(folder)
+    if folder.name in ("", ".", "..") or Path.cwd().resolve().is_relative_to(folder.resolve()):
+        # replacing it would pull the working directory from under this process (and the shell that started it)
+        raise RunError(f"the run folder {folder} is the current folder or holds it; run from elsewhere or choose "
+                       "another --out")
     if folder.exists() and not folder.is_dir():
         raise RunError(f"the run folder {folder} is a file; choose another --out or --name")
     if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
@@ -65,14 +69,17 @@ def check_writable(folder: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def lock(folder: str | os.PathLike) -> Iterator[None]:
-    """Check that ``folder`` can be written, then hold its lock file until the block ends (re-entrant).
+def lock(folder: str | os.PathLike, *, check: bool = True) -> Iterator[None]:
+    """Check that ``folder`` can be written (:func:`check_writable`), then hold its lock file until the block ends
+    (re-entrant). A second process asking for the same folder gets a :class:`RunError` at once, naming the holder.
 
-    A second process asking for the same folder gets a :class:`RunError` at once, naming the holder's pid.
+    ``check=False`` is for a writer that replaces one file of the folder, not the folder (``medqa-bench report``): no
+    checks, and no lock where its file cannot be made.
     """
     folder = Path(folder)
-    check_writable(folder)
-    path = lock_path(folder).resolve()
+    if check:
+        check_writable(folder)
+    path = lock_path(folder.resolve())  # one lock whichever way (symlink, relative path) the folder is named
     if path in _held:
         _held[path] += 1
         try:
@@ -80,31 +87,41 @@ def lock(folder: str | os.PathLike) -> Iterator[None]:
         finally:
             _held[path] -= 1
         return
+    fd = _take(path, folder, required=check)
+    if fd is None:
+        yield
+        return
+    _held[path] = 1
+    try:
+        yield
+    finally:
+        del _held[path]
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a run opening it)
+
+
+def _take(path: Path, folder: Path, *, required: bool) -> int | None:
     try:
         import fcntl
     except ImportError:  # no fcntl (Windows): no lock
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                log.warning("cannot lock %s (%s): a second run into %s would not be stopped", path, exc.strerror, folder)
-            else:
-                holder = os.read(fd, 32).decode("ascii", "replace").strip()
-                raise RunError(f"another medqa-bench run{f' (pid {holder})' if holder else ''} is writing {folder} "
-                               f"(lock {lock_path(folder)}); wait for it to finish or choose another --out or --name") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        _held[path] = 1
-        try:
-            yield
-        finally:
-            del _held[path]
-    finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would race with a run opening it)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if required:
+            raise RunError(f"cannot create the lock file {path}: {exc.strerror}; choose another --out") from None
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise RunError(f"another medqa-bench run{f' (pid {holder})' if holder else ''} is writing {folder} "
+                           f"(lock {path}); wait for it to finish or choose another --out or --name") from None
+        log.warning("cannot lock %s (%s): a second run into %s would not be stopped", path, exc.strerror, folder)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def identity(spec: Mapping[str, Any]) -> str:
@@ -162,7 +179,8 @@ def staged(folder: str | os.PathLike) -> Iterator[Path]:
     folder = Path(folder)
     with lock(folder):
         try:
-            with atomic.directory(folder, overwrite=True, carry_except=RUN_FILES) as tmp:
+            # resolved: a run folder reached through a symlink is replaced where it lives, the link kept
+            with atomic.directory(folder.resolve(), overwrite=True, carry_except=RUN_FILES) as tmp:
                 yield tmp
         except OSError as exc:
             raise RunError(f"cannot write the run folder {folder}: {exc.strerror or exc}; "
