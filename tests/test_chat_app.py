@@ -188,10 +188,14 @@ def session_in_browser(chat_server):
 STATUS = "document.querySelector('#status textarea').value"
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_binds_to_localhost(chat_server):
     assert f"Running on local URL:  {chat_server['url'].rstrip('/')}" in chat_server["log"].read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_every_system_answers_side_by_side(session_in_browser):
     s = session_in_browser
     assert s["errors"] == []
@@ -201,6 +205,8 @@ def test_every_system_answers_side_by_side(session_in_browser):
         assert len(answers) == 4 and all(a.strip() for a in answers), answers
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_passages_are_shown_as_text(session_in_browser):
     s = session_in_browser
     assert s["passages"].startswith("[1] training item q") and "What are the symptoms of" in s["passages"]
@@ -208,6 +214,8 @@ def test_passages_are_shown_as_text(session_in_browser):
     assert s["xss"] == "undefined" and s["planted"] == 0  # ... and never run or parsed as HTML
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_export_is_accepted_by_run_data(session_in_browser, chat_server, tmp_path):
     s = session_in_browser
     assert s["status"].startswith("wrote 2 item(s) to ")
