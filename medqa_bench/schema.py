@@ -35,6 +35,7 @@ class SystemSample(TypedDict, total=False):
     best_reference: dict[str, int]  # metric name -> index into references of the best match
     distractor_scores: dict[str, float]  # similarity metrics in [0, 1]: sim(prediction, distractor's reference)
     nearest_qtype: dict[str, list]  # similarity metric -> [qtype of the most similar reference, its score]
+    passages: list[dict[str, Any]]  # rows with retrieval: [{"id" (training item), "score", "text" (as prompted)}]
 
 
 class SampleRecord(TypedDict, total=False):
@@ -42,7 +43,7 @@ class SampleRecord(TypedDict, total=False):
     qtype: str
     focus: str
     question: str
-    prompts: dict[str, str]  # prompt format -> the prompt text every system of that format was given
+    prompts: dict[str, str]  # prompt format (or "<format>+rag") -> the prompt text every system of it was given
     reference: str  # the first reference (the training completion)
     references: list[str]
     reference_tokens: int  # model tokens of the first reference
@@ -82,6 +83,8 @@ class SystemInfo(TypedDict, total=False):
     method: str  # reference rows: "retrieval" | "boilerplate" | "question"
     description: str  # reference rows: what the row is and why it is there
     settings: dict[str, Any]  # reference rows: library, version and parameters (reference_rows.method_settings)
+    variant_of: str  # a +rag row: the plain row it adds retrieval to
+    retrieval: dict[str, Any]  # a +rag row: rag.run_passages(): method, k, words, label, template, index
 
 
 class ResultsFile(TypedDict, total=False):

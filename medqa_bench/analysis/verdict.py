@@ -228,8 +228,8 @@ def build_verdict(results: dict) -> dict[str, Any]:
                              f"{leak['n_near_duplicates']} of {leak.get('n_items')} items nearly repeat a training item "
                              f"(reference or question similarity ≥ {leak.get('threshold')}); the verdict is also given "
                              f"on the {(leak.get('clean') or {}).get('n_items')} items without them"})
-    for w in degeneration:
-        if kinds.get(w["system"]) == "baseline":
+    for w in degeneration:  # a judged row (an adapter, a +rag row) has its own in its verdict
+        if kinds.get(w["system"]) == "baseline" and w["system"] not in (analysis.get("paired") or {}):
             run_warnings.append({"code": w["code"], "system": w["system"], "message": w["message"]})
 
     adapters: dict[str, Any] = {}
