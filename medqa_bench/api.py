@@ -1,10 +1,10 @@
 """Everything the CLI does, one call away from Python (for notebooks).
 
 >>> from medqa_bench.api import RunSpec, run                                  # doctest: +SKIP
->>> res = run(RunSpec(adapters=(("ft", "adapters/smollm2-135m-symptoms"),), limit=20))
->>> res.table()                      # per-system aggregates with 95% CIs (pandas DataFrame)
+>>> res = run(RunSpec(limit=20))      # the default model and its shipped adapter
+>>> res.table(deltas=True)           # per-system aggregates with 95% CIs; each adapter's delta and p vs its baseline
 >>> res.items()                      # one row per item and system
->>> res = res.rescore(metrics=["rougeL", "embedding_similarity"])
+>>> res = res.rescore(metrics=["fuzzy"])   # fuzzy added, the other metrics kept
 """
 
 from __future__ import annotations
@@ -31,15 +31,28 @@ class Results:
     def systems(self) -> list[str]:
         return list(self.results["systems"])
 
-    def table(self):
-        """Aggregates as a DataFrame: one row per (system, metric) with value, ci_low, ci_high, n."""
+    def table(self, *, deltas: bool = False):
+        """Aggregates as a DataFrame: one row per (system, metric) with value, ci_low, ci_high, n.
+
+        ``deltas=True`` adds, for each row the verdict judges (adapters, rows with retrieval), the comparison with its
+        strongest baseline row on that metric: ``against``, ``delta`` (this row minus that one, the metric's own
+        aggregate) with its paired 95% bootstrap CI ``delta_ci_low``/``delta_ci_high``, the paired permutation test's
+        ``p`` and ``p_holm`` (Holm over the row's metrics, what the verdict reads) and ``better``; empty for the
+        baseline and reference rows.
+        """
         import pandas as pd
 
-        rows = [
-            {"system": s, "metric": m, **v, "higher_is_better": self.results["metrics"][m]["higher_is_better"]}
-            for s, per in self.results["results"].items()
-            for m, v in per.items()
-        ]
+        paired = ((self.results.get("analysis") or {}).get("paired") or {}) if deltas else {}
+        rows = []
+        for s, per in self.results["results"].items():
+            for m, v in per.items():
+                row = {"system": s, "metric": m, **v, "higher_is_better": self.results["metrics"][m]["higher_is_better"]}
+                if deltas:
+                    c = ((paired.get(s) or {}).get("metrics") or {}).get(m) or {}
+                    row.update(against=c.get("against"), delta=c.get("mean_diff"), delta_ci_low=c.get("ci_low"),
+                               delta_ci_high=c.get("ci_high"), p=c.get("p_permutation"), p_holm=c.get("p_holm"),
+                               better=c.get("better"))
+                rows.append(row)
         return pd.DataFrame(rows)
 
     def items(self):
@@ -58,6 +71,8 @@ class Results:
         return pd.DataFrame(rows)
 
     def rescore(self, *, metrics: Sequence[str] | None = None, plugins: Sequence[str] = (), **kw: Any) -> "Results":
+        """:func:`score` this run folder: ``metrics`` computed again or added, the others kept; ``out=DIR`` writes the
+        re-scored run there and leaves this folder as it is. Returns the folder written, loaded."""
         return score(self.run_dir, metrics=list(metrics) if metrics else None, plugins=tuple(plugins), **kw)
 
     def verdict(self) -> list[str]:
@@ -107,12 +122,20 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Results:
 
 
 def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tuple[str, ...] = (),
-          metric_params: dict | None = None, report: bool = True, progress: bool = True) -> Results:
-    """Re-score saved generations of a run folder without loading the language model."""
+          metric_params: dict | None = None, similarity_metric: str | None = None,
+          thresholds: dict[str, float] | None = None, out: str | Path | None = None, overwrite: bool = False,
+          report: bool = True, progress: bool = True) -> Results:
+    """Re-score saved generations of a run folder without loading the language model.
+
+    ``metrics`` are computed again (or added) and the run's other metrics kept; none: all of them again.
+    ``similarity_metric`` and ``thresholds`` change the soft-match analysis. ``out`` writes the result to another
+    folder. See :func:`medqa_bench.runner.score`.
+    """
     from . import runner
 
     return load_results(runner.score(run_dir, metrics=metrics, plugins=plugins, metric_params=metric_params,
-                                     report=report, progress=progress))
+                                     similarity_metric=similarity_metric, thresholds=thresholds, out=out,
+                                     overwrite=overwrite, report=report, progress=progress))
 
 
 def prepare_data(spec: DataSpec | None = None, out: str | Path = "data/prepared", *, overwrite: bool = False) -> Path:

@@ -128,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("--metrics", metavar="A,B,...")
     s.add_argument("--metric-param", action="append", metavar="METRIC.KEY=VALUE")
-    s.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR")
+    s.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR",
+                   help="load metric plugins; their metrics are computed too")
+    s.add_argument("--similarity-metric", metavar="NAME", help="metric for the soft confusion analysis")
+    s.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="analysis thresholds: t, t_low, t_high")
+    s.add_argument("--out", metavar="DIR", help="write the re-scored run here and leave RUN_DIR as it is")
+    s.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds a different run")
     s.add_argument("--no-report", action="store_true")
 
     rp = sub.add_parser("report", help="render report.html from run folders (several: one combined comparison)")
@@ -287,9 +292,16 @@ def _is_main_process() -> bool:
 def cmd_score(args: argparse.Namespace) -> int:
     from .api import score
 
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    thresholds: dict[str, float] = {}
+    for k, v in _parse_assignments(args.threshold, "--threshold"):
+        try:
+            thresholds[k] = float(v)
+        except ValueError:
+            raise SpecError(f"--threshold {k}={v}: the value must be a number") from None
     result = score(args.run_dir, metrics=metrics, plugins=tuple(args.plugin or ()),
-                   metric_params=_metric_params(args.metric_param) or None, report=not args.no_report,
+                   metric_params=_metric_params(args.metric_param) or None, similarity_metric=args.similarity_metric,
+                   thresholds=thresholds or None, out=args.out, overwrite=args.overwrite, report=not args.no_report,
                    progress=not args.quiet)
     print(result.summary())
     return 0
@@ -341,6 +353,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     print(f"{'metric':<{width}}  better  kind       source")
     for r in rows:
+        if r.get("error"):  # a metric or plugin that does not load is listed, not raised
+            print(f"{r['name']:<{width}}  {'-':<6}  {'broken':<9}  {r.get('source', '')}: {r['error']}")
+            continue
         print(f"{r['name']:<{width}}  {'higher' if r['higher_is_better'] else 'lower ':<6}  {r.get('kind', ''):<9}  {r.get('source', '')}")
     return 0
 

@@ -18,7 +18,7 @@ from . import __version__, atomic, distributed, run_folder
 from .cache import InferenceCache
 from .cached_inference import cached_generate_systems, cached_nll
 from .data import Example, load_dataset
-from .errors import AdapterError, DataError
+from .errors import AdapterError, DataError, RunError
 from .fingerprint import sha256_json
 from .inference import CompletionNLL, model_context_length
 from .models import (DEFAULT_MODEL, AdapterInfo, LoadedModel, attach_adapters, load_base, load_tokenizer, pick_device,
@@ -372,8 +372,9 @@ def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, ti
     t = time.perf_counter()
     scored, metric_info = score_samples(samples, metrics, systems, seed=spec.seed, progress=progress)
     timings["score_s"] = time.perf_counter() - t
-    results["metrics"] = metric_info
-    results["results"] = scored
+    # `score` keeps the metrics it does not compute again: merge, the new values last
+    results["metrics"] = {**(results.get("metrics") or {}), **metric_info}
+    results["results"] = {s: {**(results.get("results") or {}).get(s, {}), **scored.get(s, {})} for s in systems}
     t = time.perf_counter()
     results["analysis"] = analyze(results, samples, similarity_metric=spec.analysis.similarity_metric,
                                   thresholds=spec.analysis.thresholds or None, seed=spec.analysis.seed)
@@ -399,33 +400,92 @@ def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, ti
 
 
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Load (results, samples) of a run folder, checking the schema version (the report's loader)."""
+    """Load (results, samples) of a run folder, checking the schema version (the report's loader) and that
+    samples.jsonl holds every item results.json counts (:func:`check_samples_complete`)."""
     from .report.runs import load_run
 
-    return load_run(run_dir)
+    results, samples = load_run(run_dir)
+    check_samples_complete(results, samples, Path(run_dir))
+    return results, samples
+
+
+def check_samples_complete(results: dict[str, Any], samples: list[dict[str, Any]], run_dir: Path) -> None:
+    """A :class:`RunError` unless samples.jsonl holds the items results.json was computed on: their number, the
+    fingerprint of their ids in order (``data.item_ids_fingerprint``; folders written before it are checked by count)
+    and a record for every system. Scoring a cut samples.jsonl would rewrite the aggregates on fewer items."""
+    data = results.get("data") or {}
+    where = f"{run_dir / 'samples.jsonl'}"
+    damaged = "; the run folder is damaged: restore it or run the evaluation again"
+    n_items = data.get("n_items")
+    if isinstance(n_items, int) and n_items != len(samples):
+        raise RunError(f"{where} holds {len(samples)} items but results.json counts {n_items}{damaged}")
+    recorded = data.get("item_ids_fingerprint")
+    if recorded and recorded != "sha256:" + sha256_json([s["id"] for s in samples]):
+        raise RunError(f"{where}: its item ids are not the ones results.json was computed on (item_ids_fingerprint "
+                       f"differs){damaged}")
+    for sample in samples:
+        missing = [name for name in results.get("systems") or {} if name not in (sample.get("systems") or {})]
+        if missing:
+            raise RunError(f"{where}: item '{sample['id']}' has no record for system '{missing[0]}'{damaged}")
 
 
 def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tuple[str, ...] = (),
-          metric_params: dict | None = None, report: bool = True, progress: bool = True) -> Path:
-    """Re-score a run folder's saved generations (no language model is loaded) and re-render its report."""
+          metric_params: dict | None = None, similarity_metric: str | None = None,
+          thresholds: dict[str, Any] | None = None, out: str | Path | None = None, overwrite: bool = False,
+          report: bool = True, progress: bool = True) -> Path:
+    """Re-score a run folder's saved generations (no language model is loaded), re-analyse and re-render it.
+
+    ``metrics`` are computed again (or added); every other metric of the run keeps its scores. Without ``metrics``
+    every metric of the run is computed again. The metrics of ``plugins`` are always computed. ``similarity_metric``
+    and ``thresholds`` (``t``, ``t_low``, ``t_high``) change the soft-match analysis. The run folder is replaced
+    whole, or, with ``out``, left as it was and the re-scored run written to ``out`` (a folder holding a different
+    run is replaced only with ``overwrite``). Returns the folder written.
+    """
+    run_dir = Path(run_dir)
+    out_dir = Path(out) if out is not None else run_dir
+    with run_folder.lock(run_dir):
+        results, samples = read_run(run_dir)
+        spec = RunSpec.from_dict(results["spec"])
+        resolved, spec = _rescore_metrics(results, spec, metrics, tuple(plugins), metric_params or {})
+        if similarity_metric or thresholds:
+            from .spec import AnalysisSpec
+
+            spec = spec.replace(analysis=AnalysisSpec(similarity_metric or spec.analysis.similarity_metric,
+                                                      {**spec.analysis.thresholds, **(thresholds or {})},
+                                                      spec.analysis.seed))
+        spec = spec.replace(report=report)
+        if out_dir.resolve() != run_dir.resolve():
+            run_folder.check_replaceable(out_dir, spec.to_dict(), overwrite=overwrite)
+        computed = {m.name for m in resolved}
+        for record in samples:
+            for sys_record in record["systems"].values():
+                for key in ("scores", "best_reference", "distractor_scores", "nearest_qtype"):
+                    _drop(sys_record.get(key), computed)
+            _drop(record.get("null_scores"), computed)
+        for per_metric in (results.get("results") or {}).values():
+            _drop(per_metric, computed)  # results["metrics"] keeps its order: the new infos replace the old in place
+        results["spec"] = spec.to_dict()
+        results.setdefault("data", {}).setdefault("item_ids_fingerprint", "sha256:" + sha256_json([s["id"] for s in samples]))
+        return _score_and_write(out_dir, results, samples, resolved, spec, dict(results.get("timings", {})), progress)
+
+
+def _rescore_metrics(results: dict[str, Any], spec: RunSpec, metrics: list[str] | None, plugins: tuple[str, ...],
+                     metric_params: dict[str, dict]) -> tuple[list, RunSpec]:
+    """The metrics to compute again and the spec that records the whole set (the run's metrics, then the new)."""
     from .metrics import resolve_metrics
 
-    run_dir = Path(run_dir)
-    results, samples = read_run(run_dir)
-    spec = RunSpec.from_dict(results["spec"])
-    changes: dict[str, Any] = {"report": report}
-    if metrics:
-        changes["metrics"] = tuple(metrics)
-    if plugins:
-        changes["plugins"] = tuple(plugins)
-    if metric_params:
-        changes["metric_params"] = {**spec.metric_params, **metric_params}
-    spec = spec.replace(**changes)
-    resolved = resolve_metrics(list(spec.metrics) if spec.metrics else None, plugins=spec.plugins, params=spec.metric_params)
-    for record in samples:
-        for sys_record in record["systems"].values():
-            for key in ("scores", "best_reference", "distractor_scores", "nearest_qtype"):
-                sys_record.pop(key, None)
-        record.pop("null_scores", None)
-    results["spec"] = spec.to_dict()
-    return _score_and_write(run_dir, results, samples, resolved, spec, dict(results.get("timings", {})), progress)
+    recorded = list(results.get("metrics") or {})
+    names = list(metrics) if metrics else recorded
+    params = {**spec.metric_params, **metric_params}
+    # the run's own parameters go with the metrics computed again; a new parameter must name a metric computed
+    asked = {k: v for k, v in params.items() if k in names or k in metric_params}
+    resolved = resolve_metrics(names, plugins=plugins, params=asked, available=spec.plugins)
+    all_names = tuple(dict.fromkeys([*recorded, *(m.name for m in resolved)]))
+    return resolved, spec.replace(metrics=all_names, plugins=tuple(dict.fromkeys([*spec.plugins, *plugins])),
+                                  metric_params=params)
+
+
+def _drop(mapping: dict | None, keys: set[str]) -> None:
+    for key in keys:
+        if mapping:
+            mapping.pop(key, None)

@@ -73,4 +73,12 @@ def test_python_blocks_run(tmp_path, monkeypatch):
         if "res" in namespace:
             res = namespace["res"]
             assert (tmp_path / "reports" / "api-demo" / "results.json").exists()
-            assert res.results["verdict"]["lines"] and "baseline" in res.systems
+            assert res.results["verdict"]["lines"] and "baseline" in res.systems and "qlora" in res.systems
+            # rescoring added fuzzy and kept the run's metrics; the other analysis went to its own folder
+            assert list(res.results["metrics"]) == ["loss", "rougeL", "token_f1", "fuzzy"]
+            other = (tmp_path / "reports" / "api-demo-rougeL" / "results.json").read_text()
+            assert '"similarity_metric": "rougeL"' in other
+            assert "\n" not in repr(res) and len(repr(res)) < 300
+            deltas = res.table(deltas=True)
+            row = deltas[(deltas.system == "qlora") & (deltas.metric == "rougeL")].iloc[0]
+            assert row.against == "baseline" and 0 <= row.p_holm <= 1 and row.delta_ci_low <= row.delta <= row.delta_ci_high

@@ -1,4 +1,5 @@
-"""Trainer callbacks of a QLoRA run: the ``training_log.jsonl`` writer and the step clock behind tokens/s.
+"""Trainer callbacks of a QLoRA run: the ``training_log.jsonl`` writer, the step clock behind tokens/s, and the
+trackers ``training.report_to`` sends the same logged metrics to (Trainer's own integrations).
 
 Imported by :mod:`trainers.qlora` inside ``train()``: this module imports transformers at its top.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -112,3 +114,34 @@ class StepClock(TrainerCallback):
 def epoch_index(epoch: float | None) -> int:
     """Epoch 1 holds the steps with Trainer epoch in (0, 1], epoch 2 those in (1, 2], and so on."""
     return max(1, math.ceil(float(epoch or 0) - 1e-6))
+
+
+#: ``training.report_to`` values: Trainer's integration, how to tell it is installed, what to install, where it writes.
+TRACKERS = {
+    "tensorboard": ("is_tensorboard_available", "pip install tensorboardX (or tensorboard)",
+                    "event files in <adapter>/runs/ (tensorboard --logdir <adapter>/runs)"),
+    "wandb": ("is_wandb_available", "pip install wandb",
+              "an offline run in ./wandb/ unless WANDB_MODE says otherwise (wandb sync uploads it)"),
+    "mlflow": ("is_mlflow_available", "pip install mlflow", "./mlruns/ unless MLFLOW_TRACKING_URI says otherwise"),
+}
+
+
+def report_to(names: tuple[str, ...] | list[str]) -> list[str] | str:
+    """Trainer's ``report_to`` for the recipe's ``training.report_to``, checked before any weight loads: each name a
+    tracker of :data:`TRACKERS` whose package is installed (else a one-line SpecError saying what to install).
+    Weights & Biases runs offline unless ``WANDB_MODE`` is set: runs here are offline and reproducible."""
+    from transformers import integrations
+
+    from medqa_bench.errors import SpecError
+
+    names = list(dict.fromkeys(names))
+    for name in names:
+        if name not in TRACKERS:
+            raise SpecError(f"recipe key 'training.report_to': unknown tracker '{name}'; choose from "
+                            f"{', '.join(TRACKERS)} (or leave it empty)")
+        check, install, _ = TRACKERS[name]
+        if not getattr(integrations, check)():
+            raise SpecError(f"recipe key 'training.report_to' names {name}, which is not installed: {install}")
+    if "wandb" in names:
+        os.environ.setdefault("WANDB_MODE", "offline")
+    return names or "none"

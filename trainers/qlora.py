@@ -256,7 +256,8 @@ def _overlap_options(device: str) -> dict[str, Any]:
     return options
 
 
-def _sft_config(recipe: Recipe, ckpt_root: Path, precision: str, device: str, has_eval: bool, progress: bool):
+def _sft_config(recipe: Recipe, ckpt_root: Path, precision: str, device: str, has_eval: bool, progress: bool,
+                report_to: list[str] | str = "none"):
     from trl import SFTConfig
 
     t = recipe.training
@@ -293,7 +294,8 @@ def _sft_config(recipe: Recipe, ckpt_root: Path, precision: str, device: str, ha
         packing=False,
         # A padding-free row has no padding: all its tokens are real ones, countable from its shape.
         include_num_input_tokens_seen="all" if t.padding_free else "non_padding",
-        report_to="none",
+        report_to=report_to,  # training.report_to, checked (trainers.callbacks.report_to)
+        run_name=recipe.output_name,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         **_overlap_options(device),
@@ -320,7 +322,10 @@ def train(
     """
     from medqa_bench import distributed
 
+    from .callbacks import report_to
+
     started = time.perf_counter()
+    trackers = report_to(recipe.training.report_to)  # an unknown or missing tracker fails before anything runs
     out = Path(out) if out is not None else recipe.default_output()
     # DDP under `accelerate launch`: None in a single process. Every process checks the folders; only the main
     # one clears, logs and writes, the others wait for it (below).
@@ -354,6 +359,13 @@ def train(
     val_ex = limit_examples(dataset.split("validation"), recipe.data.limit.validation, recipe.seed)
     if not train_ex:
         raise DataError(f"the training split is empty ({len(dataset.examples)} items in all); use more data or other split ratios")
+    if not val_ex:
+        ratios = ", ".join(f"{r:g}" for r in recipe.data.split.ratios)
+        log.warning(
+            "the validation split is empty (split ratios [%s] of %d items give %s): training runs without "
+            "evaluation and the adapter records no validation loss; give validation a share, e.g. --set "
+            "data.split.ratios=[0.8,0.1,0.1]", ratios, len(dataset.examples),
+            " / ".join(f"{len(dataset.split(s))} {s}" for s in ("train", "validation", "test")))
     train_rows = sft_records(train_ex, recipe.data.prompt_format, tokenizer)
     val_rows = sft_records(val_ex, recipe.data.prompt_format, tokenizer)
 
@@ -368,7 +380,7 @@ def train(
     resume_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
 
     with _quiet(not progress):
-        trainer, clock = _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks, main)
+        trainer, clock = _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks, main, trackers)
         if not progress:
             trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
         if device.startswith("cuda"):
@@ -445,6 +457,8 @@ def train(
             with atomic.directory(out, overwrite=overwrite) as tmp:
                 trainer.model.save_pretrained(tmp)
                 shutil.copyfile(ckpt_root / LOG_FILE, tmp / LOG_FILE)
+                if (ckpt_root / "runs").is_dir():  # TensorBoard's event files (report_to), kept with the adapter
+                    shutil.copytree(ckpt_root / "runs", tmp / "runs")
                 atomic.write_json(tmp / META_FILE, meta)
         except FileExistsError:
             raise RunError(f"adapter folder {out} appeared while training; the run is kept in {ckpt_root} (--resume --overwrite)") from None
@@ -454,7 +468,7 @@ def train(
     return write() if ranks is None else ranks.main_only(write)  # the others wait in wait_for_main() above
 
 
-def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks, main=True):
+def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val_rows, ckpt_root, progress, resume_step, callbacks, main=True, trackers="none"):
     import datasets
     import torch
     from peft import LoraConfig
@@ -486,7 +500,7 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
     clock = StepClock(device.startswith("cuda"))
     trainer = packing.LeanSFTTrainer(
         model=loaded.model,
-        args=_sft_config(recipe, ckpt_root, precision, device, bool(val_rows), progress),
+        args=_sft_config(recipe, ckpt_root, precision, device, bool(val_rows), progress, trackers),
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(val_rows) if val_rows else None,
         processing_class=loaded.tokenizer,

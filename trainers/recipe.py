@@ -112,6 +112,7 @@ class TrainingSection:
     precision: str = "auto"
     device: str = "auto"
     logging_steps: int = 10
+    report_to: tuple[str, ...] = ()  # tensorboard, wandb (offline), mlflow: trackers that also get the logged metrics
     save_steps: Optional[int] = None  # None: a checkpoint at the end of each epoch
     save_total_limit: int = 2
 

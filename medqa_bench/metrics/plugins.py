@@ -2,10 +2,11 @@
 
 Three ways in, none of which touches medqa-bench's code:
 
-1. **An installed package** declares entry points in the group ``medqa_bench.metrics``; each value is a
-   :class:`~medqa_bench.metrics.Metric` or a function returning one (called with the metric's parameters).
-   The entry-point name must equal ``Metric.name``. Source: ``entry-point:<distribution>``. Installed
-   metrics are listed by ``medqa-bench metrics list`` and scored when named in ``--metrics``::
+1. **An installed package** declares entry points in the group ``medqa_bench.metrics``, one per metric; each value
+   is a :class:`~medqa_bench.metrics.Metric`, a function returning one (called with the metric's parameters), or a
+   list such as a plugin module's ``METRICS`` holding a metric of the entry point's name. The entry-point name
+   must equal ``Metric.name``. Source: ``entry-point:<distribution>``. Installed metrics are listed by
+   ``medqa-bench metrics list`` and scored when named in ``--metrics``::
 
        [project.entry-points."medqa_bench.metrics"]
        medical_term_recall = "medqa_clinical_terms:medical_term_recall"
@@ -42,6 +43,7 @@ A plugin whose metric raises, returns the wrong number of scores, NaN, inf or a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -57,13 +59,46 @@ from .base import Metric
 from .registry import ENTRY_POINT_GROUP, Registry, import_attr
 
 
-def load_entry_points(reg: Registry) -> None:
-    """Register (lazily) every entry point in the ``medqa_bench.metrics`` group."""
+def load_entry_points(reg: Registry, broken: list[dict[str, Any]] | None = None) -> None:
+    """Register (lazily: nothing is imported until a metric is built) every entry point of the ``medqa_bench.metrics``
+    group. An entry point names one metric; its target is that :class:`Metric`, a function returning it, or a list
+    or tuple (a plugin module's ``METRICS``) holding a metric of the entry point's name.
+
+    With ``broken`` (a list), an entry point that cannot be registered (its name taken) is appended there as a row
+    instead of raising, so ``medqa-bench metrics list`` still lists the others.
+    """
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = getattr(ep, "dist", None)
         dist_name = dist.name if dist is not None else ep.module
         provenance = f"{dist_name}={dist.version}" if dist is not None else ""
-        reg.register(ep.name, ep.load, source=f"entry-point:{dist_name}", provenance=provenance, lazy=True)
+        source = f"entry-point:{dist_name}"
+        try:
+            reg.register(ep.name, functools.partial(_load_entry_point, ep, source), source=source,
+                         provenance=provenance, lazy=True)
+        except MetricError as exc:
+            if broken is None:
+                raise
+            broken.append({"name": ep.name, "source": source, "error": str(exc)})
+
+
+def _load_entry_point(ep: Any, source: str) -> Any:
+    """The entry point's target; from a list, the metric named like the entry point."""
+    target = ep.load()
+    if not isinstance(target, (list, tuple)):
+        return target
+    for obj in target:
+        if isinstance(obj, Metric):
+            name = obj.name
+        elif callable(obj) and not isinstance(obj, type):
+            name = _factory_name(obj, source)
+        else:
+            raise MetricError(f"{source}: entry point '{ep.name}' = {ep.value} holds {obj!r}, a {type(obj).__name__}, "
+                              "not a Metric or a function returning one")
+        if name == ep.name:
+            return obj
+    raise MetricError(f"{source}: entry point '{ep.name}' = {ep.value} is a {type(target).__name__} with no metric "
+                      f"named '{ep.name}'; an entry point names one metric: point it to that Metric, or name it "
+                      "like a metric of the list")
 
 
 def load_plugin(reg: Registry, spec: str) -> list[str]:
@@ -147,18 +182,23 @@ def _register_all(reg: Registry, objs: list[Any], source: str, provenance: str) 
         if isinstance(obj, Metric):
             name = obj.name
         elif callable(obj) and not isinstance(obj, type):
-            try:
-                probe = obj()
-                name = probe.name if isinstance(probe, Metric) else getattr(obj, "__name__", repr(obj))
-            except TypeError:  # a factory with required parameters: known by its function name
-                name = getattr(obj, "__name__", repr(obj))
-            except Exception as exc:
-                raise MetricError(f"{source}: metric factory {obj!r} failed: {type(exc).__name__}: {exc}") from exc
+            name = _factory_name(obj, source)
         else:
             raise MetricError(f"{source}: {obj!r} is a {type(obj).__name__}, not a Metric or a function returning one")
         reg.register(name, obj, source=source, provenance=provenance, lazy=False)
         names.append(name)
     return names
+
+
+def _factory_name(obj: Any, source: str) -> str:
+    """A factory's metric name: called without arguments to learn it (by its function name if it needs some)."""
+    try:
+        probe = obj()
+        return probe.name if isinstance(probe, Metric) else getattr(obj, "__name__", repr(obj))
+    except TypeError:  # a factory with required parameters: known by its function name
+        return getattr(obj, "__name__", repr(obj))
+    except Exception as exc:
+        raise MetricError(f"{source}: metric factory {obj!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------- evaluate

@@ -19,6 +19,7 @@ import difflib
 import importlib
 import inspect
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar, Union
 
@@ -26,6 +27,7 @@ from ..errors import MetricError
 from .base import Metric
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Built-in metrics, as lazy "module:factory" entries: listing names imports none of them.
 BUILTINS: dict[str, str] = {
@@ -148,16 +150,29 @@ def _is_metric_or_factory(obj: Any) -> bool:
 
 def metric_registry(plugins: Sequence[str] = (), *, entry_points: bool = True) -> Registry:
     """Built-ins, then installed ``medqa_bench.metrics`` entry points, then each ``--plugin`` in order."""
+    return _registry(plugins, entry_points=entry_points)[0]
+
+
+def _registry(plugins: Sequence[str], *, entry_points: bool = True,
+              broken: list[dict[str, Any]] | None = None) -> tuple[Registry, dict[str, list[str]]]:
+    """The registry and the metric names each plugin brought. With ``broken`` (a list), a plugin or entry point
+    that cannot be registered is appended there as a row (``name``, ``source``, ``error``) instead of raising."""
     from .plugins import load_entry_points, load_plugin
 
     reg: Registry = Registry("metric", _is_metric_or_factory, "a Metric or a function returning one")
     for name, target in BUILTINS.items():
         reg.register(name, target, source="builtin")
     if entry_points:
-        load_entry_points(reg)
-    for spec in plugins:
-        load_plugin(reg, spec)
-    return reg
+        load_entry_points(reg, broken=broken)
+    by_plugin: dict[str, list[str]] = {}
+    for spec in dict.fromkeys(plugins):
+        try:
+            by_plugin[spec] = load_plugin(reg, spec)
+        except MetricError as exc:
+            if broken is None:
+                raise
+            broken.append({"name": f"({spec})", "source": f"plugin:{spec}", "error": str(exc)})
+    return reg, by_plugin
 
 
 def build_metric(reg: Registry, name: str, params: dict[str, Any] | None = None) -> Metric:
@@ -215,23 +230,32 @@ def _expand(names: Iterable[str]) -> list[str]:
 
 
 def resolve_metrics(
-    names: list[str] | None, *, plugins: Sequence[str] = (), params: dict[str, dict[str, Any]] | None = None
+    names: list[str] | None, *, plugins: Sequence[str] = (), params: dict[str, dict[str, Any]] | None = None,
+    available: Sequence[str] = (),
 ) -> list[Metric]:
     """Build the named metrics, in order, with their parameters.
 
     ``names``: metric names (``"default"`` expands to :data:`DEFAULT_METRICS`; comma-separated strings are
-    split). ``None`` means the defaults plus every metric the ``plugins`` given here define: naming a plugin
-    on the command line asks for its metrics. Installed entry-point metrics are available but only scored
-    when named. ``params``: ``{"embedding_similarity": {"model": "/path"}}``; they show in the signature.
+    split); ``None``: the defaults. Every metric of the ``plugins`` given here is built too, after the named ones:
+    naming a plugin asks for its metrics, so ``--plugin P --metrics rougeL`` scores P's metrics as well, and says so.
+    ``available``: plugins whose metrics may be named but are not asked for (the plugins a run recorded, when
+    ``score`` computes some of its metrics again). Installed entry-point metrics are available and scored when named.
+    ``params``: ``{"embedding_similarity": {"model": "/path"}}``; they show in the signature.
     """
-    reg = metric_registry(plugins)
+    reg, by_plugin = _registry([*available, *plugins])
+    from_plugins = list(dict.fromkeys(n for spec in dict.fromkeys(plugins) for n in by_plugin[spec]))
     if names is None:
-        from_plugins = [n for n in reg.names() if reg.source(n).startswith(("plugin:", "evaluate:"))]
         wanted = _expand(DEFAULT_METRICS + from_plugins)
     else:
         wanted = _expand(names)
         if not wanted:
             raise MetricError("no metrics selected; name at least one, e.g. --metrics exact_match,rougeL")
+        left_out = [n for n in from_plugins if n not in wanted]
+        if left_out:
+            log.warning("--metrics leaves out %s of --plugin %s; scoring %s too (a plugin given is scored)",
+                        ", ".join(left_out), ", ".join(s for s in plugins if set(by_plugin[s]) & set(left_out)),
+                        "it" if len(left_out) == 1 else "them")
+            wanted += left_out
     params = dict(params or {})
     for key, value in params.items():
         if key not in wanted:
@@ -246,9 +270,11 @@ def resolve_metrics(
 def list_metrics(plugins: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Every available metric: ``name, higher_is_better, kind, source, signature, bounds, default`` (+ ``error``).
 
-    A metric that fails to load is listed with its ``error`` rather than hiding the others.
+    A metric, a ``--plugin`` or an entry point that fails to load is listed with its ``error`` (``higher_is_better``
+    and ``kind`` None) rather than hiding the others or stopping the listing.
     """
-    reg = metric_registry(plugins)
+    broken: list[dict[str, Any]] = []
+    reg, _ = _registry(plugins, broken=broken)
     rows = []
     for name in reg.names():
         row: dict[str, Any] = {"name": name, "source": reg.source(name), "default": name in DEFAULT_METRICS}
@@ -258,4 +284,6 @@ def list_metrics(plugins: Sequence[str] = ()) -> list[dict[str, Any]]:
         except MetricError as exc:
             row.update({"higher_is_better": None, "kind": None, "signature": "", "bounds": None, "error": str(exc)})
         rows.append(row)
+    for row in broken:
+        rows.append({"higher_is_better": None, "kind": None, "signature": "", "bounds": None, "default": False, **row})
     return rows
