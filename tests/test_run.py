@@ -189,10 +189,15 @@ def test_score_rescores_without_the_language_model(small_run, monkeypatch):
         raise AssertionError("score must not load the language model")
 
     monkeypatch.setattr(models, "load_base", no_model)
+    before = json.loads((run / "results.json").read_text())
     res = api.score(run, metrics=["rouge1", "fuzzy_token_set"], progress=False)
-    assert set(res.results["results"]["baseline"]) == {"rouge1", "fuzzy_token_set"}
+    # the two metrics are added; the run's own are kept as they were
+    assert set(res.results["results"]["baseline"]) == {*METRICS.split(","), "rouge1", "fuzzy_token_set"}
+    for metric in METRICS.split(","):
+        assert res.results["results"]["ft"][metric] == before["results"]["ft"][metric]
     assert "rouge1" in res.samples[0]["systems"]["ft"]["scores"]
-    assert res.table().shape[0] == 5 * 2 and len(res.items()) == 3 * 5  # 5 systems (3 reference rows), 3 items
+    # 5 systems (3 reference rows without NLL metrics), 3 items
+    assert res.table().shape[0] == 2 * (7 + 2) + 3 * (5 + 2) and len(res.items()) == 3 * 5
 
 
 @pytest.mark.parametrize(
