@@ -418,7 +418,8 @@ def check_samples_complete(results: dict[str, Any], samples: list[dict[str, Any]
     damaged = "; the run folder is damaged: restore it or run the evaluation again"
     n_items = data.get("n_items")
     if isinstance(n_items, int) and n_items != len(samples):
-        raise RunError(f"{where} holds {len(samples)} items but results.json counts {n_items}{damaged}")
+        raise RunError(f"{where} holds {len(samples)} item{'s' if len(samples) != 1 else ''} but results.json counts "
+                       f"{n_items}{damaged}")
     recorded = data.get("item_ids_fingerprint")
     if recorded and recorded != "sha256:" + sha256_json([s["id"] for s in samples]):
         raise RunError(f"{where}: its item ids are not the ones results.json was computed on (item_ids_fingerprint "

@@ -216,7 +216,7 @@ def test_score_refuses_a_cut_samples_file(earlier_run):
     samples.write_text(samples.read_text().splitlines()[0] + "\n")  # cut to one of two items
     before = snapshot(earlier_run)
     line = error_line(cli("-q", "score", str(earlier_run), "--no-report"))
-    assert f"{samples} holds 1 items but results.json counts 2" in line
+    assert f"{samples} holds 1 item but results.json counts 2" in line
     assert snapshot(earlier_run) == before
 
 
