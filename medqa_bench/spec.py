@@ -118,6 +118,10 @@ class RunSpec:
             raise SpecError(f"dtype must be one of {', '.join(DTYPES)}, not '{self.dtype}'")
         if self.max_length is not None and self.max_length < 1:
             raise SpecError(f"max_length must be a positive number of tokens, not {self.max_length}")
+        if self.max_length == 1:  # inference.MIN_WINDOW, checked again where the window is cut
+            raise SpecError("max_length (--max-length) is 1 token: a token is scored from the tokens before it in its "
+                            "window, so a window of 1 scores nothing; give at least 2, or leave it unset for the "
+                            "model's context length")
         if self.decoding is not None:
             d = self.decoding
             if d.repetition_penalty <= 0:

@@ -206,6 +206,9 @@ def test_max_length_one_names_the_window_not_the_reference(tmp_path):
     line = error_line(run_into(out, "--max-length", "1", "--no-default-adapter", "--reference-rows", "none"))
     assert "max_length" in line and "at least 2" in line and "empty reference" not in line
     assert not out.exists()
+    # checked with the spec, before any model is looked for: a model that does not exist is not what it names
+    line = error_line(run_into(out, "--max-length", "1", "--model", str(tmp_path / "nowhere.gguf")))
+    assert "a window of 1 scores nothing" in line
 
 
 # --------------------------------------------------------------------------------------------- score never shrinks a run

