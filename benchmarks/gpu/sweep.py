@@ -230,7 +230,7 @@ def pack() -> None:
     sel = SWEEP / "selection.json"
     chosen = json.loads(sel.read_text())["chosen"] if sel.exists() else None
     weights = [f"--exclude=adapters/{n}/*.safetensors" for n in CONFIGS if n != chosen]
-    cmd = (f"tar -C {SWEEP} {' '.join(weights)} --exclude='*/checkpoint-*' -cf - . | xz -T0 -3 "
+    cmd = (f"tar -C {SWEEP} {' '.join(weights)} --exclude='adapters/*.checkpoints' --exclude=./stage -cf - . | xz -T0 -3 "
            f"| split -b 15M - {out}/sweep.tar.xz.part-")
     subprocess.check_call(cmd, shell=True)
     print(subprocess.check_output(f"ls -la {out}", shell=True, text=True))
