@@ -115,6 +115,14 @@ def test_a_plain_run_prints_no_kernel_warning(first):
     assert "gemm_4bit_forward" not in proc.stderr and "Failed to load CPU" not in proc.stderr
 
 
+def test_the_python_api_prints_no_kernel_warning_either():
+    # bitsandbytes logs it at import on CPUs with AVX512-BF16; the API loads it for every 4-bit base
+    code = "import logging; logging.basicConfig(); import medqa_bench.api, bitsandbytes; print('imported')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "imported", proc.stderr
+    assert "gemm_4bit_forward" not in proc.stderr and "Failed to load CPU" not in proc.stderr
+
+
 # ------------------------------------------------------------------------------- replaced whole or not at all
 
 
