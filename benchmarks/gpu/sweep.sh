@@ -12,8 +12,9 @@
 # One call per part, back to back (each carries .device/cX):  bash benchmarks/gpu/sweep.sh stage cX
 # then, with nothing carried:
 #     bash benchmarks/gpu/sweep.sh start      # unpacks and installs, then runs every phase in the background (setsid)
-#     bash benchmarks/gpu/sweep.sh wait       # follows the log for up to 9 minutes; repeat until SWEEP_DONE,
-#                                             # then the packed results are copied to $OUT
+#     bash benchmarks/gpu/sweep.sh wait       # follows the log for up to 9 minutes, copying the latest whole pack
+#                                             # to $OUT as it goes; repeat AT ONCE until SWEEP_DONE: the machine is
+#                                             # given back 30 s after a command ends, and the sweep with it
 # The sweep runs in the background because its phases together take longer than one command may.
 set -euo pipefail
 STAGE=${STAGE:-/tmp/stage}
@@ -26,19 +27,19 @@ case "${1:-}" in
     python3 -m pip install -q --no-deps --no-build-isolation -e .
     mkdir -p "$SWEEP"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$SWEEP/card.txt"
-    OUT="$STAGE/pack" setsid nohup bash -c "python3 benchmarks/gpu/sweep.py train validate select test pack; echo SWEEP_DONE rc=\$?" \
+    OUT="$STAGE/pack" setsid nohup bash -c "python3 benchmarks/gpu/sweep.py train validate select pack test pack; echo SWEEP_DONE rc=\$?" \
       > "$STAGE/sweep.log" 2>&1 < /dev/null &
     sleep 5; cat "$STAGE/sweep.log" ;;
   wait)
     for _ in $(seq 1 "${POLLS:-53}"); do
+      cp "$STAGE"/pack/* "$OUT"/ 2>/dev/null || true  # the latest whole pack, kept under $OUT as the run goes
       if grep -q SWEEP_DONE "$STAGE/sweep.log"; then break; fi
       sleep 10
     done
     cat "$STAGE/sweep.log"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-    if grep -q SWEEP_DONE "$STAGE/sweep.log"; then
-      cp "$STAGE"/pack/* "$OUT"/ 2>/dev/null || true
-      cp "$STAGE/sweep.log" "$OUT"/
-      ls -la "$OUT"
-    fi ;;
+    # the latest whole pack (one after selection, one after the test runs)
+    cp "$STAGE"/pack/* "$OUT"/ 2>/dev/null || true
+    cp "$STAGE/sweep.log" "$OUT"/
+    ls -la "$OUT" ;;
   *) echo "usage: sweep.sh stage cX|start|wait" >&2; exit 2 ;;
 esac
