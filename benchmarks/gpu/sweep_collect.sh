@@ -26,6 +26,10 @@ place() {  # place RUN FOLDER [compress]
   rm -rf "$to" && mkdir -p "$to" && cp "$from/results.json" "$to/"
   if [ "${3:-}" = xz ]; then xz -T0 -9 -c "$from/samples.jsonl" > "$to/samples.jsonl.xz"; else cp "$from/samples.jsonl" "$to/"; fi
 }
+# the reference recipe's headline run keeps its place in history: reports/reference-recipe
+if [ -d "$root/reports/headline" ] && [ ! -d "$root/reports/reference-recipe" ]; then
+  git -C "$root" mv reports/headline reports/reference-recipe
+fi
 place validation sweep-validation xz
 place test headline
 place test-decoding headline-decoding xz
