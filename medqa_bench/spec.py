@@ -69,7 +69,7 @@ class RunSpec:
 
     name: str | None = None
     model: str = DEFAULT_MODEL
-    backend: str = "transformers"  # the inference backend that answers (medqa_bench.backends; checked when a run starts)
+    backend: str = "transformers"  # what answers: a name of medqa_bench.backends (checked when a run starts)
     adapters: tuple[tuple[str, str], ...] = ()
     default_adapters: bool = True  # with no adapters given, compare the default model with its shipped adapter
     data: DataSpec = DataSpec()

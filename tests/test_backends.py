@@ -238,6 +238,7 @@ def test_transformers_backend_identity_of_the_loaded_model(default_model):
                                      "dtype": "float32", "device": "cpu", "prompt_format": "chat"}
     assert backend.describe() == {"none": default_model.describe()}
     assert backend.max_length == default_model.model.config.max_position_embeddings
-    assert backend.render(SimpleNamespace(prompt=lambda fmt, tok: f"{fmt}:{tok is backend.tokenizer}"), row) == "chat:True"
+    example = SimpleNamespace(prompt=lambda fmt, tok: f"{fmt}:{tok is backend.tokenizer}")
+    assert backend.render(example, row) == "chat:True"
     assert backend.loss_settings() == {"max_length": backend.max_length, "quantization": "none",
                                        "compute_dtype": "float32"}
