@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("spec", nargs="?", metavar="SPEC", help="YAML or TOML run spec; flags override it")
     r.add_argument("--name", help="run name (default: <model>-<qtype>-<split>)")
     r.add_argument("--model", help="alias, checkpoint folder, .gguf file or Hub id (default smollm2-135m-instruct)")
+    r.add_argument("--backend", metavar="NAME", help="the inference backend that answers (default transformers: the "
+                   "model loaded in this process)")
     r.add_argument("--adapter", action="append", metavar="NAME=PATH", help="a PEFT LoRA adapter folder; repeatable")
     r.add_argument("--no-default-adapter", action="store_true", help="do not add the shipped adapter when none is given")
     _add_data_options(r)
@@ -208,9 +210,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = RunSpec.from_file(args.spec) if args.spec else RunSpec()
     ch: dict[str, Any] = {}
-    for flag, key in (("name", "name"), ("model", "model"), ("split", "split"), ("limit", "limit"),
-                      ("sample_seed", "sample_seed"), ("prompt_format", "prompt_format"), ("device", "device"),
-                      ("dtype", "dtype"), ("quantization", "quantization"), ("max_length", "max_length"),
+    for flag, key in (("name", "name"), ("model", "model"), ("backend", "backend"), ("split", "split"),
+                      ("limit", "limit"), ("sample_seed", "sample_seed"), ("prompt_format", "prompt_format"),
+                      ("device", "device"), ("dtype", "dtype"), ("quantization", "quantization"), ("max_length", "max_length"),
                       ("out", "output_dir"), ("seed", "seed")):
         if getattr(args, flag) is not None:
             ch[key] = getattr(args, flag)

@@ -27,3 +27,7 @@ class MetricError(MedQABenchError):
 
 class RunError(MedQABenchError):
     """A run folder that is missing, incomplete or incompatible with the request."""
+
+
+class BackendError(MedQABenchError):
+    """An unknown inference backend, or one that cannot do what the run asks of it."""

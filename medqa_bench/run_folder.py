@@ -166,9 +166,14 @@ def _differing_keys(recorded: Mapping[str, Any], spec: Mapping[str, Any]) -> lis
     return sorted(k for k in set(old) | set(new) if k not in PLACEMENT_KEYS and old.get(k) != new.get(k))
 
 
+#: Spec keys added after run folders were first written, with the value a spec without them meant.
+_LATER_KEYS = {"backend": "transformers"}
+
+
 def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """As results.json holds it: tuples as lists, paths as strings."""
-    return json.loads(json.dumps(dict(spec), default=str))
+    """As results.json holds it: tuples as lists, paths as strings; a key added since (:data:`_LATER_KEYS`) with the
+    value a spec without it meant, so a run folder written before it is still the same run."""
+    return {**_LATER_KEYS, **json.loads(json.dumps(dict(spec), default=str))}
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The evaluation run: data -> model + adapters -> NLL and generations (cached) -> scores -> analysis -> report.
+"""The evaluation run: items -> backend -> samples -> scores -> analysis -> run folder.
 
 ``run(spec)`` writes a run folder (results.json, samples.jsonl, report.html); ``score(run_dir)`` re-scores saved
 generations without loading the language model. Both return the run folder's path.
@@ -15,19 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, atomic, distributed, run_folder
+from .backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
 from .cache import InferenceCache
-from .cached_inference import cached_generate_systems, cached_nll
 from .data import Example, load_dataset
 from .errors import AdapterError, DataError, RunError
 from .fingerprint import sha256_json
-from .inference import CompletionNLL, model_context_length
-from .models import (DEFAULT_MODEL, AdapterInfo, LoadedModel, attach_adapters, load_base, load_tokenizer, pick_device,
-                     read_adapter, resolve_model)
+from .inference import CompletionNLL
+from .loss import run_loss_definition
+from .models import DEFAULT_MODEL, AdapterInfo
 from .provenance import environment
+from .rag import run_passages
 from .schema import SCHEMA_VERSION
 from .spec import RunSpec
-from .rag import RagSpec, rag_prompts, run_passages
-from .systems import System, plan_systems, recorded_prompt_format, recorded_quantization
+from .systems import System
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ def select_items(examples: list[Example], limit: int, seed: int) -> list[Example
     return [e for i, e in enumerate(examples) if i in keep]
 
 
-def _adapters_for(spec: RunSpec) -> dict[str, str]:
+def run_adapters(spec: RunSpec) -> dict[str, str]:
+    """The adapters a run of ``spec`` evaluates: its own, or the shipped adapter of the default model."""
     if spec.adapters:
         return dict(spec.adapters)
     if spec.default_adapters and spec.model == DEFAULT_MODEL:
@@ -93,19 +94,13 @@ def check_adapters_change_model(adapter_nlls: dict[str, list[CompletionNLL]], ba
             )
 
 
-def _reference_token_lengths(tokenizer, examples: list[Example]) -> list[int]:
-    if not examples:
-        return []
-    return [len(ids) for ids in tokenizer([e.answer for e in examples], add_special_tokens=False)["input_ids"]]
-
-
-def _budget(spec: RunSpec, tokenizer, pool: list[Example]) -> tuple[RunSpec, dict[str, Any]]:
+def _budget(spec: RunSpec, backend: Backend, pool: list[Example]) -> tuple[RunSpec, dict[str, Any]]:
     """The run's generation budget: the user's, or the automatic one (medqa_bench.budget) from the evaluated split."""
     from dataclasses import replace
 
     from .budget import auto_max_new_tokens, given_budget
 
-    lengths = _reference_token_lengths(tokenizer, pool)
+    lengths = backend.count_tokens([e.answer for e in pool])
     if spec.decoding.max_new_tokens is not None:
         return spec, given_budget(spec.decoding.max_new_tokens, lengths)
     info = auto_max_new_tokens(lengths)
@@ -113,32 +108,20 @@ def _budget(spec: RunSpec, tokenizer, pool: list[Example]) -> tuple[RunSpec, dic
 
 
 def plan_run_systems(spec: RunSpec, tokenizer) -> tuple[list[System], dict[str, AdapterInfo]]:
-    """The run's systems and its adapters' identities, from the spec, the tokenizer and the adapter folders' files
-    (no weights are loaded: a bad adapter or format fails before the model loads)."""
-    from .reference_rows import REFERENCE_ROWS
+    """The run's systems and its adapters' identities, as a run of ``spec`` plans them with the transformers backend
+    (:func:`medqa_bench.backends.transformers.plan_run_systems`); no weights are loaded."""
+    from .backends.transformers import plan_run_systems as plan
 
-    adapters = _adapters_for(spec)
-    infos = {name: read_adapter(name, path) for name, path in adapters.items()}
-    systems = plan_systems(
-        baseline_formats=spec.baseline_formats,
-        prompt_format=spec.prompt_format,
-        adapters=adapters,
-        adapter_formats={name: recorded_prompt_format(info.training_meta) for name, info in infos.items()},
-        reference_rows=REFERENCE_ROWS if spec.reference_rows is None else spec.reference_rows,
-        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
-        quantization=spec.quantization,
-        adapter_quantizations={name: recorded_quantization(info.training_meta) for name, info in infos.items()},
-        rag=RagSpec.parse(spec.rag) if spec.rag else None,
-    )
-    return systems, infos
+    return plan(spec, tokenizer, run_adapters(spec))
 
 
 def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     """Evaluate every system of ``spec`` on the same items; write and return the run folder.
 
-    The flow: items (data, no model) -> systems (tokenizer and adapter metadata, no weights) -> reference rows and
-    the leakage audit (training split, no model) -> the model: NLL and generations per language-model system,
-    cached -> samples -> scores -> analysis and verdict -> run folder.
+    The flow: the backend (``spec.backend``, nothing loaded) -> items (data, no model) -> systems (the backend's plan:
+    tokenizer and adapter metadata, no weights) -> reference rows and the leakage audit (training split, no model) ->
+    the backend loaded, behind the cache: NLL and generations of every language-model system -> samples -> scores ->
+    analysis and verdict -> run folder.
 
     Under ``accelerate launch`` (several processes) the items are sharded across the processes and rank 0 writes
     the same run folder a single process would; every process returns its path (see medqa_bench.distributed).
@@ -161,8 +144,8 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     t0 = time.perf_counter()
     ranks = distributed.launched(spec.device)  # None unless launched with WORLD_SIZE > 1 (nothing imported then)
     progress = progress and (ranks is None or ranks.is_main)
-    device = pick_device(spec.device) if ranks is None else ranks.device
-    spec = spec.resolved_for(device)
+    backend = create_backend(spec, adapters=run_adapters(spec), ranks=ranks)  # nothing loaded; an unknown name fails
+    spec = spec.resolved_for(backend.device)
 
     # ---- items: data only
     t = time.perf_counter()
@@ -182,14 +165,11 @@ def _run(spec: RunSpec, progress: bool) -> Path:
 
     metrics = resolve_metrics(list(spec.metrics) if spec.metrics else None, plugins=spec.plugins, params=spec.metric_params)
 
-    # ---- systems: tokenizer and adapter metadata, no weights
-    if ranks is not None:  # one process converts a GGUF file / downloads from the Hub; the others then find it
-        ranks.main_first(lambda: resolve_model(spec.model))
-    source = resolve_model(spec.model)
-    tokenizer = load_tokenizer(source)
-    systems, _ = plan_run_systems(spec, tokenizer)
-    spec, budget = _budget(spec, tokenizer, pool)
+    # ---- systems: the backend's plan (tokenizer and adapter metadata, no weights)
+    systems = backend.systems()
     lm_systems = [s for s in systems if s.generates]
+    check_capabilities(backend, lm_systems)
+    spec, budget = _budget(spec, backend, pool)
     # results.json records the systems that ran, so the spec it holds reproduces them
     plain = [s for s in lm_systems if s.retrieval is None]  # a +rag row comes back from spec.rag
     spec = spec.replace(adapters=tuple((s.name, s.adapter) for s in plain if s.kind == "adapter"),
@@ -209,43 +189,99 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     overlap = audit_items(items, train) if train and spec.split != "train" else None
     timings["reference_rows_s"] = time.perf_counter() - t
 
-    # ---- the model: one base per quantization the systems run on, each adapter attached to its own
+    # ---- the backend: weights loaded, adapters attached
     t = time.perf_counter()
-    bases: dict[str, LoadedModel] = {}
-    for q in dict.fromkeys(s.quantization for s in lm_systems):
-        # 4-bit: each weight dequantised once (bitsandbytes' own values), not in every forward of every token
-        bases[q] = load_base(spec.model, quantization=q, device=device, dtype=spec.dtype, dequantize_once=True)
-        attach_adapters(bases[q], {s.adapter_name: s.adapter for s in lm_systems
-                                   if s.kind == "adapter" and s.quantization == q})
+    backend.load(lm_systems)
     timings["load_s"] = time.perf_counter() - t
 
-    tok = next(iter(bases.values())).tokenizer
-    formats = sorted({s.prompt_format for s in lm_systems})
-    prompts = {f: [e.prompt(f, tok) for e in items] for f in formats}
-    prompts.update(rag_prompts(items, lm_systems, tok, passages))  # "<format>+rag": System.prompt_key
-    completions = {f: [e.completion(f) for e in items] for f in formats}
+    prompts = _prompts(backend, items, lm_systems, passages)
+    completions = {f: [e.completion(f) for e in items] for f in sorted({s.prompt_format for s in lm_systems})}
     # Multi-process: rank 0 creates the SQLite file (WAL, schema) before the other writers open it.
     cache = _cache_for(spec) if ranks is None else ranks.main_first(lambda: _cache_for(spec))
     try:
+        inference = wrap(backend, cache, ranks)  # cached, and sharded across the ranks of a launch
         t = time.perf_counter()
-        nlls = {s.name: cached_nll(bases[s.quantization], s, prompts[s.prompt_key], completions[s.prompt_format],
-                                   spec, cache, progress, ranks) for s in lm_systems}
-        _check_adapters(bases, lm_systems, nlls, prompts, completions, spec, cache, ranks)
+        nlls = _per_system(lm_systems, inference.completion_nll(
+            [NLLRequest(s, p, c) for s in lm_systems for p, c in zip(prompts[s.prompt_key], completions[s.prompt_format])],
+            progress=progress))
+        _check_adapters(inference, lm_systems, nlls, prompts, completions)
         timings["nll_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        gens = {}
-        for q, loaded in bases.items():
-            gens.update(cached_generate_systems(loaded, [s for s in lm_systems if s.quantization == q], prompts,
-                                                spec, cache, progress, ranks))
+        gens = _per_system(lm_systems, inference.generate(
+            [GenerationRequest(s, p, spec.decoding) for s in lm_systems for p in prompts[s.prompt_key]],
+            progress=progress))
         timings["generate_s"] = time.perf_counter() - t
         cache_stats = {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path) if cache.path else None}
     finally:
         cache.close()
     if ranks is not None and not ranks.is_main:
-        del bases
+        backend.close()
         return ranks.wait_for_main()  # rank 0 scores and writes the run folder; return its path
 
-    ref_tokens = _reference_token_lengths(tok, items)
+    # ---- samples
+    samples = _samples(items, systems, backend, prompts, nlls, gens, answers, passages, overlap)
+    models = backend.describe()
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "medqa_bench_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_name": spec.run_name,
+        "spec": spec.to_dict(),
+        "environment": environment(),
+        "model": next(iter(models.values())),
+        "models": models,
+        "systems": _system_infos(systems, backend, spec, retrieval_info),
+        "budget": budget,
+        "loss_definition": run_loss_definition(split=spec.split, **backend.loss_settings()),
+        "data": {
+            "source": spec.data.path or "bundled:medquad.csv.gz",
+            "fingerprint": dataset.manifest.data_fingerprint,
+            "manifest_fingerprint": dataset.manifest.fingerprint,
+            "split": spec.split,
+            "split_size": len(pool),
+            "train_size": len(train),
+            "n_items": len(items),
+            "limit": spec.limit,
+            "sample_seed": spec.sample_seed,
+            "item_ids_fingerprint": "sha256:" + sha256_json([e.id for e in items]),
+            "dropped_empty_rows": dataset.report.dropped_empty,
+        },
+        "cache": cache_stats,
+    }
+    if ranks is not None:
+        results["environment"]["distributed"] = ranks.describe()
+    backend.close()
+
+    # ---- scores, analysis, run folder
+    out_dir = spec.output_path
+    timings["inference_total_s"] = time.perf_counter() - t0
+    if ranks is not None:  # the others wait in wait_for_main() above; a failure here is passed on to them
+        return ranks.main_only(lambda: _score_and_write(out_dir, results, samples, metrics, spec, timings, progress))
+    return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress)
+
+
+def _prompts(backend: Backend, items: list[Example], lm_systems: list[System], passages) -> dict[str, list[str]]:
+    """Each language-model row's prompts as the backend renders them, by :attr:`System.prompt_key`: the plain formats
+    (sorted), then ``<format>+rag`` with each item's passages."""
+    out: dict[str, list[str]] = {}
+    for s in sorted((s for s in lm_systems if s.retrieval is None), key=lambda s: s.prompt_format):
+        if s.prompt_key not in out:
+            out[s.prompt_key] = [backend.render(e, s) for e in items]
+    for s in lm_systems:
+        if s.retrieval is not None and s.prompt_key not in out:
+            out[s.prompt_key] = [backend.render(e, s, p) for e, p in zip(items, passages or ())]
+    return out
+
+
+def _per_system(lm_systems: list[System], values: list) -> dict[str, list]:
+    """The values of requests made system after system, each system for every item, by system name."""
+    n = len(values) // len(lm_systems) if lm_systems else 0
+    return {s.name: values[k * n:(k + 1) * n] for k, s in enumerate(lm_systems)}
+
+
+def _samples(items, systems, backend: Backend, prompts, nlls, gens, answers, passages, overlap) -> list[dict[str, Any]]:
+    """samples.jsonl: per item its prompts, references and every system's answer (with NLL for a language model)."""
+    ref_tokens = backend.count_tokens([e.answer for e in items])
     samples = []
     for i, e in enumerate(items):
         record: dict[str, Any] = {
@@ -269,49 +305,14 @@ def _run(spec: RunSpec, progress: bool) -> Path:
             else:
                 a = answers[s.name][i]
                 record["systems"][s.name] = {
-                    "prediction": a.text, "generated_tokens": len(tok(a.text, add_special_tokens=False)["input_ids"]),
+                    "prediction": a.text, "generated_tokens": backend.count_tokens([a.text])[0],
                     "truncated": False, "stop_reason": None, "source": a.source,
                 }
         samples.append(record)
-
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "medqa_bench_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_name": spec.run_name,
-        "spec": spec.to_dict(),
-        "environment": environment(),
-        "model": next(iter(bases.values())).describe(),
-        "models": {q: b.describe() for q, b in bases.items()},
-        "systems": _system_infos(systems, bases, spec, retrieval_info),
-        "budget": budget,
-        "loss_definition": _harness_loss_definition(bases, spec),
-        "data": {
-            "source": spec.data.path or "bundled:medquad.csv.gz",
-            "fingerprint": dataset.manifest.data_fingerprint,
-            "manifest_fingerprint": dataset.manifest.fingerprint,
-            "split": spec.split,
-            "split_size": len(pool),
-            "train_size": len(train),
-            "n_items": len(items),
-            "limit": spec.limit,
-            "sample_seed": spec.sample_seed,
-            "item_ids_fingerprint": "sha256:" + sha256_json([e.id for e in items]),
-            "dropped_empty_rows": dataset.report.dropped_empty,
-        },
-        "cache": cache_stats,
-    }
-    if ranks is not None:
-        results["environment"]["distributed"] = ranks.describe()
-    del bases
-    out_dir = spec.output_path
-    timings["inference_total_s"] = time.perf_counter() - t0
-    if ranks is not None:  # the others wait in wait_for_main() above; a failure here is passed on to them
-        return ranks.main_only(lambda: _score_and_write(out_dir, results, samples, metrics, spec, timings, progress))
-    return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress)
+    return samples
 
 
-def _check_adapters(bases, lm_systems, nlls, prompts, completions, spec, cache, ranks) -> None:
+def _check_adapters(inference: Backend, lm_systems, nlls, prompts, completions) -> None:
     """:func:`check_adapters_change_model` against the base model alone in each adapter's own prompt format and on
     its own (quantized or not) base. Plain rows only: a +rag row shares its plain row's adapter."""
     n = ADAPTER_CHECK_ITEMS
@@ -324,17 +325,16 @@ def _check_adapters(bases, lm_systems, nlls, prompts, completions, spec, cache, 
             base_nlls[a.name] = nlls[row.name]
         else:  # no such baseline row: score the base alone on the first items (cached like any NLL)
             probe = System("baseline", "baseline", a.prompt_format, "adapter check", a.quantization)
-            base_nlls[a.name] = cached_nll(bases[a.quantization], probe, prompts[a.prompt_format][:n],
-                                           completions[a.prompt_format][:n], spec, cache, False, ranks)
+            base_nlls[a.name] = inference.completion_nll(
+                [NLLRequest(probe, p, c) for p, c in zip(prompts[a.prompt_format][:n], completions[a.prompt_format][:n])])
     check_adapters_change_model({a.name: nlls[a.name] for a in adapters}, base_nlls, n)
 
 
-def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: RunSpec,
+def _system_infos(systems: list[System], backend: Backend, spec: RunSpec,
                   retrieval: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``results["systems"]``: each row's kind, prompt format and quantization (and why), stop sequences and
-    provenance; a +rag row also its plain row (``variant_of``) and ``retrieval`` (medqa_bench.rag.run_passages)."""
-    from .analysis.training import read_training_log
-    from .loss import training_eval_loss_info
+    provenance (the backend's: an adapter's identity and training log); a +rag row also its plain row
+    (``variant_of``) and ``retrieval`` (medqa_bench.rag.run_passages)."""
     from .reference_rows import describe_reference_row, method_settings
 
     out: dict[str, dict[str, Any]] = {}
@@ -345,23 +345,12 @@ def _system_infos(systems: list[System], bases: dict[str, LoadedModel], spec: Ru
             info.update(quantization=s.quantization, quantization_source=s.quantization_source)
         if s.retrieval is not None:
             info.update(variant_of=s.variant_of, retrieval=retrieval)
-        if s.kind == "adapter":
-            adapter = bases[s.quantization].adapters[s.adapter_name]
-            info.update(adapter=adapter.to_dict(), training_log=read_training_log(adapter.path),
-                        training_eval_loss=training_eval_loss_info(adapter.training_meta))
-        elif s.kind == "reference":
+        if s.generates:
+            info.update(backend.describe_system(s))
+        else:
             info.update(method=s.method, description=describe_reference_row(s.method), settings=method_settings(s.method))
         out[s.name] = info
     return out
-
-
-def _harness_loss_definition(bases: dict[str, LoadedModel], spec: RunSpec) -> dict[str, Any]:
-    from .loss import run_loss_definition
-
-    loaded = next(iter(bases.values()))
-    return run_loss_definition(
-        split=spec.split, max_length=spec.max_length or model_context_length(loaded.model, loaded.tokenizer),
-        quantization="/".join(bases), compute_dtype=loaded.dtype)
 
 
 def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, timings, progress) -> Path:

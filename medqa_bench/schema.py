@@ -94,8 +94,8 @@ class ResultsFile(TypedDict, total=False):
     run_name: str
     spec: dict[str, Any]  # spec.RunSpec.to_dict()
     environment: dict[str, Any]  # versions, python, platform, git_commit, hardware
-    model: dict[str, Any]  # models.LoadedModel.describe() of the first base loaded: reference, fingerprint, dtype, ...
-    models: dict[str, dict[str, Any]]  # quantization -> LoadedModel.describe(): one base per quantization used
+    model: dict[str, Any]  # the first entry of models (transformers: the first base: reference, fingerprint, dtype, ...)
+    models: dict[str, dict[str, Any]]  # the backend's describe(); transformers: quantization -> LoadedModel.describe()
     systems: dict[str, SystemInfo]
     data: dict[str, Any]  # data fingerprint, manifest fingerprint, split, n_items, limit, sample seed, item ids digest
     metrics: dict[str, MetricInfo]

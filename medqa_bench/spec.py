@@ -9,6 +9,7 @@ Example file (YAML)::
 
     name: smollm2-symptoms
     model: smollm2-135m-instruct
+    backend: transformers
     adapters: {ft: adapters/smollm2-135m-symptoms}
     data: {qtype: symptoms, split: {seed: 42, strategy: grouped}}
     split: test
@@ -68,6 +69,7 @@ class RunSpec:
 
     name: str | None = None
     model: str = DEFAULT_MODEL
+    backend: str = "transformers"  # what answers: a name of medqa_bench.backends (checked when a run starts)
     adapters: tuple[tuple[str, str], ...] = ()
     default_adapters: bool = True  # with no adapters given, compare the default model with its shipped adapter
     data: DataSpec = DataSpec()
@@ -110,6 +112,8 @@ class RunSpec:
                                       or any(c in self.name for c in "/\\\0")):
             raise SpecError(f"run name {self.name!r} must be a plain folder name (no '/' or '\\', not starting with "
                             "'.'): the run folder is reports/<name>; use --out DIR to write elsewhere")
+        if not self.backend.strip():
+            raise SpecError("backend must name an inference backend, e.g. transformers (the default)")
         if self.split not in (*SPLITS, "all"):
             raise SpecError(f"split must be one of {', '.join(SPLITS)}, all; not '{self.split}'")
         if not re.fullmatch(DEVICE_PATTERN, self.device):

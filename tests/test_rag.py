@@ -177,7 +177,7 @@ def test_rag_spec_parse_and_errors():
 
 
 def test_plan_adds_a_rag_row_of_every_language_model_row():
-    from medqa_bench.cached_inference import identity
+    from medqa_bench.backends.transformers import identity
     from medqa_bench.systems import plan_systems
 
     systems = plan_systems(baseline_formats=None, prompt_format=None, adapters={"ft": "/a"},

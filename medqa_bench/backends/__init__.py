@@ -1,0 +1,206 @@
+"""Inference backends: what answers a run's language-model rows, behind one small protocol.
+
+A backend serves the run's language-model systems (:class:`~medqa_bench.systems.System`): it plans them from the spec
+and what it knows of its model, says who each one is for the cache key, renders prompts, generates and scores
+completion NLLs. The runner sees nothing else of it, in the manner of lm-evaluation-harness's ``LM``
+(``lm_eval/api/model.py``). Caching and multi-process sharding wrap any backend
+(:class:`~medqa_bench.backends.caching.CachingBackend`, :class:`~medqa_bench.backends.sharding.ShardedBackend`;
+:func:`wrap` puts them together), so a backend computes and never looks anything up.
+
+Backends register like metrics (the generic :class:`~medqa_bench.registry.Registry`): lazy ``"module:attr"`` entries
+(nothing heavy is imported until a run picks one), installed packages through the ``medqa_bench.backends`` entry-point
+group, and :func:`register_backend` in code. ``--backend NAME`` (``RunSpec.backend``) selects one; an unknown name
+answers "did you mean …" with a :class:`~medqa_bench.errors.BackendError` before anything loads.
+
+>>> backend_class("transformers").capabilities == frozenset({"generate", "nll", "adapters"})
+True
+>>> backend_class("transformer")                 # doctest: +IGNORE_EXCEPTION_DETAIL
+Traceback (most recent call last):
+BackendError: unknown backend 'transformer'; did you mean transformers? (backends known: transformers)
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence
+
+from ..errors import BackendError
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..data import Example
+    from ..distributed import ProcessGroup
+    from ..generation import DecodingParams, Generation
+    from ..inference import CompletionNLL
+    from ..rag import Passage
+    from ..spec import RunSpec
+    from ..systems import System
+
+#: What a backend can be asked for. A run needs "generate" and "nll" for its language-model rows and "adapters" for
+#: adapter rows; the runner refuses a backend without them before anything loads.
+CAPABILITIES = ("generate", "nll", "adapters")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Generate an answer to ``prompt`` as ``system``, decoding as ``decoding`` says (with the stop sequences of the
+    system's prompt format)."""
+
+    system: "System"
+    prompt: str
+    decoding: "DecodingParams"
+
+
+@dataclass(frozen=True)
+class NLLRequest:
+    """Score ``completion`` after ``prompt`` as ``system``: its NLL sum and token count (medqa_bench.inference)."""
+
+    system: "System"
+    prompt: str
+    completion: str
+
+
+#: ``on_result(i, value)``: called as request ``i`` finishes (the cache writes through it, so a killed run keeps it).
+OnResult = Callable[[int, Any], None]
+
+
+class Backend(Protocol):
+    """The protocol a backend class meets. It is built as ``cls(spec, adapters=..., ranks=...)``: ``adapters`` maps
+    the run's adapter names to what the backend knows them by (a folder here, a served name elsewhere); ``ranks`` is
+    the process group under a multi-process launch (None alone). Building one loads nothing."""
+
+    #: The registry name.
+    name: ClassVar[str]
+    #: What it can do: a subset of :data:`CAPABILITIES` (and whatever later backends add).
+    capabilities: ClassVar[frozenset[str]]
+    #: Where inference runs ("cpu", "cuda", "cuda:1", ...): sets the automatic ``--limit`` (a sample on a CPU).
+    device: str
+
+    def systems(self) -> "list[System]":
+        """The run's rows, planned from the spec and what the backend knows of its model (a chat template, each
+        adapter's recorded prompt format and base), without loading weights. The rows with ``generates`` are the
+        ones it serves; the spec's reference rows, which need no model, come after them."""
+
+    def load(self, systems: "Sequence[System]") -> None:
+        """Make the language-model ``systems`` ready to answer: load weights, attach adapters, connect."""
+
+    def identity(self, system: "System") -> dict[str, Any]:
+        """What the system's outputs depend on besides the item (weights and adapter fingerprints, or URL + model +
+        revision): the cache key's identity. After :meth:`load`."""
+
+    @property
+    def max_length(self) -> int:
+        """The context completion NLL is scored in, in tokens: part of an NLL's cache key. After :meth:`load`."""
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Provenance of what answered (``results["models"]``), one entry per model it loaded or serves; the first
+        is ``results["model"]``."""
+
+    def describe_system(self, system: "System") -> dict[str, Any]:
+        """Provenance of one row for ``results["systems"][name]`` (an adapter's identity and training log)."""
+
+    def loss_settings(self) -> dict[str, Any]:
+        """``max_length``, ``quantization`` and ``compute_dtype`` of its NLL, for :func:`medqa_bench.loss.
+        run_loss_definition`."""
+
+    def render(self, example: "Example", system: "System", passages: "Sequence[Passage] | None" = None) -> str:
+        """The prompt ``system`` is given for ``example`` in its own format (with ``passages`` when it retrieves)."""
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens in each text, as the model counts them (the budget, the references' lengths)."""
+
+    def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False,
+                 on_result: OnResult | None = None) -> "list[Generation]":
+        """One :class:`~medqa_bench.generation.Generation` per request, in order."""
+
+    def completion_nll(self, requests: Sequence[NLLRequest], *, progress: bool = False,
+                       on_result: OnResult | None = None) -> "list[CompletionNLL]":
+        """One :class:`~medqa_bench.inference.CompletionNLL` per request, in order."""
+
+    def batches(self, kind: str, requests: Sequence[Any]) -> list[list[int]]:
+        """The whole batches (positions in ``requests``, one system's) the backend forms for ``kind`` ("generate" or
+        "nll"), so that :class:`~medqa_bench.backends.sharding.ShardedBackend` deals whole batches to the ranks and
+        each item is computed in the batch it has in one process. A backend without batches returns one per item."""
+
+    def close(self) -> None:
+        """Release what :meth:`load` took (weights, connections); :meth:`count_tokens` keeps working."""
+
+
+# --------------------------------------------------------------------------------------------- the registry
+
+#: Built-in backends, as lazy "module:class" entries: listing names imports none of them.
+BUILTINS: dict[str, str] = {
+    "transformers": "medqa_bench.backends.transformers:TransformersBackend",
+}
+DEFAULT_BACKEND = "transformers"
+ENTRY_POINT_GROUP = "medqa_bench.backends"
+_MEMBERS = ("systems", "load", "identity", "describe", "describe_system", "loss_settings", "render", "count_tokens",
+            "generate", "completion_nll", "batches", "close")
+
+_REGISTRY: Registry | None = None
+
+
+def _is_backend_class(obj: Any) -> bool:
+    return (isinstance(obj, type) and isinstance(getattr(obj, "capabilities", None), frozenset)
+            and all(callable(getattr(obj, m, None)) for m in _MEMBERS))
+
+
+def backend_registry() -> Registry:
+    """Built-ins, then installed ``medqa_bench.backends`` entry points, then what :func:`register_backend` added."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        from importlib.metadata import entry_points
+
+        reg: Registry = Registry("backend", _is_backend_class,
+                                 "a backend class (the members of medqa_bench.backends.Backend)", error=BackendError)
+        for name, target in BUILTINS.items():
+            reg.register(name, target, source="builtin")
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            reg.register(ep.name, functools.partial(ep.load), source=f"entry-point:{dist.name if dist else ep.module}",
+                         provenance=f"{dist.name}={dist.version}" if dist else "", lazy=True)
+        _REGISTRY = reg
+    return _REGISTRY
+
+
+def register_backend(name: str, target: Any, *, source: str = "register_backend") -> None:
+    """Add a backend: a class, or ``"module:Class"`` (loaded when a run picks it). A taken name is refused."""
+    backend_registry().register(name, target, source=source)
+
+
+def backend_class(name: str) -> type:
+    """The class registered as ``name``; a :class:`BackendError` answering "did you mean …" for an unknown one."""
+    return backend_registry().get(name)
+
+
+def create_backend(spec: "RunSpec", *, adapters: dict[str, str], ranks: "ProcessGroup | None" = None) -> Backend:
+    """The spec's backend (``spec.backend``), built; nothing is loaded yet."""
+    return backend_class(spec.backend)(spec, adapters=adapters, ranks=ranks)
+
+
+def check_capabilities(backend: Backend, systems: "Sequence[System]") -> None:
+    """A :class:`BackendError` unless ``backend`` can do what the language-model ``systems`` need."""
+    needed = {"generate", "nll"} if systems else set()
+    if any(s.kind == "adapter" for s in systems):
+        needed.add("adapters")
+    missing = sorted(needed - set(backend.capabilities))
+    if missing:
+        raise BackendError(f"backend '{backend.name}' cannot do what this run needs: no {', '.join(missing)} "
+                           f"(it can: {', '.join(sorted(backend.capabilities)) or 'nothing'})")
+
+
+def wrap(backend: Backend, cache: Any, ranks: "ProcessGroup | None" = None) -> Backend:
+    """``backend`` behind the run's cache and, under a multi-process launch, sharded across the processes."""
+    from .caching import CachingBackend
+    from .sharding import ShardedBackend
+
+    return CachingBackend(backend if ranks is None else ShardedBackend(backend, ranks), cache, ranks)
+
+
+def by_system(requests: Sequence[Any]) -> "list[tuple[System, list[int]]]":
+    """The requests' positions grouped by system, systems in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.system, []).append(i)
+    return list(groups.items())

@@ -1,0 +1,238 @@
+"""The transformers backend: a model medqa-bench loads itself, in process.
+
+One base is loaded per quantization the rows need (:func:`medqa_bench.models.load_base`, a 4-bit base with each weight
+dequantised once), each adapter attached with PEFT to the base it runs on (:func:`medqa_bench.models.attach_adapters`)
+and made active for its rows (:func:`medqa_bench.models.system_active`). Generation is
+:func:`medqa_bench.generation.generate`, completion NLL :func:`medqa_bench.inference.completion_nll`. In one process,
+several rows of one base with LoRA adapters are generated together in mixed-adapter batches (PEFT's ``adapter_names``):
+each decoding step reads the base weights once for every row instead of once per row.
+
+A row's cache identity (:func:`identity`) is the one the harness has always keyed its cache by, so existing caches
+keep serving.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from . import GenerationRequest, NLLRequest, OnResult, by_system
+
+if TYPE_CHECKING:
+    from ..data import Example
+    from ..models import AdapterInfo, LoadedModel
+    from ..rag import Passage
+    from ..spec import RunSpec
+    from ..systems import System
+
+
+def identity(loaded: "LoadedModel", system: "System") -> dict[str, Any]:
+    """What a system's outputs depend on besides the item: weights, adapter, quantization, dtype, device type and the
+    prompt format (the prompt text carries it too; the format is named so the key says so). A row with retrieval adds
+    its spec and the prompt template's version (the passages are in the prompt text); rows without it keep the keys
+    they had before retrieval existed."""
+    adapter = loaded.adapters.get(system.adapter_name) if system.adapter_name else None
+    out = {
+        "model": loaded.source.fingerprint,
+        "adapter": adapter.fingerprint if adapter else None,
+        "quantization": loaded.quantization,
+        "dtype": loaded.dtype,
+        "device": loaded.device.split(":")[0],
+        "prompt_format": system.prompt_format,
+    }
+    if system.retrieval is not None:
+        out["retrieval"] = system.retrieval.to_dict()
+    return out
+
+
+def plan_run_systems(spec: "RunSpec", tokenizer: Any, adapters: dict[str, str]
+                     ) -> "tuple[list[System], dict[str, AdapterInfo]]":
+    """The run's systems and its adapters' identities, from the spec, the tokenizer and the adapter folders' files
+    (no weights are loaded: a bad adapter or format fails before the model loads)."""
+    from ..models import read_adapter
+    from ..rag import RagSpec
+    from ..reference_rows import REFERENCE_ROWS
+    from ..systems import plan_systems, recorded_prompt_format, recorded_quantization
+
+    infos = {name: read_adapter(name, path) for name, path in adapters.items()}
+    systems = plan_systems(
+        baseline_formats=spec.baseline_formats,
+        prompt_format=spec.prompt_format,
+        adapters=adapters,
+        adapter_formats={name: recorded_prompt_format(info.training_meta) for name, info in infos.items()},
+        reference_rows=REFERENCE_ROWS if spec.reference_rows is None else spec.reference_rows,
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        quantization=spec.quantization,
+        adapter_quantizations={name: recorded_quantization(info.training_meta) for name, info in infos.items()},
+        rag=RagSpec.parse(spec.rag) if spec.rag else None,
+    )
+    return systems, infos
+
+
+class TransformersBackend:
+    """Models loaded with transformers, adapters attached with PEFT; see the module docstring.
+
+    ``spec`` gives the model, device, dtype, quantization, batch size, NLL context and the rows to plan; ``adapters``
+    maps adapter names to their folders.
+    """
+
+    name = "transformers"
+    capabilities = frozenset({"generate", "nll", "adapters"})
+
+    def __init__(self, spec: "RunSpec", *, adapters: dict[str, str], ranks: Any = None):
+        from ..models import pick_device
+
+        self.spec, self.adapters, self.ranks = spec, dict(adapters), ranks
+        self.device = pick_device(spec.device) if ranks is None else ranks.device
+        self.bases: dict[str, LoadedModel] = {}  # quantization -> the base loaded for it, adapters attached
+        self._tokenizer: Any = None
+        self._systems: list[System] | None = None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (no weights loaded)."""
+        if self._tokenizer is None:
+            from ..models import load_tokenizer, resolve_model
+
+            if self.ranks is not None:  # one process converts a GGUF file / downloads from the Hub; the others find it
+                self.ranks.main_first(lambda: resolve_model(self.spec.model))
+            self._tokenizer = load_tokenizer(resolve_model(self.spec.model))
+        return self._tokenizer
+
+    def systems(self) -> "list[System]":
+        if self._systems is None:
+            self._systems, _ = plan_run_systems(self.spec, self.tokenizer, self.adapters)
+        return list(self._systems)
+
+    def load(self, systems: "Sequence[System]") -> None:
+        from ..models import attach_adapters, load_base
+
+        for q in dict.fromkeys(s.quantization for s in systems):
+            # 4-bit: each weight dequantised once (bitsandbytes' own values), not in every forward of every token
+            self.bases[q] = load_base(self.spec.model, quantization=q, device=self.device, dtype=self.spec.dtype,
+                                      dequantize_once=True)
+            attach_adapters(self.bases[q], {s.adapter_name: s.adapter for s in systems
+                                            if s.kind == "adapter" and s.quantization == q})
+
+    def close(self) -> None:
+        self.bases = {}
+
+    # ------------------------------------------------------------------------------------------ who answers
+
+    def identity(self, system: "System") -> dict[str, Any]:
+        return identity(self.bases[system.quantization], system)
+
+    @property
+    def max_length(self) -> int:
+        from ..inference import model_context_length
+
+        first = next(iter(self.bases.values()))
+        return self.spec.max_length or model_context_length(first.model, first.tokenizer)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {q: b.describe() for q, b in self.bases.items()}
+
+    def describe_system(self, system: "System") -> dict[str, Any]:
+        if system.kind != "adapter":
+            return {}
+        from ..analysis.training import read_training_log
+        from ..loss import training_eval_loss_info
+
+        adapter = self.bases[system.quantization].adapters[system.adapter_name]
+        return {"adapter": adapter.to_dict(), "training_log": read_training_log(adapter.path),
+                "training_eval_loss": training_eval_loss_info(adapter.training_meta)}
+
+    def loss_settings(self) -> dict[str, Any]:
+        first = next(iter(self.bases.values()))
+        return {"max_length": self.max_length, "quantization": "/".join(self.bases), "compute_dtype": first.dtype}
+
+    # ------------------------------------------------------------------------------------------ text
+
+    def render(self, example: "Example", system: "System", passages: "Sequence[Passage] | None" = None) -> str:
+        if system.retrieval is not None:
+            from ..rag import rag_prompt
+
+            return rag_prompt(example, system.prompt_format, self.tokenizer, passages or ())
+        return example.prompt(system.prompt_format, self.tokenizer)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    # ------------------------------------------------------------------------------------------ inference
+
+    def completion_nll(self, requests: Sequence[NLLRequest], *, progress: bool = False,
+                       on_result: OnResult | None = None) -> list:
+        from ..inference import completion_nll
+        from ..models import system_active
+
+        out: list[Any] = [None] * len(requests)
+        for system, positions in by_system(requests):
+            loaded = self.bases[system.quantization]
+            with system_active(loaded, system.adapter_name or "baseline") as model:
+                values = completion_nll(model, loaded.tokenizer, [requests[i].prompt for i in positions],
+                                        [requests[i].completion for i in positions], batch_size=self.spec.batch_size,
+                                        max_length=self.max_length, progress=progress, desc=f"nll {system.name}",
+                                        on_result=_at(positions, on_result))
+            for i, value in zip(positions, values):
+                out[i] = value
+        return out
+
+    def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False,
+                 on_result: OnResult | None = None) -> list:
+        """Each base's requests: in mixed-adapter batches when they are of several rows with LoRA adapters, else
+        row after row, each with its own prompt format's stop sequences."""
+        from ..generation import generate
+        from ..models import system_active
+
+        out: list[Any] = [None] * len(requests)
+        by_base: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_base.setdefault(r.system.quantization, []).append(i)
+        for q, on_base in by_base.items():
+            loaded, first = self.bases[q], requests[on_base[0]]
+            mixed = (len({requests[i].system for i in on_base}) > 1 and _lora_only(loaded)
+                     and all(requests[i].decoding == first.decoding for i in on_base))
+            groups = [(None, on_base)] if mixed else by_system([requests[i] for i in on_base])
+            for system, part in groups:
+                positions = on_base if mixed else [on_base[j] for j in part]
+                reqs = [requests[i] for i in positions]
+                stops = [r.decoding.stop_sequences(r.system.prompt_format) for r in reqs]
+                common = dict(batch_size=self.spec.batch_size, progress=progress, on_result=_at(positions, on_result),
+                              stop_sequences=stops)
+                if mixed:
+                    values = generate(loaded.model, loaded.tokenizer, [r.prompt for r in reqs], first.decoding,
+                                      desc="generate", adapter_names=[r.system.peft_name for r in reqs], **common)
+                else:
+                    with system_active(loaded, system.adapter_name or "baseline") as model:
+                        values = generate(model, loaded.tokenizer, [r.prompt for r in reqs], reqs[0].decoding,
+                                          desc=f"generate {system.name}", **common)
+                for i, value in zip(positions, values):
+                    out[i] = value
+        return out
+
+    def batches(self, kind: str, requests: Sequence[Any]) -> list[list[int]]:
+        from ..distributed import generation_batches, nll_batches
+
+        if not requests:
+            return []
+        loaded = self.bases[requests[0].system.quantization]
+        prompts = [r.prompt for r in requests]
+        if kind == "nll":
+            return nll_batches(loaded.model, loaded.tokenizer, prompts, [r.completion for r in requests],
+                               batch_size=self.spec.batch_size, max_length=self.max_length)
+        return generation_batches(loaded.model, loaded.tokenizer, prompts, batch_size=self.spec.batch_size,
+                                  max_new_tokens=requests[0].decoding.max_new_tokens)
+
+
+def _lora_only(loaded: "LoadedModel") -> bool:
+    """Whether PEFT can run this base's rows in mixed-adapter batches: adapters attached, all of them LoRA."""
+    return bool(loaded.adapters) and all(getattr(cfg, "peft_type", None) == "LORA"
+                                         for cfg in getattr(loaded.model, "peft_config", {}).values())
+
+
+def _at(positions: list[int], on_result: OnResult | None) -> OnResult | None:
+    """``on_result`` for a part of the requests: its ``j`` is ``positions[j]`` of the whole."""
+    if on_result is None:
+        return None
+    return lambda j, value: on_result(positions[j], value)
