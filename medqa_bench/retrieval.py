@@ -31,6 +31,33 @@ from typing import Any, Collection, Sequence
 
 from .errors import DataError
 
+def _bm25s():
+    """bm25s, imported so that it leaves the GPU alone.
+
+    Importing bm25s runs a JAX top-k when JAX is installed: JAX then claims its default platform, on a CUDA machine
+    75% of the GPU's memory, for a top-k this module never uses (it ranks with numpy). Measured on an H200 whose image
+    ships jax[cuda]: 105 GiB held by each process that built an index, and the evaluations beside it ran out of
+    memory. Unless the user has chosen a platform, JAX is kept on the CPU (``JAX_PLATFORMS=cpu``) while bm25s is
+    imported; an application that already imported JAX keeps its own.
+    """
+    import logging
+    import os
+    import sys
+
+    if "bm25s" not in sys.modules and "jax" not in sys.modules and "JAX_PLATFORMS" not in os.environ:
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        try:
+            import bm25s
+        finally:
+            del os.environ["JAX_PLATFORMS"]
+    import bm25s
+
+    # bm25s sets its own logger to DEBUG on import, which prints "Building index…" under any root handler;
+    # hand the level back to the application.
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
+
+
 #: bm25s's tokenizer settings, written into ``describe()``.
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 STOPWORDS = "en"
@@ -49,13 +76,7 @@ class BM25Index:
     @classmethod
     def build(cls, texts: Sequence[str], ids: Sequence[str], *, k1: float = 1.5, b: float = 0.75) -> "BM25Index":
         """Index ``texts`` under ``ids`` (one id per text, used as given; duplicates are allowed but ambiguous)."""
-        import logging
-
-        import bm25s
-
-        # bm25s sets its own logger to DEBUG on import, which prints "Building index…" under any root handler;
-        # hand the level back to the application.
-        logging.getLogger("bm25s").setLevel(logging.NOTSET)
+        bm25s = _bm25s()
         if len(texts) != len(ids):
             raise DataError(f"BM25 index: {len(texts)} texts but {len(ids)} ids; give one id per text")
         tokenizer = bm25s.tokenization.Tokenizer(lower=True, splitter=TOKEN_PATTERN, stopwords=STOPWORDS)
@@ -131,11 +152,8 @@ class BM25Index:
     def load(cls, folder: str | Path) -> "BM25Index":
         """An index written by :meth:`save` (arrays loaded with ``allow_pickle=False``)."""
         import json
-        import logging
 
-        import bm25s
-
-        logging.getLogger("bm25s").setLevel(logging.NOTSET)
+        bm25s = _bm25s()
         folder = Path(folder)
         meta = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
         retriever = tokenizer = None
@@ -149,7 +167,7 @@ class BM25Index:
         """What a results file records so the retrieval can be reproduced: library, parameters, tokenizer."""
         from importlib.metadata import version
 
-        import bm25s
+        bm25s = _bm25s()
 
         return {
             "library": "bm25s",
