@@ -237,7 +237,7 @@ class Judge:
         return [self.judgments[p] for p in prompts]
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.config.backend, "model": self.config.model, "identity": self.identity,
+        return {"backend": self.config.backend, "model": self.config.model or DEFAULT_MODEL, "identity": self.identity,
                 "rubric_version": RUBRIC_VERSION, "max_new_tokens": MAX_NEW_TOKENS,
                 "options": {k: v for k, v in self.config.options},
                 "judged": len(self.judgments), "generated": self.generated, "cache_hits": self.cache_hits}
