@@ -95,7 +95,10 @@ class Results:
             cells = []
             for s in systems:
                 v = res.get(s, {}).get(m)
-                cells.append(f"{v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]" if v else "-")
+                cells.append(f"{v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]" if v and v["value"] is not None
+                             else "none scored" if v else "-")
+                if v and v.get("n_missing"):
+                    cells[-1] += f" ({v['n_missing']} unscored)"
             lines.append(f"{m:<22}" + "".join(f"{c:>32}" for c in cells))
         verdict = (self.results.get("verdict") or {}).get("lines") or []
         if verdict:

@@ -114,3 +114,15 @@ class InferenceCache:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def open_cache(setting: str | Path | None) -> InferenceCache:
+    """The cache a spec's ``cache`` names: ``"default"`` the user's (``<cache dir>/inference.sqlite``), None none (a
+    no-op cache), else a path."""
+    if setting is None:
+        return InferenceCache(None)
+    if setting == "default":
+        from .paths import cache_dir
+
+        return InferenceCache(cache_dir() / "inference.sqlite")
+    return InferenceCache(setting)

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__, atomic, distributed, run_folder
 from .backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
-from .cache import InferenceCache
+from .cache import InferenceCache, open_cache
 from .data import Example, load_dataset
 from .errors import AdapterError, DataError, RunError
 from .fingerprint import sha256_json
@@ -63,13 +63,7 @@ def run_adapters(spec: RunSpec) -> dict[str, str]:
 
 
 def _cache_for(spec: RunSpec) -> InferenceCache:
-    if spec.cache is None:
-        return InferenceCache(None)
-    if spec.cache == "default":
-        from .paths import cache_dir
-
-        return InferenceCache(cache_dir() / "inference.sqlite")
-    return InferenceCache(spec.cache)
+    return open_cache(spec.cache)
 
 
 def _empty_split_message(dataset, spec: RunSpec) -> str:
@@ -468,7 +462,10 @@ def _rescore_metrics(results: dict[str, Any], spec: RunSpec, metrics: list[str] 
     names = list(metrics) if metrics else recorded
     params = {**spec.metric_params, **metric_params}
     # the run's own parameters go with the metrics computed again; a new parameter must name a metric computed
-    asked = {k: v for k, v in params.items() if k in names or k in metric_params}
+    from .metrics.registry import GROUPS
+
+    asked = {k: v for k, v in params.items()
+             if k in names or k in metric_params or set(GROUPS.get(k, ())) & set(names)}
     resolved = resolve_metrics(names, plugins=plugins, params=asked, available=spec.plugins)
     all_names = tuple(dict.fromkeys([*recorded, *(m.name for m in resolved)]))
     return resolved, spec.replace(metrics=all_names, plugins=tuple(dict.fromkeys([*spec.plugins, *plugins])),

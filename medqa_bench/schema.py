@@ -14,7 +14,7 @@ version and refuse others.
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypedDict
+from typing import Any, NotRequired, Optional, TypedDict
 
 SCHEMA_VERSION = "2.0"
 #: 2.0: systems are rows of three kinds (baseline rows, one per prompt format; adapters, each in its own format;
@@ -58,7 +58,9 @@ class MetricValue(TypedDict):
     value: float
     ci_low: float
     ci_high: float
-    n: int
+    n: int  # items scored
+    # items a metric that allows missing scores (the LLM judge) could not score: not in value, CI or paired tests
+    n_missing: NotRequired[int]
 
 
 class MetricInfo(TypedDict, total=False):
@@ -68,6 +70,8 @@ class MetricInfo(TypedDict, total=False):
     source: str  # "builtin", "entry-point:pkg", "plugin:path.py", "evaluate:path"
     kind: str  # "reference" | "nll" | "prediction" | "context" (systems with retrieval only)
     bounds: Optional[list[float]]  # [0, 1] for similarity metrics usable by the confusion analysis
+    allows_missing: bool  # present and True for a metric whose per-item score may be None (not scored)
+    judge: dict[str, Any]  # an LLM judge's identity, rubric version and counts (medqa_bench.metrics.judge)
 
 
 class SystemInfo(TypedDict, total=False):

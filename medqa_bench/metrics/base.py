@@ -43,6 +43,13 @@ class Metric:
 
     ``pairwise`` (optional) scores every prediction against every reference at once; with it, a similarity
     metric also gets ``nearest_qtype`` in the scoring stage.
+
+    ``allows_missing``: the metric may return NaN for a pair it could not score (an LLM judge whose answer cannot be
+    parsed). Such an item is recorded as ``None``, left out of the aggregate and the paired tests, and counted in the
+    result's ``n_missing``; it is never scored 0. Every other metric must return finite scores.
+
+    ``details`` (optional): what the metric knows only once it has scored, merged into its ``MetricInfo`` (an LLM
+    judge's full signature with its model's identity, known after the judge loads, and its judgment counts).
     """
 
     name: str
@@ -55,12 +62,16 @@ class Metric:
     source: str = "builtin"  # "builtin", "entry-point:<dist>", "plugin:<path or module:attr>", "evaluate:<path>"
     citation: str = ""
     pairwise: Optional[PairwiseFn] = None
+    allows_missing: bool = False
+    details: Optional[Callable[[], dict[str, Any]]] = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip() or any(c.isspace() for c in self.name):
             raise MetricError(f"metric name must be a non-empty string without spaces, not {self.name!r}")
         if not isinstance(self.higher_is_better, bool):
             raise MetricError(f"metric '{self.name}': higher_is_better must be True or False")
+        if not isinstance(self.allows_missing, bool):
+            raise MetricError(f"metric '{self.name}': allows_missing must be True or False")
         if not callable(self.score):
             raise MetricError(f"metric '{self.name}': score must be callable, not {type(self.score).__name__}")
         if self.kind not in KINDS:
@@ -80,8 +91,8 @@ class Metric:
         return self.bounds == (0.0, 1.0) and self.kind == "reference"
 
     def describe(self) -> dict[str, Any]:
-        """The ``MetricInfo`` written into ``results.json``."""
-        return {
+        """The ``MetricInfo`` written into ``results.json`` (with :attr:`details`, once the metric has scored)."""
+        info: dict[str, Any] = {
             "name": self.name,
             "higher_is_better": self.higher_is_better,
             "signature": self.signature,
@@ -89,6 +100,11 @@ class Metric:
             "kind": self.kind,
             "bounds": list(self.bounds) if self.bounds is not None else None,
         }
+        if self.allows_missing:
+            info["allows_missing"] = True
+        if self.details is not None:
+            info.update(self.details())
+        return info
 
     def compute(self, *, predictions: Sequence[str], references: Sequence[str], items: Sequence[dict] | None = None):
         """Score pairs and check the answer: one finite number per pair, as a float64 numpy array.
@@ -149,7 +165,8 @@ def describe_item(item: dict) -> str:
 
 
 def check_scores(metric: Metric, out: Any, items: Sequence[dict]):
-    """One finite real number per pair, or a :class:`MetricError` naming the metric, its source and the item."""
+    """One finite real number per pair (or NaN, "not scored", for a metric that ``allows_missing``), or a
+    :class:`MetricError` naming the metric, its source and the item."""
     import numpy as np
 
     who = f"metric '{metric.name}' ({metric.source})"
@@ -171,7 +188,7 @@ def check_scores(metric: Metric, out: Any, items: Sequence[dict]):
                     f"{who} returned {type(v).__name__} {v!r:.40} for {describe_item(items[k])}; scores must be numbers"
                 ) from None
         raise MetricError(f"{who} returned scores that are not one number per pair") from None
-    bad = np.flatnonzero(~np.isfinite(arr))
+    bad = np.flatnonzero(np.isinf(arr) if metric.allows_missing else ~np.isfinite(arr))
     if bad.size:
         k = int(bad[0])
         what = "NaN" if math.isnan(arr[k]) else "inf"

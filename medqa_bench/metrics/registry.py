@@ -41,12 +41,22 @@ BUILTINS: dict[str, str] = {
     "embedding_similarity": "medqa_bench.metrics.embedding:embedding_similarity",
     "context_recall": "medqa_bench.metrics.grounding:context_recall",
     "answer_grounding": "medqa_bench.metrics.grounding:answer_grounding",
+    "judge_correctness": "medqa_bench.metrics.judge:judge_correctness",
+    "judge_completeness": "medqa_bench.metrics.judge:judge_completeness",
+    "judge_harmful": "medqa_bench.metrics.judge:judge_harmful",
+}
+
+#: Names that stand for several metrics in ``--metrics`` ("default" too), and whose ``--metric-param GROUP.KEY=V``
+#: goes to each member (a member's own parameter wins). The judge's three metrics share one judgment per answer.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "judge": ("judge_correctness", "judge_completeness", "judge_harmful"),
 }
 
 DEFAULT_METRICS = [
     "loss", "perplexity", "exact_match", "fuzzy", "rouge1", "rouge2", "rougeL", "rougeLsum", "token_f1",
     "embedding_similarity", "context_recall", "answer_grounding",
-]  # fmt: skip  (the last two score systems with retrieval only; a run without --rag records neither)
+]  # fmt: skip  (the last two score systems with retrieval only; a run without --rag records neither; the judge_*
+#    metrics are asked for by name, "--metrics default,judge": each answer costs a judge model's generation)
 
 ENTRY_POINT_GROUP = "medqa_bench.metrics"
 
@@ -132,6 +142,8 @@ def _expand(names: Iterable[str]) -> list[str]:
         for part in (p.strip() for p in str(n).split(",")):
             if part == "default":
                 out.extend(DEFAULT_METRICS)
+            elif part in GROUPS:
+                out.extend(GROUPS[part])
             elif part:
                 out.append(part)
     return list(dict.fromkeys(out))
@@ -166,13 +178,23 @@ def resolve_metrics(
             wanted += left_out
     params = dict(params or {})
     for key, value in params.items():
-        if key not in wanted:
+        if key not in wanted and not set(GROUPS.get(key, ())) & set(wanted):
             raise MetricError(
                 f"parameters given for metric '{key}', which is not selected (selected: {', '.join(wanted)})"
             )
         if not isinstance(value, dict):
             raise MetricError(f"parameters of metric '{key}' must be a mapping of name to value, not {value!r}")
-    return [build_metric(reg, n, params.get(n)) for n in wanted]
+    return [build_metric(reg, n, metric_params_for(n, params)) for n in wanted]
+
+
+def metric_params_for(name: str, params: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The parameters metric ``name`` is built with: those of each group it belongs to, then its own (winning)."""
+    merged: dict[str, Any] = {}
+    for group, members in GROUPS.items():
+        if name in members:
+            merged.update(params.get(group) or {})
+    merged.update(params.get(name) or {})
+    return merged or None
 
 
 def list_metrics(plugins: Sequence[str] = ()) -> list[dict[str, Any]]:

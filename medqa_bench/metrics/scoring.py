@@ -21,7 +21,9 @@ so shared work (tokenising, embedding a reference) happens once per run rather t
 
 The corpus value is the metric's aggregate over items (the mean, or Σnll/Σtokens for loss and perplexity);
 its CI is a seeded percentile bootstrap over items that recomputes that aggregate on every resample. All
-metrics and systems share the same resamples, so their intervals are paired.
+metrics and systems share the same resamples, so their intervals are paired. A metric that ``allows_missing``
+(an LLM judge, :mod:`medqa_bench.metrics.judge`) may leave an item unscored (NaN): the item's score is recorded as
+``None``, the corpus value and its CI are over the items it scored, and ``n_missing`` counts the others.
 """
 
 from __future__ import annotations
@@ -210,11 +212,11 @@ def _score_metric(metric: Metric, samples: list[dict], systems: list[str], refs:
         for i, sample in enumerate(samples):
             start, count = spans[k_span]
             k_span += 1
-            best = int(pick(out[start : start + count]))
-            scores[i] = out[start + best]
-            item_ctx.append(ctxs[start + best])
+            best = _best(pick, out[start : start + count])
+            scores[i] = out[start + best] if best is not None else np.nan
+            item_ctx.append(ctxs[start + (best or 0)])
             rec = sample["systems"][system]
-            rec.setdefault("scores", {})[metric.name] = float(scores[i])
+            rec.setdefault("scores", {})[metric.name] = float(scores[i]) if best is not None else None
             if metric.kind == "reference":
                 rec.setdefault("best_reference", {})[metric.name] = best
             if with_distractor and distractors[i] is not None:
@@ -222,6 +224,17 @@ def _score_metric(metric: Metric, samples: list[dict], systems: list[str], refs:
                 k_dist += 1
         per_system[system] = (scores, item_ctx)
     return per_system
+
+
+def _best(pick, candidates) -> int | None:
+    """The position of the best candidate score (``pick``: argmax or argmin), ignoring NaN (a pair a metric that
+    ``allows_missing`` could not score); None when none was scored."""
+    import numpy as np
+
+    scored = np.flatnonzero(~np.isnan(candidates))
+    if len(scored) == len(candidates):
+        return int(pick(candidates))
+    return int(scored[pick(candidates[scored])]) if len(scored) else None
 
 
 def _nearest_qtype(metric: Metric, samples: list[dict], systems: list[str], refs: list[list[str]]) -> None:
@@ -318,6 +331,25 @@ def score_samples(
             _nearest_qtype(metric, samples, scored, refs)
         for system in scored:
             scores, item_ctx = per_system[system]
-            value, lo, hi = bootstrap_ci(metric, scores, item_ctx, index)
-            results[system][metric.name] = {"value": value, "ci_low": lo, "ci_high": hi, "n": len(samples)}
+            results[system][metric.name] = _corpus_value(metric, scores, item_ctx, index, n_bootstrap, seed)
+        info[metric.name] = metric.describe()  # again: a metric's details are known once it has scored
     return results, info
+
+
+def _corpus_value(metric: Metric, scores, item_ctx: list[dict], index, n_bootstrap: int, seed: int) -> dict:
+    """``{"value", "ci_low", "ci_high", "n"}``; for a metric that ``allows_missing``, over the items it scored, with
+    ``n_missing`` the others (their own resamples: the run's shared ones would draw items it did not score)."""
+    import numpy as np
+
+    if not metric.allows_missing:
+        value, lo, hi = bootstrap_ci(metric, scores, item_ctx, index)
+        return {"value": value, "ci_low": lo, "ci_high": hi, "n": len(scores)}
+    keep = ~np.isnan(scores)
+    missing = int(len(scores) - keep.sum())
+    if not keep.any():
+        return {"value": None, "ci_low": None, "ci_high": None, "n": 0, "n_missing": missing}
+    if missing:
+        scores, item_ctx = scores[keep], [c for c, k in zip(item_ctx, keep) if k]
+        index = bootstrap_index(len(scores), int(n_bootstrap), seed)
+    value, lo, hi = bootstrap_ci(metric, scores, item_ctx, index)
+    return {"value": value, "ci_low": lo, "ci_high": hi, "n": len(scores), "n_missing": missing}

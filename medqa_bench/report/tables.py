@@ -87,10 +87,23 @@ def headline(results: dict, analysis: dict, notes: list[dict]) -> dict:
             "metric": m,
             "direction": "↑ higher is better" if hib else "↓ lower is better" if hib is False else "",
             "signature": info.get("signature") or "",
-            "notes": [_note(n) for n in notes if n.get("metric") == m],
+            "notes": [_note(n) for n in notes if n.get("metric") == m] + _missing_notes(results, systems, m),
             "cells": cells,
         })
     return {"rows": rows}
+
+
+def _missing_notes(results: dict, systems: list[str], metric: str) -> list[dict]:
+    """The items a metric could not score (``n_missing``: an LLM judge's unparseable answers), per row, as a note:
+    its values are over the other items."""
+    missing = {s: (value(results, s, metric) or {}).get("n_missing") for s in systems}
+    missing = {s: n for s, n in missing.items() if n}
+    if not missing:
+        return []
+    per_row = ", ".join(f"{s} {n}" for s, n in missing.items())
+    message = (f"{metric} could not score some items (unparseable judgments: {per_row}); each value is over the "
+               "items it scored")
+    return [{"code": "unscored", "message": message, "text": f"unscored items: {per_row}"}]
 
 
 def _note(note: dict) -> dict:
