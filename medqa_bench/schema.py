@@ -14,7 +14,7 @@ version and refuse others.
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, Optional, TypedDict
+from typing import Any, Optional, TypedDict
 
 SCHEMA_VERSION = "2.0"
 #: 2.0: systems are rows of three kinds (baseline rows, one per prompt format; adapters, each in its own format;
@@ -54,13 +54,16 @@ class SampleRecord(TypedDict, total=False):
     systems: dict[str, SystemSample]  # every system of the run, by name
 
 
-class MetricValue(TypedDict):
+class _MetricValue(TypedDict):
     value: float
     ci_low: float
     ci_high: float
     n: int  # items scored
+
+
+class MetricValue(_MetricValue, total=False):  # typing.NotRequired needs Python 3.11; we support 3.10
     # items a metric that allows missing scores (the LLM judge) could not score: not in value, CI or paired tests
-    n_missing: NotRequired[int]
+    n_missing: int
 
 
 class MetricInfo(TypedDict, total=False):
