@@ -181,3 +181,29 @@ def test_bad_judge_backend_exits_2_before_any_model_loads(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown backend 'vllm-magic'" in lines[0], proc.stderr
     assert "Loading weights" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_partly_scored_metric_aggregates_over_what_it_scored_and_counts_the_rest():
+    """The scoring path the judge needs when some judgments parse and others do not: unscored items are None in the
+    samples, out of the value and CI, counted in n_missing; a metric that does not allow missing scores refuses NaN."""
+    from medqa_bench.metrics.base import Metric
+    from medqa_bench.metrics.scoring import score_samples
+
+    def grades(predictions, references, items=None):
+        return [float("nan") if i % 2 else float(len(p)) for i, p in enumerate(predictions)]
+
+    rows = [{"id": f"q{i}", "qtype": "symptoms", "focus": f"f{i}", "references": ["ref"],
+             "systems": {"base": {"prediction": "x" * (i + 1)}}} for i in range(4)]
+    partial = Metric(name="partial", score=grades, higher_is_better=True, allows_missing=True)
+    results, info = score_samples(rows, [partial], ["base"], progress=False, n_bootstrap=200)
+    got = results["base"]["partial"]
+    assert got["n"] == 2 and got["n_missing"] == 2
+    assert got["value"] == 2.0  # mean of items 0 and 2 (lengths 1 and 3), the unscored ones left out, not zeros
+    assert got["ci_low"] <= 2.0 <= got["ci_high"] and not math.isnan(got["ci_low"])
+    assert [r["systems"]["base"]["scores"]["partial"] for r in rows] == [1.0, None, 3.0, None]
+    assert info["partial"]["allows_missing"] is True
+
+    strict = Metric(name="strict", score=grades, higher_is_better=True)
+    with pytest.raises(MetricError, match="NaN"):
+        score_samples([dict(r, systems={"base": {"prediction": r["systems"]["base"]["prediction"]}}) for r in rows],
+                      [strict], ["base"], progress=False)
