@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -477,14 +478,27 @@ class OpenAIBackend:
         if not requests:
             return out
         bar = _progress(len(requests), f"{desc} ({self.spec.served_model} at {self.base_url})", progress)
+        failed = threading.Event()
+
+        def guarded(r: Any) -> Any:  # after a failure, a worker starts no further request
+            if failed.is_set():
+                return None
+            try:
+                return work(r)
+            except BaseException:
+                failed.set()
+                raise
+
         pool = ThreadPoolExecutor(max_workers=min(self.spec.concurrency, len(requests)), thread_name_prefix="openai")
-        pending = {pool.submit(work, r): i for i, r in enumerate(requests)}
+        pending = {pool.submit(guarded, r): i for i, r in enumerate(requests)}
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_EXCEPTION)
                 for future in done:
                     i = pending.pop(future)
                     out[i] = future.result()  # a failure is raised here, the rest cancelled below
+                    if out[i] is None:
+                        continue  # not started after another failed: that failure is raised next
                     if on_result is not None:
                         on_result(i, out[i])
                     bar.update(1)
