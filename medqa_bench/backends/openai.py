@@ -18,10 +18,10 @@ Its ids are checked against the server's own (vLLM's ``/tokenize``) before anyth
   The context is ``--max-length`` or the server's ``max_model_len`` less one (the server generates one token even when
   asked for none). A server that gives no prompt log-probabilities (one probe request says so) loses the "nll"
   capability: the runner then refuses the NLL metrics, naming why, and runs without NLL when none is asked for.
-- **Requests**: ``--concurrency`` in flight (threads), each with ``--request-timeout`` seconds and ``--retries``
-  retries with exponential backoff (the openai client's: 0.5 s doubling to 8 s, with jitter, honouring
-  ``Retry-After``) after a timeout, a dropped connection, 408, 409, 429 or a 5xx; any other 4xx fails at once. A
-  request that still fails stops the run with one line naming the row; what finished is in the cache already.
+- **Requests** (:mod:`medqa_bench.backends.openai_api`): ``--concurrency`` in flight (threads), each with
+  ``--request-timeout`` seconds and ``--retries`` retries with exponential backoff after a timeout, a dropped
+  connection, 408, 409, 429 or a 5xx; any other 4xx fails at once. A request that still fails stops the run with one
+  line naming the row; what finished is in the cache already.
 - **Adapters** are the server's LoRA modules: ``--adapter NAME=served:LORA`` (the prompt format is then the first
   baseline row's, or ``--prompt-format``), or ``--adapter NAME=served:LORA@FOLDER`` with the adapter's local folder:
   its recorded prompt format, training metadata and weight fingerprint are read from it (the server's copy is not
@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import AdapterError, BackendError
 from . import GenerationRequest, NLLRequest, OnResult
+from .openai_api import API_KEY_VARIABLES, ServerAPI, api_key, field, token_logprobs  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from ..data import Example
@@ -55,8 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Where the API key is read from, first found wins. Never written to any output.
-API_KEY_VARIABLES = ("MEDQA_BENCH_API_KEY", "OPENAI_API_KEY")
 #: ``--adapter NAME=served:LORA[@FOLDER]``: an adapter the server serves as the LoRA module LORA.
 SERVED_PREFIX = "served:"
 #: A text whose token ids are compared with the server's, and scored once to see whether it gives log-probabilities.
@@ -85,11 +82,6 @@ class ServedAdapter:
         if not served.strip():
             raise AdapterError(f"adapter '{name}': '{value}' names no LoRA module; use served:LORA[@FOLDER]")
         return cls(served.strip(), folder.strip() or None)
-
-
-def api_key() -> str:
-    """The API key from the environment; a placeholder for a server that checks none (vLLM without --api-key)."""
-    return next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), "EMPTY")
 
 
 class OpenAIBackend:
@@ -121,7 +113,8 @@ class OpenAIBackend:
         self.limitations: dict[str, str] = {}
         self._tokenizer: Any = None
         self._systems: list[System] | None = None
-        self._client: Any = None
+        self.api = ServerAPI(self.base_url, timeout=spec.request_timeout, retries=spec.retries,
+                             concurrency=spec.concurrency)
         self._models: dict[str, dict[str, Any]] = {}  # /v1/models entries by id
         self._server: dict[str, Any] = {}  # version, system_fingerprint, tokenizer check
         self._infos: dict[str, Any] = {}  # adapter name -> AdapterInfo of its local folder
@@ -140,54 +133,10 @@ class OpenAIBackend:
             self._tokenizer = load_tokenizer(self._source)
         return self._tokenizer
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            try:
-                from openai import OpenAI
-            except ImportError:
-                raise BackendError("backend 'openai' needs the openai package: pip install 'medqa-bench[openai]'"
-                                   ) from None
-            self._client = OpenAI(base_url=self.base_url, api_key=api_key(), timeout=self.spec.request_timeout,
-                                  max_retries=self.spec.retries)
-        return self._client
-
-    def _request(self, method: str, path: str, body: dict[str, Any] | None, what: str, *,
-                 retries: int | None = None) -> dict[str, Any]:
-        """One request's JSON answer (a mapping), or a one-line :class:`BackendError` saying what went wrong."""
-        import httpx
-        import openai
-
-        client = self.client if retries is None else self.client.with_options(max_retries=retries)
-        url = path if "://" in path else self.base_url + path
-        try:
-            if method == "GET":
-                response = client.get(path, cast_to=httpx.Response)
-            else:
-                response = client.post(path, body=body, cast_to=httpx.Response)
-        except openai.APITimeoutError:
-            raise BackendError(f"{what}: no answer from {url} within {self.spec.request_timeout:g} s (tried "
-                               f"{1 + (self.spec.retries if retries is None else retries)} times); is the server "
-                               "overloaded? raise --request-timeout or lower --concurrency") from None
-        except openai.APIConnectionError as exc:
-            cause = _one_line(str(exc.__cause__ or exc))
-            raise BackendError(f"{what}: cannot reach the server at {url} ({cause}); is it running? check --base-url"
-                               ) from None
-        except openai.APIStatusError as exc:
-            raise BackendError(f"{what}: the server answered {exc.status_code}: {_error_message(exc)}") from None
-        try:
-            data = response.json()
-        except ValueError:
-            raise BackendError(f"{what}: the server's answer is not JSON ({_one_line(response.text)[:120]!r}); is "
-                               f"{self.base_url} an OpenAI-compatible API (its /v1 path)?") from None
-        if not isinstance(data, dict):
-            raise BackendError(f"{what}: the server's answer is not a JSON object but {type(data).__name__}")
-        return data
-
     def _connect(self) -> None:
         """Ask the server what it serves and check the run's names against it; probe its prompt log-probabilities."""
         what = f"listing the models of {self.base_url}"
-        data = self._request("GET", "/models", None, what, retries=min(1, self.spec.retries))
+        data = self.api.request("GET", "/models", None, what, retries=min(1, self.spec.retries))
         entries = data.get("data")
         if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str)
                                                     for e in entries):
@@ -203,7 +152,7 @@ class OpenAIBackend:
                                    f"--served-model '{self.spec.served_model}'")
         root = re.sub(r"/v1$", "", self.base_url)
         try:
-            self._server["version"] = self._request("GET", root + "/version", None, "version", retries=0).get("version")
+            self._server["version"] = self.api.request("GET", root + "/version", None, "version", retries=0).get("version")
         except BackendError:
             self._server["version"] = None  # not every server has vLLM's /version
         self._check_tokenizer(root)
@@ -226,7 +175,7 @@ class OpenAIBackend:
 
         local = self.tokenizer(PROBE_TEXT, add_special_tokens=True)["input_ids"]
         try:
-            response = self.client.with_options(max_retries=0).post(
+            response = self.api.client.with_options(max_retries=0).post(
                 root + "/tokenize", body={"model": self.spec.served_model, "prompt": PROBE_TEXT}, cast_to=httpx.Response)
             served = response.json().get("tokens")
         except (openai.OpenAIError, ValueError, AttributeError):
@@ -244,9 +193,9 @@ class OpenAIBackend:
         reason = ""
         for max_tokens in (0, 1):  # 0: nothing generated; some servers want at least 1 (the lists are cut to the ids)
             try:
-                data = self._request("POST", "/completions", self._score_body(self.spec.served_model, ids, max_tokens),
+                data = self.api.request("POST", "/completions", self._score_body(self.spec.served_model, ids, max_tokens),
                                      "probing prompt log-probabilities")
-                _token_logprobs(data, len(ids))
+                token_logprobs(data, len(ids))
             except BackendError as exc:
                 reason = str(exc).split(": ", 1)[-1]
                 continue
@@ -258,7 +207,7 @@ class OpenAIBackend:
                                    f"with echo and logprobs: {reason})")
         log.warning("%s; completion NLL cannot be scored", self.limitations["nll"])
         try:  # its fingerprint, from one generated token
-            data = self._request("POST", "/completions", {"model": self.spec.served_model, "prompt": PROBE_TEXT,
+            data = self.api.request("POST", "/completions", {"model": self.spec.served_model, "prompt": PROBE_TEXT,
                                                           "max_tokens": 1, "temperature": 0}, "probing generation")
             self._server["system_fingerprint"] = data.get("system_fingerprint")
         except BackendError:
@@ -297,9 +246,7 @@ class OpenAIBackend:
         self.systems()  # connected and checked there
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self.api.close()
 
     def served_name(self, system: "System") -> str:
         """The model name a request of ``system`` asks for: the base's, or its adapter's LoRA module."""
@@ -396,7 +343,7 @@ class OpenAIBackend:
 
     def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False,
                  on_result: OnResult | None = None) -> list:
-        return self._map(requests, self._generate_one, "generate", progress, on_result)
+        return self.api.map(requests, self._generate_one, f"generate ({self.spec.served_model})", progress, on_result)
 
     def _generate_one(self, r: GenerationRequest) -> Any:
         from ..generation import Generation
@@ -415,15 +362,15 @@ class OpenAIBackend:
         if fmt == "chat":
             if r.prompt not in self._messages:
                 raise BackendError(f"{what}: a chat prompt this backend did not render")
-            data = self._request("POST", "/chat/completions", {**body, "messages": self._messages[r.prompt]}, what)
-            text = _get(data, what, "choices", 0, "message", "content")
+            data = self.api.request("POST", "/chat/completions", {**body, "messages": self._messages[r.prompt]}, what)
+            text = field(data, what, "choices", 0, "message", "content")
         else:
             ids = self.tokenizer(r.prompt, add_special_tokens=True)["input_ids"]  # as generation.generate tokenises
-            data = self._request("POST", "/completions", {**body, "prompt": ids}, what)
-            text = _get(data, what, "choices", 0, "text")
-        choice = _get(data, what, "choices", 0)
+            data = self.api.request("POST", "/completions", {**body, "prompt": ids}, what)
+            text = field(data, what, "choices", 0, "text")
+        choice = field(data, what, "choices", 0)
         finish = choice.get("finish_reason")
-        tokens = _get(data, what, "usage", "completion_tokens")
+        tokens = field(data, what, "usage", "completion_tokens")
         if not isinstance(text, str) or not isinstance(tokens, int) or finish not in ("stop", "length"):
             raise BackendError(f"{what}: the server's answer lacks a text, usage.completion_tokens or a finish_reason "
                                f"of stop or length (finish_reason {finish!r})")
@@ -441,7 +388,8 @@ class OpenAIBackend:
 
         pairs = encode_pairs(self.tokenizer, [r.prompt for r in requests], [r.completion for r in requests])
         by_request = {id(r): pair for r, pair in zip(requests, pairs)}
-        return self._map(requests, lambda r: self._nll_one(r, *by_request[id(r)]), "nll", progress, on_result)
+        return self.api.map(requests, lambda r: self._nll_one(r, *by_request[id(r)]), f"nll ({self.spec.served_model})",
+                            progress, on_result)
 
     def _nll_one(self, r: NLLRequest, ctx: list[int], cont: list[int]) -> Any:
         from ..inference import CompletionNLL, nll_windows
@@ -449,10 +397,10 @@ class OpenAIBackend:
         seq, length = ctx + cont, self.max_length
         total, count = 0.0, 0
         for begin, end, start in nll_windows(len(ctx), len(seq), length, max(1, length // 2)):
-            data = self._request("POST", "/completions", self._score_body(self.served_name(r.system), seq[begin:end],
+            data = self.api.request("POST", "/completions", self._score_body(self.served_name(r.system), seq[begin:end],
                                                                           self._score_max_tokens),
                                  f"scoring NLL for {r.system.name}")
-            logprobs = _token_logprobs(data, end - begin)
+            logprobs = token_logprobs(data, end - begin)
             part = logprobs[start - begin:]
             total -= math.fsum(part)
             count += len(part)
@@ -466,92 +414,8 @@ class OpenAIBackend:
     def batches(self, kind: str, requests: Sequence[Any]) -> list[list[int]]:
         return [[i] for i in range(len(requests))]  # every request stands alone; the server batches
 
-    def _map(self, requests: Sequence[Any], work: Callable[[Any], Any], desc: str, progress: bool,
-             on_result: OnResult | None) -> list:
-        """``work`` on every request, ``--concurrency`` at a time; ``on_result`` in this thread as each finishes. The
-        first failure stops the rest (those not started are cancelled) and is raised."""
-        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
-        from ..inference import _progress
-
-        out: list[Any] = [None] * len(requests)
-        if not requests:
-            return out
-        bar = _progress(len(requests), f"{desc} ({self.spec.served_model} at {self.base_url})", progress)
-        failed = threading.Event()
-
-        def guarded(r: Any) -> Any:  # after a failure, a worker starts no further request
-            if failed.is_set():
-                return None
-            try:
-                return work(r)
-            except BaseException:
-                failed.set()
-                raise
-
-        pool = ThreadPoolExecutor(max_workers=min(self.spec.concurrency, len(requests)), thread_name_prefix="openai")
-        pending = {pool.submit(guarded, r): i for i, r in enumerate(requests)}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    i = pending.pop(future)
-                    out[i] = future.result()  # a failure is raised here, the rest cancelled below
-                    if out[i] is None:
-                        continue  # not started after another failed: that failure is raised next
-                    if on_result is not None:
-                        on_result(i, out[i])
-                    bar.update(1)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            bar.close()
-        return out
 
 
 def _adapter_value(adapter: ServedAdapter) -> str:
     """How the spec records a served adapter: ``served:LORA[@FOLDER]``."""
     return SERVED_PREFIX + adapter.served + (f"@{adapter.folder}" if adapter.folder else "")
-
-
-def _get(data: Any, what: str, *path: Any) -> Any:
-    """``data[path[0]][path[1]]...``, or a one-line :class:`BackendError` naming the missing field."""
-    value = data
-    for k, key in enumerate(path):
-        try:
-            value = value[key]
-        except (KeyError, IndexError, TypeError):
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[: k + 1]).lstrip(".")
-            raise BackendError(f"{what}: the server's answer has no {where}: not an OpenAI-compatible response"
-                               ) from None
-    return value
-
-
-def _token_logprobs(data: dict[str, Any], n: int) -> list[float | None]:
-    """The log-probabilities of the ``n`` prompt tokens of an echo+logprobs answer (the first is None)."""
-    what = "reading prompt log-probabilities"
-    values = _get(data, what, "choices", 0, "logprobs", "token_logprobs")
-    if not isinstance(values, list) or len(values) < n:
-        raise BackendError(f"{what}: choices[0].logprobs.token_logprobs holds "
-                           f"{len(values) if isinstance(values, list) else 'no list'} values for {n} prompt tokens")
-    values = values[:n]  # with max_tokens 1 the generated token comes after them
-    bad = next((v for v in values[1:] if isinstance(v, bool) or not isinstance(v, (int, float)) or not
-                math.isfinite(v) or v > 1e-6), "ok")
-    if bad != "ok":
-        raise BackendError(f"{what}: a prompt token's log-probability is {bad!r}, not a finite number <= 0")
-    return values
-
-
-def _error_message(exc: Any) -> str:
-    """The server's own error message (the OpenAI error envelope, FastAPI's ``detail``), on one line."""
-    body = getattr(exc, "body", None)  # the openai client keeps the envelope's "error" member, else the whole body
-    if isinstance(body, dict):
-        error = body.get("error")
-        msg = (error.get("message") if isinstance(error, dict) else error) or body.get("message") or body.get("detail")
-        if msg:
-            return _one_line(str(msg))
-    return _one_line(str(getattr(exc, "message", exc)))
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
