@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import AdapterError, BackendError
 from . import GenerationRequest, NLLRequest, OnResult
-from .openai_api import API_KEY_VARIABLES, ServerAPI, api_key, field, token_logprobs  # noqa: F401 - re-exported
+from .openai_api import API_KEY_VARIABLES, RequestFailed, ServerAPI, api_key, field, token_logprobs  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from ..data import Example
@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 SERVED_PREFIX = "served:"
 #: A text whose token ids are compared with the server's, and scored once to see whether it gives log-probabilities.
 PROBE_TEXT = "What are the symptoms of influenza? Fever, cough and muscle aches."
+#: Statuses with which a server refuses a request it does not support (echo, logprobs, token ids, max_tokens 0).
+REFUSALS = (400, 404, 405, 422, 501)
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,8 @@ class OpenAIBackend:
                 root + "/tokenize", body={"model": self.spec.served_model, "prompt": PROBE_TEXT}, cast_to=httpx.Response)
             served = response.json().get("tokens")
         except (openai.OpenAIError, ValueError, AttributeError):
+            served = None
+        if not isinstance(served, list):
             self._server["tokenizer_check"] = "not checked (the server has no /tokenize)"
             return
         if served != local:
@@ -194,9 +198,14 @@ class OpenAIBackend:
         for max_tokens in (0, 1):  # 0: nothing generated; some servers want at least 1 (the lists are cut to the ids)
             try:
                 data = self.api.request("POST", "/completions", self._score_body(self.spec.served_model, ids, max_tokens),
-                                     "probing prompt log-probabilities")
+                                        "probing prompt log-probabilities")
                 token_logprobs(data, len(ids))
-            except BackendError as exc:
+            except RequestFailed as exc:
+                if exc.status not in REFUSALS:  # no answer, a server error or a wrong key: not an answer about logprobs
+                    raise
+                reason = str(exc).split(": ", 1)[-1]
+                continue
+            except BackendError as exc:  # an answer without the log-probabilities
                 reason = str(exc).split(": ", 1)[-1]
                 continue
             self._score_max_tokens = max_tokens
@@ -208,7 +217,7 @@ class OpenAIBackend:
         log.warning("%s; completion NLL cannot be scored", self.limitations["nll"])
         try:  # its fingerprint, from one generated token
             data = self.api.request("POST", "/completions", {"model": self.spec.served_model, "prompt": PROBE_TEXT,
-                                                          "max_tokens": 1, "temperature": 0}, "probing generation")
+                                                             "max_tokens": 1, "temperature": 0}, "probing generation")
             self._server["system_fingerprint"] = data.get("system_fingerprint")
         except BackendError:
             self._server["system_fingerprint"] = None

@@ -18,6 +18,14 @@ from typing import Any, Callable, Sequence
 from ..errors import BackendError
 from . import OnResult
 
+class RequestFailed(BackendError):
+    """A request the server did not answer (``status`` None: a timeout, no connection) or refused (its HTTP status)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
 #: Where the API key is read from, first found wins. Never written to any output.
 API_KEY_VARIABLES = ("MEDQA_BENCH_API_KEY", "OPENAI_API_KEY")
 
@@ -66,15 +74,16 @@ class ServerAPI:
             else:
                 response = client.post(path, body=body, cast_to=httpx.Response)
         except openai.APITimeoutError:
-            raise BackendError(f"{what}: no answer from {url} within {self.timeout:g} s (tried "
+            raise RequestFailed(f"{what}: no answer from {url} within {self.timeout:g} s (tried "
                                f"{1 + (self.retries if retries is None else retries)} times); is the server "
                                "overloaded? raise --request-timeout or lower --concurrency") from None
         except openai.APIConnectionError as exc:
             cause = _one_line(str(exc.__cause__ or exc))
-            raise BackendError(f"{what}: cannot reach the server at {url} ({cause}); is it running? check --base-url"
+            raise RequestFailed(f"{what}: cannot reach the server at {url} ({cause}); is it running? check --base-url"
                                ) from None
         except openai.APIStatusError as exc:
-            raise BackendError(f"{what}: the server answered {exc.status_code}: {_error_message(exc)}") from None
+            raise RequestFailed(f"{what}: the server answered {exc.status_code}: {_error_message(exc)}",
+                                exc.status_code) from None
         try:
             data = response.json()
         except ValueError:
