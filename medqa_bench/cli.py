@@ -83,8 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", help="alias, checkpoint folder, .gguf file or Hub id (default smollm2-135m-instruct)")
     r.add_argument("--backend", metavar="NAME", help="the inference backend that answers (default transformers: the "
                    "model loaded in this process)")
-    r.add_argument("--adapter", action="append", metavar="NAME=PATH", help="a PEFT LoRA adapter folder; repeatable")
+    r.add_argument("--adapter", action="append", metavar="NAME=PATH", help="a PEFT LoRA adapter folder; repeatable. With "
+                   "--backend openai: NAME=served:LORA or NAME=served:LORA@FOLDER (the server's LoRA module LORA; "
+                   "FOLDER, its local copy, gives the recorded prompt format and fingerprint)")
     r.add_argument("--no-default-adapter", action="store_true", help="do not add the shipped adapter when none is given")
+    g = r.add_argument_group("served models (--backend openai)")
+    g.add_argument("--base-url", metavar="URL", help="the server's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 "
+                   "(the API key comes from OPENAI_API_KEY or MEDQA_BENCH_API_KEY)")
+    g.add_argument("--served-model", metavar="NAME", help="the base model's name on the server (its /v1/models id); "
+                   "--model still names its tokenizer (for token counts and NLL)")
+    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight at once (default 8)")
+    g.add_argument("--request-timeout", type=float, metavar="SECONDS", help="how long one request may take before it "
+                   "is retried (default 300)")
+    g.add_argument("--retries", type=int, metavar="N", help="retries of a request after a timeout, a dropped "
+                   "connection, 429 or 5xx, with exponential backoff (default 4)")
     _add_data_options(r)
     r.add_argument("--split", choices=["train", "validation", "test", "all"], help="which split to evaluate (default test)")
     r.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded sample of N items; 0 = the full split "
@@ -210,7 +222,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = RunSpec.from_file(args.spec) if args.spec else RunSpec()
     ch: dict[str, Any] = {}
-    for flag, key in (("name", "name"), ("model", "model"), ("backend", "backend"), ("split", "split"),
+    for flag, key in (("name", "name"), ("model", "model"), ("backend", "backend"), ("base_url", "base_url"),
+                      ("served_model", "served_model"), ("concurrency", "concurrency"),
+                      ("request_timeout", "request_timeout"), ("retries", "retries"), ("split", "split"),
                       ("limit", "limit"), ("sample_seed", "sample_seed"), ("prompt_format", "prompt_format"),
                       ("device", "device"), ("dtype", "dtype"), ("quantization", "quantization"), ("max_length", "max_length"),
                       ("out", "output_dir"), ("seed", "seed")):
@@ -395,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional kernel package is missing; the
         # 4-bit layers keep their ordinary path here (models.keep_4bit_layout), so the line says nothing useful.
-        for noisy in ("transformers", "sentence_transformers", "httpx", "urllib3", "datasets", "huggingface_hub",
+        for noisy in ("transformers", "sentence_transformers", "httpx", "httpx2", "openai", "urllib3", "datasets",
+                      "huggingface_hub",
                       "bitsandbytes"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
         import os

@@ -94,12 +94,16 @@ def format_prompt(example: Example, fmt: str = "reference", tokenizer: Any = Non
     if fmt == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise DataError("prompt format 'chat' needs a tokenizer with a chat template; use --prompt-format reference")
-        user = f"Question type: {example.qtype}\n\n{example.question}" if example.qtype else example.question
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-        )
+        text = tokenizer.apply_chat_template(chat_messages(example), tokenize=False, add_generation_prompt=True)
         return _without_template_bos(text, tokenizer)
     raise DataError(f"unknown prompt format '{fmt}'; choose one of: {', '.join(PROMPT_FORMATS)}")
+
+
+def chat_messages(example: Example) -> list[dict[str, str]]:
+    """The chat format's conversation: one user turn (the model's chat template adds its own system prompt). A chat
+    endpoint is sent these; :func:`format_prompt` renders them with the tokenizer's template."""
+    user = f"Question type: {example.qtype}\n\n{example.question}" if example.qtype else example.question
+    return [{"role": "user", "content": user}]
 
 
 def _without_template_bos(text: str, tokenizer: Any) -> str:

@@ -434,14 +434,31 @@ def _sliding_window_nll(model, ctx, cont, max_length, stride, pad_id, device) ->
     least ``max_length - stride`` tokens of context (Hugging Face's strided perplexity, restricted to ``cont``).
     """
     seq = ctx + cont
-    scored_to = max(len(ctx), 1)  # position 0 has no predecessor
     total, count = 0.0, 0
-    for begin in range(0, len(seq), stride):
-        end = min(begin + max_length, len(seq))
-        if end > scored_to:
-            start = max(scored_to, begin + 1)
-            s, n = _score_sequences(model, [seq[begin:end]], [start - begin], pad_id, "right", device)
-            total, count, scored_to = total + s[0], count + n[0], end
-        if end == len(seq):
-            break
+    for begin, end, start in nll_windows(len(ctx), len(seq), max_length, stride):
+        s, n = _score_sequences(model, [seq[begin:end]], [start - begin], pad_id, "right", device)
+        total, count = total + s[0], count + n[0]
     return CompletionNLL(total, count)
+
+
+def nll_windows(ctx_len: int, seq_len: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """The windows ``(begin, end, start)`` a sequence of ``seq_len`` tokens, its completion starting at ``ctx_len``, is
+    scored in: tokens ``seq[begin:end]`` go in, positions ``start .. end-1`` are scored. One window when it fits in
+    ``max_length``; else :func:`_sliding_window_nll`'s strided windows, each scoring only tokens no earlier window
+    scored. A backend that scores elsewhere (a server) cuts its requests with this too.
+
+    >>> nll_windows(3, 5, 8, 4), nll_windows(2, 10, 4, 2)
+    ([(0, 5, 3)], [(0, 4, 2), (2, 6, 4), (4, 8, 6), (6, 10, 8)])
+    """
+    scored_to = max(ctx_len, 1)  # position 0 has no predecessor
+    if seq_len <= max_length:
+        return [(0, seq_len, scored_to)] if seq_len > scored_to else []
+    out = []
+    for begin in range(0, seq_len, stride):
+        end = min(begin + max_length, seq_len)
+        if end > scored_to:
+            out.append((begin, end, max(scored_to, begin + 1)))
+            scored_to = end
+        if end == seq_len:
+            break
+    return out

@@ -368,10 +368,14 @@ def rag_prompt(item: Example, fmt: str, tokenizer: Any, passages: Sequence[Passa
     context = context_block(passages)
     if fmt == "reference":
         return REFERENCE_RAG_TEMPLATE.format(qtype=item.qtype, context=context, question=item.question)
-    # The chat prompt is the plain one (data.format_prompt: chat template, BOS handling) with the passages put in
-    # the user turn before the question.
-    user = CHAT_RAG_USER.format(context=context, question=item.question)
-    return format_prompt(dataclasses.replace(item, question=user), fmt, tokenizer)
+    return format_prompt(rag_chat_example(item, passages), fmt, tokenizer)
+
+
+def rag_chat_example(item: Example, passages: Sequence[Passage]) -> Example:
+    """The item as the chat format asks it with ``passages``: the plain chat prompt (data.format_prompt: chat
+    template, BOS handling) with the passages put in the user turn before the question."""
+    return dataclasses.replace(item, question=CHAT_RAG_USER.format(context=context_block(passages),
+                                                                   question=item.question))
 
 
 def prompt_key(fmt: str, retrieval: RagSpec | None) -> str:

@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 #: The files a run writes; the rest of a folder is the user's and is carried over when the folder is replaced.
 RUN_FILES = ("results.json", "samples.jsonl", "report.html")
-#: Spec keys that say where and how a run is written, not what it evaluates.
-PLACEMENT_KEYS = ("name", "output_dir", "cache", "report", "overwrite")
+#: Spec keys that say where and how a run is written (or how hard a server is asked), not what it evaluates.
+PLACEMENT_KEYS = ("name", "output_dir", "cache", "report", "overwrite", "concurrency", "request_timeout", "retries")
 
 _held: dict[Path, int] = {}  # lock files this process holds, with their nesting depth
 
@@ -167,7 +167,7 @@ def _differing_keys(recorded: Mapping[str, Any], spec: Mapping[str, Any]) -> lis
 
 
 #: Spec keys added after run folders were first written, with the value a spec without them meant.
-_LATER_KEYS = {"backend": "transformers"}
+_LATER_KEYS = {"backend": "transformers", "base_url": None, "served_model": None}
 
 
 def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:

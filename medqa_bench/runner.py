@@ -55,11 +55,18 @@ def run_adapters(spec: RunSpec) -> dict[str, str]:
     """The adapters a run of ``spec`` evaluates: its own, or the shipped adapter of the default model."""
     if spec.adapters:
         return dict(spec.adapters)
-    if spec.default_adapters and spec.model == DEFAULT_MODEL:
+    if spec.default_adapters and spec.model == DEFAULT_MODEL and _loads_adapter_folders(spec.backend):
         folder = shipped_adapter()
         if folder is not None:
             return {DEFAULT_ADAPTER: str(folder)}
     return {}
+
+
+def _loads_adapter_folders(backend: str) -> bool:
+    """Whether the backend attaches adapter folders itself (a served model's adapters are the server's, named)."""
+    from .backends import backend_class
+
+    return getattr(backend_class(backend), "loads_adapter_folders", True)
 
 
 def _cache_for(spec: RunSpec) -> InferenceCache:
@@ -162,7 +169,10 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     # ---- systems: the backend's plan (tokenizer and adapter metadata, no weights)
     systems = backend.systems()
     lm_systems = [s for s in systems if s.generates]
-    check_capabilities(backend, lm_systems)
+    check_capabilities(backend, lm_systems, nll_metrics=[m.name for m in metrics if m.kind == "nll"])
+    # A backend without completion NLL (a server without prompt log-probabilities) runs when no NLL metric is asked
+    # for: its rows' nll fields are None, and the adapter check, which compares NLLs, cannot run.
+    scores_nll = "nll" in backend.capabilities
     spec, budget = _budget(spec, backend, pool)
     # results.json records the systems that ran, so the spec it holds reproduces them
     plain = [s for s in lm_systems if s.retrieval is None]  # a +rag row comes back from spec.rag
@@ -195,10 +205,16 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     try:
         inference = wrap(backend, cache, ranks)  # cached, and sharded across the ranks of a launch
         t = time.perf_counter()
-        nlls = _per_system(lm_systems, inference.completion_nll(
-            [NLLRequest(s, p, c) for s in lm_systems for p, c in zip(prompts[s.prompt_key], completions[s.prompt_format])],
-            progress=progress))
-        _check_adapters(inference, lm_systems, nlls, prompts, completions)
+        if scores_nll:
+            nlls = _per_system(lm_systems, inference.completion_nll(
+                [NLLRequest(s, p, c) for s in lm_systems
+                 for p, c in zip(prompts[s.prompt_key], completions[s.prompt_format])], progress=progress))
+            _check_adapters(inference, lm_systems, nlls, prompts, completions)
+        else:
+            nlls = {s.name: [None] * len(items) for s in lm_systems}
+            if any(s.kind == "adapter" for s in lm_systems):
+                log.warning("no completion NLL from backend '%s': cannot check that each adapter changes the model's "
+                            "log-probabilities", backend.name)
         timings["nll_s"] = time.perf_counter() - t
         t = time.perf_counter()
         gens = _per_system(lm_systems, inference.generate(
@@ -291,8 +307,8 @@ def _samples(items, systems, backend: Backend, prompts, nlls, gens, answers, pas
                 g, n = gens[s.name][i], nlls[s.name][i]
                 record["systems"][s.name] = {
                     "prediction": g.text, "generated_tokens": g.generated_tokens, "truncated": g.truncated,
-                    "stop_reason": g.stop_reason, "nll_sum": n.nll_sum, "nll_tokens": n.nll_tokens,
-                    "perplexity": n.perplexity,
+                    "stop_reason": g.stop_reason, "nll_sum": n and n.nll_sum, "nll_tokens": n and n.nll_tokens,
+                    "perplexity": n and n.perplexity,  # None: the backend scores no NLL
                 }
                 if s.retrieval is not None:  # what the prompt gave it; the grounding metrics read them
                     record["systems"][s.name]["passages"] = [p.to_dict() for p in passages[i]]

@@ -70,6 +70,11 @@ class RunSpec:
     name: str | None = None
     model: str = DEFAULT_MODEL
     backend: str = "transformers"  # what answers: a name of medqa_bench.backends (checked when a run starts)
+    base_url: str | None = None  # backend openai: the server's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1
+    served_model: str | None = None  # backend openai: the base model's name on that server (its /v1/models id)
+    concurrency: int = 8  # backend openai: requests in flight at once
+    request_timeout: float = 300.0  # backend openai: seconds one request may take before it is retried
+    retries: int = 4  # backend openai: retries of a request after a timeout, a dropped connection, 429 or 5xx
     adapters: tuple[tuple[str, str], ...] = ()
     default_adapters: bool = True  # with no adapters given, compare the default model with its shipped adapter
     data: DataSpec = DataSpec()
@@ -114,6 +119,7 @@ class RunSpec:
                             "'.'): the run folder is reports/<name>; use --out DIR to write elsewhere")
         if not self.backend.strip():
             raise SpecError("backend must name an inference backend, e.g. transformers (the default)")
+        _check_endpoint(self)
         if self.split not in (*SPLITS, "all"):
             raise SpecError(f"split must be one of {', '.join(SPLITS)}, all; not '{self.split}'")
         if not re.fullmatch(DEVICE_PATTERN, self.device):
@@ -262,6 +268,43 @@ def _plain_value(key: str, value: Any) -> Any:
     if key in _COMMA_LISTS and isinstance(value, str):
         return tuple(x.strip() for x in value.split(",") if x.strip() and x.strip() != "none")
     return value
+
+
+#: Backends that load the model in this process: they take no server options.
+IN_PROCESS_BACKENDS = ("transformers",)
+#: Backends that ask an OpenAI-compatible server: they need its URL and the model's served name.
+SERVER_BACKENDS = ("openai",)
+
+
+def _check_endpoint(spec: "RunSpec") -> None:
+    """The server options (``base_url``, ``served_model``) go with a backend that asks a server, and only with one."""
+    given = [flag for flag, value in (("--base-url", spec.base_url), ("--served-model", spec.served_model)) if value]
+    if spec.backend in IN_PROCESS_BACKENDS and given:
+        raise SpecError(f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} a server, but backend "
+                        f"'{spec.backend}' loads the model in this process; add --backend openai to evaluate a served "
+                        "model, or drop them")
+    if spec.backend in SERVER_BACKENDS:
+        missing = [flag for flag, value in (("--base-url", spec.base_url), ("--served-model", spec.served_model))
+                   if not (value or "").strip()]
+        if missing:
+            raise SpecError(f"backend '{spec.backend}' needs {' and '.join(missing)}: the server's API (e.g. "
+                            "--base-url http://127.0.0.1:8000/v1) and the base model's name there (its /v1/models id)")
+        if not re.match(r"https?://[^/\s]+", spec.base_url or ""):
+            raise SpecError(f"base_url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1; not "
+                            f"{spec.base_url!r}")
+        if "@" in (spec.base_url or "").split("://", 1)[1].split("/", 1)[0]:
+            raise SpecError("base_url holds credentials (user:password@host): they would be written into "
+                            "results.json; give the API key in OPENAI_API_KEY (or MEDQA_BENCH_API_KEY) instead")
+        if spec.quantization == "4bit":
+            raise SpecError("quantization '4bit' is chosen by the server, not by the client: serve a quantized model "
+                            "instead, or leave --quantization out (or 'none' to record that the server runs "
+                            "unquantized weights)")
+    if spec.concurrency < 1:
+        raise SpecError(f"concurrency must be a positive number of requests, not {spec.concurrency}")
+    if not spec.request_timeout > 0:
+        raise SpecError(f"request_timeout must be a positive number of seconds, not {spec.request_timeout}")
+    if spec.retries < 0:
+        raise SpecError(f"retries must be >= 0, not {spec.retries}")
 
 
 def _check_thresholds(thresholds: dict[str, Any]) -> None:

@@ -242,3 +242,22 @@ def test_transformers_backend_identity_of_the_loaded_model(default_model):
     assert backend.render(example, row) == "chat:True"
     assert backend.loss_settings() == {"max_length": backend.max_length, "quantization": "none",
                                        "compute_dtype": "float32"}
+
+
+def test_a_backend_without_nll_runs_unless_an_nll_metric_is_asked():
+    """A server without prompt log-probabilities: generation-only runs go ahead; loss/perplexity are refused, saying
+    why (the backend's ``limitations``) and how to leave them out."""
+    backend = SimpleNamespace(name="served", capabilities=frozenset({"generate", "adapters"}),
+                              limitations={"nll": "the server gives no prompt log-probabilities"})
+    rows = [System("baseline", "baseline", "chat"), System("ft", "adapter", "chat", adapter="served:x")]
+    backends.check_capabilities(backend, rows)
+    with pytest.raises(BackendError, match=r"no nll .*: the server gives no prompt log-probabilities; the metrics "
+                                           r"loss, perplexity need completion NLL: leave them out with --metrics"):
+        backends.check_capabilities(backend, rows, nll_metrics=["loss", "perplexity"])
+
+
+def test_the_openai_backend_is_registered_lazily():
+    assert "openai" in backends.backend_registry().names()
+    cls = backends.backend_class("openai")
+    assert cls.name == "openai" and cls.capabilities == frozenset({"generate", "nll", "adapters"})
+    assert cls.loads_adapter_folders is False  # no shipped adapter folder is added to a served run

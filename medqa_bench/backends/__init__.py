@@ -132,6 +132,7 @@ class Backend(Protocol):
 #: Built-in backends, as lazy "module:class" entries: listing names imports none of them.
 BUILTINS: dict[str, str] = {
     "transformers": "medqa_bench.backends.transformers:TransformersBackend",
+    "openai": "medqa_bench.backends.openai:OpenAIBackend",
 }
 DEFAULT_BACKEND = "transformers"
 ENTRY_POINT_GROUP = "medqa_bench.backends"
@@ -179,15 +180,24 @@ def create_backend(spec: "RunSpec", *, adapters: dict[str, str], ranks: "Process
     return backend_class(spec.backend)(spec, adapters=adapters, ranks=ranks)
 
 
-def check_capabilities(backend: Backend, systems: "Sequence[System]") -> None:
-    """A :class:`BackendError` unless ``backend`` can do what the language-model ``systems`` need."""
-    needed = {"generate", "nll"} if systems else set()
+def check_capabilities(backend: Backend, systems: "Sequence[System]", nll_metrics: Sequence[str] = ()) -> None:
+    """A :class:`BackendError` unless ``backend`` can do what the language-model ``systems`` need: generation, adapters
+    for adapter rows, and completion NLL when the run asks for ``nll_metrics`` (loss, perplexity). A backend without
+    NLL runs without it when none is asked for; one may say why it lacks a capability in ``limitations``."""
+    needed = {"generate"} if systems else set()
+    if systems and nll_metrics:
+        needed.add("nll")
     if any(s.kind == "adapter" for s in systems):
         needed.add("adapters")
     missing = sorted(needed - set(backend.capabilities))
     if missing:
+        why = "; ".join(getattr(backend, "limitations", {}).get(m, "") for m in missing if
+                        getattr(backend, "limitations", {}).get(m))
+        hint = (f"; the metrics {', '.join(nll_metrics)} need completion NLL: leave them out with --metrics (e.g. "
+                "--metrics rougeL,token_f1,embedding_similarity)" if "nll" in missing else "")
         raise BackendError(f"backend '{backend.name}' cannot do what this run needs: no {', '.join(missing)} "
-                           f"(it can: {', '.join(sorted(backend.capabilities)) or 'nothing'})")
+                           f"(it can: {', '.join(sorted(backend.capabilities)) or 'nothing'})"
+                           + (f": {why}" if why else "") + hint)
 
 
 def wrap(backend: Backend, cache: Any, ranks: "ProcessGroup | None" = None) -> Backend:

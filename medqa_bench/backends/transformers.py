@@ -53,6 +53,12 @@ def plan_run_systems(spec: "RunSpec", tokenizer: Any, adapters: dict[str, str]
     from ..reference_rows import REFERENCE_ROWS
     from ..systems import plan_systems, recorded_prompt_format, recorded_quantization
 
+    for name, path in adapters.items():
+        if str(path).startswith("served:"):
+            from ..errors import AdapterError
+
+            raise AdapterError(f"adapter '{name}' is a served LoRA module ({path}): evaluate it with --backend openai "
+                               "--base-url URL --served-model NAME")
     infos = {name: read_adapter(name, path) for name, path in adapters.items()}
     systems = plan_systems(
         baseline_formats=spec.baseline_formats,

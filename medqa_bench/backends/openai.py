@@ -1,0 +1,430 @@
+"""The openai backend: a model behind an OpenAI-compatible server (vLLM, SGLang, a hosted API), asked over HTTP.
+
+``--backend openai --base-url URL --served-model NAME`` (:class:`OpenAIBackend`). The server serves the weights;
+this process holds only the model's tokenizer (``--model``, default the default model), which counts tokens, renders
+the prompts the run records and splits prompt from completion for the NLL, exactly as the transformers backend does.
+Its ids are checked against the server's own (vLLM's ``/tokenize``) before anything is asked.
+
+- **Generation**: a chat-format row through ``/v1/chat/completions`` with the conversation
+  (:func:`medqa_bench.data.chat_messages`; the server applies its chat template), a reference-template row through
+  ``/v1/completions`` with the prompt's token ids; greedy (temperature 0) unless the decoding samples, ``max_tokens``
+  the run's budget, ``stop`` the format's stop sequences. ``finish_reason`` "length" is a truncated answer; "stop" is
+  a stop sequence when the server names it (vLLM's ``stop_reason``), else the end of turn. ``generated_tokens`` is the
+  server's ``usage.completion_tokens``.
+- **Completion NLL**: ``/v1/completions`` with the prompt+completion token ids, ``echo``, ``logprobs: 0`` and
+  ``max_tokens: 0``: the log-probability of every prompt token. The completion's tokens are those after the prompt's
+  (:func:`medqa_bench.inference.encode_pairs`) and a sequence longer than the context is scored in the same strided
+  windows (:func:`medqa_bench.inference.nll_windows`), so the number is :mod:`medqa_bench.inference`'s definition.
+  The context is ``--max-length`` or the server's ``max_model_len`` less one (the server generates one token even when
+  asked for none). A server that gives no prompt log-probabilities (one probe request says so) loses the "nll"
+  capability: the runner then refuses the NLL metrics, naming why, and runs without NLL when none is asked for.
+- **Requests** (:mod:`medqa_bench.backends.openai_api`): ``--concurrency`` in flight (threads), each with
+  ``--request-timeout`` seconds and ``--retries`` retries with exponential backoff after a timeout, a dropped
+  connection, 408, 409, 429 or a 5xx; any other 4xx fails at once. A request that still fails stops the run with one
+  line naming the row; what finished is in the cache already.
+- **Adapters** are the server's LoRA modules: ``--adapter NAME=served:LORA`` (the prompt format is then the first
+  baseline row's, or ``--prompt-format``), or ``--adapter NAME=served:LORA@FOLDER`` with the adapter's local folder:
+  its recorded prompt format, training metadata and weight fingerprint are read from it (the server's copy is not
+  checked against it).
+- **Identity** (the cache key): the base URL, the name asked for, the server's version (``/version``) and
+  ``system_fingerprint``, the ``/v1/models`` entry's ``root`` and ``parent``, the tokenizer's fingerprint, the adapter
+  folder's fingerprint when given, the prompt format and quantization. A server reports no weight checksum: a server
+  restarted on other weights under the same name and path must be run with ``--no-cache`` (or another cache).
+- **The API key** comes from ``MEDQA_BENCH_API_KEY`` or ``OPENAI_API_KEY`` (a local server takes any); it is sent
+  in the Authorization header and written nowhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import AdapterError, BackendError
+from . import GenerationRequest, NLLRequest, OnResult
+from .openai_api import API_KEY_VARIABLES, RequestFailed, ServerAPI, api_key, field, token_logprobs  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    from ..data import Example
+    from ..rag import Passage
+    from ..spec import RunSpec
+    from ..systems import System
+
+log = logging.getLogger(__name__)
+
+#: ``--adapter NAME=served:LORA[@FOLDER]``: an adapter the server serves as the LoRA module LORA.
+SERVED_PREFIX = "served:"
+#: A text whose token ids are compared with the server's, and scored once to see whether it gives log-probabilities.
+PROBE_TEXT = "What are the symptoms of influenza? Fever, cough and muscle aches."
+#: Statuses with which a server refuses a request it does not support (echo, logprobs, token ids, max_tokens 0).
+REFUSALS = (400, 404, 405, 422, 501)
+
+
+@dataclass(frozen=True)
+class ServedAdapter:
+    """An adapter as the server serves it: its LoRA module name, and optionally its local folder."""
+
+    served: str
+    folder: str | None = None
+
+    @classmethod
+    def parse(cls, name: str, value: str) -> "ServedAdapter":
+        """``served:LORA`` or ``served:LORA@FOLDER``.
+
+        >>> ServedAdapter.parse("ft", "served:symptoms@data/adapters/x")
+        ServedAdapter(served='symptoms', folder='data/adapters/x')
+        """
+        if not value.startswith(SERVED_PREFIX):
+            raise AdapterError(f"adapter '{name}': with --backend openai an adapter is one the server serves: --adapter "
+                               f"{name}=served:LORA, or {name}=served:LORA@FOLDER with its local folder (for its "
+                               f"recorded prompt format and fingerprint); not '{value}'")
+        served, _, folder = value[len(SERVED_PREFIX):].partition("@")
+        if not served.strip():
+            raise AdapterError(f"adapter '{name}': '{value}' names no LoRA module; use served:LORA[@FOLDER]")
+        return cls(served.strip(), folder.strip() or None)
+
+
+class OpenAIBackend:
+    """A model served behind an OpenAI-compatible API; see the module docstring.
+
+    ``spec`` gives ``base_url``, ``served_model``, the tokenizer's model (``model``), the request settings
+    (``concurrency``, ``request_timeout``, ``retries``) and the rows to plan; ``adapters`` maps adapter names to
+    ``served:LORA[@FOLDER]``.
+    """
+
+    name = "openai"
+    #: What it can do with a server that gives prompt log-probabilities; an instance drops "nll" when its does not.
+    capabilities = frozenset({"generate", "nll", "adapters"})
+    #: Its adapters are the server's, so a run adds no shipped adapter folder by default.
+    loads_adapter_folders = False
+
+    def __init__(self, spec: "RunSpec", *, adapters: dict[str, str], ranks: Any = None):
+        if not spec.base_url or not spec.served_model:
+            raise BackendError("backend 'openai' needs --base-url URL and --served-model NAME")
+        if spec.decoding is not None and spec.decoding.no_repeat_ngram_size:
+            raise BackendError("--no-repeat-ngram-size is a transformers generation option that OpenAI-compatible "
+                               "servers do not take; leave it out with --backend openai")
+        self.spec, self.ranks = spec, ranks
+        self.base_url = spec.base_url.rstrip("/")
+        self.adapters = {name: ServedAdapter.parse(name, value) for name, value in adapters.items()}
+        self.device = "server"  # not CUDA here: the automatic --limit is a CPU's sample
+        self.capabilities = type(self).capabilities
+        #: Why a capability is missing (the runner's refusal quotes it).
+        self.limitations: dict[str, str] = {}
+        self._tokenizer: Any = None
+        self._systems: list[System] | None = None
+        self.api = ServerAPI(self.base_url, timeout=spec.request_timeout, retries=spec.retries,
+                             concurrency=spec.concurrency)
+        self._models: dict[str, dict[str, Any]] = {}  # /v1/models entries by id
+        self._server: dict[str, Any] = {}  # version, system_fingerprint, tokenizer check
+        self._infos: dict[str, Any] = {}  # adapter name -> AdapterInfo of its local folder
+        self._messages: dict[str, list[dict[str, str]]] = {}  # a rendered chat prompt -> the conversation it renders
+        self._score_max_tokens = 0
+
+    # ------------------------------------------------------------------------------------------ the server
+
+    @property
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer, from ``--model`` (no weights)."""
+        if self._tokenizer is None:
+            from ..models import load_tokenizer, resolve_model
+
+            self._source = resolve_model(self.spec.model)
+            self._tokenizer = load_tokenizer(self._source)
+        return self._tokenizer
+
+    def _connect(self) -> None:
+        """Ask the server what it serves and check the run's names against it; probe its prompt log-probabilities."""
+        what = f"listing the models of {self.base_url}"
+        data = self.api.request("GET", "/models", None, what, retries=min(1, self.spec.retries))
+        entries = data.get("data")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str)
+                                                    for e in entries):
+            raise BackendError(f"{what}: the answer is not an OpenAI model list ({{'data': [{{'id': ...}}, ...]}})")
+        self._models = {e["id"]: e for e in entries}
+        self._check_served(self.spec.served_model, "--served-model", "serve it (vLLM: --served-model-name NAME)")
+        for name, adapter in self.adapters.items():
+            self._check_served(adapter.served, f"adapter '{name}'",
+                               f"serve it (vLLM: --enable-lora --lora-modules {adapter.served}=PATH)")
+            parent = self._models[adapter.served].get("parent")
+            if parent is not None and parent != self.spec.served_model:
+                raise BackendError(f"adapter '{name}': the server serves LoRA '{adapter.served}' on '{parent}', not on "
+                                   f"--served-model '{self.spec.served_model}'")
+        root = re.sub(r"/v1$", "", self.base_url)
+        try:
+            self._server["version"] = self.api.request("GET", root + "/version", None, "version", retries=0).get("version")
+        except BackendError:
+            self._server["version"] = None  # not every server has vLLM's /version
+        self._check_tokenizer(root)
+        self._probe_logprobs()
+
+    def _check_served(self, served: str, who: str, how: str) -> None:
+        if served in self._models:
+            return
+        import difflib
+
+        near = difflib.get_close_matches(served, list(self._models), n=1)
+        raise BackendError(f"{who}: the server at {self.base_url} serves no model '{served}'"
+                           + (f"; did you mean '{near[0]}'?" if near else "")
+                           + f" (it serves: {', '.join(self._models) or 'nothing'}); name one of those, or {how}")
+
+    def _check_tokenizer(self, root: str) -> None:
+        """The local tokenizer must give the server's ids (vLLM's ``/tokenize``; a server without it is trusted)."""
+        import httpx
+        import openai
+
+        local = self.tokenizer(PROBE_TEXT, add_special_tokens=True)["input_ids"]
+        try:
+            response = self.api.client.with_options(max_retries=0).post(
+                root + "/tokenize", body={"model": self.spec.served_model, "prompt": PROBE_TEXT}, cast_to=httpx.Response)
+            served = response.json().get("tokens")
+        except (openai.OpenAIError, ValueError, AttributeError):
+            served = None
+        if not isinstance(served, list):
+            self._server["tokenizer_check"] = "not checked (the server has no /tokenize)"
+            return
+        if served != local:
+            raise BackendError(f"the server tokenizes differently from --model '{self.spec.model}' (ids of a probe "
+                               f"text: server {served[:8]}..., local {local[:8]}...); give --model the served model's "
+                               "tokenizer (its folder or Hub id)")
+        self._server["tokenizer_check"] = "the server's /tokenize ids equal --model's"
+
+    def _probe_logprobs(self) -> None:
+        """Score :data:`PROBE_TEXT` once: prompt log-probabilities (NLL) or not, and the server's fingerprint."""
+        ids = self.tokenizer(PROBE_TEXT, add_special_tokens=True)["input_ids"]
+        reason = ""
+        for max_tokens in (0, 1):  # 0: nothing generated; some servers want at least 1 (the lists are cut to the ids)
+            try:
+                data = self.api.request("POST", "/completions", self._score_body(self.spec.served_model, ids, max_tokens),
+                                        "probing prompt log-probabilities")
+                token_logprobs(data, len(ids))
+            except RequestFailed as exc:
+                if exc.status not in REFUSALS:  # no answer, a server error or a wrong key: not an answer about logprobs
+                    raise
+                reason = str(exc).split(": ", 1)[-1]
+                continue
+            except BackendError as exc:  # an answer without the log-probabilities
+                reason = str(exc).split(": ", 1)[-1]
+                continue
+            self._score_max_tokens = max_tokens
+            self._server["system_fingerprint"] = data.get("system_fingerprint")
+            return
+        self.capabilities = self.capabilities - {"nll"}
+        self.limitations["nll"] = (f"the server at {self.base_url} gives no prompt log-probabilities (/v1/completions "
+                                   f"with echo and logprobs: {reason})")
+        log.warning("%s; completion NLL cannot be scored", self.limitations["nll"])
+        try:  # its fingerprint, from one generated token
+            data = self.api.request("POST", "/completions", {"model": self.spec.served_model, "prompt": PROBE_TEXT,
+                                                             "max_tokens": 1, "temperature": 0}, "probing generation")
+            self._server["system_fingerprint"] = data.get("system_fingerprint")
+        except BackendError:
+            self._server["system_fingerprint"] = None
+
+    # ------------------------------------------------------------------------------------------ the rows
+
+    def systems(self) -> "list[System]":
+        if self._systems is None:
+            from dataclasses import replace
+
+            from ..models import read_adapter
+            from ..rag import RagSpec
+            from ..reference_rows import REFERENCE_ROWS
+            from ..systems import plan_systems, recorded_prompt_format
+
+            self._infos = {n: read_adapter(n, a.folder) for n, a in self.adapters.items() if a.folder}
+            self._connect()
+            q = self.spec.quantization or "served"
+            systems = plan_systems(
+                baseline_formats=self.spec.baseline_formats,
+                prompt_format=self.spec.prompt_format,
+                adapters={n: _adapter_value(a) for n, a in self.adapters.items()},
+                adapter_formats={n: recorded_prompt_format(i.training_meta) for n, i in self._infos.items()},
+                reference_rows=REFERENCE_ROWS if self.spec.reference_rows is None else self.spec.reference_rows,
+                has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+                quantization=q,
+                rag=RagSpec.parse(self.spec.rag) if self.spec.rag else None,
+            )
+            why = ("the user's (the server's weights are not checked)" if self.spec.quantization else
+                   "the server's weights, whatever it loaded")
+            self._systems = [replace(s, quantization_source=why) if s.generates else s for s in systems]
+        return list(self._systems)
+
+    def load(self, systems: "Sequence[System]") -> None:
+        self.systems()  # connected and checked there
+
+    def close(self) -> None:
+        self.api.close()
+
+    def served_name(self, system: "System") -> str:
+        """The model name a request of ``system`` asks for: the base's, or its adapter's LoRA module."""
+        return self.adapters[system.adapter_name].served if system.adapter_name else self.spec.served_model
+
+    def identity(self, system: "System") -> dict[str, Any]:
+        served = self.served_name(system)
+        entry = self._models.get(served, {})
+        info = self._infos.get(system.adapter_name) if system.adapter_name else None
+        out = {
+            "backend": self.name,
+            "base_url": self.base_url,
+            "served_model": served,
+            "root": entry.get("root"),
+            "parent": entry.get("parent"),
+            "server_version": self._server.get("version"),
+            "system_fingerprint": self._server.get("system_fingerprint"),
+            "tokenizer": self._source.fingerprint,
+            "adapter": info.fingerprint if info else None,
+            "quantization": system.quantization,
+            "prompt_format": system.prompt_format,
+        }
+        if system.retrieval is not None:
+            out["retrieval"] = system.retrieval.to_dict()
+        return out
+
+    @property
+    def max_length(self) -> int:
+        if self.spec.max_length:
+            return self.spec.max_length
+        served = self._models.get(self.spec.served_model, {}).get("max_model_len")
+        if isinstance(served, int) and served > 2:
+            return served - 1  # the server generates one token even when asked for none
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self._source.location)
+        return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        entry = self._models.get(self.spec.served_model, {})
+        return {self.spec.served_model: {
+            "reference": self.spec.served_model,
+            "backend": self.name,
+            "base_url": self.base_url,
+            "served_model": self.spec.served_model,
+            "root": entry.get("root"),
+            "max_model_len": entry.get("max_model_len"),
+            "server_version": self._server.get("version"),
+            "system_fingerprint": self._server.get("system_fingerprint"),
+            "tokenizer": self._source.to_dict(),
+            "tokenizer_check": self._server.get("tokenizer_check"),
+            "quantization": self.spec.quantization or "served",
+            "prompt_logprobs": "nll" in self.capabilities,
+        }}
+
+    def describe_system(self, system: "System") -> dict[str, Any]:
+        served = self.served_name(system)
+        entry = self._models.get(served, {})
+        out: dict[str, Any] = {"served_as": {"model": served, "root": entry.get("root"), "parent": entry.get("parent")}}
+        info = self._infos.get(system.adapter_name) if system.adapter_name else None
+        if info is not None:
+            from ..analysis.training import read_training_log
+            from ..loss import training_eval_loss_info
+
+            out.update(adapter=info.to_dict(), training_log=read_training_log(info.path),
+                       training_eval_loss=training_eval_loss_info(info.training_meta))
+        return out
+
+    def loss_settings(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "quantization": self.spec.quantization or "served",
+                "compute_dtype": "the server's"}
+
+    # ------------------------------------------------------------------------------------------ text
+
+    def render(self, example: "Example", system: "System", passages: "Sequence[Passage] | None" = None) -> str:
+        from ..data import chat_messages
+        from ..rag import rag_chat_example, rag_prompt
+
+        if system.retrieval is not None:
+            text = rag_prompt(example, system.prompt_format, self.tokenizer, passages or ())
+            asked = rag_chat_example(example, passages or ())
+        else:
+            text, asked = example.prompt(system.prompt_format, self.tokenizer), example
+        if system.prompt_format == "chat":
+            self._messages[text] = chat_messages(asked)  # what the chat endpoint is sent for this prompt
+        return text
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    # ------------------------------------------------------------------------------------------ inference
+
+    def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False,
+                 on_result: OnResult | None = None) -> list:
+        return self.api.map(requests, self._generate_one, f"generate ({self.spec.served_model})", progress, on_result)
+
+    def _generate_one(self, r: GenerationRequest) -> Any:
+        from ..generation import Generation
+
+        d, fmt = r.decoding, r.system.prompt_format
+        stops = list(d.stop_sequences(fmt))
+        body: dict[str, Any] = {"model": self.served_name(r.system), "max_tokens": d.max_new_tokens,
+                                "temperature": d.temperature if d.do_sample else 0.0}
+        if d.do_sample:
+            body.update(top_p=d.top_p, seed=d.seed)
+        if d.repetition_penalty != 1.0:
+            body["repetition_penalty"] = d.repetition_penalty  # vLLM's sampling parameter; others may refuse it
+        if stops:
+            body["stop"] = stops
+        what = f"generating for {r.system.name}"
+        if fmt == "chat":
+            if r.prompt not in self._messages:
+                raise BackendError(f"{what}: a chat prompt this backend did not render")
+            data = self.api.request("POST", "/chat/completions", {**body, "messages": self._messages[r.prompt]}, what)
+            text = field(data, what, "choices", 0, "message", "content")
+        else:
+            ids = self.tokenizer(r.prompt, add_special_tokens=True)["input_ids"]  # as generation.generate tokenises
+            data = self.api.request("POST", "/completions", {**body, "prompt": ids}, what)
+            text = field(data, what, "choices", 0, "text")
+        choice = field(data, what, "choices", 0)
+        finish = choice.get("finish_reason")
+        tokens = field(data, what, "usage", "completion_tokens")
+        if not isinstance(text, str) or not isinstance(tokens, int) or finish not in ("stop", "length"):
+            raise BackendError(f"{what}: the server's answer lacks a text, usage.completion_tokens or a finish_reason "
+                               f"of stop or length (finish_reason {finish!r})")
+        cut = min((text.find(s) for s in stops if s and s in text), default=-1)  # a server that echoes the stop
+        if finish == "length":
+            return Generation(text.strip(), tokens, True, "length")
+        named = isinstance(choice.get("stop_reason"), str) or cut >= 0  # vLLM names the stop sequence that ended it
+        return Generation((text[:cut] if cut >= 0 else text).strip(), tokens, False, "stop" if named else "eos")
+
+    def completion_nll(self, requests: Sequence[NLLRequest], *, progress: bool = False,
+                       on_result: OnResult | None = None) -> list:
+        if "nll" not in self.capabilities:
+            raise BackendError(self.limitations.get("nll", "the server gives no prompt log-probabilities"))
+        from ..inference import encode_pairs
+
+        pairs = encode_pairs(self.tokenizer, [r.prompt for r in requests], [r.completion for r in requests])
+        by_request = {id(r): pair for r, pair in zip(requests, pairs)}
+        return self.api.map(requests, lambda r: self._nll_one(r, *by_request[id(r)]), f"nll ({self.spec.served_model})",
+                            progress, on_result)
+
+    def _nll_one(self, r: NLLRequest, ctx: list[int], cont: list[int]) -> Any:
+        from ..inference import CompletionNLL, nll_windows
+
+        seq, length = ctx + cont, self.max_length
+        total, count = 0.0, 0
+        for begin, end, start in nll_windows(len(ctx), len(seq), length, max(1, length // 2)):
+            data = self.api.request("POST", "/completions", self._score_body(self.served_name(r.system), seq[begin:end],
+                                                                          self._score_max_tokens),
+                                 f"scoring NLL for {r.system.name}")
+            logprobs = token_logprobs(data, end - begin)
+            part = logprobs[start - begin:]
+            total -= math.fsum(part)
+            count += len(part)
+        return CompletionNLL(total, count)
+
+    @staticmethod
+    def _score_body(model: str, ids: list[int], max_tokens: int) -> dict[str, Any]:
+        return {"model": model, "prompt": ids, "echo": True, "logprobs": 0, "max_tokens": max_tokens,
+                "temperature": 0.0}
+
+    def batches(self, kind: str, requests: Sequence[Any]) -> list[list[int]]:
+        return [[i] for i in range(len(requests))]  # every request stands alone; the server batches
+
+
+
+def _adapter_value(adapter: ServedAdapter) -> str:
+    """How the spec records a served adapter: ``served:LORA[@FOLDER]``."""
+    return SERVED_PREFIX + adapter.served + (f"@{adapter.folder}" if adapter.folder else "")
