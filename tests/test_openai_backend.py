@@ -240,6 +240,30 @@ def test_a_served_baseline_and_adapter_match_the_transformers_backend(vllm_serve
 
 
 @pytest.mark.slow
+def test_the_llm_judge_runs_through_the_served_model(vllm_server, tmp_path):
+    """The judge metrics with ``judge.backend=openai``: every answer judged by the vLLM server, the signature naming
+    that backend and the rubric, unparseable judgments counted, the API key written nowhere."""
+    data = tmp_path / "short.csv"
+    rows = [f"What are the symptoms of condition {k}?,Fever and a rash for {k} days.,symptoms" for k in range(12)]
+    data.write_text("Question,Answer,qtype\n" + "\n".join(rows) + "\n")
+    judge = [f"--metric-param=judge.{k}={v}" for k, v in (("backend", "openai"), ("base_url", vllm_server),
+                                                            ("served_model", SERVED), ("concurrency", 1),
+                                                            ("cache", tmp_path / "judge.sqlite"))]
+    proc = _cli(*_served(vllm_server, "--concurrency", "1"), "--data", str(data), "--split", "all", "--limit", "2",
+                "--max-new-tokens", "8", "--quantization", "none", "--reference-rows", "none", "--metrics", "judge",
+                "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "run.sqlite"), *judge)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for name in ("judge_correctness", "judge_completeness", "judge_harmful"):
+        info = results["metrics"][name]
+        assert "rubric=judge-rubric-1" in info["signature"] and "judge=openai:" in info["signature"], info["signature"]
+        assert info["judge"]["answers"] == 2 and info["judge"]["generated"] == 2
+        row = results["results"]["baseline"][name]
+        assert row["n"] + row.get("n_missing", 0) == 2 and row.get("n_missing", 0) == info["judge"]["unparseable"]
+    _assert_no_secret(tmp_path / "run", proc.stdout, proc.stderr)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["wrong model", "adapter not served", "adapter folder only", "wrong key"])
 def test_bad_input_against_vllm_is_one_line_and_writes_nothing(vllm_server, tmp_path, case):
     args = {
