@@ -208,6 +208,14 @@ def wrap(backend: Backend, cache: Any, ranks: "ProcessGroup | None" = None) -> B
     return CachingBackend(backend if ranks is None else ShardedBackend(backend, ranks), cache, ranks)
 
 
+def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Tokens in each text as ``tokenizer`` counts them, special tokens left out: the one count behind every
+    backend's :meth:`Backend.count_tokens` (the budget, the references' and answers' lengths)."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
 def by_system(requests: Sequence[Any]) -> "list[tuple[System, list[int]]]":
     """The requests' positions grouped by system, systems in order of first appearance."""
     groups: dict[Any, list[int]] = {}

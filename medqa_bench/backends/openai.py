@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import AdapterError, BackendError
-from . import GenerationRequest, NLLRequest, OnResult
+from . import GenerationRequest, NLLRequest, OnResult, count_tokens
 from .openai_api import API_KEY_VARIABLES, RequestFailed, ServerAPI, api_key, field, token_logprobs  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
@@ -344,9 +344,7 @@ class OpenAIBackend:
         return text
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return count_tokens(self.tokenizer, texts)
 
     # ------------------------------------------------------------------------------------------ inference
 

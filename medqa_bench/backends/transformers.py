@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from . import GenerationRequest, NLLRequest, OnResult, by_system
+from . import GenerationRequest, NLLRequest, OnResult, by_system, count_tokens
 
 if TYPE_CHECKING:
     from ..data import Example
@@ -161,9 +161,7 @@ class TransformersBackend:
         return example.prompt(system.prompt_format, self.tokenizer)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return count_tokens(self.tokenizer, texts)
 
     # ------------------------------------------------------------------------------------------ inference
 
