@@ -261,7 +261,9 @@ def pack() -> None:
     out.mkdir(parents=True)
     sel = SWEEP / "selection.json"
     chosen = json.loads(sel.read_text())["chosen"] if sel.exists() else None
-    weights = [f"--exclude=adapters/{n}/*.safetensors" for n in CONFIGS if n != chosen]
+    # before selection every adapter comes back (about 92 MB, bf16: a lost machine then costs the validation, not the
+    # training; `sweep.sh start` resumes from such a pack); after it, the chosen one's weights only
+    weights = [f"--exclude=adapters/{n}/*.safetensors" for n in CONFIGS if chosen is not None and n != chosen]
     cmd = (f"tar -C {SWEEP} {' '.join(weights)} --exclude='adapters/*.checkpoints' --exclude=./stage -cf - . | xz -T0 -3 "
            f"| split -b 15M - {out}/sweep.tar.xz.part-")
     subprocess.check_call(cmd, shell=True)
@@ -272,6 +274,8 @@ def pack() -> None:
 
 if __name__ == "__main__":
     steps = {"train": train, "validate": validate, "select": select, "test": test, "pack": pack}
+    if os.environ.get("RESUMED") == "1":  # adapters from an earlier session's pack: training is not redone
+        print("resumed: " + ", ".join(sorted(p.name for p in (SWEEP / "adapters").iterdir())), flush=True)
     failed = []
     for step in sys.argv[1:] or ["train", "validate", "select", "pack", "test", "pack"]:
         print(f"== {step} {time.strftime('%H:%M:%S')}", flush=True)

@@ -10,6 +10,8 @@
 #     (cd /tmp/bundle && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf *.whl wheels/* > SHA256SUMS)
 #     tar -C /tmp/bundle -cf - . | split -b 55000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ...
 # One call per part, back to back (each carries .device/cX):  bash benchmarks/gpu/sweep.sh stage cX
+# To resume a sweep whose machine was lost after training, stage the parts of the pack it brought back the same way
+# (its sweep.tar.xz.part-* beside the bundle's): `start` then unpacks the adapters and begins with validation.
 # then, with nothing carried:
 #     bash benchmarks/gpu/sweep.sh start      # unpacks and installs, then runs every phase in the background (setsid)
 #     bash benchmarks/gpu/sweep.sh wait       # follows the log for up to 9 minutes, copying the latest whole pack
@@ -27,18 +29,23 @@ case "${1:-}" in
     python3 -m pip install -q --no-deps --no-build-isolation -e .
     mkdir -p "$SWEEP"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$SWEEP/card.txt"
-    OUT="$STAGE/pack" setsid nohup bash -c "python3 benchmarks/gpu/sweep.py train validate select pack test pack; echo SWEEP_DONE rc=\$?" \
+    phases="train pack validate select pack test pack"
+    if ls "$STAGE"/parts/sweep.tar.xz.part-* >/dev/null 2>&1; then  # resume: an earlier pack with every adapter
+      cat "$STAGE"/parts/sweep.tar.xz.part-* | tar -C "$SWEEP" -xJf - && rm -rf "$SWEEP/runs" "$SWEEP/selection.json"
+      phases="validate select pack test pack"; export RESUMED=1
+    fi
+    OUT="$STAGE/pack" setsid nohup bash -c "python3 benchmarks/gpu/sweep.py $phases; echo SWEEP_DONE rc=\$?" \
       > "$STAGE/sweep.log" 2>&1 < /dev/null &
     sleep 5; cat "$STAGE/sweep.log" ;;
   wait)
     for _ in $(seq 1 "${POLLS:-53}"); do
-      cp "$STAGE"/pack/* "$OUT"/ 2>/dev/null || true  # the latest whole pack, kept under $OUT as the run goes
+      [ -d "$STAGE/pack" ] && rm -f "$OUT"/sweep.tar.xz.part-* && cp "$STAGE"/pack/* "$OUT"/ || true  # the latest whole pack, kept under $OUT as the run goes
       if grep -q SWEEP_DONE "$STAGE/sweep.log"; then break; fi
       sleep 10
     done
     cat "$STAGE/sweep.log"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-    # the latest whole pack (one after selection, one after the test runs)
-    cp "$STAGE"/pack/* "$OUT"/ 2>/dev/null || true
+    # the latest whole pack (every adapter after training, the chosen one's after selection, then the test runs)
+    if [ -d "$STAGE/pack" ]; then rm -f "$OUT"/sweep.tar.xz.part-*; cp "$STAGE"/pack/* "$OUT"/ || true; fi
     cp "$STAGE/sweep.log" "$OUT"/
     ls -la "$OUT" ;;
   *) echo "usage: sweep.sh stage cX|start|wait" >&2; exit 2 ;;
