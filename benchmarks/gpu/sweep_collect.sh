@@ -3,7 +3,7 @@
 # README's Results section reads it.
 #   benchmarks/results/sweep/   selection.json, sweep.md, train_times.json, card.txt, logs, every configuration's
 #                               training metadata and log (weights only for the chosen one, which is shipped)
-#   reports/sweep-validation/   every configuration on the validation split (the selection's run)
+#   reports/sweep-validation/   every configuration on the validation split (the selection's runs: baselines/, 1/, 2/, ...)
 #   reports/headline*/          the chosen adapter on the test split: headline, -decoding, -other-types, -rag
 # A pack from before selection (the one right after training) fills in the training part only.
 # samples.jsonl of every run but the headline is stored xz-compressed (`unxz -k` it before `medqa-bench score`).
@@ -14,8 +14,9 @@ root=$(git rev-parse --show-toplevel)
 tmp=$(mktemp -d)
 cat "$parts"/sweep.tar.xz.part-* | tar -C "$tmp" -xJf -
 dest="$root/benchmarks/results/sweep"
-rm -rf "$dest" && mkdir -p "$dest/adapters"
-cp "$tmp"/selection.json "$tmp"/sweep.md "$tmp"/train_times.json "$tmp"/card.txt "$dest"/ 2>/dev/null || true
+keep=$(mktemp -d) && cp "$dest"/*.sha256 "$keep"/ 2>/dev/null || true  # digests written when the adapters came back
+rm -rf "$dest" && mkdir -p "$dest/adapters" && cp "$keep"/* "$dest"/ 2>/dev/null || true
+for f in selection.json sweep.md train_times.json card.txt card-training.txt; do cp "$tmp/$f" "$dest"/ 2>/dev/null || true; done
 cp -r "$tmp/logs" "$dest/logs"
 for a in "$tmp"/adapters/*/; do
   n=$(basename "$a"); mkdir -p "$dest/adapters/$n"
@@ -31,7 +32,10 @@ place() {  # place RUN FOLDER [compress]
 if [ -d "$tmp/runs/test" ] && [ -d "$root/reports/headline" ] && [ ! -d "$root/reports/reference-recipe" ]; then
   git -C "$root" mv reports/headline reports/reference-recipe
 fi
-place validation sweep-validation xz
+rm -rf "$root/reports/sweep-validation"
+for v in "$tmp"/runs/validation-*/; do  # the baseline rows' run, then one run per group of adapters
+  [ -d "$v" ] && place "$(basename "$v")" "sweep-validation/$(basename "$v" | sed 's/^validation-//')" xz
+done
 place test headline
 place test-decoding headline-decoding xz
 place test-other-types headline-other-types xz
