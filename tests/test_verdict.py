@@ -167,3 +167,31 @@ def test_no_adapter_run_says_so():
     results["analysis"] = analyze(results, samples, n_bootstrap=200)
     v = build_verdict(results)
     assert v["adapters"] == {} and v["lines"][0].startswith("no adapter was evaluated")
+
+
+def test_an_adapters_verdict_does_not_depend_on_the_other_adapters_of_its_run():
+    """benchmarks/gpu/sweep.py validates the adapters in several runs side by side (the same items, baseline rows,
+    reference rows and seed): each adapter's verdict must be what one run with every adapter gives it."""
+    import copy
+
+    from conftest_report import make_records
+
+    results, samples = make_records(n=30, seed=3, adapters=("a1", "a2"), baseline_formats=("chat", "reference"),
+                                    analysed=False)
+
+    def verdict_of(r: dict, s: list[dict]) -> dict:
+        r["analysis"] = analyze(r, s, n_bootstrap=500)
+        return build_verdict(r)["adapters"]
+
+    together = verdict_of(copy.deepcopy(results), copy.deepcopy(samples))
+    assert set(together) == {"a1", "a2"}
+    for keep, drop in (("a1", "a2"), ("a2", "a1")):
+        r, s = copy.deepcopy(results), copy.deepcopy(samples)
+        for table in ("results", "systems"):
+            r.get(table, {}).pop(drop, None)
+        for x in s:
+            x["systems"].pop(drop)
+        alone = verdict_of(r, s)
+        assert set(alone) == {keep}
+        assert json.dumps(alone[keep], sort_keys=True) == json.dumps(together[keep], sort_keys=True)
+        assert any(e["p_holm"] < 0.05 for e in alone[keep]["improves"])  # the comparison is not vacuous

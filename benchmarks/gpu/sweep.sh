@@ -12,6 +12,8 @@
 # One call per part, back to back (each carries .device/cX):  bash benchmarks/gpu/sweep.sh stage cX
 # To resume a sweep whose machine was lost after training, stage the parts of the pack it brought back the same way
 # (its sweep.tar.xz.part-* beside the bundle's): `start` then unpacks the adapters and begins with validation.
+# Session 26's pack (benchmarks/results/sweep/pack-after-training.sha256) is kept in .device/sa (parts aa-ac, 47 MB)
+# and .device/sb (ad-ae): stage ca, cb, cc, cd, sa, then `stage sb && start`.
 # then, with nothing carried:
 #     bash benchmarks/gpu/sweep.sh start      # unpacks and installs, then runs every phase in the background (setsid)
 #     bash benchmarks/gpu/sweep.sh wait       # follows the log for up to 9 minutes, copying the latest whole pack
