@@ -293,6 +293,7 @@ def pack() -> None:
     cmd = (f"tar -C {SWEEP} {' '.join(weights)} --exclude='adapters/*.checkpoints' --exclude=./stage -cf - . | xz -T0 -3 "
            f"| split -b 15M - {out}/sweep.tar.xz.part-")
     subprocess.check_call(cmd, shell=True)
+    (out / "pack.id").write_text(f"{time.time():.6f} {chosen}\n")  # sweep.sh wait copies a pack whose id is new
     shutil.rmtree(final, ignore_errors=True)
     out.rename(final)  # whole: a poll copies either the previous pack or this one
     print(subprocess.check_output(f"ls -la {final}", shell=True, text=True))

@@ -41,14 +41,20 @@ case "${1:-}" in
       > "$STAGE/sweep.log" 2>&1 < /dev/null &
     sleep 5; cat "$STAGE/sweep.log" ;;
   wait)
+    sync_pack() {  # the latest whole pack under $OUT, copied only when it is new; its id is copied last
+      [ -f "$STAGE/pack/pack.id" ] || return 0
+      cmp -s "$STAGE/pack/pack.id" "$OUT/pack.id" && return 0
+      rm -f "$OUT"/sweep.tar.xz.part-* "$OUT/pack.id"
+      cp "$STAGE"/pack/sweep.tar.xz.part-* "$OUT"/ && cp "$STAGE/pack/pack.id" "$OUT"/ || true
+    }
     for _ in $(seq 1 "${POLLS:-53}"); do
-      [ -d "$STAGE/pack" ] && rm -f "$OUT"/sweep.tar.xz.part-* && cp "$STAGE"/pack/* "$OUT"/ || true  # the latest whole pack, kept under $OUT as the run goes
+      sync_pack
       if grep -q SWEEP_DONE "$STAGE/sweep.log"; then break; fi
       sleep 10
     done
     cat "$STAGE/sweep.log"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     # the latest whole pack (every adapter after training, the chosen one's after selection, then the test runs)
-    if [ -d "$STAGE/pack" ]; then rm -f "$OUT"/sweep.tar.xz.part-*; cp "$STAGE"/pack/* "$OUT"/ || true; fi
+    sync_pack
     cp "$STAGE/sweep.log" "$OUT"/
     ls -la "$OUT" ;;
   *) echo "usage: sweep.sh stage cX|start|wait" >&2; exit 2 ;;
