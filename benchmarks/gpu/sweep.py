@@ -287,7 +287,7 @@ def pack() -> None:
     out.mkdir(parents=True)
     sel = SWEEP / "selection.json"
     chosen = json.loads(sel.read_text())["chosen"] if sel.exists() else None
-    # before selection every adapter comes back (about 92 MB, bf16: a lost machine then costs the validation, not the
+    # before selection every adapter comes back (92 MB of bf16 weights, 66 MB packed: a lost machine then costs the validation, not the
     # training; `sweep.sh start` resumes from such a pack); after it, the chosen one's weights only
     weights = [f"--exclude=adapters/{n}/*.safetensors" for n in CONFIGS if chosen is not None and n != chosen]
     cmd = (f"tar -C {SWEEP} {' '.join(weights)} --exclude='adapters/*.checkpoints' --exclude=./stage -cf - . | xz -T0 -3 "
@@ -304,7 +304,7 @@ if __name__ == "__main__":
     if os.environ.get("RESUMED") == "1":  # adapters from an earlier session's pack: training is not redone
         print("resumed: " + ", ".join(sorted(p.name for p in (SWEEP / "adapters").iterdir())), flush=True)
     failed = []
-    for step in sys.argv[1:] or ["train", "validate", "select", "pack", "test", "pack"]:
+    for step in sys.argv[1:] or ["train", "pack", "validate", "select", "pack", "test", "pack"]:
         print(f"== {step} {time.strftime('%H:%M:%S')}", flush=True)
         try:
             steps[step]()
