@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 #: 2.0: systems are rows of three kinds (baseline rows, one per prompt format; adapters, each in its own format;
 #: reference rows that need no model), samples hold a prompt per format, stop reasons, null scores and the leakage
 #: audit, and results hold the budget, the harness's loss definition and the verdict. 1.x run folders are refused.
+#: 2.1 (fields added; 2.0 folders read as before): rows with retrieval (``+rag`` rows: ``variant_of``, ``retrieval``,
+#: samples' ``passages`` and ``<format>+rag`` prompts, "context" metrics), unscored items (``allows_missing``,
+#: ``n_missing``, per-item None from the LLM judge, its ``judge`` info), the backend (``spec.backend``, ``models``),
+#: each language-model row's base (``quantization``, ``quantization_source``) and reference rows' ``settings``.
 
 
 class SystemSample(TypedDict, total=False):

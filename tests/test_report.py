@@ -405,7 +405,7 @@ def test_schema_1_run_folders_are_refused_with_a_clear_message(tmp_path):
     with pytest.raises(RunError) as err:
         render_report([folder])
     message = str(err.value)
-    assert "schema_version '1.3', but this medqa-bench reads '2.0'" in message
+    assert "schema_version '1.3', but this medqa-bench reads '2.1'" in message
     assert "schema 1.x run folders have one baseline and no reference rows" in message
     assert "re-run the evaluation with this version (`medqa-bench run`)" in message
     assert not (folder / "report.html").exists()
@@ -418,10 +418,11 @@ def test_run_readers_share_one_schema_policy(tmp_path):
 
     folder = make_run(tmp_path / "run", n=5, analysed=False)
     data = json.loads((folder / "results.json").read_text())
-    data["schema_version"] = "2.7"
-    (folder / "results.json").write_text(json.dumps(data))
-    assert len(read_run(folder)[1]) == 5
-    assert len(load_run(folder)[1]) == 5
+    for version in ("2.0", "2.7"):  # an older minor version (the committed reports/ folders) and a newer one
+        data["schema_version"] = version
+        (folder / "results.json").write_text(json.dumps(data))
+        assert len(read_run(folder)[1]) == 5
+        assert len(load_run(folder)[1]) == 5
     for version in ("1.7", "3.0"):
         data["schema_version"] = version
         (folder / "results.json").write_text(json.dumps(data))
