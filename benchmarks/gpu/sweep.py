@@ -127,8 +127,8 @@ def _cli(args: list[str], log: Path) -> tuple[int, float]:
     return rc, took
 
 
-def _parallel(jobs: list[tuple[list[str], Path]], then=None, at_once: int | None = None) -> list[tuple[int, float]]:
-    """``at_once`` jobs at a time (all by default; 2 for the CPU smoke test's 24 GiB and two cores); ``then()`` after
+def _parallel(jobs: list[tuple[list[str], Path]], then=None) -> list[tuple[int, float]]:
+    """Every job at once ($JOBS at a time if set; 2 for the CPU smoke test's 24 GiB and two cores); ``then()`` after
     each job, one call at a time."""
     import threading
 
@@ -141,7 +141,7 @@ def _parallel(jobs: list[tuple[list[str], Path]], then=None, at_once: int | None
                 then()
         return result
 
-    with ThreadPoolExecutor(max_workers=int(os.environ.get("JOBS", 2 if SMOKE else at_once or len(jobs)))) as pool:
+    with ThreadPoolExecutor(max_workers=int(os.environ.get("JOBS", 2 if SMOKE else len(jobs)))) as pool:
         return list(pool.map(one, jobs))
 
 
