@@ -7,8 +7,8 @@ default model's GGUF in $STAGE; the embedding model's wheel installed so validat
 
     python3 benchmarks/gpu/sweep.py train       # all configurations at once (one process each)
     python3 benchmarks/gpu/sweep.py pack        # every adapter -> $OUT (a lost machine then costs the validation only)
-    python3 benchmarks/gpu/sweep.py validate    # the validation split: the baseline rows, then runs of a few adapters
-                                                # each, in parallel (the baseline rows from the cache), scored
+    python3 benchmarks/gpu/sweep.py validate    # the validation split: the baseline rows, then one run per adapter
+                                                # (the baseline rows from the cache), scored, packed after each
     python3 benchmarks/gpu/sweep.py select      # the rule below -> $SWEEP/selection.json and sweep.md
     python3 benchmarks/gpu/sweep.py pack        # validation, selection and the chosen adapter -> $OUT (parts)
     python3 benchmarks/gpu/sweep.py test        # the chosen adapter on test: headline, other question types,
@@ -42,7 +42,22 @@ held 15 GiB at 13-28% utilisation after 3 minutes). `sweep.sh start` resumes fro
 headline run (3 systems, 266 items) took 345 s; eleven systems in one process would take about 1,100 s, so validation
 is now the baseline rows first, then five runs in parallel (see validate()), and the four test runs go at once.
 
-Every process shares one inference cache (SQLite, several writers), so a rerun only loads and looks up.
+Session 27 (resumed from session 26's pack, no training): the two baseline rows alone at batch 64 took 229 s (163 s of
+generation for 2 x 267 answers); then five runs at once (the shipped adapter alone, the others in pairs, batch 64):
+the shipped adapter's took 355 s, and the four pairs had not finished 1,390 s later, with the GPU 99% busy and
+101-124 GiB in use, when the device time ran out. Processes that share one GPU take turns on it: at the baseline
+rows' rate (81 s of generation a system, alone) the nine adapters one after another would have needed about 730 s.
+PEFT's mixed-adapter batches (a run of
+several adapters generates them in one batch; medqa_bench.generation) add Python work per LoRA layer and step (the
+headline run, three systems in mixed batches, spent 287 s generating 3 x 266 answers; not profiled). So validation is
+now one adapter per run (no mixed batches), two runs at a time, the automatic batch (every item of the split in one
+batch), and a pack after every run; the test runs likewise.
+
+Every process shares one inference cache (SQLite, several writers), so a rerun only loads and looks up. Each pack
+holds a consistent copy of it (SQLite's backup), and a resumed sweep starts from that copy: runs that finished are
+skipped, and answers that were generated on a lost machine are not generated again. Session 28 had no device time,
+and session 26's pack, kept in an ignored folder, had not outlived its machine: keep packs where the next session
+finds them, or train again.
 SMOKE=1 shrinks everything to a few steps and items (the CPU check of this script).
 
 **The selection rule** (fixed before the sweep ran): on the validation split, against the strongest baseline row per
@@ -127,9 +142,9 @@ def _cli(args: list[str], log: Path) -> tuple[int, float]:
     return rc, took
 
 
-def _parallel(jobs: list[tuple[list[str], Path]], then=None) -> list[tuple[int, float]]:
-    """Every job at once ($JOBS at a time if set; 2 for the CPU smoke test's 24 GiB and two cores); ``then()`` after
-    each job, one call at a time."""
+def _parallel(jobs: list[tuple[list[str], Path]], then=None, workers: int | None = None) -> list[tuple[int, float]]:
+    """``workers`` jobs at a time (default $JOBS, else 2: two evaluations keep one GPU busy between them, and more only
+    take turns on it, see above); ``then()`` after each job, one call at a time."""
     import threading
 
     lock = threading.Lock()
@@ -141,7 +156,7 @@ def _parallel(jobs: list[tuple[list[str], Path]], then=None) -> list[tuple[int, 
                 then()
         return result
 
-    with ThreadPoolExecutor(max_workers=int(os.environ.get("JOBS", 2 if SMOKE else len(jobs)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers or int(os.environ.get("JOBS", 2)))) as pool:
         return list(pool.map(one, jobs))
 
 
@@ -149,10 +164,9 @@ def _adapter_path(name: str) -> str:
     return SHIPPED if name == "s00-shipped" else str(SWEEP / "adapters" / name)
 
 
-def _eval_args(split: str, batch: int | None = 64) -> list[str]:
-    # a fixed batch where runs share the GPU (the automatic batch of one would take the memory of all)
+def _eval_args(split: str) -> list[str]:
+    # the automatic batch: on the H200 every item of a split in one generation batch (two runs at a time fit)
     args = ["--split", split, "--dtype", "float32", "--limit", "3" if SMOKE else "0", "--overwrite"]
-    args += ["--batch-size", str(batch)] if batch else []
     if SMOKE:
         args += ["--max-new-tokens", "8", "--device", "cpu"]
     return args
@@ -166,30 +180,32 @@ def train() -> None:
     # the GGUF is converted to a checkpoint once, before eleven processes would all convert it at the same time
     subprocess.check_call([sys.executable, "-c", "from medqa_bench.models import resolve_model; resolve_model()"],
                           env=_env())
-    results = _parallel(jobs)
+    results = _parallel(jobs, workers=len(jobs))  # trainings fill the GPU's matrix units better side by side
     times = {Path(log).name.split(".")[0]: {"rc": rc, "seconds": round(s, 1)} for (_, log), (rc, s) in zip(jobs, results)}
     (SWEEP / "train_times.json").write_text(json.dumps(times, indent=1))
 
 
+def _done(run: str) -> bool:
+    """Whether a run finished on this machine or on an earlier one (its folder came back in a pack)."""
+    return (SWEEP / "runs" / run / "results.json").exists()
+
+
 def validate() -> None:
-    """The validation split in parallel runs on one GPU: first the two baseline rows alone (their answers and NLL
-    go into the shared cache), then one run per group of adapters, all at once, each with the baseline rows (cache
-    hits: the same answers in every run) and the reference rows. A run of one process leaves the GPU mostly idle
-    (session 26: 13-28% utilisation, 15 GiB), and the verdict's rows do not depend on the other adapters of a run:
-    Holm's correction is over one adapter's metrics, the strongest baseline is per metric over the baseline rows, and
-    the bootstrap's seed is the run's. A fixed batch of 64 keeps five runs inside the GPU's memory (the automatic batch
-    sizes itself by the free memory as each run starts)."""
+    """The validation split: first the two baseline rows alone (their answers and NLL go into the shared cache), then
+    one run per adapter, two at a time, each with the baseline rows (cache hits: the same answers in every run) and
+    the reference rows, and a pack after each. One adapter per run generates without PEFT's mixed-adapter batches,
+    and the verdict's rows do not depend on the other adapters of a run anyway: Holm's correction is over one
+    adapter's metrics, the strongest baseline is per metric over the baseline rows, and the bootstrap's seed is the
+    run's. Runs that finished before (a resumed sweep) are skipped."""
     names = [n for n in CONFIGS if n == "s00-shipped" or (Path(_adapter_path(n)) / "adapter_config.json").exists()]
-    common = ["--baseline-formats", "chat,reference", "--no-report", *_eval_args("validation", batch=64)]
-    _cli(["run", "--no-default-adapter", *common, "--out", str(SWEEP / "runs" / "validation-baselines")],
-         SWEEP / "logs" / "validation-baselines.log")
-    # the shipped adapter alone (its answers run to the budget), the others in pairs
-    rest = [n for n in names if n != "s00-shipped"]
-    groups = ([["s00-shipped"]] if "s00-shipped" in names else []) + [rest[i:i + 2] for i in range(0, len(rest), 2)]
-    jobs = [(["run", *[x for n in g for x in ("--adapter", f"{n}={_adapter_path(n)}")], *common,
-              "--out", str(SWEEP / "runs" / f"validation-{i}")], SWEEP / "logs" / f"validation-{i}.log")
-            for i, g in enumerate(groups, 1)]
-    _parallel(jobs)
+    common = ["--baseline-formats", "chat,reference", "--no-report", *_eval_args("validation")]
+    if not _done("validation-baselines"):
+        _cli(["run", "--no-default-adapter", *common, "--out", str(SWEEP / "runs" / "validation-baselines")],
+             SWEEP / "logs" / "validation-baselines.log")
+        pack()
+    jobs = [(["run", "--adapter", f"{n}={_adapter_path(n)}", *common, "--out", str(SWEEP / "runs" / f"validation-{n}")],
+             SWEEP / "logs" / f"validation-{n}.log") for n in names if not _done(f"validation-{n}")]
+    _parallel(jobs, then=pack)
 
 
 def _row(name: str, verdict: dict, degeneration: dict, results: dict) -> dict:
@@ -218,8 +234,10 @@ def _results_table(d: dict) -> dict:
 
 def select() -> dict:
     rows, results, runs = [], {}, []
-    for path in sorted((SWEEP / "runs").glob("validation-[0-9]*/results.json")):
+    for path in sorted((SWEEP / "runs").glob("validation-*/results.json")):
         d = json.loads(path.read_text())
+        if not d["verdict"]["adapters"]:  # the baseline rows' own run
+            continue
         runs.append(path.parent.name)
         results.update(_results_table(d))  # the baseline and reference rows are the same in every run (cache hits)
         rows += [_row(n, d["verdict"], d["analysis"]["degeneration"], results) for n in d["verdict"]["adapters"]]
@@ -255,7 +273,6 @@ def test() -> None:
     path = _adapter_path(chosen)
     meta = json.loads((Path(path) / "medqa_bench.json").read_text())
     trained_types = meta["recipe"]["data"]["qtype"]
-    adapter = ["--adapter", f"{chosen}={path}", "--baseline-formats", "chat,reference"]
     from medqa_bench.data import DataSpec, load_dataset
 
     every = sorted({e.qtype for e in load_dataset(DataSpec(qtype="all")).split("test")})
@@ -263,19 +280,43 @@ def test() -> None:
     general = _eval_args("test")
     general[general.index("--limit") + 1] = "3" if SMOKE else "200"  # a seeded sample of the other types' test split
     # the secondary runs judge against the chat baseline only (the reference-format baseline is the weaker row)
-    chat = ["--adapter", f"{chosen}={path}", "--baseline-formats", "chat"]
-    jobs = [
-        (["run", *adapter, "--no-report", "--out", str(SWEEP / "runs" / "test"), *_eval_args("test")],
-         SWEEP / "logs" / "test.log"),
-        (["run", *chat, "--no-report", "--out", str(SWEEP / "runs" / "test-decoding"), *DECODING_VARIANT,
-          *_eval_args("test")], SWEEP / "logs" / "test-decoding.log"),
-        (["run", *chat, "--qtype", other, "--split-strategy", "grouped-by-qtype", "--no-report", "--out",
-          str(SWEEP / "runs" / "test-other-types"), *general], SWEEP / "logs" / "test-other-types.log"),
+    runs = {  # name: (baseline formats, the run's own options), in the order they matter: the device time may end
+        # before the last ones
+        "test": ("chat,reference", _eval_args("test")),
         # issue 21: the baseline and the chosen adapter with and without retrieval (BM25, 3 training passages)
-        (["run", *chat, "--reference-rows", "none", "--rag", "bm25:k=3", "--no-report", "--out",
-          str(SWEEP / "runs" / "test-rag"), *_eval_args("test")], SWEEP / "logs" / "test-rag.log"),
-    ]
+        "test-rag": ("chat", ["--reference-rows", "none", "--rag", "bm25:k=3", *_eval_args("test")]),
+        "test-other-types": ("chat", ["--qtype", other, "--split-strategy", "grouped-by-qtype", *general]),
+        "test-decoding": ("chat", [*DECODING_VARIANT, *_eval_args("test")]),
+    }
+    # Each run's baseline rows first, without the adapter, into the cache: the runs with the adapter then generate
+    # the adapter's answers alone, not in PEFT's mixed-adapter batches with the baselines'.
+    first = [(["run", "--no-default-adapter", "--baseline-formats", formats, "--no-report",
+               "--out", str(SWEEP / "runs" / f"{name}-baselines"), *options], SWEEP / "logs" / f"{name}-baselines.log")
+             for name, (formats, options) in runs.items() if not _done(name) and not _done(f"{name}-baselines")]
+    _parallel(first)
+    jobs = [(["run", "--adapter", f"{chosen}={path}", "--baseline-formats", formats, "--no-report",
+              "--out", str(SWEEP / "runs" / name), *options], SWEEP / "logs" / f"{name}.log")
+            for name, (formats, options) in runs.items() if not _done(name)]
     _parallel(jobs, then=pack)  # each finished run packed at once: the device time can end before the others finish
+
+
+def _snapshot_cache() -> None:
+    """A consistent copy of the shared inference cache into $SWEEP (SQLite's online backup: other processes may be
+    writing to it), so that a pack carries every answer generated so far; `sweep.sh start` puts it back."""
+    import sqlite3
+
+    live = Path(_env()["MEDQA_BENCH_CACHE"]) / "inference.sqlite"
+    if not live.exists():
+        return
+    tmp = SWEEP / "inference.sqlite.new"
+    tmp.unlink(missing_ok=True)
+    src, dst = sqlite3.connect(str(live), timeout=60), sqlite3.connect(str(tmp))
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    tmp.replace(SWEEP / "inference.sqlite")
 
 
 def pack() -> None:
@@ -290,6 +331,7 @@ def pack() -> None:
     # before selection every adapter comes back (92 MB of bf16 weights, 66 MB packed: a lost machine then costs the validation, not the
     # training; `sweep.sh start` resumes from such a pack); after it, the chosen one's weights only
     weights = [f"--exclude=adapters/{n}/*.safetensors" for n in CONFIGS if chosen is not None and n != chosen]
+    _snapshot_cache()
     cmd = (f"tar -C {SWEEP} {' '.join(weights)} --exclude='adapters/*.checkpoints' --exclude=./stage -cf - . | xz -T0 -3 "
            f"| split -b 15M - {out}/sweep.tar.xz.part-")
     subprocess.check_call(cmd, shell=True)

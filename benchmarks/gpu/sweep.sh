@@ -10,10 +10,12 @@
 #     (cd /tmp/bundle && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf *.whl wheels/* > SHA256SUMS)
 #     tar -C /tmp/bundle -cf - . | split -b 55000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ...
 # One call per part, back to back (each carries .device/cX):  bash benchmarks/gpu/sweep.sh stage cX
-# To resume a sweep whose machine was lost after training, stage the parts of the pack it brought back the same way
-# (its sweep.tar.xz.part-* beside the bundle's): `start` then unpacks the adapters and begins with validation.
-# Session 26's pack (benchmarks/results/sweep/pack-after-training.sha256) is kept in .device/sa (parts aa-ac, 47 MB)
-# and .device/sb (ad-ae): stage ca, cb, cc, cd, sa, then `stage sb && start`.
+# To resume a sweep whose machine was lost, stage the parts of the latest pack it brought back the same way (its
+# sweep.tar.xz.part-* beside the bundle's): `start` unpacks it, puts its copy of the inference cache back, and goes on
+# where it stopped: validation (runs that finished are skipped), or the test runs once a configuration was chosen.
+# Keep a pack's parts where the next session finds them: .device/ is ignored by git and did not outlive the machine
+# that ran session 27 (session 26's pack, every adapter's weights, was lost with it; session 28 had no device time),
+# so a sweep without a pack starts again with training.
 # then, with nothing carried:
 #     bash benchmarks/gpu/sweep.sh start      # unpacks and installs, then runs every phase in the background (setsid)
 #     bash benchmarks/gpu/sweep.sh wait       # follows the log for up to 9 minutes, copying the latest whole pack
@@ -31,10 +33,14 @@ case "${1:-}" in
     python3 -m pip install -q --no-deps --no-build-isolation -e .
     mkdir -p "$SWEEP"
     phases="train pack validate select pack test pack"
-    if ls "$STAGE"/parts/sweep.tar.xz.part-* >/dev/null 2>&1; then  # resume: an earlier pack with every adapter
-      cat "$STAGE"/parts/sweep.tar.xz.part-* | tar -C "$SWEEP" -xJf - && rm -rf "$SWEEP/runs" "$SWEEP/selection.json"
-      mv "$SWEEP/card.txt" "$SWEEP/card-training.txt" 2>/dev/null || true
-      phases="validate select pack test pack"; export RESUMED=1
+    if ls "$STAGE"/parts/sweep.tar.xz.part-* >/dev/null 2>&1; then  # resume from an earlier pack
+      cat "$STAGE"/parts/sweep.tar.xz.part-* | tar -C "$SWEEP" -xJf -
+      [ -f "$SWEEP/card-training.txt" ] || mv "$SWEEP/card.txt" "$SWEEP/card-training.txt" 2>/dev/null || true
+      # the answers generated so far (the pack's copy of the cache); finished runs are skipped
+      if [ -f "$SWEEP/inference.sqlite" ]; then mkdir -p "$STAGE/cache" && cp "$SWEEP/inference.sqlite" "$STAGE/cache/"; fi
+      if [ -f "$SWEEP/selection.json" ]; then phases="test pack"  # chosen: the pack holds the chosen adapter only
+      else phases="validate select pack test pack"; fi
+      export RESUMED=1
     fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$SWEEP/card.txt"
     OUT="$STAGE/pack" setsid nohup bash -c "python3 benchmarks/gpu/sweep.py $phases; echo SWEEP_DONE rc=\$?" \
