@@ -293,7 +293,7 @@ def test() -> None:
     first = [(["run", "--no-default-adapter", "--baseline-formats", formats, "--no-report",
                "--out", str(SWEEP / "runs" / f"{name}-baselines"), *options], SWEEP / "logs" / f"{name}-baselines.log")
              for name, (formats, options) in runs.items() if not _done(name) and not _done(f"{name}-baselines")]
-    _parallel(first)
+    _parallel(first, then=pack)  # their answers reach the pack's copy of the cache
     jobs = [(["run", "--adapter", f"{chosen}={path}", "--baseline-formats", formats, "--no-report",
               "--out", str(SWEEP / "runs" / name), *options], SWEEP / "logs" / f"{name}.log")
             for name, (formats, options) in runs.items() if not _done(name)]

