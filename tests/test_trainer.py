@@ -529,7 +529,12 @@ def test_logits_once_loss_and_gradient_are_trls(workdir, tmp_path, padding_free)
     plain = {k: v for k, v in batch.items() if not k.startswith("scored_")}  # TRL's head, through the same model
     trls, trls_grads = loss_and_grads(lambda *a, **kw: SFTTrainer.compute_loss(trainer, *a, **kw), plain)
     assert torch.allclose(ours, trls, rtol=1e-6, atol=0)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(ours_grads, trls_grads))
+    # Equal up to float32 summation order, which differs between the two heads and between CPUs: on an AMD EPYC a few
+    # entries of ~100k differed by 3e-7 where the tensor's largest was 0.14 (norm of the difference 1.9e-6 of the
+    # gradient's). An error of the head (a position scored twice or not at all, another normalisation) moves gradients
+    # by a share of their size, 1e-3 and more.
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=3e-5 * float(b.abs().max())) for a, b in zip(ours_grads, trls_grads))
+    assert all(float((a - b).norm() / b.norm()) < 3e-5 for a, b in zip(ours_grads, trls_grads) if b.norm() > 0)
     assert any(g.abs().sum() > 0 for g in ours_grads)
 
 
