@@ -17,7 +17,9 @@
 # where it stopped: validation (runs that finished are skipped), or the test runs once a configuration was chosen.
 # Keep a pack's parts where the next session finds them: .device/ is ignored by git and did not outlive the machine
 # that ran session 27 (session 26's pack, every adapter's weights, was lost with it; session 28 had no device time),
-# so a sweep without a pack starts again with training.
+# so a sweep without a pack starts again with training. After the session's last device call, move the latest pack's
+# parts into the working tree, untracked and not ignored (before it, they would travel with every call and overflow
+# its 64 MiB), and commit them nowhere: the next session's checkout keeps them, and stages them as above.
 # then, with nothing carried:
 #     bash benchmarks/gpu/sweep.sh start      # unpacks and installs, then runs every phase in the background (setsid)
 #     bash benchmarks/gpu/sweep.sh wait       # follows the log for up to 9 minutes, copying the latest whole pack
