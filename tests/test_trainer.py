@@ -186,6 +186,35 @@ def test_fast_recipes_are_the_reference_plus_speed_switches():
                            "training.logits_once": True}
 
 
+def test_default_adapter_is_the_sweeps_validation_choice_with_its_recipe_committed():
+    """The shipped default adapter is the configuration the sweep chose on the validation split, its weights are the
+    ones that were validated, and its committed recipe resolves to the recipe its metadata recorded."""
+    import hashlib
+    from pathlib import Path
+
+    from medqa_bench.runner import DEFAULT_ADAPTER, run_adapters, shipped_adapter
+    from medqa_bench.spec import RunSpec
+
+    root = Path(__file__).resolve().parents[1]
+    sweep = root / "benchmarks" / "results" / "sweep"
+    selection = json.loads((sweep / "selection.json").read_text())
+    assert selection["split"] == "validation" and selection["chosen"] == "s07-ref-all"
+    assert selection["rows"][0]["name"] == selection["chosen"]  # first by the rule
+    folder = shipped_adapter()
+    assert folder is not None and folder.name == DEFAULT_ADAPTER == "smollm2-135m-symptoms-all-linear-qlora"
+    assert run_adapters(RunSpec()) == {DEFAULT_ADAPTER: str(folder)}
+    validated = dict(line.split()[::-1] for line in (sweep / "weights.sha256").read_text().splitlines())
+    weights = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert weights == validated[f"adapters/{selection['chosen']}/adapter_model.safetensors"]
+    meta = json.loads((folder / "medqa_bench.json").read_text())
+    recipe = load_recipe("smollm2-135m-symptoms-all-linear").to_dict()
+    assert {**recipe, "name": None} == {**meta["recipe"], "name": None}
+    # the sweep's own record of the configuration: its overrides on the fast recipe
+    assert meta["recipe"] == json.loads((sweep / "adapters" / "s07-ref-all" / "medqa_bench.json").read_text())["recipe"]
+    assert recipe["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"]
+
+
 def test_overrides_are_dotted_and_yaml_parsed():
     r = load_recipe("smollm2-135m-symptoms", ["lora.r=32", "lora.target_modules=[q_proj, k_proj]", "training.learning_rate=2e-4"])
     assert r.lora.r == 32 and r.lora.target_modules == ("q_proj", "k_proj") and r.training.learning_rate == 2e-4

@@ -5,11 +5,12 @@
 # bm25s among them: EXTRA_WHEELS=bm25s ../shared/device/stage.sh). Generation and NLL happen here; metrics, analysis,
 # verdict and the report are computed on the CPU machine afterwards, where the embedding model is:
 #   medqa-bench score reports/headline --metrics default
-# Environment: ADAPTER (evaluate this folder; default: the shipped adapter), NAME (its name), STAGE (/tmp/stage),
+# Environment: ADAPTER (evaluate this folder; default: the shipped default adapter,
+# data/adapters/smollm2-135m-symptoms-all-linear-qlora), NAME (its name; default: the folder's), STAGE (/tmp/stage),
 # RUN_OUT (where the run folder goes), EXTRA (more `run` options).
 set -euo pipefail
 STAGE=${STAGE:-/tmp/stage}
-NAME=${NAME:-smollm2-135m-symptoms-qlora}
+NAME=${NAME:-$(basename "${ADAPTER:-smollm2-135m-symptoms-all-linear-qlora}")}
 RUN_OUT=${RUN_OUT:-$STAGE/runs/headline}
 export MEDQA_BENCH_MODEL_DIR=$STAGE MEDQA_BENCH_CACHE=$STAGE/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -5,6 +5,7 @@
 #                               training metadata and log (weights only for the chosen one, which is shipped)
 #   reports/sweep-validation/   every configuration on the validation split (the selection's runs: baselines/, 1/, 2/, ...)
 #   reports/headline*/          the chosen adapter on the test split: headline, -decoding, -other-types, -rag
+#   reports/sweep-test-baselines/  the same four runs' baseline rows alone (headline, rag, other-types, decoding)
 # A pack from before selection (the one right after training) fills in the training part only.
 # samples.jsonl of every run but the headline is stored xz-compressed (`unxz -k` it before `medqa-bench score`).
 # Usage: benchmarks/gpu/sweep_collect.sh DIR_WITH_PARTS
@@ -40,6 +41,12 @@ place test headline
 place test-decoding headline-decoding xz
 place test-other-types headline-other-types xz
 place test-rag headline-rag xz
+# the test runs' baseline rows alone (run before the adapter's, so that a lost machine still brings them back)
+rm -rf "$root/reports/sweep-test-baselines"
+place test-baselines sweep-test-baselines/headline xz
+place test-rag-baselines sweep-test-baselines/rag xz
+place test-other-types-baselines sweep-test-baselines/other-types xz
+place test-decoding-baselines sweep-test-baselines/decoding xz
 if [ -f "$tmp/selection.json" ]; then
   echo "unpacked in $tmp (the chosen adapter: $tmp/adapters/$(python3 -c "import json;print(json.load(open('$tmp/selection.json'))['chosen'])"))"
 else
