@@ -10,13 +10,12 @@
 # RUN_OUT (where the run folder goes), EXTRA (more `run` options).
 set -euo pipefail
 STAGE=${STAGE:-/tmp/stage}
-NAME=${NAME:-$(basename "${ADAPTER:-smollm2-135m-symptoms-all-linear-qlora}")}
 RUN_OUT=${RUN_OUT:-$STAGE/runs/headline}
 export MEDQA_BENCH_MODEL_DIR=$STAGE MEDQA_BENCH_CACHE=$STAGE/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 start=$(date +%s)
 adapter_args=()
-if [ -n "${ADAPTER:-}" ]; then adapter_args=(--adapter "$NAME=$ADAPTER"); fi
+if [ -n "${ADAPTER:-}" ]; then adapter_args=(--adapter "${NAME:-$(basename "$ADAPTER")}=$ADAPTER"); fi
 # shellcheck disable=SC2086
 python3 -m medqa_bench.cli -q run --name headline "${adapter_args[@]}" --limit 0 --baseline-formats chat,reference \
   --dtype float32 --metrics loss,perplexity --no-report --out "$RUN_OUT" ${EXTRA:-}

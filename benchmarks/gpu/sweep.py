@@ -278,18 +278,16 @@ def select() -> dict:
     return chosen
 
 
-#: the chosen configuration as shipped (the same weights: tests/test_trainer.py checks them against weights.sha256)
-SHIPPED_CHOICE = {"s07-ref-all": "data/adapters/smollm2-135m-symptoms-all-linear-qlora"}
-
-
 def test() -> None:
-    selection = SWEEP / "selection.json"
-    if not selection.exists():  # no pack to resume from: the committed selection
-        selection = Path(__file__).resolve().parents[1] / "results" / "sweep" / "selection.json"
-    chosen = json.loads(selection.read_text())["chosen"]
-    path = _adapter_path(chosen)
-    if not (Path(path) / "adapter_config.json").exists() and chosen in SHIPPED_CHOICE:
-        path = SHIPPED_CHOICE[chosen]  # the pack's copy is not here: the shipped folder
+    if (SWEEP / "selection.json").exists():
+        chosen = json.loads((SWEEP / "selection.json").read_text())["chosen"]
+        path = _adapter_path(chosen)
+    else:  # no pack to resume from: the committed selection, whose choice is shipped as the default adapter (the same
+        # weights: tests/test_trainer.py checks them against weights.sha256)
+        from medqa_bench.runner import shipped_adapter
+
+        committed = Path(__file__).resolve().parents[1] / "results" / "sweep" / "selection.json"
+        chosen, path = json.loads(committed.read_text())["chosen"], str(shipped_adapter())
     meta = json.loads((Path(path) / "medqa_bench.json").read_text())
     trained_types = meta["recipe"]["data"]["qtype"]
     from medqa_bench.data import DataSpec, load_dataset
