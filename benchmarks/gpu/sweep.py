@@ -14,6 +14,8 @@ default model's GGUF in $STAGE; the embedding model's wheel installed so validat
     python3 benchmarks/gpu/sweep.py test        # the chosen adapter on test: headline, other question types,
                                                 # retrieval, and the same with repetition_penalty (decoding options)
     python3 benchmarks/gpu/sweep.py pack        # again, with the test runs
+    python3 benchmarks/gpu/sweep.py validate-decoding   # the chosen adapter and the baseline rows on validation with
+                                                # the decoding variant (repetition_penalty): not used for selection
 
 benchmarks/gpu/sweep.sh runs them in that order in the background and follows them (see there).
 
@@ -278,16 +280,35 @@ def select() -> dict:
     return chosen
 
 
-def test() -> None:
+def _chosen() -> tuple[str, str]:
+    """(name, folder) of the chosen configuration: this sweep's selection, or without a pack to resume from the
+    committed selection, whose choice is shipped as the default adapter (the same weights: tests/test_trainer.py
+    checks them against weights.sha256)."""
     if (SWEEP / "selection.json").exists():
         chosen = json.loads((SWEEP / "selection.json").read_text())["chosen"]
-        path = _adapter_path(chosen)
-    else:  # no pack to resume from: the committed selection, whose choice is shipped as the default adapter (the same
-        # weights: tests/test_trainer.py checks them against weights.sha256)
-        from medqa_bench.runner import shipped_adapter
+        return chosen, _adapter_path(chosen)
+    from medqa_bench.runner import shipped_adapter
 
-        committed = Path(__file__).resolve().parents[1] / "results" / "sweep" / "selection.json"
-        chosen, path = json.loads(committed.read_text())["chosen"], str(shipped_adapter())
+    committed = Path(__file__).resolve().parents[1] / "results" / "sweep" / "selection.json"
+    return json.loads(committed.read_text())["chosen"], str(shipped_adapter())
+
+
+def validate_decoding() -> None:
+    """The decoding variant on the VALIDATION split: the chosen adapter and both baseline rows with DECODING_VARIANT
+    (every system alike), so that whether the option changes the verdict is seen on validation too, not only on
+    test. Not part of the selection (which ran without it); its folder name keeps it out of select()'s glob."""
+    chosen, path = _chosen()
+    common = ["--baseline-formats", "chat,reference", "--no-report", *DECODING_VARIANT, *_eval_args("validation")]
+    # the baseline rows alone first (into the cache), as in test(): the adapter's run then generates its answers
+    # alone, not in PEFT's mixed-adapter batches
+    for name, systems in (("decoding-validation-baselines", ["--no-default-adapter"]),
+                          ("decoding-validation", ["--adapter", f"{chosen}={path}"])):
+        if not _done(name):
+            _cli(["run", *systems, *common, "--out", str(SWEEP / "runs" / name)], SWEEP / "logs" / f"{name}.log")
+
+
+def test() -> None:
+    chosen, path = _chosen()
     meta = json.loads((Path(path) / "medqa_bench.json").read_text())
     trained_types = meta["recipe"]["data"]["qtype"]
     from medqa_bench.data import DataSpec, load_dataset
@@ -359,7 +380,8 @@ def pack() -> None:
 
 
 if __name__ == "__main__":
-    steps = {"train": train, "validate": validate, "select": select, "test": test, "pack": pack}
+    steps = {"train": train, "validate": validate, "select": select, "test": test, "pack": pack,
+             "validate-decoding": validate_decoding}
     if os.environ.get("RESUMED") == "1":  # adapters from an earlier session's pack: training is not redone
         print("resumed: " + ", ".join(sorted(p.name for p in (SWEEP / "adapters").iterdir())), flush=True)
     failed = []

@@ -7,7 +7,7 @@
 #   reports/headline*/          the chosen adapter on the test split: headline, -decoding, -other-types, -rag
 #   reports/sweep-test-baselines/  the same four runs' baseline rows alone (headline, rag, other-types, decoding)
 # A pack from before selection (the one right after training) fills in the training part only.
-# samples.jsonl of every run but the headline is stored xz-compressed (`unxz -k` it before `medqa-bench score`).
+# samples.jsonl of every run is stored xz-compressed (`unxz -k` it before `medqa-bench score`).
 # Usage: benchmarks/gpu/sweep_collect.sh DIR_WITH_PARTS
 set -euo pipefail
 parts=${1:?usage: sweep_collect.sh DIR_WITH_PARTS}
@@ -37,10 +37,12 @@ rm -rf "$root/reports/sweep-validation"
 for v in "$tmp"/runs/validation-*/; do  # the baseline rows' run, then one run per group of adapters
   [ -d "$v" ] && place "$(basename "$v")" "sweep-validation/$(basename "$v" | sed 's/^validation-//')" xz
 done
-place test headline
+place test headline xz
 place test-decoding headline-decoding xz
 place test-other-types headline-other-types xz
 place test-rag headline-rag xz
+# the decoding variant on validation (sweep.py validate-decoding; not part of the selection)
+place decoding-validation sweep-validation/decoding xz
 # the test runs' baseline rows alone (run before the adapter's, so that a lost machine still brings them back)
 rm -rf "$root/reports/sweep-test-baselines"
 place test-baselines sweep-test-baselines/headline xz
