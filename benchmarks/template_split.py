@@ -4,11 +4,13 @@ symptom table (a fixed template with a disease's list of features in it) and the
 Most MedQuAD symptoms answers (220 of the 266 grouped test items) are that template: a model that learned the
 template scores high on every overlap metric whatever features it lists, and the boilerplate reference row (one
 typical training answer for every item) scores higher still. This script asks whether a run's verdict holds on the
-items where the template cannot help. It re-runs the run's own analysis and verdict (``medqa_bench.analysis.analyze``
+items where the template cannot help, and counts the answers that are the template. It re-runs the run's own analysis and verdict (``medqa_bench.analysis.analyze``
 and ``build_verdict``: the same paired bootstrap, permutation test, Holm correction, strongest baseline per metric
 and seed, the run's soft-match thresholds) on each subset; nothing is generated or scored again.
 
-    python benchmarks/template_split.py reports/headline reports/headline-decoding > benchmarks/results/template_split.md
+    python benchmarks/template_split.py reports/sweep-validation/s07-ref-all reports/sweep-validation/decoding \
+        reports/headline reports/headline-decoding reports/headline-rag reports/headline-other-types \
+        > benchmarks/results/template_split.md
 
 A run folder's ``samples.jsonl`` may be stored as ``samples.jsonl.xz``.
 """
@@ -20,8 +22,9 @@ import json
 import lzma
 from pathlib import Path
 
-#: the sentence that opens GARD's symptom table in MedQuAD's references (and in the template the adapters learned)
-TEMPLATE = "The Human Phenotype Ontology provides the following list of signs and symptoms"
+#: the words that open GARD's symptom table in MedQuAD's references, and the table the adapters learned to write
+#: (which they also turn into "... the following list of treatments for" on other question types)
+TEMPLATE = "The Human Phenotype Ontology provides the following list of"
 METRICS = ("embedding_similarity", "rougeL", "token_f1")
 
 
@@ -74,7 +77,13 @@ def main() -> None:
               f"{len(halves['template'])} template items, {len(halves['other'])} others)\n")
         print("| items | system | " + " | ".join(METRICS) + " |")
         print("|---|---|" + "---|" * len(METRICS))
+        kinds = results["analysis"]["kinds"]
+        writers = [f"{system} {sum(TEMPLATE in ((s['systems'].get(system) or {}).get('prediction') or '') for s in samples)}"
+                   for system, kind in kinds.items() if kind != "reference"]
+        print(f"Answers that contain the template sentence, of {len(samples)}: {', '.join(writers)}.\n")
         subs = {name: _subset(results, part) for name, part in halves.items() if part}
+        if not subs.get("template"):  # nothing to split: the overall verdict is the run's own
+            continue
         for name, sub in subs.items():
             kinds = sub["analysis"]["kinds"]
             for system, values in sub["results"].items():

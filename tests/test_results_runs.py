@@ -107,7 +107,7 @@ def test_the_readme_quotes_the_committed_runs():
 
 def test_template_split_output_is_what_the_script_computes_from_the_committed_runs():
     runs = ["reports/sweep-validation/s07-ref-all", "reports/sweep-validation/decoding", "reports/headline",
-            "reports/headline-decoding", "reports/headline-rag"]
+            "reports/headline-decoding", "reports/headline-rag", "reports/headline-other-types"]
     out = subprocess.run([sys.executable, "benchmarks/template_split.py", *runs], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out == (ROOT / "benchmarks" / "results" / "template_split.md").read_text(encoding="utf-8")
@@ -117,3 +117,10 @@ def test_template_split_output_is_what_the_script_computes_from_the_committed_ru
     other = next(line for line in head.splitlines() if line.startswith("| other (46) | **s07-ref-all"))
     for cell in other.split("|")[3:6]:
         assert cell.split("(")[0].strip().replace("-", "−") in readme
+    # the README's counts of answers that are the template
+    flat = " ".join(readme.split())
+    for run, total in (("headline", 266), ("headline-other-types", 200)):
+        part = out[out.index(f"### reports/{run} ("):]
+        line = next(x for x in part.splitlines() if x.startswith("Answers that contain"))
+        n = int(line.split("s07-ref-all ")[1].rstrip(".").split(",")[0])
+        assert f"{n} of its {total} answers" in flat, (run, n)
