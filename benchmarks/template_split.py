@@ -9,8 +9,8 @@ and ``build_verdict``: the same paired bootstrap, permutation test, Holm correct
 and seed, the run's soft-match thresholds) on each subset; nothing is generated or scored again.
 
     python benchmarks/template_split.py reports/sweep-validation/s07-ref-all reports/sweep-validation/decoding \
-        reports/headline reports/headline-decoding reports/headline-rag reports/headline-other-types \
-        > benchmarks/results/template_split.md
+        reports/headline reports/headline-decoding reports/headline-no-repeat-ngram reports/headline-rag \
+        reports/headline-other-types > benchmarks/results/template_split.md
 
 A run folder's ``samples.jsonl`` may be stored as ``samples.jsonl.xz``.
 """
@@ -74,9 +74,8 @@ def main() -> None:
                   "other": [s for s in samples if TEMPLATE not in s["reference"]]}
         dec = results["spec"].get("decoding") or {}
         print(f"### {folder} (repetition_penalty {dec.get('repetition_penalty', 1.0)}, "
+              f"no_repeat_ngram_size {dec.get('no_repeat_ngram_size', 0)}, "
               f"{len(halves['template'])} template items, {len(halves['other'])} others)\n")
-        print("| items | system | " + " | ".join(METRICS) + " |")
-        print("|---|---|" + "---|" * len(METRICS))
         kinds = results["analysis"]["kinds"]
         writers = [f"{system} {sum(TEMPLATE in ((s['systems'].get(system) or {}).get('prediction') or '') for s in samples)}"
                    for system, kind in kinds.items() if kind != "reference"]
@@ -84,6 +83,8 @@ def main() -> None:
         subs = {name: _subset(results, part) for name, part in halves.items() if part}
         if not subs.get("template"):  # nothing to split: the overall verdict is the run's own
             continue
+        print("| items | system | " + " | ".join(METRICS) + " |")
+        print("|---|---|" + "---|" * len(METRICS))
         for name, sub in subs.items():
             kinds = sub["analysis"]["kinds"]
             for system, values in sub["results"].items():

@@ -32,7 +32,7 @@ def shipped_fingerprint() -> str:
     return read_adapter("default", shipped_adapter()).fingerprint
 
 
-@pytest.mark.parametrize("run", [*TEST_RUNS, "sweep-validation/decoding"])
+@pytest.mark.parametrize("run", [*TEST_RUNS, "headline-no-repeat-ngram", "sweep-validation/decoding"])
 def test_each_run_evaluates_the_shipped_default_adapter(run, shipped_fingerprint):
     d = _results(run)
     adapters = {n: s for n, s in d["systems"].items() if s["kind"] == "adapter"}
@@ -63,6 +63,9 @@ def test_the_variants_differ_from_the_headline_in_their_one_option():
     # decoding: the penalty for every system of the run (it is the run's), nothing else changed
     assert dec["spec"]["decoding"] == {**head["spec"]["decoding"], "repetition_penalty": 1.2}
     assert dec["data"]["item_ids_fingerprint"] == head["data"]["item_ids_fingerprint"]
+    ngram = _results("headline-no-repeat-ngram")
+    assert ngram["spec"]["decoding"] == {**head["spec"]["decoding"], "no_repeat_ngram_size": 3}
+    assert ngram["data"]["item_ids_fingerprint"] == head["data"]["item_ids_fingerprint"]
     # the other question types: none of them symptoms, 200 items of their test split
     qtypes = other["spec"]["data"]["qtype"].split(",")
     assert "symptoms" not in qtypes and len(qtypes) == 15 and other["data"]["n_items"] == 200
@@ -93,6 +96,8 @@ def test_the_readme_quotes_the_committed_runs():
         (other, "s07-ref-all", ("loss", "rougeL", "token_f1", "embedding_similarity")),
         (other, "baseline", ("loss", "rougeL", "token_f1", "embedding_similarity")),
         (val, "s07-ref-all", ("rougeL", "token_f1", "embedding_similarity")),
+        (_results("headline-no-repeat-ngram"), "s07-ref-all", ("rougeL", "token_f1", "embedding_similarity")),
+        (_results("headline-no-repeat-ngram"), "baseline", ("rougeL", "token_f1", "embedding_similarity")),
     ]
     missing = [f"{d['run_name']}/{s}/{m}={_value(d, s, m):.3f}" for d, s, ms in quoted for m in ms
                if f"{_value(d, s, m):.3f}" not in results]
@@ -107,7 +112,8 @@ def test_the_readme_quotes_the_committed_runs():
 
 def test_template_split_output_is_what_the_script_computes_from_the_committed_runs():
     runs = ["reports/sweep-validation/s07-ref-all", "reports/sweep-validation/decoding", "reports/headline",
-            "reports/headline-decoding", "reports/headline-rag", "reports/headline-other-types"]
+            "reports/headline-decoding", "reports/headline-no-repeat-ngram", "reports/headline-rag",
+            "reports/headline-other-types"]
     out = subprocess.run([sys.executable, "benchmarks/template_split.py", *runs], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out == (ROOT / "benchmarks" / "results" / "template_split.md").read_text(encoding="utf-8")

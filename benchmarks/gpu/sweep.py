@@ -68,7 +68,7 @@ runs' baseline rows and the cache) came back, and `sweep.sh start` resumes from 
 Session 30 did so: the chosen adapter's four test runs, two at a time, took 262 s (headline), 150 s (other question
 types), 190 s (repetition penalty) and 745 s (retrieval: longer prompts, and both systems' +rag rows), 12.6 minutes
 from the test phase's start to the end. Then, on a fresh machine, validate-decoding: 103 s for the baseline rows and
-95 s for the adapter.
+95 s for the adapter. And on a third, test-no-repeat-ngram: 114 s for the chat baseline row, 102 s for the adapter.
 
 Every process shares one inference cache (SQLite, several writers), so a rerun only loads and looks up. Each pack
 holds a consistent copy of it (SQLite's backup), and a resumed sweep starts from that copy: runs that finished are

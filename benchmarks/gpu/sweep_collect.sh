@@ -41,7 +41,7 @@ place test headline xz
 place test-decoding headline-decoding xz
 place test-other-types headline-other-types xz
 place test-rag headline-rag xz
-place test-no-repeat-ngram headline-no-repeat-ngram xz   # sweep.py test-no-repeat-ngram
+place test-no-repeat-ngram headline-no-repeat-ngram xz   # sweep.py test-no-repeat-ngram (session 30: run on its own)
 # the decoding variant on validation (sweep.py validate-decoding; not part of the selection)
 place decoding-validation sweep-validation/decoding xz
 # the test runs' baseline rows alone (run before the adapter's, so that a lost machine still brings them back)
