@@ -195,3 +195,20 @@ def test_an_adapters_verdict_does_not_depend_on_the_other_adapters_of_its_run():
         assert set(alone) == {keep}
         assert json.dumps(alone[keep], sort_keys=True) == json.dumps(together[keep], sort_keys=True)
         assert any(e["p_holm"] < 0.05 for e in alone[keep]["improves"])  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("decoding, named", [({"no_repeat_ngram_size": 3}, "no_repeat_ngram_size 3"),
+                                             ({"repetition_penalty": 1.2}, "repetition_penalty 1.2"),
+                                             ({"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}, None)])
+def test_a_run_decoded_against_repetition_says_its_repetition_warnings_say_little(decoding, named):
+    samples = _table()
+    results = _results(samples)
+    results["spec"]["decoding"].update(decoding)
+    results["analysis"] = analyze(results, samples, seed=0, n_bootstrap=200)
+    v = build_verdict(results)
+    found = [w for w in v["warnings"] if w["code"] == "decoding"]
+    if named is None:
+        assert not found
+    else:
+        assert len(found) == 1 and named in found[0]["message"] and "say little" in found[0]["message"]
+        assert any(named in line for line in v["lines"])

@@ -200,6 +200,21 @@ def _clean_subset(analysis: dict, adapter: str, full: dict[str, list[dict]]) -> 
     return {"n_items": clean.get("n_items"), **now, "changed": changed}
 
 
+def _decoding_warning(decoding: dict) -> dict | None:
+    """A run decoded against repetition (every system alike) hides loops from the repetition and low-diversity
+    warnings: they then measure the decoding as much as the models, and their silence is not a finding."""
+    ngram = int(decoding.get("no_repeat_ngram_size") or 0)
+    penalty = float(decoding.get("repetition_penalty") or 1.0)
+    applied = ([f"no_repeat_ngram_size {ngram}"] if ngram else []) + (
+        [f"repetition_penalty {penalty:g}"] if penalty != 1.0 else [])
+    if not applied:
+        return None
+    return {"code": "decoding", "message":
+            f"every system decoded with {' and '.join(applied)}, which keeps an answer from repeating itself: the "
+            "repetition and low-diversity warnings say little in this run (a loop it blocks is hidden, not "
+            "unlearned); a run without it shows what the models do"}
+
+
 def build_verdict(results: dict) -> dict[str, Any]:
     """The verdict of a scored and analysed run (``results`` with ``analysis``), JSON-ready."""
     analysis = results.get("analysis") or {}
@@ -214,6 +229,9 @@ def build_verdict(results: dict) -> dict[str, Any]:
         run_warnings.append({"code": "budget", "message":
                              f"{longer} of the evaluated split's {n_refs} references are longer than the "
                              f"{budget.get('max_new_tokens')}-token budget: even a perfect answer would be cut"})
+    decoding = _decoding_warning((results.get("spec") or {}).get("decoding") or {})
+    if decoding:
+        run_warnings.append(decoding)
     if n_items < SMALL_SAMPLE:
         run_warnings.append({"code": "small_sample", "message":
                              f"only {n_items} items: the intervals are wide and 'no significant difference' says little "
