@@ -302,30 +302,27 @@ def _chosen() -> tuple[str, str]:
     return json.loads(committed.read_text())["chosen"], str(shipped_adapter())
 
 
-def validate_decoding() -> None:
-    """The decoding variant on the VALIDATION split: the chosen adapter and both baseline rows with DECODING_VARIANT
-    (every system alike), so that whether the option changes the verdict is seen on validation too, not only on
-    test. Not part of the selection (which ran without it); its folder name keeps it out of select()'s glob."""
+def _variant(name: str, formats: str, options: list[str]) -> None:
+    """The chosen adapter and the baseline rows ``formats`` in one decoding variant (``options``, every system alike):
+    the baseline rows alone first (into the cache), as in test(), so that the adapter's run generates its answers
+    alone, not in PEFT's mixed-adapter batches. Reported, never used for selection."""
     chosen, path = _chosen()
-    common = ["--baseline-formats", "chat,reference", "--no-report", *DECODING_VARIANT, *_eval_args("validation")]
-    # the baseline rows alone first (into the cache), as in test(): the adapter's run then generates its answers
-    # alone, not in PEFT's mixed-adapter batches
-    for name, systems in (("decoding-validation-baselines", ["--no-default-adapter"]),
-                          ("decoding-validation", ["--adapter", f"{chosen}={path}"])):
-        if not _done(name):
-            _cli(["run", *systems, *common, "--out", str(SWEEP / "runs" / name)], SWEEP / "logs" / f"{name}.log")
+    common = ["--baseline-formats", formats, "--no-report", *options]
+    for run, systems in ((f"{name}-baselines", ["--no-default-adapter"]),
+                         (name, ["--adapter", f"{chosen}={path}"])):
+        if not _done(run):
+            _cli(["run", *systems, *common, "--out", str(SWEEP / "runs" / run)], SWEEP / "logs" / f"{run}.log")
+
+
+def validate_decoding() -> None:
+    """DECODING_VARIANT on the VALIDATION split with both baseline rows, so that whether the option changes the
+    verdict is seen on validation too, not only on test. Its folder name keeps it out of select()'s glob."""
+    _variant("decoding-validation", "chat,reference", [*DECODING_VARIANT, *_eval_args("validation")])
 
 
 def test_no_repeat_ngram() -> None:
-    """The chosen adapter and the chat baseline row on the test split with NGRAM_VARIANT (every system alike):
-    whether the second decoding option changes the verdict. Reported, not used for selection; the baseline row alone
-    first, as in test()."""
-    chosen, path = _chosen()
-    common = ["--baseline-formats", "chat", "--no-report", *NGRAM_VARIANT, *_eval_args("test")]
-    for name, systems in (("test-no-repeat-ngram-baselines", ["--no-default-adapter"]),
-                          ("test-no-repeat-ngram", ["--adapter", f"{chosen}={path}"])):
-        if not _done(name):
-            _cli(["run", *systems, *common, "--out", str(SWEEP / "runs" / name)], SWEEP / "logs" / f"{name}.log")
+    """NGRAM_VARIANT, the second decoding option, on the test split with the chat baseline row."""
+    _variant("test-no-repeat-ngram", "chat", [*NGRAM_VARIANT, *_eval_args("test")])
 
 
 def test() -> None:
