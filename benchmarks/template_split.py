@@ -4,9 +4,10 @@ symptom table (a fixed template with a disease's list of features in it) and the
 Most MedQuAD symptoms answers (220 of the 266 grouped test items) are that template: a model that learned the
 template scores high on every overlap metric whatever features it lists, and the boilerplate reference row (one
 typical training answer for every item) scores higher still. This script asks whether a run's verdict holds on the
-items where the template cannot help, and counts the answers that are the template. It re-runs the run's own analysis and verdict (``medqa_bench.analysis.analyze``
-and ``build_verdict``: the same paired bootstrap, permutation test, Holm correction, strongest baseline per metric
-and seed, the run's soft-match thresholds) on each subset; nothing is generated or scored again.
+items where the template cannot help, and counts the answers that are the template. It re-runs the run's own
+analysis and verdict (``medqa_bench.analysis.analyze`` and ``build_verdict``: the same paired bootstrap,
+permutation test, Holm correction, strongest baseline per metric and seed, the run's soft-match thresholds) on each
+subset; nothing is generated or scored again.
 
     python benchmarks/template_split.py reports/sweep-validation/s07-ref-all reports/sweep-validation/decoding \
         reports/headline reports/headline-decoding reports/headline-no-repeat-ngram reports/headline-rag \
@@ -80,18 +81,16 @@ def main() -> None:
         writers = [f"{system} {sum(TEMPLATE in ((s['systems'].get(system) or {}).get('prediction') or '') for s in samples)}"
                    for system, kind in kinds.items() if kind != "reference"]
         print(f"Answers that contain the template sentence, of {len(samples)}: {', '.join(writers)}.\n")
-        subs = {name: _subset(results, part) for name, part in halves.items() if part}
-        if not subs.get("template"):  # nothing to split: the overall verdict is the run's own
+        if not halves["template"]:  # nothing to split: the overall verdict is the run's own
             continue
+        subs = {name: _subset(results, part) for name, part in halves.items() if part}
         print("| items | system | " + " | ".join(METRICS) + " |")
         print("|---|---|" + "---|" * len(METRICS))
         for name, sub in subs.items():
-            kinds = sub["analysis"]["kinds"]
             for system, values in sub["results"].items():
-                if kinds.get(system) == "baseline" or system in sub["verdict"]["adapters"] or kinds.get(system) == "reference":
-                    cells = [f"{values[m]['value']:.3f}" if values.get(m, {}).get("value") is not None else "–"
-                             for m in METRICS]
-                    print(f"| {name} ({len(halves[name])}) | {system} | " + " | ".join(cells) + " |")
+                cells = [f"{values[m]['value']:.3f}" if values.get(m, {}).get("value") is not None else "–"
+                         for m in METRICS]
+                print(f"| {name} ({len(halves[name])}) | {system} | " + " | ".join(cells) + " |")
             for adapter in sub["verdict"]["adapters"]:
                 print(f"| {name} ({len(halves[name])}) | **{adapter} − strongest baseline** | "
                       + " | ".join(_cell(sub, adapter, m) for m in METRICS) + " |")
