@@ -9,7 +9,7 @@ the server takes ``--concurrency`` requests at once, as a served deployment woul
 
     python benchmarks/bench_backends.py [--items 16] [--max-new-tokens 128] [--concurrency 8] [--repeats 2]
 
-Needs the vLLM venv (``bash .ci/vllm-env.sh``; ``MEDQA_BENCH_VLLM_VENV`` names another). Prints a Markdown table
+Needs the vLLM venv (``bash scripts/vllm-env.sh``; ``MEDQA_BENCH_VLLM_VENV`` names another). Prints a Markdown table
 with the ratio vLLM / transformers per phase and repeat; benchmarks/RESULTS.md keeps the measured one.
 """
 
@@ -45,7 +45,7 @@ def start_server(log: Path) -> tuple[subprocess.Popen, str]:
 
     python = VENV / "bin" / "python"
     if not python.exists():
-        sys.exit(f"no vLLM environment at {VENV}: run `bash .ci/vllm-env.sh`")
+        sys.exit(f"no vLLM environment at {VENV}: run `bash scripts/vllm-env.sh`")
     port = _free_port()
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(DEFAULT_MODEL).location,
            "--served-model-name", SERVED, "--dtype", "float32", "--max-model-len", "2048",

@@ -69,7 +69,7 @@ def vllm_server(tmp_path_factory):
     LoRA module ``symptoms``; yields its base URL (``http://127.0.0.1:PORT/v1``)."""
     python = VENV / "bin" / "python"
     if not python.exists():
-        pytest.fail(f"no vLLM environment at {VENV}: run `bash .ci/vllm-env.sh` (or `bash .ci/vllm-env.sh DIR` and set "
+        pytest.fail(f"no vLLM environment at {VENV}: run `bash scripts/vllm-env.sh` (or `bash scripts/vllm-env.sh DIR` and set "
                     "MEDQA_BENCH_VLLM_VENV=DIR)")
     from medqa_bench.models import DEFAULT_MODEL, resolve_model
 
