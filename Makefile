@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medqa-bench-installed
 
-.PHONY: install demo test chromium vllm bench clean
+.PHONY: install data demo test chromium vllm bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# MedQuAD and its expert-judged answers are not in the repository: copied from ../shared/data when that exists,
+# else downloaded from upstream at the pinned commit, into the user data folder ($$MEDQA_BENCH_DATA names another).
+# Checked by sha256 either way; a second `make data` only checks them (about a second).
+SHARED_DATA ?= ../shared/data
+data: $(STAMP)
+	@if [ -f $(SHARED_DATA)/medquad.csv.gz ]; then $(BIN)/medqa-bench data fetch medquad --from $(SHARED_DATA)/medquad.csv.gz; \
+	else $(BIN)/medqa-bench data fetch medquad; fi
+	@if [ -d $(SHARED_DATA)/medquad-judged ]; then $(BIN)/medqa-bench data fetch medquad-judged --from $(SHARED_DATA)/medquad-judged; \
+	else $(BIN)/medqa-bench data fetch medquad-judged; fi
+
+demo: $(STAMP) data
 	$(BIN)/medqa-bench run
 
-test: chromium vllm $(STAMP)
+test: chromium vllm $(STAMP) data
 	MEDQA_BENCH_VLLM_VENV="$(VLLM_VENV)" $(BIN)/python -m pytest -q
 
 # The browser test needs headless Chromium: found, installed (Debian/Ubuntu as root), or one line saying how, before

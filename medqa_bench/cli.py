@@ -20,7 +20,7 @@ log = logging.getLogger("medqa_bench")
 
 def _add_data_options(p: argparse.ArgumentParser, *, with_split: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="PATH", help="CSV/JSONL file (optionally .gz) or saved `datasets` folder (default: bundled MedQuAD)")
+    g.add_argument("--data", metavar="PATH", help="CSV/JSONL file (optionally .gz) or saved `datasets` folder (default: MedQuAD, from `data fetch medquad`)")
     g.add_argument("--qtype", help="question type(s): symptoms (default), a comma-separated list, or all")
     g.add_argument("--question-column", metavar="NAME", help="column holding the question (default Question)")
     g.add_argument("--answer-column", metavar="NAME", help="column holding the answer (default Answer)")
@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     ds = dsub.add_parser("stats", help="rows per qtype and split, answer-length percentiles")
     _add_data_options(ds)
+    df = dsub.add_parser("fetch", help="download a data set (pinned upstream commit, sha256-checked) into the user data folder")
+    df.add_argument("dataset", choices=("medquad", "medquad-judged", "all"), help="what to fetch")
+    df.add_argument("--from", dest="source", metavar="PATH",
+                    help="install from a local copy: medquad.csv.gz, the judged folder, upstream's tarball, checkout or zip")
+    df.add_argument("--url", metavar="URL", help="download from this URL instead of upstream (one data set)")
+    df.add_argument("--force", action="store_true", help="fetch again even if a good copy is there")
 
     m = sub.add_parser("metrics", help="list available metrics")
     msub = m.add_subparsers(dest="metrics_command", metavar="ACTION")
@@ -355,8 +361,15 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(out)
     elif args.data_command == "stats":
         print(data_stats(_data_spec(args)))
+    elif args.data_command == "fetch":
+        from .fetch import DATASETS, fetch
+
+        if args.url and args.dataset == "all":
+            raise SpecError("--url names one download: give it with `data fetch medquad` or `data fetch medquad-judged`")
+        for name in DATASETS if args.dataset == "all" else (args.dataset,):
+            print(fetch(name, source=args.source, url=args.url, force=args.force, progress=not args.quiet).describe())
     else:
-        raise SpecError("give an action: `medqa-bench data prepare` or `medqa-bench data stats`")
+        raise SpecError("give an action: `medqa-bench data prepare`, `data stats` or `data fetch`")
     return 0
 
 

@@ -12,7 +12,7 @@ A reader that guesses gives wrong references without a word, so every ambiguity 
 - in JSON Lines, a key given twice in one object, and a list or object where text is required
   (:meth:`Table.require_text`).
 
->>> table = load_table("data/medquad.csv.gz")          # doctest: +SKIP
+>>> table = load_table("~/.local/share/medqa-bench/medquad.csv.gz")  # `data fetch medquad` put it there  # doctest: +SKIP
 >>> table.columns[:3], table.where(0)                  # doctest: +SKIP
 (['qtype', 'Question', 'Answer'], 'line 2')
 """

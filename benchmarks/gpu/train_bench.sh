@@ -15,6 +15,7 @@ STAGE=${STAGE:-/tmp/stage}
 OUT=${OUT:-/tmp/out}
 TOKENIZER=${TOKENIZER:-.device/wheels/tokenizer}
 export MEDQA_BENCH_MODEL_DIR=$STAGE MEDQA_BENCH_CACHE=$STAGE/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+. benchmarks/gpu/medquad.sh  # MedQuAD into $STAGE/data from a carried copy (see there)
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 FAST=free=on,kernels=liger,optim=adamw_torch_fused
