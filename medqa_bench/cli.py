@@ -177,10 +177,37 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--url", metavar="URL", help="download from this URL instead of upstream (one data set)")
     df.add_argument("--force", action="store_true", help="fetch again even if a good copy is there")
 
-    m = sub.add_parser("metrics", help="list available metrics")
+    m = sub.add_parser("metrics", help="list available metrics; validate them against expert grades")
     msub = m.add_subparsers(dest="metrics_command", metavar="ACTION")
     ml = msub.add_parser("list", help="every metric with where it comes from")
     ml.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR")
+    mv = msub.add_parser("validate", help="measure each metric's agreement with expert grades and its robustness",
+                         description="Score a judged set (default: the bundled MedQuAD judged answers) with metrics; "
+                                     "write validity.json, validity.html and print a table.")
+    mv.add_argument("file", nargs="?", metavar="FILE", help="CSV/JSONL of graded candidate answers, one a row "
+                    "(default: the bundled judged set, from `data fetch medquad-judged`)")
+    mv.add_argument("--group-column", metavar="NAME", help="the question id: candidates of one question are resampled "
+                    "together (default question_id)")
+    mv.add_argument("--question-column", metavar="NAME", help="the question (default question)")
+    mv.add_argument("--reference-column", action="append", metavar="NAME[,NAME]", help="reference answer column(s); "
+                    "a JSONL cell may hold a list; scores are averaged over references (default reference)")
+    mv.add_argument("--candidate-column", metavar="NAME", help="the graded answer (default candidate)")
+    mv.add_argument("--grade-column", metavar="NAME", help="the expert grade, a number (default grade)")
+    mv.add_argument("--metrics", metavar="A,B,...", help="metrics to validate (default: every built-in reference "
+                    "metric without a language model; name the judge to include it)")
+    mv.add_argument("--metric-param", action="append", metavar="METRIC.KEY=VALUE")
+    mv.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR",
+                    help="load metric plugins; their metrics are validated too")
+    mv.add_argument("--good-threshold", type=float, default=3.0, metavar="G", help="a grade >= G is a good answer "
+                    "(default 3)")
+    mv.add_argument("--related-grade", type=float, default=2.0, metavar="G", help="grades from G up to the good "
+                    "threshold are 'related, not an answer' for the on-topic AUC (default 2)")
+    mv.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="resamples of questions for the CIs "
+                    "(default 2000)")
+    mv.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the other-question draw (default 0)")
+    mv.add_argument("--out", metavar="DIR", help="where validity.json and validity.html go (default "
+                    "reports/validity/<set>)")
+    mv.add_argument("--overwrite", action="store_true", help="replace validity.json/validity.html already in DIR")
 
     c = sub.add_parser("chat", help="a local web page: every system answers a typed question side by side",
                        description="Ask the baseline, the adapters and their +rag rows the same question, each in its "
@@ -373,11 +400,34 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics_validate(args: argparse.Namespace) -> int:
+    from .validity.command import ValidateOptions, format_table, run_validate
+
+    columns = {f"{k}_column": getattr(args, f"{k}_column") for k in ("group", "question", "candidate", "grade")
+               if getattr(args, f"{k}_column")}
+    if args.reference_column:
+        columns["reference_column"] = args.reference_column
+    options = ValidateOptions(
+        file=args.file, columns=columns,
+        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else None,
+        metric_params=_metric_params(args.metric_param), plugins=tuple(args.plugin or ()),
+        good_threshold=args.good_threshold, related_grade=args.related_grade, n_bootstrap=args.bootstrap,
+        seed=args.seed, out=args.out, overwrite=args.overwrite,
+    )
+    data, out = run_validate(options, progress=not args.quiet)
+    print(format_table(data))
+    print(out / "validity.json")
+    print(out / "validity.html")
+    return 0
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     from .metrics import list_metrics
 
+    if args.metrics_command == "validate":
+        return cmd_metrics_validate(args)
     if args.metrics_command != "list":
-        raise SpecError("give an action: `medqa-bench metrics list`")
+        raise SpecError("give an action: `medqa-bench metrics list` or `medqa-bench metrics validate`")
     rows = list_metrics(plugins=tuple(args.plugin or ()))
     width = max(len(r["name"]) for r in rows)
     print(f"{'metric':<{width}}  better  kind       source")
