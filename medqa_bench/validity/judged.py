@@ -121,7 +121,7 @@ def bundled_judged_set(folder: str | Path | None = None) -> JudgedSet:
         if column not in table.columns:
             raise DataError(f"{answers_path}: column '{column}' not found; columns are: {', '.join(table.columns)}")
     raw: dict[str, str] = {}
-    for i, row in enumerate(table.rows):
+    for row in table.rows:
         raw.setdefault(str(row["AnswerID"]), str(row["Answer"]))
     judgments: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))  # qid -> answer -> grades
     n_judgments = 0

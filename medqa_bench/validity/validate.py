@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -86,20 +87,50 @@ def _unit_means(pair_scores: np.ndarray, owner: np.ndarray, n_units: int) -> np.
         return np.where(counts > 0, sums / np.where(counts > 0, counts, 1.0), np.nan)
 
 
-def _robustness(unit_scores: np.ndarray, candidates, suite: rb.Suite, boot: stats.QuestionBootstrap,
-                higher_is_better: bool) -> dict[str, dict]:
-    n = len(candidates)
-    out = {}
-    for name in rb.PERTURBATIONS:
-        index = [u for u, p in enumerate(suite.perturbed) if p.perturbation == name]
-        owners = np.array([suite.perturbed[u].candidate for u in index], dtype=np.int64)
-        good = unit_scores[owners] if index else np.zeros(0)
-        bad = unit_scores[n + np.asarray(index, dtype=np.int64)] if index else np.zeros(0)
-        keep = np.isfinite(good) & np.isfinite(bad)
-        values = rb.wins(good[keep], bad[keep], higher_is_better=higher_is_better)
-        units = stats.QuestionBootstrap(boot.codes[owners[keep]], boot.counts, boot.groups, boot.seed)
-        out[name] = stats.pooled_share(values, units)
-    return out
+@dataclass(frozen=True)
+class _Measure:
+    """What every row is measured against: the candidates, their perturbed answers, grades and resamples."""
+
+    candidates: tuple[JudgedCandidate, ...]
+    suite: rb.Suite
+    grades: np.ndarray
+    boot: stats.QuestionBootstrap
+    options: dict
+
+    def robustness(self, unit_scores: np.ndarray, higher_is_better: bool) -> dict[str, dict]:
+        """Win rate per perturbation over the good candidates with both answers scored."""
+        n = len(self.candidates)
+        out = {}
+        for name in rb.PERTURBATIONS:
+            index = np.array([u for u, p in enumerate(self.suite.perturbed) if p.perturbation == name], dtype=np.int64)
+            owners = np.array([self.suite.perturbed[u].candidate for u in index], dtype=np.int64)
+            good, bad = unit_scores[owners], unit_scores[n + index]
+            keep = np.isfinite(good) & np.isfinite(bad)
+            values = rb.wins(good[keep], bad[keep], higher_is_better=higher_is_better)
+            units = stats.QuestionBootstrap(self.boot.codes[owners[keep]], self.boot.counts, self.boot.groups,
+                                            self.boot.seed)
+            out[name] = stats.pooled_share(values, units)
+        return out
+
+    def row(self, name: str, kind: str, higher_is_better: bool, signature: str, source: str, unit_scores: np.ndarray,
+            seconds: float) -> tuple[MetricValidity, np.ndarray, dict[str, np.ndarray]]:
+        """The row, the candidates' oriented scores (NaN: unscored) and the figures' replicates (point first)."""
+        n = len(self.candidates)
+        oriented = (1.0 if higher_is_better else -1.0) * unit_scores[:n]
+        scored = np.isfinite(oriented)
+        if not scored.all():
+            log.warning("%s left %d of %d candidates unscored; its figures are over the other %d", name,
+                        int((~scored).sum()), n, int(scored.sum()))
+        figures, reps = stats.summarize(oriented[scored], self.grades[scored], self.boot.subset(scored),
+                                        **self.options)
+        robustness = self.robustness(unit_scores, higher_is_better)
+        row: MetricValidity = {
+            "name": name, "kind": kind, "higher_is_better": higher_is_better, "signature": signature,
+            "source": source, "n_scored": int(scored.sum()), "n_unscored": int((~scored).sum()), "figures": figures,
+            "robustness": robustness, "passes_robustness": _passes(robustness),
+            "scores": [float(v) if np.isfinite(v) else None for v in unit_scores[:n]], "seconds": round(seconds, 3),
+        }
+        return row, oriented, reps
 
 
 def _passes(robustness: dict[str, dict]) -> bool:
@@ -118,11 +149,13 @@ def validate(judged: JudgedSet, metrics: Sequence[Metric], *, good_threshold: fl
     check_judged_set(judged, good_threshold)
     candidates = judged.candidates
     suite = rb.build_suite(candidates, good_threshold=good_threshold, seed=seed)
-    boot = stats.QuestionBootstrap.draw([c.group for c in candidates], n_bootstrap=n_bootstrap, seed=seed)
-    grades = np.array([c.grade for c in candidates], dtype=np.float64)
+    measure = _Measure(
+        tuple(candidates), suite, np.array([c.grade for c in candidates], dtype=np.float64),
+        stats.QuestionBootstrap.draw([c.group for c in candidates], n_bootstrap=n_bootstrap, seed=seed),
+        {"good_threshold": good_threshold, "related_grade": related_grade},
+    )
     predictions, references, items, owner = _pairs(candidates, suite)
     n_units = len(candidates) + len(suite.perturbed)
-    options = {"good_threshold": good_threshold, "related_grade": related_grade}
 
     rows: dict[str, MetricValidity] = {}
     replicates: dict[str, dict[str, np.ndarray]] = {}
@@ -136,16 +169,15 @@ def validate(judged: JudgedSet, metrics: Sequence[Metric], *, good_threshold: fl
         start = time.perf_counter()
         pair_scores = metric.compute(predictions=predictions, references=references, items=items)
         seconds = time.perf_counter() - start
-        unit_scores = _unit_means(pair_scores, owner, n_units)
-        info = metric.describe()
-        rows[metric.name] = _row(metric.name, "metric", metric.higher_is_better, info.get("signature", ""),
-                                 info.get("source", ""), unit_scores, grades, candidates, suite, boot, options,
-                                 replicates, oriented, seconds)
+        info = metric.describe()  # after scoring: a judge's details (its model) are known only now
+        rows[metric.name], oriented[metric.name], replicates[metric.name] = measure.row(
+            metric.name, "metric", metric.higher_is_better, info.get("signature", ""), info.get("source", ""),
+            _unit_means(pair_scores, owner, n_units), seconds)
     words = np.array([len(t.split()) for t in [c.candidate for c in candidates] + [p.text for p in suite.perturbed]],
                      dtype=np.float64)
-    rows[LENGTH_BASELINE] = _row(LENGTH_BASELINE, "baseline", True, "answer_length|words=whitespace-split", "builtin",
-                                 words, grades, candidates, suite, boot, options, replicates, oriented, 0.0)
-    comparisons = _comparisons(list(rows), oriented, grades, boot, replicates, options)
+    rows[LENGTH_BASELINE], oriented[LENGTH_BASELINE], replicates[LENGTH_BASELINE] = measure.row(
+        LENGTH_BASELINE, "baseline", True, "answer_length|words=whitespace-split", "builtin", words, 0.0)
+    comparisons = _comparisons(list(rows), oriented, measure, replicates)
     primary, reason = choose_primary(rows)
     return {
         "version": VALIDITY_VERSION,
@@ -169,38 +201,19 @@ def validate(judged: JudgedSet, metrics: Sequence[Metric], *, good_threshold: fl
     }
 
 
-def _row(name, kind, higher_is_better, signature, source, unit_scores, grades, candidates, suite, boot, options,
-         replicates, oriented, seconds) -> MetricValidity:
-    n = len(candidates)
-    scores = unit_scores[:n]
-    scored = np.isfinite(scores)
-    sign = 1.0 if higher_is_better else -1.0
-    oriented[name] = sign * scores
-    figures, reps = stats.summarize(sign * scores[scored], grades[scored], boot.subset(scored), **options)
-    replicates[name] = reps
-    robustness = _robustness(unit_scores, candidates, suite, boot, higher_is_better)
-    if not scored.all():
-        log.warning("%s left %d of %d candidates unscored; its figures are over the other %d", name,
-                    int((~scored).sum()), n, int(scored.sum()))
-    return {
-        "name": name, "kind": kind, "higher_is_better": higher_is_better, "signature": signature, "source": source,
-        "n_scored": int(scored.sum()), "n_unscored": int((~scored).sum()), "figures": figures,
-        "robustness": robustness, "passes_robustness": _passes(robustness),
-        "scores": [float(s) if np.isfinite(s) else None for s in scores], "seconds": round(float(seconds), 3),
-    }
-
-
-def _comparisons(names, oriented, grades, boot, replicates, options) -> list[Comparison]:
+def _comparisons(names, oriented, measure: _Measure, replicates) -> list[Comparison]:
     """Every pair of rows on every figure, on the candidates both scored (the shared replicates where all were)."""
     everyone = [n for n in names if np.isfinite(oriented[n]).all()]
-    rows: list[Comparison] = [{**r, "n": int(grades.size)} for r in stats.compare(everyone, replicates)]
+    n_all = int(measure.grades.size)
+    rows: list[Comparison] = [{**r, "n": n_all} for r in stats.compare(everyone, replicates)]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if a in everyone and b in everyone:
                 continue
             both = np.isfinite(oriented[a]) & np.isfinite(oriented[b])
-            sub = boot.subset(both)
-            reps = {m: stats.summarize(oriented[m][both], grades[both], sub, **options)[1] for m in (a, b)}
+            sub = measure.boot.subset(both)
+            reps = {m: stats.summarize(oriented[m][both], measure.grades[both], sub, **measure.options)[1]
+                    for m in (a, b)}
             rows += [{**r, "n": int(both.sum())} for r in stats.compare([a, b], reps)]
     return _holm_by_figure(rows)
 
