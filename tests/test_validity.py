@@ -389,6 +389,12 @@ def test_read_judged_jsonl_with_reference_lists(tmp_path):
     judged = read_judged_file(path)
     assert judged.candidates[0].references == ("r one", "r two") and judged.candidates[1].grade == 1.0
     assert judged.candidates[0].candidate_id == "line 1"
+    two = _write_csv(tmp_path / "two.csv", [{"question_id": r["question_id"], "question": "q", "a": "r one", "b": "",
+                                             "candidate": r["candidate"], "grade": r["grade"]} for r in rows])
+    assert read_judged_file(two, reference_column="a,b").candidates[0].references == ("r one",)  # empty cell: none
+    assert read_judged_file(two, reference_column=["b", "a"]).candidates[1].references == ("r one",)
+    with pytest.raises(DataError, match="line 2: no reference answer in 'b'"):
+        read_judged_file(two, reference_column="b")
 
 
 def test_cli_end_to_end_on_a_user_file(tmp_path, capsys):
@@ -423,3 +429,20 @@ def test_default_metrics_need_no_language_model():
     assert {"token_f1", "rougeL", "fuzzy", "embedding_similarity", "exact_match"} <= set(names)
     assert not {"loss", "perplexity", "context_recall", "answer_grounding"} & set(names)
     assert not [n for n in names if n.startswith("judge")]
+
+
+@needs_judged
+def test_cli_on_the_bundled_set_from_the_user_data_folder(tmp_path, monkeypatch, capsys):
+    from medqa_bench.cli import main
+
+    monkeypatch.setenv("MEDQA_BENCH_DATA", str(tmp_path / "data"))
+    out = tmp_path / "out"
+    argv = ["-q", "metrics", "validate", "--metrics", "token_f1", "--bootstrap", "50", "--out", str(out)]
+    assert main(argv) == 2 and not out.exists()
+    assert "run `medqa-bench data fetch medquad-judged`" in capsys.readouterr().err
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "medquad-judged").symlink_to(JUDGED)
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "medquad-judged: 939 candidates of 46 questions" in printed and "primary metric: token_f1" in printed
+    assert load_validity(out / "validity.json")["judged_set"]["counts"]["questions"] == 46
