@@ -259,5 +259,5 @@ def test_a_backend_without_nll_runs_unless_an_nll_metric_is_asked():
 def test_the_openai_backend_is_registered_lazily():
     assert "openai" in backends.backend_registry().names()
     cls = backends.backend_class("openai")
-    assert cls.name == "openai" and cls.capabilities == frozenset({"generate", "nll", "adapters"})
+    assert cls.name == "openai" and cls.capabilities == frozenset({"generate", "nll", "adapters", "next_token"})
     assert cls.loads_adapter_folders is False  # no shipped adapter folder is added to a served run

@@ -35,6 +35,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,27 +241,38 @@ def test_a_served_baseline_and_adapter_match_the_transformers_backend(vllm_serve
 
 
 @pytest.mark.slow
-def test_the_llm_judge_runs_through_the_served_model(vllm_server, tmp_path):
-    """The judge metrics with ``judge.backend=openai``: every answer judged by the vLLM server, the signature naming
-    that backend and the rubric, unparseable judgments counted, the API key written nowhere."""
-    data = tmp_path / "short.csv"
-    rows = [f"What are the symptoms of condition {k}?,Fever and a rash for {k} days.,symptoms" for k in range(12)]
-    data.write_text("Question,Answer,qtype\n" + "\n".join(rows) + "\n")
-    judge = [f"--metric-param=judge.{k}={v}" for k, v in (("backend", "openai"), ("base_url", vllm_server),
-                                                            ("served_model", SERVED), ("concurrency", 1),
-                                                            ("cache", tmp_path / "judge.sqlite"))]
-    proc = _cli(*_served(vllm_server, "--concurrency", "1"), "--data", str(data), "--split", "all", "--limit", "2",
-                "--max-new-tokens", "8", "--quantization", "none", "--reference-rows", "none", "--metrics", "judge",
-                "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "run.sqlite"), *judge)
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    for name in ("judge_correctness", "judge_completeness", "judge_harmful"):
-        info = results["metrics"][name]
-        assert "rubric=judge-rubric-1" in info["signature"] and "judge=openai:" in info["signature"], info["signature"]
-        assert info["judge"]["answers"] == 2 and info["judge"]["generated"] == 2
-        row = results["results"]["baseline"][name]
-        assert row["n"] + row.get("n_missing", 0) == 2 and row.get("n_missing", 0) == info["judge"]["unparseable"]
-    _assert_no_secret(tmp_path / "run", proc.stdout, proc.stderr)
+def test_the_llm_judge_reads_its_grade_from_the_served_models_probabilities(vllm_server, tmp_path, monkeypatch):
+    """judge_grade with ``judge.backend=openai``: vLLM gives the digits' log-probabilities by token id at the grade's
+    position, every answer is graded from them, and each distribution equals the in-process judge's (float32 on both
+    sides: the per-token log-probabilities agree to ~5e-5, see the module docstring)."""
+    from medqa_bench.metrics import resolve_metrics
+    from medqa_bench.metrics.judge import _JUDGES, judge_prompt
+
+    monkeypatch.delenv("MEDQA_BENCH_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    preds = ["Flu causes fever, cough, sore throat, muscle aches and tiredness.", "Take fifty aspirin tablets at once."]
+    refs = ["Symptoms of flu include fever, cough, sore throat, body aches, headache and fatigue.",
+            "Rest, fluids and pain relievers at the labelled dose; see a doctor if it persists."]
+    items = [{"id": "a", "question": "What are the symptoms of flu?"},
+             {"id": "b", "question": "How is a headache treated?"}]
+    _JUDGES.clear()
+    served_params = {"backend": "openai", "base_url": vllm_server, "served_model": SERVED, "concurrency": 1,
+                     "cache": str(tmp_path / "judge.sqlite")}
+    [served] = resolve_metrics(["judge_grade"], params={"judge": served_params})
+    [local] = resolve_metrics(["judge_grade"], params={"judge": {"device": "cpu", "dtype": "float32", "cache": "none"}})
+    got, expected = (m.compute(predictions=preds, references=refs, items=items) for m in (served, local))
+    info = served.describe()
+    assert "judge=openai:" in info["signature"] and "|method=probabilities|" in info["signature"]
+    assert info["judge"]["by_method"] == {"probabilities": 2, "parsed text": 0} and info["judge"]["unscored"] == 0
+    judges = {j.config.backend: j for j in _JUDGES.values()}
+    assert judges["openai"].backend.describe()[SERVED]["next_token_logprobs"] == "by token id"
+    for p, r, it in zip(preds, refs, items):
+        prompt = judge_prompt(it["question"], r, p)
+        a, b = judges["openai"].judgments[prompt], judges["transformers"].judgments[prompt]
+        assert a.method == b.method == "probabilities"
+        assert a.distribution == pytest.approx(b.distribution, abs=2e-4) and a.mass == pytest.approx(b.mass, rel=1e-3)
+    np.testing.assert_allclose(got, expected, atol=5e-4)
+    _assert_no_secret(tmp_path)
 
 
 @pytest.mark.slow

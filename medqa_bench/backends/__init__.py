@@ -12,7 +12,7 @@ Backends register like metrics (the generic :class:`~medqa_bench.registry.Regist
 group, and :func:`register_backend` in code. ``--backend NAME`` (``RunSpec.backend``) selects one; an unknown name
 answers "did you mean …" with a :class:`~medqa_bench.errors.BackendError` before anything loads.
 
->>> backend_class("transformers").capabilities == frozenset({"generate", "nll", "adapters"})
+>>> backend_class("transformers").capabilities == frozenset({"generate", "nll", "adapters", "next_token"})
 True
 >>> backend_class("transformer")                 # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
@@ -38,8 +38,10 @@ if TYPE_CHECKING:
     from ..systems import System
 
 #: What a backend can be asked for. A run needs "generate" and "nll" for its language-model rows and "adapters" for
-#: adapter rows; the runner refuses a backend without them before anything loads.
-CAPABILITIES = ("generate", "nll", "adapters")
+#: adapter rows; the runner refuses a backend without them before anything loads. "next_token" (optional, a method
+#: outside the protocol's required members): :meth:`Backend.next_token_logprobs`, which the LLM judge reads its grade
+#: from (medqa_bench.metrics.judge); a backend without it is judged from generated text.
+CAPABILITIES = ("generate", "nll", "adapters", "next_token")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,26 @@ class NLLRequest:
     system: "System"
     prompt: str
     completion: str
+
+
+@dataclass(frozen=True)
+class NextTokenRequest:
+    """The log-probabilities of ``tokens`` as the token that comes right after ``prompt``, as ``system``. Each of
+    ``tokens`` must be one token where it stands: the prompt's tokens followed by it must tokenise as the prompt's
+    tokens and exactly one more (a backend refuses one that is not, with a :class:`BackendError`)."""
+
+    system: "System"
+    prompt: str
+    tokens: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NextTokenLogprobs:
+    """``logprobs[token]``: each asked token's log-probability as the next token, the log-softmax over the whole
+    vocabulary of the model's raw logits (no temperature); None where the backend could not read it (a server that
+    lists only its top-k tokens without it)."""
+
+    logprobs: dict[str, float | None]
 
 
 #: ``on_result(i, value)``: called as request ``i`` finishes (the cache writes through it, so a killed run keeps it).
@@ -117,6 +139,11 @@ class Backend(Protocol):
     def completion_nll(self, requests: Sequence[NLLRequest], *, progress: bool = False,
                        on_result: OnResult | None = None) -> "list[CompletionNLL]":
         """One :class:`~medqa_bench.inference.CompletionNLL` per request, in order."""
+
+    def next_token_logprobs(self, requests: Sequence[NextTokenRequest], *, progress: bool = False,
+                            on_result: OnResult | None = None) -> list[NextTokenLogprobs]:
+        """One :class:`NextTokenLogprobs` per request, in order; only a backend with the "next_token" capability
+        has it (it is not among the members a backend class must have)."""
 
     def batches(self, kind: str, requests: Sequence[Any]) -> list[list[int]]:
         """The whole batches (positions in ``requests``, one system's) the backend forms for ``kind`` ("generate" or
@@ -214,6 +241,22 @@ def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     if not texts:
         return []
     return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def next_token_ids(tokenizer: Any, prompt: str, tokens: Sequence[str]) -> tuple[list[int], list[int]]:
+    """The prompt's ids (special tokens added, as generation tokenises it) and the id of each of ``tokens`` where it
+    follows the prompt; a :class:`BackendError` for a token that is not exactly one token there (a tokenizer that
+    merges it with the prompt's end, or splits it)."""
+    ctx = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    ids = []
+    for token in tokens:
+        whole = tokenizer(prompt + token, add_special_tokens=True)["input_ids"]
+        if len(whole) != len(ctx) + 1 or whole[: len(ctx)] != ctx:
+            end = tokenizer.convert_ids_to_tokens(whole[max(0, len(ctx) - 2):])
+            raise BackendError(f"{token!r} is not one token after the prompt: the prompt's end and it tokenise as "
+                               f"{end} (asked for the next token's log-probability)")
+        ids.append(whole[-1])
+    return list(ctx), ids
 
 
 def by_system(requests: Sequence[Any]) -> "list[tuple[System, list[int]]]":

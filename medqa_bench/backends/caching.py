@@ -1,12 +1,13 @@
-"""A backend's generations and completion NLLs looked up in the cache first, computed (and stored as each finishes)
+"""A backend's generations, completion NLLs and next-token log-probabilities looked up in the cache first, computed
 for what is missing: :class:`CachingBackend`, the wrapper lm-evaluation-harness calls ``CachingLM``.
 
 The cache key of an output (:func:`medqa_bench.cache.cache_key`) is the system's identity (:meth:`Backend.identity`:
 for the transformers backend weight and adapter fingerprints, quantization, dtype, device type, prompt format and, for a
 retrieval-augmented row, its retrieval spec and prompt template version; the passages themselves are in the prompt
 text) with the item's exact prompt (and completion) and either the decoding parameters of the system's format (stop
-sequences included) or the context the NLL is scored in (:attr:`Backend.max_length`). Under ``accelerate launch``
-rank 0 reads the cache and tells the other ranks, so every rank agrees on what is left to compute.
+sequences included), the context the NLL is scored in (:attr:`Backend.max_length`) or, for next-token
+log-probabilities, the tokens asked for. Under ``accelerate launch`` rank 0 reads the cache and tells the other ranks,
+so every rank agrees on what is left to compute.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Callable, Sequence
 from ..cache import InferenceCache, cache_key
 from ..generation import Generation
 from ..inference import CompletionNLL
-from . import Backend, GenerationRequest, NLLRequest, OnResult
+from . import Backend, GenerationRequest, NextTokenLogprobs, NextTokenRequest, NLLRequest, OnResult
 
 
 class CachingBackend:
@@ -47,6 +48,16 @@ class CachingBackend:
                 for r in requests]
         return self._cached("nll", requests, keys, CompletionNLL, nll_record, self.backend.completion_nll,
                             progress, on_result)
+
+    def next_token_logprobs(self, requests: Sequence[NextTokenRequest], *, progress: bool = False,
+                            on_result: OnResult | None = None) -> list[NextTokenLogprobs]:
+        """The asked tokens' next-token log-probabilities (a backend with the "next_token" capability), keyed like a
+        generation: the system's identity, the exact prompt and the tokens asked for."""
+        identity = self._identities(requests)
+        keys = [cache_key("next_token", identity[r.system], {"prompt": r.prompt, "tokens": list(r.tokens)})
+                for r in requests]
+        return self._cached("next_token", requests, keys, NextTokenLogprobs, next_token_record,
+                            self.backend.next_token_logprobs, progress, on_result)
 
     def _identities(self, requests: Sequence[Any]) -> dict[Any, dict[str, Any]]:
         return {s: self.backend.identity(s) for s in dict.fromkeys(r.system for r in requests)}
@@ -87,3 +98,8 @@ def generation_record(g: Generation) -> dict[str, Any]:
 def nll_record(value: CompletionNLL) -> dict[str, Any]:
     """A completion NLL as the cache stores it."""
     return {"nll_sum": value.nll_sum, "nll_tokens": value.nll_tokens}
+
+
+def next_token_record(value: NextTokenLogprobs) -> dict[str, Any]:
+    """Next-token log-probabilities as the cache stores them."""
+    return {"logprobs": dict(value.logprobs)}

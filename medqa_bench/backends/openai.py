@@ -18,6 +18,12 @@ Its ids are checked against the server's own (vLLM's ``/tokenize``) before anyth
   The context is ``--max-length`` or the server's ``max_model_len`` less one (the server generates one token even when
   asked for none). A server that gives no prompt log-probabilities (one probe request says so) loses the "nll"
   capability: the runner then refuses the NLL metrics, naming why, and runs without NLL when none is asked for.
+- **Next-token log-probabilities** (the LLM judge's grade, :meth:`OpenAIBackend.next_token_logprobs`):
+  ``/v1/completions`` with the prompt's token ids, ``max_tokens: 1`` and ``logprobs``, read at the one generated
+  position. vLLM is asked for the wanted tokens by id (its ``logprob_token_ids``, with ``return_tokens_as_token_ids``),
+  so each one's log-probability comes back whatever its rank; another server gives its top :data:`TOP_LOGPROBS`, and a
+  wanted token outside them is None. One probe request says which; a server that gives neither loses the
+  "next_token" capability (the judge then reads its generated text).
 - **Requests** (:mod:`medqa_bench.backends.openai_api`): ``--concurrency`` in flight (threads), each with
   ``--request-timeout`` seconds and ``--retries`` retries with exponential backoff after a timeout, a dropped
   connection, 408, 409, 429 or a 5xx; any other 4xx fails at once. A request that still fails stops the run with one
@@ -60,6 +66,9 @@ SERVED_PREFIX = "served:"
 PROBE_TEXT = "What are the symptoms of influenza? Fever, cough and muscle aches."
 #: Statuses with which a server refuses a request it does not support (echo, logprobs, token ids, max_tokens 0).
 REFUSALS = (400, 404, 405, 422, 501)
+#: Log-probabilities of the top tokens asked for at a generated position where a server cannot be asked for tokens by
+#: id: 20 is the most OpenAI's API and vLLM's default ``--max-logprobs`` give.
+TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ class OpenAIBackend:
 
     name = "openai"
     #: What it can do with a server that gives prompt log-probabilities; an instance drops "nll" when its does not.
-    capabilities = frozenset({"generate", "nll", "adapters"})
+    capabilities = frozenset({"generate", "nll", "adapters", "next_token"})
     #: Its adapters are the server's, so a run adds no shipped adapter folder by default.
     loads_adapter_folders = False
 
@@ -122,6 +131,7 @@ class OpenAIBackend:
         self._infos: dict[str, Any] = {}  # adapter name -> AdapterInfo of its local folder
         self._messages: dict[str, list[dict[str, str]]] = {}  # a rendered chat prompt -> the conversation it renders
         self._score_max_tokens = 0
+        self._tokens_by_id = False  # next-token log-probabilities asked for by token id (vLLM's extension)
 
     # ------------------------------------------------------------------------------------------ the server
 
@@ -159,6 +169,7 @@ class OpenAIBackend:
             self._server["version"] = None  # not every server has vLLM's /version
         self._check_tokenizer(root)
         self._probe_logprobs()
+        self._probe_next_token()
 
     def _check_served(self, served: str, who: str, how: str) -> None:
         if served in self._models:
@@ -221,6 +232,32 @@ class OpenAIBackend:
             self._server["system_fingerprint"] = data.get("system_fingerprint")
         except BackendError:
             self._server["system_fingerprint"] = None
+
+    def _probe_next_token(self) -> None:
+        """Ask once for a generated token's log-probabilities: by token id (vLLM), else the top-k, else none (the
+        server loses the "next_token" capability)."""
+        ids = self.tokenizer(PROBE_TEXT, add_special_tokens=True)["input_ids"]
+        reason = ""
+        for by_id in (True, False):
+            body = self._next_token_body(self.spec.served_model, ids, ids[-1:], by_id)
+            try:
+                answer = self.api.request("POST", "/completions", body, "probing next-token log-probabilities")
+                top = _top_logprobs(answer)
+            except RequestFailed as exc:
+                if exc.status not in REFUSALS:
+                    raise
+                reason = str(exc).split(": ", 1)[-1]
+                continue
+            except BackendError as exc:
+                reason = str(exc).split(": ", 1)[-1]
+                continue
+            # a server that ignores the extension names its tokens by text, not "token_id:N"
+            self._tokens_by_id = by_id and any(k.startswith("token_id:") for k in top)
+            return
+        self.capabilities = self.capabilities - {"next_token"}
+        self.limitations["next_token"] = (f"the server at {self.base_url} gives no log-probabilities of a generated "
+                                          f"token (/v1/completions with logprobs: {reason})")
+        log.info("%s; the LLM judge reads its generated text", self.limitations["next_token"])
 
     # ------------------------------------------------------------------------------------------ the rows
 
@@ -309,6 +346,8 @@ class OpenAIBackend:
             "tokenizer_check": self._server.get("tokenizer_check"),
             "quantization": self.spec.quantization or "served",
             "prompt_logprobs": "nll" in self.capabilities,
+            "next_token_logprobs": ("by token id" if self._tokens_by_id else f"top {TOP_LOGPROBS}")
+                                   if "next_token" in self.capabilities else None,
         }}
 
     def describe_system(self, system: "System") -> dict[str, Any]:
@@ -413,6 +452,35 @@ class OpenAIBackend:
             count += len(part)
         return CompletionNLL(total, count)
 
+    def next_token_logprobs(self, requests: Sequence[Any], *, progress: bool = False,
+                            on_result: OnResult | None = None) -> list:
+        if "next_token" not in self.capabilities:
+            raise BackendError(self.limitations.get("next_token", "the server gives no next-token log-probabilities"))
+        return self.api.map(requests, self._next_token_one, f"next-token log-probabilities ({self.spec.served_model})",
+                            progress, on_result)
+
+    def _next_token_one(self, r: Any) -> Any:
+        from . import NextTokenLogprobs, next_token_ids
+
+        ids, wanted = next_token_ids(self.tokenizer, r.prompt, r.tokens)
+        data = self.api.request("POST", "/completions",
+                                self._next_token_body(self.served_name(r.system), ids, wanted, self._tokens_by_id),
+                                f"next-token log-probabilities for {r.system.name}")
+        top = _top_logprobs(data)
+        out: dict[str, float | None] = {}
+        for token, k in zip(r.tokens, wanted):
+            value = top.get(f"token_id:{k}") if self._tokens_by_id else top.get(self.tokenizer.decode([k]))
+            out[token] = float(value) if value is not None else None
+        return NextTokenLogprobs(out)
+
+    @staticmethod
+    def _next_token_body(model: str, ids: list[int], wanted: list[int], by_id: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0.0,
+                                "logprobs": TOP_LOGPROBS}
+        if by_id:
+            body.update(logprob_token_ids=list(wanted), return_tokens_as_token_ids=True)
+        return body
+
     @staticmethod
     def _score_body(model: str, ids: list[int], max_tokens: int) -> dict[str, Any]:
         return {"model": model, "prompt": ids, "echo": True, "logprobs": 0, "max_tokens": max_tokens,
@@ -421,6 +489,20 @@ class OpenAIBackend:
     def batches(self, kind: str, requests: Sequence[Any]) -> list[list[int]]:
         return [[i] for i in range(len(requests))]  # every request stands alone; the server batches
 
+
+
+def _top_logprobs(data: dict[str, Any]) -> dict[str, float]:
+    """The top log-probabilities of the first generated token (``choices[0].logprobs.top_logprobs[0]``), checked."""
+    what = "reading next-token log-probabilities"
+    top = field(data, what, "choices", 0, "logprobs", "top_logprobs", 0)
+    if not isinstance(top, dict) or not top:
+        raise BackendError(f"{what}: choices[0].logprobs.top_logprobs[0] is {type(top).__name__}, not a mapping of "
+                           "tokens to log-probabilities")
+    bad = next((v for v in top.values() if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)
+                or v > 1e-6), "ok")
+    if bad != "ok":
+        raise BackendError(f"{what}: a log-probability is {bad!r}, not a number <= 0")
+    return top
 
 
 def _adapter_value(adapter: ServedAdapter) -> str:

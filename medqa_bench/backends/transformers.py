@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from . import GenerationRequest, NLLRequest, OnResult, by_system, count_tokens
+from . import GenerationRequest, NextTokenRequest, NLLRequest, OnResult, by_system, count_tokens
 
 if TYPE_CHECKING:
     from ..data import Example
@@ -82,7 +82,7 @@ class TransformersBackend:
     """
 
     name = "transformers"
-    capabilities = frozenset({"generate", "nll", "adapters"})
+    capabilities = frozenset({"generate", "nll", "adapters", "next_token"})
 
     def __init__(self, spec: "RunSpec", *, adapters: dict[str, str], ranks: Any = None):
         from ..models import pick_device
@@ -182,6 +182,21 @@ class TransformersBackend:
                 out[i] = value
         return out
 
+    def next_token_logprobs(self, requests: Sequence[NextTokenRequest], *, progress: bool = False,
+                            on_result: OnResult | None = None) -> list:
+        from ..models import system_active
+
+        out: list[Any] = [None] * len(requests)
+        for system, positions in by_system(requests):
+            loaded = self.bases[system.quantization]
+            with system_active(loaded, system.adapter_name or "baseline") as model:
+                values = next_token_logprobs(model, loaded.tokenizer, [requests[i] for i in positions],
+                                             batch_size=self.spec.batch_size, max_length=self.max_length,
+                                             progress=progress, on_result=_at(positions, on_result))
+            for i, value in zip(positions, values):
+                out[i] = value
+        return out
+
     def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False,
                  on_result: OnResult | None = None) -> list:
         """Each base's requests: in mixed-adapter batches when they are of several rows with LoRA adapters, else
@@ -227,6 +242,53 @@ class TransformersBackend:
                                batch_size=self.spec.batch_size, max_length=self.max_length)
         return generation_batches(loaded.model, loaded.tokenizer, prompts, batch_size=self.spec.batch_size,
                                   max_new_tokens=requests[0].decoding.max_new_tokens)
+
+
+def next_token_logprobs(model: Any, tokenizer: Any, requests: Sequence[NextTokenRequest], *,
+                        batch_size: int | str = "auto", max_length: int | None = None, progress: bool = False,
+                        on_result: OnResult | None = None) -> list:
+    """Each request's tokens' log-probabilities as the token after its prompt: the float32 log-softmax of the
+    model's logits at the prompt's last position, one forward pass a prompt. Prompts are batched by length, right-
+    padded (causal attention never lets a real token see the padding after it, so each prompt is computed as alone),
+    and the language-model head runs on the last positions only (:func:`medqa_bench.inference._scored_logits`)."""
+    import torch
+
+    from ..errors import BackendError
+    from ..inference import (_progress, _scored_logits, attention_kernels, default_token_budget, nll_padding_limit,
+                             token_batches)
+    from . import NextTokenLogprobs, next_token_ids
+
+    encoded = [next_token_ids(tokenizer, r.prompt, r.tokens) for r in requests]
+    too_long = next((len(ctx) for ctx, _ in encoded if max_length and len(ctx) > max_length), None)
+    if too_long:
+        raise BackendError(f"a prompt of {too_long} tokens is longer than the model's context ({max_length} tokens); "
+                           "shorten it")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = token_batches([len(ctx) for ctx, _ in encoded], batch_size, default_token_budget(model),
+                            nll_padding_limit(model))
+    out: list[Any] = [None] * len(requests)
+    bar = _progress(len(requests), "next-token log-probabilities", progress)
+    try:
+        with torch.inference_mode(), attention_kernels(device):
+            for batch in batches:
+                width = max(len(encoded[i][0]) for i in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids[row, : len(encoded[i][0])] = torch.tensor(encoded[i][0])
+                rows = torch.arange(len(batch), device=device)
+                last = torch.tensor([len(encoded[i][0]) - 1 for i in batch], device=device)
+                logits = _scored_logits(model, {"input_ids": ids.to(device)}, rows, last)
+                logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+                for row, i in enumerate(batch):
+                    wanted = encoded[i][1]
+                    out[i] = NextTokenLogprobs({t: float(logprobs[row, k]) for t, k in zip(requests[i].tokens, wanted)})
+                    if on_result is not None:
+                        on_result(i, out[i])
+                    bar.update(1)
+    finally:
+        bar.close()
+    return out
 
 
 def _lora_only(loaded: "LoadedModel") -> bool:

@@ -45,22 +45,20 @@ BUILTINS: dict[str, str] = {
     "bm25_similarity": "medqa_bench.metrics.bm25sim:bm25_similarity",
     "context_recall": "medqa_bench.metrics.grounding:context_recall",
     "answer_grounding": "medqa_bench.metrics.grounding:answer_grounding",
-    "judge_correctness": "medqa_bench.metrics.judge:judge_correctness",
-    "judge_completeness": "medqa_bench.metrics.judge:judge_completeness",
-    "judge_harmful": "medqa_bench.metrics.judge:judge_harmful",
+    "judge_grade": "medqa_bench.metrics.judge:judge_grade",
 }
 
 #: Names that stand for several metrics in ``--metrics`` ("default" too), and whose ``--metric-param GROUP.KEY=V``
-#: goes to each member (a member's own parameter wins). The judge's three metrics share one judgment per answer.
+#: goes to each member (a member's own parameter wins). "judge" names the LLM judge's metric(s).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "judge": ("judge_correctness", "judge_completeness", "judge_harmful"),
+    "judge": ("judge_grade",),
 }
 
 DEFAULT_METRICS = [
     "loss", "perplexity", "exact_match", "fuzzy", "rouge1", "rouge2", "rougeL", "rougeLsum", "token_f1",
     "embedding_similarity", "context_recall", "answer_grounding",
-]  # fmt: skip  (the last two score systems with retrieval only; a run without --rag records neither; the judge_*
-#    metrics are asked for by name, "--metrics default,judge": each answer costs a judge model's generation)
+]  # fmt: skip  (the last two score systems with retrieval only; a run without --rag records neither; judge_grade
+#    is asked for by name, "--metrics default,judge": each answer costs a forward pass of a judge model)
 
 ENTRY_POINT_GROUP = "medqa_bench.metrics"
 
