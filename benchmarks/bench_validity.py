@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_validity.py [--metrics A,B] [--bootstrap 2000] [--seed 0]
                                                   [--against embedding_similarity] [--out DIR] [--judged FOLDER]
+                                                  [--write-measured]
 
 Runs :func:`medqa_bench.validity.validate` on the bundled MedQuAD judged set (``medqa-bench data fetch
 medquad-judged``, or ``--judged`` a folder holding ``qrels.txt`` and ``answers.csv.gz``) with every default metric
@@ -10,6 +11,11 @@ of ``metrics validate`` (built-in, reference-based, no language model) unless ``
 prints four tables: agreement with the grades (95% CIs from resampling questions), robustness win rates, each
 metric against ``--against`` on within-question Spearman and on-topic AUC (difference, CI, Holm-corrected p), and
 time.
+
+``--write-measured`` also writes ``medqa_bench/validity/measured.json``, the figures every run records by default
+(:mod:`medqa_bench.validity.measured`): the compact form of this validity.json, numbers and definitions only, no text
+of the judged set. Run it after changing a metric's definition (tests/test_run_validity.py checks that the file's
+signatures are today's).
 
 Time: ``s / 1,000 pairs`` scores the set's first 1,000 (candidate, reference) pairs with a fresh metric object after
 one warm-up pair (the warm-up loads any model, so this is the scoring alone); ``validate s`` is the metric's whole
@@ -62,6 +68,8 @@ def main() -> None:
     ap.add_argument("--against", default="embedding_similarity", help="the metric the others are compared with")
     ap.add_argument("--out", default="reports/validity/medquad-judged")
     ap.add_argument("--judged", help="the judged folder (default: the user data folder's medquad-judged)")
+    ap.add_argument("--write-measured", action="store_true", help="also write medqa_bench/validity/measured.json, "
+                    "the bundled figures runs record (numbers only)")
     args = ap.parse_args()
 
     names = [m.strip() for m in args.metrics.split(",")] if args.metrics else default_metrics()
@@ -72,6 +80,10 @@ def main() -> None:
     out = Path(args.out)
     write_validity(out / "validity.json", data)
     (out / "validity.html").write_text(render_validity_html(data), encoding="utf-8")
+    if args.write_measured:
+        from medqa_bench.validity.measured import bundled_path, write_measured
+
+        write_measured(bundled_path(), data)
     timing = {n: seconds_per_1000(n, None, judged.candidates) for n in data["metrics"] if n != "answer_length"}
 
     import torch
@@ -122,6 +134,8 @@ def main() -> None:
         print(f"\nNot validated: {s['name']}: {s['reason']}.")
     print(f"\nPrimary metric: {data['primary'] or 'none'}: {data['primary_reason']}.")
     print(f"\n(validity.json and validity.html in {out})")
+    if args.write_measured:
+        print("(medqa_bench/validity/measured.json written from it)")
 
 
 if __name__ == "__main__":

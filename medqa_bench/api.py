@@ -127,18 +127,19 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Results:
 def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tuple[str, ...] = (),
           metric_params: dict | None = None, similarity_metric: str | None = None,
           thresholds: dict[str, float] | None = None, out: str | Path | None = None, overwrite: bool = False,
-          report: bool = True, progress: bool = True) -> Results:
+          report: bool = True, progress: bool = True, validity: str | None = None) -> Results:
     """Re-score saved generations of a run folder without loading the language model.
 
     ``metrics`` are computed again (or added) and the run's other metrics kept; none: all of them again.
     ``similarity_metric`` and ``thresholds`` change the soft-match analysis. ``out`` writes the result to another
-    folder. See :func:`medqa_bench.runner.score`.
+    folder. ``validity`` (a validity.json, or "bundled") changes where the metrics' validity figures come from.
+    See :func:`medqa_bench.runner.score`.
     """
     from . import runner
 
     return load_results(runner.score(run_dir, metrics=metrics, plugins=plugins, metric_params=metric_params,
                                      similarity_metric=similarity_metric, thresholds=thresholds, out=out,
-                                     overwrite=overwrite, report=report, progress=progress))
+                                     overwrite=overwrite, report=report, progress=progress, validity=validity))
 
 
 def prepare_data(spec: DataSpec | None = None, out: str | Path = "data/prepared", *, overwrite: bool = False) -> Path:

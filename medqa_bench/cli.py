@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR", help="load metric plugins; repeatable")
     r.add_argument("--similarity-metric", metavar="NAME", help="metric for the soft confusion analysis (default embedding_similarity)")
     r.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="analysis thresholds: t, t_low, t_high")
+    r.add_argument("--validity", metavar="FILE|bundled", help="each metric's validity figures from this validity.json "
+                   "(`metrics validate`), matched by signature (default: the bundled measurement)")
     r.add_argument("--out", metavar="DIR", help="run folder (default reports/<name>)")
     r.add_argument("--cache", metavar="PATH", help="SQLite cache of generations and NLLs (default: the user cache)")
     r.add_argument("--no-cache", action="store_true", help="compute everything afresh and store nothing")
@@ -146,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load metric plugins; their metrics are computed too")
     s.add_argument("--similarity-metric", metavar="NAME", help="metric for the soft confusion analysis")
     s.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="analysis thresholds: t, t_low, t_high")
+    s.add_argument("--validity", metavar="FILE|bundled", help="validity figures from this validity.json instead of "
+                   "the run's (recomputed either way for the run's metrics)")
     s.add_argument("--out", metavar="DIR", help="write the re-scored run here and leave RUN_DIR as it is")
     s.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds a different run")
     s.add_argument("--no-report", action="store_true")
@@ -312,6 +316,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             except ValueError:
                 raise SpecError(f"--threshold {k}={v}: the value must be a number") from None
         ch["analysis"] = AnalysisSpec(args.similarity_metric or spec.analysis.similarity_metric, thresholds, spec.analysis.seed)
+    if args.validity is not None:
+        ch["validity"] = None if args.validity.strip() == "bundled" else args.validity
     if args.no_cache:
         ch["cache"] = None
     elif args.cache:
@@ -351,7 +357,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     result = score(args.run_dir, metrics=metrics, plugins=tuple(args.plugin or ()),
                    metric_params=_metric_params(args.metric_param) or None, similarity_metric=args.similarity_metric,
                    thresholds=thresholds or None, out=args.out, overwrite=args.overwrite, report=not args.no_report,
-                   progress=not args.quiet)
+                   progress=not args.quiet, validity=args.validity)
     print(result.summary())
     return 0
 

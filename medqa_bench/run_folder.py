@@ -167,7 +167,7 @@ def _differing_keys(recorded: Mapping[str, Any], spec: Mapping[str, Any]) -> lis
 
 
 #: Spec keys added after run folders were first written, with the value a spec without them meant.
-_LATER_KEYS = {"backend": "transformers", "base_url": None, "served_model": None}
+_LATER_KEYS = {"backend": "transformers", "base_url": None, "served_model": None, "validity": None}
 
 
 def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import random
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, atomic, distributed, run_folder
 from .backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
@@ -29,6 +29,9 @@ from .rag import run_passages
 from .schema import SCHEMA_VERSION
 from .spec import RunSpec
 from .systems import System
+
+if TYPE_CHECKING:
+    from .validity.measured import ValiditySource
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +147,11 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
 def _run(spec: RunSpec, progress: bool) -> Path:
     from .audit import audit_items
     from .reference_rows import reference_answers
+    from .validity.measured import read_validity_source
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    validity = read_validity_source(spec.validity)  # a bad --validity file fails before anything loads
     ranks = distributed.launched(spec.device)  # None unless launched with WORLD_SIZE > 1 (nothing imported then)
     progress = progress and (ranks is None or ranks.is_main)
     backend = create_backend(spec, adapters=run_adapters(spec), ranks=ranks)  # nothing loaded; an unknown name fails
@@ -270,8 +275,9 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     out_dir = spec.output_path
     timings["inference_total_s"] = time.perf_counter() - t0
     if ranks is not None:  # the others wait in wait_for_main() above; a failure here is passed on to them
-        return ranks.main_only(lambda: _score_and_write(out_dir, results, samples, metrics, spec, timings, progress))
-    return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress)
+        return ranks.main_only(lambda: _score_and_write(out_dir, results, samples, metrics, spec, timings, progress,
+                                                        validity))
+    return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress, validity)
 
 
 def _prompts(backend: Backend, items: list[Example], lm_systems: list[System], passages) -> dict[str, list[str]]:
@@ -367,9 +373,11 @@ def _system_infos(systems: list[System], backend: Backend, spec: RunSpec,
     return out
 
 
-def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, timings, progress) -> Path:
+def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, timings, progress,
+                     validity: ValiditySource) -> Path:
     from .analysis import analyze
     from .metrics.scoring import score_samples
+    from .validity.measured import run_validity
 
     systems = list(results["systems"])
     t = time.perf_counter()
@@ -378,6 +386,8 @@ def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, ti
     # `score` keeps the metrics it does not compute again: merge, the new values last
     results["metrics"] = {**(results.get("metrics") or {}), **metric_info}
     results["results"] = {s: {**(results.get("results") or {}).get(s, {}), **scored.get(s, {})} for s in systems}
+    # after scoring: a judge's signature (its model) is known only once it has scored
+    results["validity"] = run_validity(results["metrics"], validity)
     t = time.perf_counter()
     results["analysis"] = analyze(results, samples, similarity_metric=spec.analysis.similarity_metric,
                                   thresholds=spec.analysis.thresholds or None, seed=spec.analysis.seed)
@@ -436,15 +446,19 @@ def check_samples_complete(results: dict[str, Any], samples: list[dict[str, Any]
 def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tuple[str, ...] = (),
           metric_params: dict | None = None, similarity_metric: str | None = None,
           thresholds: dict[str, Any] | None = None, out: str | Path | None = None, overwrite: bool = False,
-          report: bool = True, progress: bool = True) -> Path:
+          report: bool = True, progress: bool = True, validity: str | None = None) -> Path:
     """Re-score a run folder's saved generations (no language model is loaded), re-analyse and re-render it.
 
     ``metrics`` are computed again (or added); every other metric of the run keeps its scores. Without ``metrics``
     every metric of the run is computed again. The metrics of ``plugins`` are always computed. ``similarity_metric``
     and ``thresholds`` (``t``, ``t_low``, ``t_high``) change the soft-match analysis. The run folder is replaced
     whole, or, with ``out``, left as it was and the re-scored run written to ``out`` (a folder holding a different
-    run is replaced only with ``overwrite``). Returns the folder written.
+    run is replaced only with ``overwrite``). ``validity`` (a validity.json, or "bundled") replaces the run's source
+    of validity figures; either way the validity block is computed again for the metrics the run now has. Returns
+    the folder written.
     """
+    from .validity.measured import read_validity_source
+
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir
     with run_folder.lock(run_dir):
@@ -458,6 +472,9 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
                                                       {**spec.analysis.thresholds, **(thresholds or {})},
                                                       spec.analysis.seed))
         spec = spec.replace(report=report)
+        if validity is not None:
+            spec = spec.replace(validity=None if validity == "bundled" else validity)
+        source = read_validity_source(spec.validity)
         if out_dir.resolve() != run_dir.resolve():
             run_folder.check_replaceable(out_dir, spec.to_dict(), overwrite=overwrite)
         computed = {m.name for m in resolved}
@@ -469,8 +486,10 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
         for per_metric in (results.get("results") or {}).values():
             _drop(per_metric, computed)  # results["metrics"] keeps its order: the new infos replace the old in place
         results["spec"] = spec.to_dict()
+        results["schema_version"] = SCHEMA_VERSION  # same major version (read_run): the fields added since are written
         results.setdefault("data", {}).setdefault("item_ids_fingerprint", "sha256:" + sha256_json([s["id"] for s in samples]))
-        return _score_and_write(out_dir, results, samples, resolved, spec, dict(results.get("timings", {})), progress)
+        return _score_and_write(out_dir, results, samples, resolved, spec, dict(results.get("timings", {})), progress,
+                                source)
 
 
 def _rescore_metrics(results: dict[str, Any], spec: RunSpec, metrics: list[str] | None, plugins: tuple[str, ...],

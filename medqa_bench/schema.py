@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 #: 2.0: systems are rows of three kinds (baseline rows, one per prompt format; adapters, each in its own format;
 #: reference rows that need no model), samples hold a prompt per format, stop reasons, null scores and the leakage
 #: audit, and results hold the budget, the harness's loss definition and the verdict. 1.x run folders are refused.
@@ -24,6 +24,9 @@ SCHEMA_VERSION = "2.1"
 #: samples' ``passages`` and ``<format>+rag`` prompts, "context" metrics), unscored items (``allows_missing``,
 #: ``n_missing``, per-item None from the LLM judge, its ``judge`` info), the backend (``spec.backend``, ``models``),
 #: each language-model row's base (``quantization``, ``quantization_source``) and reference rows' ``settings``.
+#: 2.2 (fields added; 2.0 and 2.1 folders read as before, their report says validity was not recorded): ``validity``
+#: (:class:`RunValidity`: each metric's agreement with expert grades and robustness, the floor, the primary metric),
+#: ``spec.validity`` and the verdict's ``primary`` and ``weak_metrics`` warnings.
 
 
 class SystemSample(TypedDict, total=False):
@@ -98,6 +101,51 @@ class SystemInfo(TypedDict, total=False):
     retrieval: dict[str, Any]  # a +rag row: rag.run_passages(): method, k, words, label, template, index
 
 
+class MeasuredFigures(TypedDict):
+    """A metric of the run whose signature was measured: its figures as the validity file holds them."""
+
+    measured: bool  # True
+    signature: str
+    figures: dict[str, dict[str, Any]]  # medqa_bench.validity.stats.FIGURES -> {"value", "ci_low", "ci_high"}
+    robustness: dict[str, dict[str, Any]]  # perturbation -> win rate {"value", "ci_low", "ci_high", "n"}
+    passes_robustness: bool
+    n_scored: Optional[int]
+    n_unscored: Optional[int]
+    below_floor: Optional[bool]  # within-question Spearman below the floor; None where it is undefined
+
+
+class NotMeasured(TypedDict):
+    measured: bool  # False
+    signature: str  # the run's signature of the metric
+    reason: str  # an nll or context metric, not in the file, or measured with another signature
+
+
+class ValidityFloor(TypedDict):
+    figure: str  # "within_question_spearman"
+    value: float  # 0.3 (medqa_bench.validity.measured.WITHIN_QUESTION_FLOOR)
+    rule: str
+
+
+class PrimaryMetric(TypedDict):
+    metric: Optional[str]  # None: no measured metric of the run passes the robustness suite
+    rule: str  # medqa_bench.validity.schema.PRIMARY_RULE
+    reason: str
+
+
+class RunValidity(TypedDict):
+    """``results["validity"]`` (medqa_bench.validity.measured.run_validity), recomputed by ``score``."""
+
+    source: str  # "bundled" (the package's measured.json) or the validity.json path given with --validity
+    fingerprint: str  # sha256 of that file's bytes
+    created: str  # when the file's measurement was made
+    medqa_bench_version: str  # of the measurement
+    judged_set: dict[str, Any]  # {"name", "fingerprint", "counts"}
+    settings: dict[str, Any]  # good_threshold, related_grade, n_bootstrap, seed, resampled, ci
+    floor: ValidityFloor
+    primary: PrimaryMetric
+    metrics: dict[str, Any]  # metric name -> MeasuredFigures | NotMeasured, every metric of the run
+
+
 class ResultsFile(TypedDict, total=False):
     schema_version: str
     medqa_bench_version: str
@@ -116,3 +164,4 @@ class ResultsFile(TypedDict, total=False):
     timings: dict[str, float]  # seconds per stage
     analysis: dict[str, Any]  # analysis.analyze(): comparisons, thresholds, degeneration, leakage, confusion, lengths
     verdict: dict[str, Any]  # analysis.verdict.build_verdict(): per adapter, improves/regresses/warnings/conditions
+    validity: RunValidity  # 2.2: each metric's validity figures, the floor and the primary metric

@@ -17,6 +17,7 @@ Example file (YAML)::
     decoding: {max_new_tokens: 256}
     metrics: [perplexity, rougeL, embedding_similarity]
     metric_params: {embedding_similarity: {model: /models/all-MiniLM-L6-v2}}
+    validity: reports/validity/mine/validity.json   # default: the bundled measurement
 
 Every value is checked by type when the spec is made (from a file, a dict or keyword arguments: one coercion,
 :mod:`medqa_bench.typed`, shared with the training recipes), and the checks that need no model (ranges, choices, the
@@ -95,6 +96,9 @@ class RunSpec:
     metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()
     analysis: AnalysisSpec = AnalysisSpec()
+    # a validity.json (`metrics validate`) whose figures results.json records beside each metric and the verdict
+    # reads; None (or "bundled"): the bundled measurement (medqa_bench.validity.measured)
+    validity: str | None = None
     output_dir: str | None = None  # default reports/<name>
     cache: str | None = "default"  # "default": the user cache; None: no cache; else a path
     report: bool = True
@@ -139,6 +143,9 @@ class RunSpec:
             if d.no_repeat_ngram_size < 0:
                 raise SpecError(f"decoding.no_repeat_ngram_size must be >= 0 (0 = off), not {d.no_repeat_ngram_size}")
         _check_thresholds(self.analysis.thresholds)
+        if self.validity is not None and not self.validity.strip():
+            raise SpecError("validity must name a validity.json (from `medqa-bench metrics validate`) or 'bundled', "
+                            "not an empty string")
         if self.prompt_format is not None and self.prompt_format not in PROMPT_FORMATS:
             raise SpecError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, not '{self.prompt_format}'")
         for fmt in self.baseline_formats or ():

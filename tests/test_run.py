@@ -47,7 +47,7 @@ def test_run_folder_contents(small_run):
     results = json.loads((run / "results.json").read_text())
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert (run / "report.html").exists()
-    assert results["schema_version"] == "2.1"
+    assert results["schema_version"] == "2.2"
     assert list(results["systems"]) == ["baseline", "ft", "retrieval", "boilerplate", "question"]
     assert [results["systems"][s]["kind"] for s in results["systems"]] == ["baseline", "adapter"] + ["reference"] * 3
     # the instruct baseline is asked in its own chat template; an adapter without training metadata in the same
@@ -59,6 +59,11 @@ def test_run_folder_contents(small_run):
     assert results["data"]["manifest_fingerprint"].startswith("sha256:") and results["data"]["n_items"] == 3
     assert results["spec"]["limit"] == 3 and results["spec"]["decoding"]["max_new_tokens"] == 8
     assert results["environment"]["versions"]["torch"]
+    # each metric's validity from the bundled measurement; the verdict opens with the primary metric
+    validity = results["validity"]
+    assert validity["source"] == "bundled" and validity["primary"]["metric"] in METRICS.split(",")
+    assert validity["metrics"]["rougeL"]["measured"] and not validity["metrics"]["loss"]["measured"]
+    assert results["verdict"]["lines"][0].startswith(f"primary metric: {validity['primary']['metric']}")
     for m in METRICS.split(","):
         for s in ("baseline", "ft"):
             v = results["results"][s][m]

@@ -16,7 +16,13 @@ Per adapter, against the **strongest baseline** of each metric (:mod:`medqa_benc
   soft-match thresholds that fell back to defaults;
 - ``conditions``: every way the adapter and its strongest baselines were not evaluated alike (prompt format, stop
   sequences, retrieved passages in the prompt, the base's quantization at training and at evaluation, the definition
-  of the training eval loss).
+  of the training eval loss);
+- ``primary``: its result on the run's **primary metric** (``results["validity"]``,
+  :mod:`medqa_bench.validity.measured`: of the run's metrics measured against expert grades and passing the
+  robustness suite, the one with the highest within-question Spearman), and a ``weak_metrics`` warning when every
+  metric on which it differs significantly from its strongest baseline agrees weakly with expert grades (within-question
+  Spearman below the recorded floor) or was not measured against them (loss and perplexity never are: they are not
+  answer-quality metrics).
 
 A row with retrieval (``baseline+rag``, ``<adapter>+rag``; :mod:`medqa_bench.rag`) gets a verdict of its own, judged
 against the plain baseline rows as an adapter is.
@@ -28,6 +34,8 @@ report opens with.
 from __future__ import annotations
 
 from typing import Any
+
+from .instruments import primary_line, primary_result, weak_metrics_warning
 
 ALPHA = 0.05
 SMALL_SAMPLE = 30  # fewer items: CIs too wide to read much into "no difference"
@@ -250,6 +258,8 @@ def build_verdict(results: dict) -> dict[str, Any]:
         if kinds.get(w["system"]) == "baseline" and w["system"] not in (analysis.get("paired") or {}):
             run_warnings.append({"code": w["code"], "system": w["system"], "message": w["message"]})
 
+    validity = results.get("validity")  # None: a run folder written before validity was recorded
+    primary_metric = ((validity or {}).get("primary") or {}).get("metric")
     adapters: dict[str, Any] = {}
     for adapter, judged in (analysis.get("paired") or {}).items():
         strongest = (analysis.get("strongest_baseline") or {}).get(adapter) or {}
@@ -262,6 +272,10 @@ def build_verdict(results: dict) -> dict[str, Any]:
             warnings.append({"code": "leakage", "message":
                              f"without the near-duplicate items ({clean['n_items']} items left) the verdict changes on "
                              f"{', '.join(clean['changed'])}"})
+        primary = primary_result(primary_metric, versus)
+        weak = weak_metrics_warning(adapter, versus, validity, primary) if validity else None
+        if weak:
+            warnings.insert(0, weak)
         adapters[adapter] = {
             "strongest_baseline": strongest,
             **versus,
@@ -269,13 +283,17 @@ def build_verdict(results: dict) -> dict[str, Any]:
             "warnings": warnings,
             "conditions": _conditions(results, adapter, bases),
             "clean_subset": clean,
+            "primary": primary,
         }
         adapters[adapter]["lines"] = _adapter_lines(adapter, adapters[adapter], results)
-    verdict = {"version": 1, "alpha": ALPHA, "correction": "holm", "adapters": adapters, "warnings": run_warnings}
+    verdict = {"version": 1, "alpha": ALPHA, "correction": "holm", "adapters": adapters, "warnings": run_warnings,
+               "primary": (validity or {}).get("primary")}
     verdict["lines"] = [line for a in adapters.values() for line in a["lines"]] + [
         f"warning: {w['message']}" for w in run_warnings]
     if not adapters:
         verdict["lines"].insert(0, "no adapter was evaluated: the run compares baseline and reference rows only")
+    if validity:
+        verdict["lines"].insert(0, primary_line(validity))
     return verdict
 
 
@@ -285,6 +303,17 @@ def _adapter_lines(adapter: str, v: dict, results: dict) -> list[str]:
                          f"p_holm {_p(r['p_holm'])})" for r in rows)
 
     lines = []
+    p = v.get("primary")
+    if p and p["outcome"] != "not_compared":
+        said = {"improves": "improves", "regresses": "regresses", "no_difference": "no significant difference"}
+        numbers = (f"{'+' if (p['diff'] or 0) > 0 else ''}{_fmt(p['diff'])} [{_fmt(p['ci'][0])}, {_fmt(p['ci'][1])}] "
+                   f"vs {p['against']}, p_holm {_p(p['p_holm'])}")
+        n_items = (results.get("analysis") or {}).get("n_items") or 0
+        small = (f"; only {n_items} items: see the small-sample warning" if p["outcome"] == "no_difference"
+                 and n_items < SMALL_SAMPLE else "")
+        lines.append(f"{adapter} on the primary metric {p['metric']}: {said[p['outcome']]} ({numbers}){small}")
+    elif p:
+        lines.append(f"{adapter} on the primary metric {p['metric']}: not compared (no paired scores of it)")
     if v["improves"]:
         lines.append(f"{adapter} beats the strongest baseline on {listing(v['improves'])}")
     if v["regresses"]:

@@ -1,7 +1,8 @@
 """The page: tables and provenance as template context, figures and items as escaped JSON, one Jinja2 template.
 
-The page opens with the verdict (:mod:`.verdict_view`), then the summary, paired tests, degeneration, leakage audit
-and thresholds (:mod:`.tables`), the figures (:mod:`.figures`), the item explorer and the provenance.
+The page opens with the verdict (:mod:`.verdict_view`), then the summary with each metric's validity beside it and
+"Which number to trust" (:mod:`.validity_view`), paired tests, degeneration, leakage audit and thresholds
+(:mod:`.tables`), the figures (:mod:`.figures`), the item explorer and the provenance.
 
 Data strings reach the page two ways, both safe: as template variables (Jinja2 autoescape) and as JSON in
 ``<script type="application/json">`` blocks, where :func:`script_json` escapes ``<``, ``>`` and ``&`` so a
@@ -18,6 +19,7 @@ from typing import Any
 
 from . import diagnostics, figures, tables
 from .cells import fmt
+from .validity_view import validity_context
 from .verdict_view import verdict_context
 
 # Figure sections, in page order; "leakage" figures sit inside the leakage audit section.
@@ -211,6 +213,7 @@ def render_html(
         system_info={s["name"]: s for s in systems},
         verdict=verdict_context(results, analysis, verdict),
         headline=tables.headline(results, analysis, metric_notes(results, analysis)),
+        validity=validity_context(results, tables.metric_names(results, analysis)),
         lm_rows=tables.language_modeling(results, analysis),
         loss_definitions=tables.loss_definitions(results, analysis, runs),
         tests=tables.paired_tests(analysis),

@@ -75,7 +75,8 @@ def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple
     each adapter with the baseline rows and reference rows of its own run (:func:`medqa_bench.analysis.run_roles`);
     an adapter's own ``compared_with`` is kept, prefixed. Prompts are keyed ``<run>/<format>`` (each run's model
     renders its own). The generation budget is the run's that cuts the largest share of references, the loss
-    definition and the model's quantization are carried when the runs agree; each run's own stay in ``runs``.
+    definition, the model's quantization and the validity figures are carried when the runs agree; each run's own
+    stay in ``runs``.
     """
     first_ids = {s["id"] for s in runs[0][1]}
     for name, (_, samples) in zip(names[1:], runs[1:]):
@@ -131,6 +132,11 @@ def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple
         for system, values in (results.get("results") or {}).items():
             combined["results"][prefixed(run, system)] = values
     combined["signature_conflicts"] = sorted(m for m, s in signatures.items() if len(s) > 1)
+    validity = [r.get("validity") for r, _ in runs]
+    if validity[0] and all(v == validity[0] for v in validity):  # else each run's own report shows its own
+        combined["validity"] = validity[0]
+    elif any(validity):
+        combined["validity_differs"] = True
 
     by_id: dict[str, dict] = {}
     for run, (_, samples) in zip(names, runs):

@@ -111,6 +111,17 @@ def _headline(v: dict, grid: dict | None) -> str:
     return "; ".join(parts)
 
 
+def _primary_cell(p: dict | None) -> dict | None:
+    """An adapter's result on the run's primary metric, as the verdict recorded it."""
+    if not p:
+        return None
+    ci_ = p.get("ci") or [None, None]
+    return {"metric": p.get("metric"), "outcome": p.get("outcome"),
+            "outcome_text": OUTCOME_TEXT.get(p.get("outcome"), "not compared"),
+            "diff": fmt_signed(p.get("diff")), "ci": ci({"ci_low": ci_[0], "ci_high": ci_[1]}),
+            "p_holm": fmt_p(p.get("p_holm")), "against": p.get("against") or ""}
+
+
 def verdict_context(results: dict, analysis: dict, verdict: dict | None) -> dict[str, Any]:
     """Template context of the verdict section; ``verdict`` is ``results["verdict"]`` (or one built for this page)."""
     verdict = verdict or {}
@@ -133,6 +144,7 @@ def verdict_context(results: dict, analysis: dict, verdict: dict | None) -> dict
             "conditions": v.get("conditions") or [],
             "clean": _clean_summary(v, analysis),
             "lines": v.get("lines") or [],
+            "primary": _primary_cell(v.get("primary")),
         })
     return {
         "adapters": adapters,
@@ -142,4 +154,5 @@ def verdict_context(results: dict, analysis: dict, verdict: dict | None) -> dict
         "correction": verdict.get("correction") or "holm",
         "n_items": analysis.get("n_items"),
         "n_reference_rows": len(analysis.get("reference_rows") or []),
+        "primary": verdict.get("primary"),  # None: no validity recorded when the verdict was built
     }
