@@ -366,3 +366,20 @@ def test_the_committed_measurement_is_of_todays_metric_definitions(measured):
              if r["signature"] != today[n]["signature"]}
     assert not stale, f"re-run benchmarks/bench_validity.py --write-measured: {stale}"
     assert measured["primary"] == choose_primary(rows)[0]
+
+
+def test_a_combined_report_carries_the_figures_only_when_the_runs_agree(tmp_path, bundled, measured):
+    from medqa_bench.report import render_report
+
+    folders = []
+    for k, source in enumerate((bundled, bundled)):
+        results, samples = _records(n=12, seed=k, run_name=f"run{k}", analysed=False)
+        results["validity"] = run_validity(results["metrics"], source)
+        folders.append(_write(tmp_path / f"r{k}", results, samples))
+    html = render_report(folders, tmp_path / "both.html").read_text(encoding="utf-8")
+    assert 'table class="validity"' in html and "records no validity figures" not in html
+    results = json.loads((folders[1] / "results.json").read_text())
+    results["validity"]["source"] = "other/validity.json"
+    (folders[1] / "results.json").write_text(json.dumps(results))
+    html = render_report(folders, tmp_path / "both.html").read_text(encoding="utf-8")
+    assert "record different validity figures" in html and 'table class="validity"' not in html

@@ -8,7 +8,9 @@
   bootstrap over questions, and metric-against-metric comparisons with Holm's correction;
 - :mod:`.robustness`: five answers a good answer must beat, and each metric's win rate against them;
 - :mod:`.validate`: scoring with the metrics and the ``validity.json`` record (:mod:`.schema`); :mod:`.page` renders
-  ``validity.html`` from it, :mod:`.command` is the command.
+  ``validity.html`` from it, :mod:`.command` is the command;
+- :mod:`.measured`: what a run records from a validity file (the bundled ``measured.json`` or ``--validity FILE``):
+  each metric's figures matched by signature, the floor, the primary metric.
 
 >>> from medqa_bench.validity import bundled_judged_set, validate          # doctest: +SKIP
 """
