@@ -7,8 +7,23 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs the suite in parallel workers (pytest-xdist, one test file per worker at a time). Each worker, and
+# every process it starts, gets an equal share of the cores, so two workers on two cores do not fight over them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    """Before parallel workers start, convert the default model's GGUF file once (the workers would each do it)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        return
+    from medqa_bench.models import DEFAULT_MODEL, resolve_model
+
+    resolve_model(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="session")
