@@ -84,8 +84,10 @@ class Results:
         return (f"Results({str(self.run_dir)!r}, systems={self.systems}, n_items={data.get('n_items')}, "
                 f"metrics={list(self.results.get('metrics') or {})})")
 
-    def summary(self) -> str:
-        """The headline as text: one line per metric, one column per system, value [CI]."""
+    def summary(self, *, full_verdict: bool = False) -> str:
+        """The headline as text: one line per metric, one column per system, value [CI]; then the verdict in brief
+        (:func:`medqa_bench.report.terminal.verdict_brief`: at most five findings, the warnings by kind, where the
+        rest is), or every line of it with ``full_verdict``."""
         systems = self.systems
         res = self.results.get("results", {})
         metrics = list(self.results.get("metrics", {}))
@@ -101,6 +103,10 @@ class Results:
                     cells[-1] += f" ({v['n_missing']} unscored)"
             lines.append(f"{m:<22}" + "".join(f"{c:>32}" for c in cells))
         verdict = (self.results.get("verdict") or {}).get("lines") or []
+        if verdict and not full_verdict:
+            from .report.terminal import verdict_brief
+
+            return "\n".join(lines + verdict_brief(self.results, self.run_dir))
         if verdict:
             lines.append("verdict:")
             lines += [f"  - {line}" for line in verdict]

@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache", metavar="PATH", help="SQLite cache of generations and NLLs (default: the user cache)")
     r.add_argument("--no-cache", action="store_true", help="compute everything afresh and store nothing")
     r.add_argument("--no-report", action="store_true", help="skip report.html")
+    r.add_argument("--full-verdict", action="store_true", help="print every line of the verdict (default: at most five "
+                   "findings and the warnings by kind; results.json and the report keep every line)")
     r.add_argument("--overwrite", action="store_true", help="replace a run folder that holds a different run (another "
                    "spec); re-running the same spec replaces its folder without it")
     r.add_argument("--seed", type=int, help="seed of bootstrap CIs and distractor choice (default 0)")
@@ -153,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="DIR", help="write the re-scored run here and leave RUN_DIR as it is")
     s.add_argument("--overwrite", action="store_true", help="replace an --out folder that holds a different run")
     s.add_argument("--no-report", action="store_true")
+    s.add_argument("--full-verdict", action="store_true", help="print every line of the verdict")
+
+    k = sub.add_parser("check", help="a CI gate: exit 1 when an adapter fails a condition of its run's verdict",
+                       description="Read RUN_DIR/results.json (no model, nothing recomputed) and check every adapter: "
+                                   "exit 0 when all pass, 1 with one line per failed condition, 2 on bad input.")
+    k.add_argument("run_dir", metavar="RUN_DIR")
+    k.add_argument("--conditions", metavar="A,B", help="what fails the gate: primary (does not significantly beat its "
+                   "strongest baseline on the primary metric), regression (significantly worse on any metric), "
+                   "degeneration (a degeneration warning on its answers), leakage, weak_metrics, or all "
+                   "(default primary,regression,degeneration)")
+    k.add_argument("--adapter", action="append", metavar="NAME", help="check this adapter only; repeatable "
+                   "(default: every adapter of the run)")
 
     rp = sub.add_parser("report", help="render report.html from run folders (several: one combined comparison)")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -331,7 +345,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run(spec, progress=not args.quiet)
     if not _is_main_process():
         return 0  # under accelerate/torchrun, process 0 speaks for the run
-    print(result.summary())
+    print(result.summary(full_verdict=args.full_verdict))
     if spec.limit is None and result.results["data"]["n_items"] < result.results["data"]["split_size"]:
         print(f"(a seeded sample of {result.results['data']['n_items']} of {result.results['data']['split_size']} items; "
               "`medqa-bench run --limit 0` evaluates the full split)")
@@ -358,8 +372,16 @@ def cmd_score(args: argparse.Namespace) -> int:
                    metric_params=_metric_params(args.metric_param) or None, similarity_metric=args.similarity_metric,
                    thresholds=thresholds or None, out=args.out, overwrite=args.overwrite, report=not args.no_report,
                    progress=not args.quiet, validity=args.validity)
-    print(result.summary())
+    print(result.summary(full_verdict=args.full_verdict))
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .analysis.gate import check_run, parse_conditions
+
+    result = check_run(args.run_dir, parse_conditions(args.conditions), tuple(args.adapter) if args.adapter else None)
+    print("\n".join(result.lines()))
+    return result.exit_status
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -463,8 +485,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "score": cmd_score, "report": cmd_report, "train": cmd_train, "data": cmd_data,
-            "metrics": cmd_metrics, "chat": cmd_chat}
+COMMANDS = {"run": cmd_run, "score": cmd_score, "check": cmd_check, "report": cmd_report, "train": cmd_train,
+            "data": cmd_data, "metrics": cmd_metrics, "chat": cmd_chat}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -212,3 +212,141 @@ def test_a_run_decoded_against_repetition_says_its_repetition_warnings_say_littl
     else:
         assert len(found) == 1 and named in found[0]["message"] and "say little" in found[0]["message"]
         assert any(named in line for line in v["lines"])
+
+
+# ------------------------------------------------------------------------------------------ what a test can reach
+
+
+def _few_items_run(n: int, *, validity: bool = True) -> dict:
+    """The hand-made run of conftest_report on ``n`` items, its primary metric embedding_similarity."""
+    from conftest_report import make_records
+
+    results, samples = make_records(n=n, near_duplicates=0, analysed=False)
+    if validity:
+        results["validity"] = {
+            "source": "bundled", "floor": {"figure": "within_question_spearman", "value": 0.3, "rule": "r"},
+            "primary": {"metric": "embedding_similarity", "rule": "rule", "reason": "the reason"},
+            "metrics": {"embedding_similarity": {"measured": True, "below_floor": False, "figures": {
+                "within_question_spearman": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}}}}
+    results["analysis"] = analyze(results, samples, n_bootstrap=500)
+    results["verdict"] = build_verdict(results)
+    return results
+
+
+@pytest.fixture(scope="module")
+def five_items():
+    return _few_items_run(5)
+
+
+def test_with_five_items_the_verdict_says_no_test_can_reach_significance(five_items):
+    v = five_items["verdict"]
+    ft = v["adapters"]["qlora-medquad"]
+    why = "with 5 items the smallest p the paired test can give is 0.0625, 0.25 after Holm's correction over 4 metrics"
+    assert ft["primary"]["reachable"] is False and ft["primary"]["p_floor"] == pytest.approx(0.25)
+    assert ft["lines"][0].startswith("qlora-medquad on the primary metric embedding_similarity: cannot reach "
+                                     "significance (+0.097 [-0.044, 0.216] vs baseline, p_holm 0.250): " + why)
+    assert f"qlora-medquad cannot reach significance on any metric: {why}; its differences and intervals are " \
+           "descriptive only" in ft["lines"]
+    assert not any("no significant difference" in line for line in v["lines"])
+    [small] = [w for w in v["warnings"] if w["code"] == "small_sample"]
+    assert small["unreachable"] and "no paired test of this run can reach significance" in small["message"]
+
+
+def test_a_ci_that_excludes_zero_beside_a_test_that_does_not_is_explained(five_items):
+    """The CI and the test must not seem to disagree without a reason: every such row carries one, and a line says
+    it."""
+    for results in (five_items, _few_items_run(8), _few_items_run(12, validity=False)):
+        for name, a in results["verdict"]["adapters"].items():
+            for r in a["no_difference"]:
+                lo, hi = r["ci"]
+                assert bool(r.get("ci_note")) == (lo > 0 or hi < 0), (name, r)
+            noted = [r for r in a["no_difference"] if r.get("ci_note") and r["metric"] != "embedding_similarity"]
+            if noted:
+                assert any(line.startswith(f"{name}: the bootstrap CI of the difference excludes 0 on "
+                                           f"{noted[0]['metric']} [") and line.endswith(
+                    "while the paired test is not significant: the bootstrap CI is approximate on few items; the "
+                    "permutation test is exact") for line in a["lines"])
+
+
+def test_reach_counts_the_items_that_differ_and_holms_family():
+    from medqa_bench.analysis.reach import ci_note, reach, reach_text
+
+    def rows(n, m, differ=None):
+        return {f"m{k}": {"n": n, "p_permutation": 0.5, "wilcoxon": {"n_nonzero": n if differ is None else differ}}
+                for k in range(m)}
+
+    assert reach(rows(6, 1), alpha=0.05)["m0"]["reachable"] is True  # 2/64 = 0.031
+    two = reach(rows(6, 2), alpha=0.05)["m0"]  # Holm doubles it: 0.0625
+    assert two["reachable"] is False and reach_text(two) == (
+        "with 6 items the smallest p the paired test can give is 0.03125, 0.0625 after Holm's correction over 2 "
+        "metrics")
+    few = reach(rows(30, 1, differ=3), alpha=0.05)["m0"]
+    assert reach_text(few) == "3 of 30 items differ, and the smallest p the paired test can give on them is 0.25"
+    assert reach_text(reach(rows(30, 1, differ=0), alpha=0.05)["m0"]) == "the two rows score alike on all 30 items"
+    assert reach(rows(266, 10), alpha=0.05)["m0"]["p_floor"] == pytest.approx(0.001)  # 9,999 flips, times 10
+    # a row without an item count claims nothing
+    assert reach({"a": {"p_permutation": 0.3}}, alpha=0.05)["a"]["reachable"] is None
+    # on many items a CI that excludes 0 beside Holm's p is the correction's doing
+    row = {"n": 200, "ci_low": 0.01, "ci_high": 0.05, "p_permutation": 0.02, "p_holm": 0.08}
+    assert ci_note(row, reach(rows(200, 4), alpha=0.05)["m0"], alpha=0.05) == (
+        "the CI is not corrected for the 4 metrics tested; Holm's correction is (p 0.02 before it)")
+    assert ci_note({**row, "p_holm": 0.01}, None, alpha=0.05) is None
+    assert ci_note({**row, "ci_low": -0.01}, None, alpha=0.05) is None
+
+
+# ------------------------------------------------------------------------------------------ the terminal's verdict
+
+
+def _committed(name: str) -> dict:
+    from pathlib import Path
+
+    return json.loads((Path(__file__).resolve().parents[1] / "reports" / name / "results.json").read_text())
+
+
+@pytest.mark.parametrize("which", ["five_items", "headline-other-types", "headline-rag"])
+def test_the_terminal_verdict_leads_with_five_findings_and_groups_the_warnings(which, five_items):
+    from medqa_bench.report.terminal import MAX_FINDINGS, verdict_brief, warning_groups
+
+    results = five_items if which == "five_items" else _committed(which)
+    out = verdict_brief(results, "reports/x")
+    assert out[0] == "verdict:"
+    head = out.index(next(line for line in out if line.startswith("warnings and unequal conditions, by kind (")))
+    findings = out[1:head]
+    assert 1 <= len(findings) <= MAX_FINDINGS and all(line.startswith("  - ") for line in findings)
+    v = results["verdict"]
+    n_all = len(v["warnings"]) + sum(len(a["warnings"]) + len(a["conditions"]) for a in v["adapters"].values())
+    groups = warning_groups(results)
+    assert sum(n for _, n, _ in groups) == n_all and f"({n_all}):" in out[head]
+    assert len({kind for kind, _, _ in groups}) == len(groups) == len(out) - head - 2
+    assert out[-1].startswith("full verdict") and "reports/x/results.json, under verdict.lines" in out[-1]
+    assert len(out) < len(v["lines"])  # results.json keeps every line
+    if which == "five_items":
+        assert findings[0].startswith("  - qlora-medquad on the primary metric embedding_similarity: cannot reach")
+        assert ("small sample", 1) in [(k, n) for k, n, _ in groups]
+    if which == "headline-other-types":  # no primary metric recorded: the regressions lead
+        assert findings[0].startswith("  - s07-ref-all is worse than its strongest baseline on 7 metrics: ")
+        assert findings[-1] == "  - warning: 66% of s07-ref-all's answers hit the 639-token budget: overlap " \
+                               "metrics compare cut-off text"
+        assert out[head + 1].startswith("  degeneration: 6 (s07-ref-all truncated 66%, repeated 4-grams 56%")
+
+
+def test_summary_prints_the_brief_verdict_and_every_line_on_request(tmp_path, five_items):
+    from medqa_bench.api import Results
+
+    res = Results(tmp_path, five_items, [])
+    brief, full = res.summary(), res.summary(full_verdict=True)
+    assert "warnings and unequal conditions, by kind" in brief and f"full verdict: {tmp_path}/results.json" in brief
+    assert all(f"  - {line}" in full for line in five_items["verdict"]["lines"])
+    (tmp_path / "report.html").write_text("<html></html>")
+    assert res.summary().splitlines()[-1].startswith(f"full verdict: {tmp_path}/report.html")
+
+
+def test_the_reports_verdict_table_says_what_the_test_cannot_reach(five_items):
+    from medqa_bench.report.verdict_view import verdict_context
+
+    ctx = verdict_context(five_items, five_items["analysis"], five_items["verdict"])
+    [a] = ctx["adapters"]
+    assert a["primary"]["outcome_text"].startswith("cannot reach significance: with 5 items the smallest p")
+    fuzzy = next(r for r in a["rows"] if r["metric"] == "fuzzy")
+    assert fuzzy["outcome_text"].endswith("(the CI excludes 0: the bootstrap CI is approximate on few items; the "
+                                          "permutation test is exact)")

@@ -44,6 +44,9 @@ __all__ = [
     "stop_reason",
     "degeneration_stats",
     "degeneration_warnings",
+    "degeneration_label",
+    "degeneration_value",
+    "degeneration_found",
 ]
 
 _WORD = re.compile(r"\w+")
@@ -227,3 +230,30 @@ def degeneration_warnings(
                 "message": _message(code, system, float(value), threshold, max_new_tokens),
             })
     return out
+
+
+# The few words a warning is named by where there is no room for its message (the terminal's verdict, the gate).
+_DEGENERATION_WORDS = {"empty": "empty", "truncation": "truncated", "repetition": "repeated 4-grams",
+                       "low_diversity": "distinct-2", "too_short": "median length", "too_long": "median length"}
+
+
+def degeneration_value(code: str, value: float) -> str:
+    """A degeneration statistic (or its threshold) as its warning reads it: "79%", "0.29", "3.14x"."""
+    if code in ("empty", "truncation", "repetition"):
+        return f"{value:.0%}"
+    if code in ("too_short", "too_long"):
+        return f"{value:.2f}x".replace(".00x", "x")
+    return f"{value:.2f}"
+
+
+def degeneration_label(code: str, value: float | None) -> str:
+    """A degeneration warning in a few words ("truncated 79%"), for the terminal and the gate."""
+    word = _DEGENERATION_WORDS.get(code, code.replace("_", " "))
+    return word if value is None else f"{word} {degeneration_value(code, value)}"
+
+
+def degeneration_found(results: dict, system: str) -> list[dict]:
+    """The degeneration warnings of ``system`` as the analysis recorded them (``code``, ``value``, ``threshold``,
+    ``message``): the verdict's own copies lack the values in run folders written before it kept them."""
+    return [w for w in ((results.get("analysis") or {}).get("degeneration") or {}).get("warnings") or []
+            if w.get("system") == system]

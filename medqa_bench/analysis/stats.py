@@ -84,6 +84,21 @@ def permutation_p(statistic: Callable[[np.ndarray], np.ndarray], n: int, point: 
     return float((1 + extreme) / (len(signs) + 1))
 
 
+def smallest_p(n: int, *, n_resamples: int = PERMUTATIONS) -> float:
+    """The smallest two-sided p-value :func:`permutation_p` can give on ``n`` items whose differences are all
+    non-zero (items that tie carry no sign to flip, so pass the number that differ): ``2 / 2**n`` when every sign
+    vector is enumerated (the observed one and its mirror are the only ones as extreme), about the larger of that and
+    ``1 / (n_resamples + 1)`` with random flips. 1 without an item that differs.
+
+    >>> smallest_p(5), smallest_p(0)
+    (0.0625, 1.0)
+    """
+    if n <= 0:
+        return 1.0
+    exact = 2.0 / 2.0**n
+    return exact if n <= EXACT_FLIPS_MAX_N else max(exact, 1.0 / (n_resamples + 1))
+
+
 def paired_bootstrap(a, b, *, n_bootstrap: int = 2000, seed: int = 0) -> dict:
     """Mean of ``a - b`` over paired items, its 95% percentile CI and a two-sided p-value.
 

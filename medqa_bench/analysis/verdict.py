@@ -36,9 +36,11 @@ from __future__ import annotations
 from typing import Any
 
 from .instruments import primary_line, primary_result, weak_metrics_warning
+from .reach import FEW_ITEMS, ci_note, reach, reach_text
 
 ALPHA = 0.05
-SMALL_SAMPLE = 30  # fewer items: CIs too wide to read much into "no difference"
+SMALL_SAMPLE = FEW_ITEMS  # fewer items: CIs too wide to read much into "no difference"
+OUTCOMES = ("improves", "regresses", "no_difference")
 BUDGET_CUT_SHARE = 0.05  # more references than this longer than the budget: a warning
 
 
@@ -60,20 +62,33 @@ def _significant(row: dict) -> bool:
     return row.get("p_holm") is not None and row["p_holm"] < ALPHA
 
 
-def _row(metric: str, row: dict) -> dict[str, Any]:
-    return {"metric": metric, "against": row.get("against"), "diff": row.get("mean_diff"),
-            "ci": [row.get("ci_low"), row.get("ci_high")], "p_holm": row.get("p_holm")}
+def _row(metric: str, row: dict, r: dict | None) -> dict[str, Any]:
+    """A judged row as the verdict keeps it; with what its test can reach (:mod:`.reach`): ``reachable`` (False: the
+    smallest Holm p it could give, ``p_floor``, is not below alpha; ``why_unreachable`` says why) and ``ci_note`` where
+    its CI excludes 0 while its test is not significant."""
+    out = {"metric": metric, "against": row.get("against"), "diff": row.get("mean_diff"),
+           "ci": [row.get("ci_low"), row.get("ci_high")], "p_holm": row.get("p_holm"), "n": row.get("n")}
+    if r is not None:
+        out.update(reachable=r["reachable"], p_floor=r["p_floor"], n_differ=r["n_differ"])
+        if r["reachable"] is False:
+            out["why_unreachable"] = reach_text(r)
+    note = ci_note(row, r, alpha=ALPHA)
+    if note:
+        out["ci_note"] = note
+    return out
 
 
 def _against_strongest(judged: dict) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {"improves": [], "regresses": [], "no_difference": []}
-    for m, row in (judged.get("metrics") or {}).items():
+    rows = judged.get("metrics") or {}
+    reaches = reach(rows, alpha=ALPHA)
+    out: dict[str, list[dict]] = {o: [] for o in OUTCOMES}
+    for m, row in rows.items():
         if _significant(row) and row.get("better") is True:
-            out["improves"].append(_row(m, row))
+            out["improves"].append(_row(m, row, reaches.get(m)))
         elif _significant(row) and row.get("better") is False:
-            out["regresses"].append(_row(m, row))
+            out["regresses"].append(_row(m, row, reaches.get(m)))
         else:
-            out["no_difference"].append(_row(m, row))
+            out["no_difference"].append(_row(m, row, reaches.get(m)))
     return out
 
 
@@ -139,7 +154,7 @@ def _grouped_notes(notes: list[dict]) -> list[dict]:
         what = "echoing the question" if mine[0]["code"] == "question_row" else "one fixed answer for every item"
         measures = "topic, not content" if mine[0]["code"] == "question_row" else "register and boilerplate, not content"
         listing = "; ".join(f"{n['metric']} {_fmt(n['value'])} (≥ {', '.join(n['systems'])})" for n in mine)
-        out.append({"code": mine[0]["code"], "metrics": [n["metric"] for n in mine], "message":
+        out.append({"code": mine[0]["code"], "reference": ref, "metrics": [n["metric"] for n in mine], "message":
                     f"the {ref} row ({what}) scores as high as language-model rows on {len(mine)} metric(s): "
                     f"{listing}; there these metrics measure {measures}"})
     return out
@@ -241,12 +256,10 @@ def build_verdict(results: dict) -> dict[str, Any]:
     if decoding:
         run_warnings.append(decoding)
     if n_items < SMALL_SAMPLE:
-        run_warnings.append({"code": "small_sample", "message":
-                             f"only {n_items} items: the intervals are wide and 'no significant difference' says little "
-                             "(--limit 0 evaluates the whole split)"})
+        run_warnings.append(_small_sample_warning(n_items, analysis.get("paired") or {}))
     for m, th in (analysis.get("match_thresholds") or {}).items():
         if th.get("source") == "default" and th.get("reason"):
-            run_warnings.append({"code": "thresholds", "message":
+            run_warnings.append({"code": "thresholds", "metric": m, "message":
                                  f"{m}'s soft-match thresholds are fallback defaults: {th['reason']}"})
     leak = analysis.get("leakage") or {}
     if leak.get("n_near_duplicates"):
@@ -266,13 +279,18 @@ def build_verdict(results: dict) -> dict[str, Any]:
         bases = list(dict.fromkeys(strongest.values()))
         versus = _against_strongest(judged)
         refs = _against_references(analysis.get("comparisons") or {}, adapter, kinds)
-        warnings = [{"code": w["code"], "message": w["message"]} for w in degeneration if w["system"] == adapter]
+        warnings = [{k: w[k] for k in ("code", "system", "value", "threshold", "message") if k in w}
+                    for w in degeneration if w["system"] == adapter]
         clean = _clean_subset(analysis, adapter, versus)
         if clean and clean["changed"]:
             warnings.append({"code": "leakage", "message":
                              f"without the near-duplicate items ({clean['n_items']} items left) the verdict changes on "
                              f"{', '.join(clean['changed'])}"})
         primary = primary_result(primary_metric, versus)
+        if primary and primary["outcome"] != "not_compared":  # what its test can reach, and a CI that seems to disagree
+            row = next(r for o in OUTCOMES for r in versus[o] if r["metric"] == primary_metric)
+            primary.update({k: row[k] for k in ("n", "n_differ", "reachable", "p_floor", "why_unreachable", "ci_note")
+                            if k in row})
         weak = weak_metrics_warning(adapter, versus, validity, primary) if validity else None
         if weak:
             warnings.insert(0, weak)
@@ -297,6 +315,33 @@ def build_verdict(results: dict) -> dict[str, Any]:
     return verdict
 
 
+def _small_sample_warning(n_items: int, paired: dict) -> dict:
+    """Few items: where no judged row of the run can reach significance at all, that is what the warning says."""
+    floors = [r for judged in paired.values() for r in reach(judged.get("metrics") or {}, alpha=ALPHA).values()]
+    if floors and all(r["reachable"] is False for r in floors):
+        lowest = min(r["p_floor"] for r in floors)
+        return {"code": "small_sample", "unreachable": True, "message":
+                f"only {n_items} items: no paired test of this run can reach significance (the smallest p any of them "
+                f"can give, after Holm's correction, is {lowest:.4g}, not below {ALPHA}); every difference in it is "
+                "descriptive (--limit 0 evaluates the whole split)"}
+    return {"code": "small_sample", "message":
+            f"only {n_items} items: the intervals are wide and 'no significant difference' says little "
+            "(--limit 0 evaluates the whole split)"}
+
+
+def _by_reason(rows: list[dict], key: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r[key], []).append(r)
+    return out
+
+
+def _cannot_reach(rows: list[dict]) -> str:
+    """"on a, b (why); on c (why)": the rows that cannot reach significance, grouped by the reason."""
+    return "; ".join(f"on {', '.join(r['metric'] for r in group)} ({why})"
+                     for why, group in _by_reason(rows, "why_unreachable").items())
+
+
 def _adapter_lines(adapter: str, v: dict, results: dict) -> list[str]:
     def listing(rows: list[dict]) -> str:
         return ", ".join(f"{r['metric']} ({'+' if (r['diff'] or 0) > 0 else ''}{_fmt(r['diff'])} vs {r['against']}, "
@@ -309,19 +354,47 @@ def _adapter_lines(adapter: str, v: dict, results: dict) -> list[str]:
         numbers = (f"{'+' if (p['diff'] or 0) > 0 else ''}{_fmt(p['diff'])} [{_fmt(p['ci'][0])}, {_fmt(p['ci'][1])}] "
                    f"vs {p['against']}, p_holm {_p(p['p_holm'])}")
         n_items = (results.get("analysis") or {}).get("n_items") or 0
-        small = (f"; only {n_items} items: see the small-sample warning" if p["outcome"] == "no_difference"
-                 and n_items < SMALL_SAMPLE else "")
-        lines.append(f"{adapter} on the primary metric {p['metric']}: {said[p['outcome']]} ({numbers}){small}")
+        if p.get("reachable") is False:
+            line = f"{adapter} on the primary metric {p['metric']}: cannot reach significance ({numbers}): " \
+                   f"{p['why_unreachable']}"
+        else:
+            small = (f"; only {n_items} items: see the small-sample warning" if p["outcome"] == "no_difference"
+                     and n_items < SMALL_SAMPLE else "")
+            line = f"{adapter} on the primary metric {p['metric']}: {said[p['outcome']]} ({numbers}){small}"
+        if p.get("ci_note"):
+            line += f"; the CI excludes 0 while the test is not significant: {p['ci_note']}"
+        lines.append(line)
     elif p:
         lines.append(f"{adapter} on the primary metric {p['metric']}: not compared (no paired scores of it)")
     if v["improves"]:
         lines.append(f"{adapter} beats the strongest baseline on {listing(v['improves'])}")
     if v["regresses"]:
         lines.append(f"{adapter} is worse than the strongest baseline on {listing(v['regresses'])}")
+    plain = [r for r in v["no_difference"] if r.get("reachable") is not False]
+    unreachable = [r for r in v["no_difference"] if r.get("reachable") is False]
     if not v["improves"] and not v["regresses"]:
-        lines.append(f"{adapter} shows no significant difference from the strongest baseline on any metric")
-    elif v["no_difference"]:
-        lines.append(f"{adapter}: no significant difference on {', '.join(r['metric'] for r in v['no_difference'])}")
+        if unreachable and not plain:
+            reasons = _by_reason(unreachable, "why_unreachable")
+            lines.append(f"{adapter} cannot reach significance on any metric: {next(iter(reasons))}; its differences "
+                         "and intervals are descriptive only" if len(reasons) == 1 else
+                         f"{adapter} cannot reach significance on any metric: {_cannot_reach(unreachable)}")
+        elif unreachable:
+            lines.append(f"{adapter} shows no significant difference from the strongest baseline on "
+                         f"{', '.join(r['metric'] for r in plain)}, and cannot reach significance "
+                         f"{_cannot_reach(unreachable)}")
+        else:
+            lines.append(f"{adapter} shows no significant difference from the strongest baseline on any metric")
+    else:
+        if plain:
+            lines.append(f"{adapter}: no significant difference on {', '.join(r['metric'] for r in plain)}")
+        if unreachable:
+            lines.append(f"{adapter} cannot reach significance {_cannot_reach(unreachable)}")
+    primary_metric = p["metric"] if p else None
+    noted = [r for r in v["no_difference"] if r.get("ci_note") and r["metric"] != primary_metric]
+    for note, group in _by_reason(noted, "ci_note").items():
+        cis = ", ".join(f"{r['metric']} [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]" for r in group)
+        lines.append(f"{adapter}: the bootstrap CI of the difference excludes 0 on {cis} while the paired test is not "
+                     f"significant: {note}")
     for ref, r in v["references"].items():
         if r["does_not_beat"]:
             worse = f" (significantly worse on {', '.join(r['worse_than'])})" if r.get("worse_than") else ""

@@ -16,6 +16,16 @@ OUTCOMES = ("improves", "regresses", "no_difference")
 OUTCOME_TEXT = {"improves": "improves", "regresses": "regresses", "no_difference": "no significant difference"}
 
 
+def _outcome_text(r: dict, outcome: str) -> str:
+    """The outcome in words; a test that cannot reach significance says so and why, and a CI that excludes 0 beside a
+    test that is not significant says why they part (the verdict's ``why_unreachable`` and ``ci_note``)."""
+    if r.get("reachable") is False:
+        text = f"cannot reach significance: {r.get('why_unreachable')}"
+    else:
+        text = OUTCOME_TEXT.get(outcome, "not compared")
+    return text + (f" (the CI excludes 0: {r['ci_note']})" if r.get("ci_note") else "")
+
+
 def _clean_cell(judged: dict | None, metric: str) -> dict | None:
     row = ((judged or {}).get("metrics") or {}).get(metric)
     if row is None:
@@ -39,7 +49,7 @@ def _metric_rows(v: dict, analysis: dict, adapter: str) -> list[dict]:
             rows.append({
                 "metric": m,
                 "outcome": outcome,
-                "outcome_text": OUTCOME_TEXT[outcome],
+                "outcome_text": _outcome_text(r, outcome),
                 "against": r.get("against") or full.get("against") or "",
                 "diff": fmt_signed(r.get("diff")),
                 "ci": ci({"ci_low": (r.get("ci") or [None, None])[0], "ci_high": (r.get("ci") or [None, None])[1]}),
@@ -117,7 +127,7 @@ def _primary_cell(p: dict | None) -> dict | None:
         return None
     ci_ = p.get("ci") or [None, None]
     return {"metric": p.get("metric"), "outcome": p.get("outcome"),
-            "outcome_text": OUTCOME_TEXT.get(p.get("outcome"), "not compared"),
+            "outcome_text": _outcome_text(p, p.get("outcome")),
             "diff": fmt_signed(p.get("diff")), "ci": ci({"ci_low": ci_[0], "ci_high": ci_[1]}),
             "p_holm": fmt_p(p.get("p_holm")), "against": p.get("against") or ""}
 
