@@ -58,3 +58,24 @@ def lora_adapter(tmp_path_factory, default_model):
                 p.normal_(0, 0.02)
     peft_model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def short_symptoms(tmp_path_factory):
+    """MedQuAD's symptoms rows whose answers have at most 600 characters (187 rows, 18 test items), as a CSV.
+
+    For end-to-end runs whose subject is the harness, not MedQuAD: a run's cost is the NLL of every reference and
+    the budget's tokenisation of the split, and the median symptoms answer has 1,700 characters."""
+    import csv
+    import gzip
+
+    from medqa_bench.paths import default_dataset
+
+    path = tmp_path_factory.mktemp("short-data") / "short_symptoms.csv"
+    with gzip.open(default_dataset(), "rt", encoding="utf-8", newline="") as src, \
+            open(path, "w", encoding="utf-8", newline="") as dst:
+        reader = csv.DictReader(src)
+        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(r for r in reader if r["qtype"] == "symptoms" and len(r["Answer"]) <= 600)
+    return path

@@ -54,9 +54,9 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_run_records_the_options_for_every_system_and_keys_its_cache_by_them(tmp_path, lora_adapter):
+def test_a_run_records_the_options_for_every_system_and_keys_its_cache_by_them(tmp_path, lora_adapter, short_symptoms):
     cache = tmp_path / "cache.sqlite"
-    common = ["-q", "run", "--adapter", f"ft={lora_adapter}", "--limit", "2", "--max-new-tokens", "12",
+    common = ["-q", "run", "--data", str(short_symptoms), "--adapter", f"ft={lora_adapter}", "--limit", "2", "--max-new-tokens", "12",
               "--batch-size", "1", "--device", "cpu", "--metrics", "loss,rougeL", "--reference-rows", "none",
               "--no-report", "--cache", str(cache)]
     plain = _cli(*common, "--out", str(tmp_path / "plain"), cwd=tmp_path)

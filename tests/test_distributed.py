@@ -122,10 +122,11 @@ def test_nll_plan_is_completion_nlls_own_batches(default_model, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, short_symptoms):
     root = tmp_path_factory.mktemp("distributed-run")
-    medqa(*RUN, "--out", str(root / "two"), "--cache", str(root / "two.sqlite"), processes=2)
-    medqa(*RUN, "--out", str(root / "one"), "--cache", str(root / "one.sqlite"))
+    data = ["--data", str(short_symptoms)]
+    medqa(*RUN, *data, "--out", str(root / "two"), "--cache", str(root / "two.sqlite"), processes=2)
+    medqa(*RUN, *data, "--out", str(root / "one"), "--cache", str(root / "one.sqlite"))
     return root
 
 

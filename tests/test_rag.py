@@ -300,9 +300,9 @@ def _run(*args, cwd=None):
 
 
 @pytest.fixture(scope="module")
-def rag_run(tmp_path_factory, lora_adapter):
+def rag_run(tmp_path_factory, lora_adapter, short_symptoms):
     tmp = tmp_path_factory.mktemp("rag-run")
-    args = ["--rag", "bm25:k=2", "--split", "test", "--limit", "2", "--max-new-tokens", "4", "--adapter",
+    args = ["--data", str(short_symptoms), "--rag", "bm25:k=2", "--split", "test", "--limit", "2", "--max-new-tokens", "4", "--adapter",
             f"ft={lora_adapter}", "--reference-rows", "retrieval", "--metrics", "loss,rougeL,context_recall,"
             "answer_grounding", "--device", "cpu", "--cache", str(tmp / "cache.sqlite"), "--out", str(tmp / "run")]
     _run(*args)

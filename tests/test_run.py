@@ -25,8 +25,9 @@ def cli(*args: str, env_extra: dict | None = None, check: bool = False, **kw) ->
 
 
 def base_args(out: Path, cache: Path, adapter: Path, limit: int = 3, tokens: int = 8, metrics: str = METRICS,
-              report: bool = True) -> list[str]:
-    return ["-q", "run", "--adapter", f"ft={adapter}", "--limit", str(limit), "--max-new-tokens", str(tokens),
+              report: bool = True, data: Path | None = None) -> list[str]:
+    """A small run; ``data``: the short-answer symptoms file (conftest ``short_symptoms``), else the default data."""
+    return ["-q", "run", *(["--data", str(data)] if data else []), "--adapter", f"ft={adapter}", "--limit", str(limit), "--max-new-tokens", str(tokens),
             "--batch-size", "1", "--metrics", metrics, "--out", str(out), "--cache", str(cache), "--device", "cpu",
             *([] if report else ["--no-report"])]
 
@@ -36,9 +37,9 @@ FAST = {"metrics": "loss,perplexity,rougeL,fuzzy", "report": False}
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory, lora_adapter):
+def small_run(tmp_path_factory, lora_adapter, short_symptoms):
     root = tmp_path_factory.mktemp("run")
-    cli(*base_args(root / "run", root / "cache.sqlite", lora_adapter), check=True)
+    cli(*base_args(root / "run", root / "cache.sqlite", lora_adapter, data=short_symptoms), check=True)
     return root
 
 
@@ -47,7 +48,7 @@ def test_run_folder_contents(small_run):
     results = json.loads((run / "results.json").read_text())
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert (run / "report.html").exists()
-    assert results["schema_version"] == "2.2"
+    assert results["schema_version"] == "2.3"
     assert list(results["systems"]) == ["baseline", "ft", "retrieval", "boilerplate", "question"]
     assert [results["systems"][s]["kind"] for s in results["systems"]] == ["baseline", "adapter"] + ["reference"] * 3
     # the instruct baseline is asked in its own chat template; an adapter without training metadata in the same
@@ -71,7 +72,8 @@ def test_run_folder_contents(small_run):
     assert len(samples) == 3
     for rec in samples:
         assert set(rec["prompts"]) == {"chat"} and rec["prompts"]["chat"].startswith("<|im_start|>")
-        assert set(rec["train_overlap"]) == {"reference", "question", "near_duplicate"}
+        overlap = rec["train_overlap"]  # a near-duplicate also carries the training texts it nearly repeats
+        assert set(overlap) == {"reference", "question", "near_duplicate", *(["nearest"] if overlap["near_duplicate"] else [])}
         for s in ("baseline", "ft"):
             r = rec["systems"][s]
             assert {"prediction", "truncated", "stop_reason", "generated_tokens", "nll_sum", "nll_tokens"} <= set(r)
@@ -89,7 +91,7 @@ def test_run_folder_contents(small_run):
     assert results["results"]["baseline"]["perplexity"]["value"] == pytest.approx(expected, rel=1e-9)
 
 
-def test_adapter_is_asked_in_its_recorded_format(tmp_path, lora_adapter):
+def test_adapter_is_asked_in_its_recorded_format(tmp_path, lora_adapter, short_symptoms):
     """An adapter whose training metadata records the reference template and a 4-bit base is evaluated in that
     template on that base, beside the chat baseline on the unquantized base; the adapter check then scores the 4-bit
     base alone in the reference template."""
@@ -100,7 +102,8 @@ def test_adapter_is_asked_in_its_recorded_format(tmp_path, lora_adapter):
     (adapter / "medqa_bench.json").write_text(json.dumps({"resolved": {"prompt_format": "reference",
                                                                      "quantization": "4bit"}}))
     out = tmp_path / "run"
-    cli(*base_args(out, tmp_path / "cache.sqlite", adapter, limit=2, tokens=6, metrics="loss,rougeL", report=False),
+    cli(*base_args(out, tmp_path / "cache.sqlite", adapter, limit=2, tokens=6, metrics="loss,rougeL", report=False,
+                   data=short_symptoms),
         "--reference-rows", "question", check=True)
     results = json.loads((out / "results.json").read_text())
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
@@ -119,29 +122,29 @@ def test_adapter_is_asked_in_its_recorded_format(tmp_path, lora_adapter):
     assert "prompt_format" in conditions and "stop_sequences" in conditions
 
 
-def test_second_run_is_all_cache_hits(small_run, lora_adapter):
+def test_second_run_is_all_cache_hits(small_run, lora_adapter, short_symptoms):
     out = small_run / "again"
-    cli(*base_args(out, small_run / "cache.sqlite", lora_adapter), check=True)
+    cli(*base_args(out, small_run / "cache.sqlite", lora_adapter, data=short_symptoms), check=True)
     first = json.loads((small_run / "run" / "results.json").read_text())
     second = json.loads((out / "results.json").read_text())
     assert second["cache"]["misses"] == 0 and second["cache"]["hits"] == 2 * 2 * 3  # nll + generation, 2 systems
     assert second["results"] == first["results"]
 
 
-def test_changing_the_key_misses(small_run, lora_adapter):
+def test_changing_the_key_misses(small_run, lora_adapter, short_symptoms):
     out = small_run / "other-tokens"
-    cli(*base_args(out, small_run / "cache.sqlite", lora_adapter, tokens=9, **FAST), check=True)
+    cli(*base_args(out, small_run / "cache.sqlite", lora_adapter, tokens=9, data=short_symptoms, **FAST), check=True)
     res = json.loads((out / "results.json").read_text())
     assert res["cache"]["misses"] == 2 * 3  # generations are new (decoding changed); NLLs are reused
     assert res["cache"]["hits"] == 2 * 3
 
 
-def test_resume_after_kill_9(tmp_path, lora_adapter, small_run):
+def test_resume_after_kill_9(tmp_path, lora_adapter, small_run, short_symptoms):
     """Killed (SIGKILL) after its first cached results, then started again: nothing finished is recomputed, and the
     outputs equal an uninterrupted run's (``small_run``: the same items, adapter, decoding and batch size, with a
     fresh cache; more metrics, which do not enter the cache keys)."""
     cache = tmp_path / "cache.sqlite"
-    args = base_args(tmp_path / "killed", cache, lora_adapter, **FAST)
+    args = base_args(tmp_path / "killed", cache, lora_adapter, data=short_symptoms, **FAST)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "medqa_bench.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -239,13 +242,13 @@ def test_failing_plugin_names_itself(tmp_path, small_run):
     assert "boom" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_adapter_without_effect_fails_loudly(tmp_path, default_model):
+def test_adapter_without_effect_fails_loudly(tmp_path, default_model, short_symptoms):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(default_model.source.location)
     get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(tmp_path / "zero")
-    proc = cli("run", "--adapter", f"zero={tmp_path / 'zero'}", "--limit", "2", "--out", str(tmp_path / "out"),
+    proc = cli("run", "--data", str(short_symptoms), "--adapter", f"zero={tmp_path / 'zero'}", "--limit", "2", "--out", str(tmp_path / "out"),
                "--no-cache", "--max-new-tokens", "4")
     assert proc.returncode == 2
     assert "does not change the model" in proc.stderr
