@@ -19,7 +19,9 @@ Definitions, exactly:
   characters and digits, fitted on the training and evaluated questions together), over every training question. Character similarity is wrong for questions: "What are the symptoms
   of Liddle syndrome?" and "... of Alagille syndrome?" share 93% of their characters and nothing of substance,
   while TF-IDF weighs the words that name the condition above the template words every question shares;
-- a training item with the evaluated item's own id is never a candidate (no self-match, e.g. with ``--split all``);
+- a training item with the evaluated item's own id is never a candidate (no self-match, e.g. with ``--split all``),
+  unless the training corpus is another file than the evaluated one (``exclude_same_id=False``: ``--train-data``, or
+  the adapters' training data; medqa_bench.training_corpus), where a shared id says nothing;
 - near-duplicate: either similarity >= :data:`NEAR_DUPLICATE_THRESHOLD` (0.9).
 
 >>> from medqa_bench.data import Example
@@ -71,7 +73,7 @@ def normalize_text(text: str) -> str:
 
 
 def _best_matches(
-    queries: Sequence[str], texts: Sequence[str], text_ids: Sequence[str], own_ids: Sequence[str]
+    queries: Sequence[str], texts: Sequence[str], text_ids: Sequence[str], own_ids: Sequence[str | None]
 ) -> list[dict[str, Any]]:
     """Per query: the highest fuzz.ratio/100 over its BM25 candidates, and the training id that gives it."""
     from rapidfuzz import fuzz
@@ -96,7 +98,7 @@ def _best_matches(
 
 
 def _question_matches(
-    queries: Sequence[str], texts: Sequence[str], text_ids: Sequence[str], own_ids: Sequence[str]
+    queries: Sequence[str], texts: Sequence[str], text_ids: Sequence[str], own_ids: Sequence[str | None]
 ) -> list[dict[str, Any]]:
     """Per query: the highest TF-IDF cosine with a training question (its own id excluded), and that question's id."""
     if not texts:
@@ -122,9 +124,13 @@ def _question_matches(
 
 
 def audit_items(
-    items: Sequence[Example], train: Sequence[Example], *, threshold: float = NEAR_DUPLICATE_THRESHOLD
+    items: Sequence[Example], train: Sequence[Example], *, threshold: float = NEAR_DUPLICATE_THRESHOLD,
+    exclude_same_id: bool = True,
 ) -> list[dict[str, Any]]:
     """One JSON-ready record per item, in item order (see the module docstring for the definitions).
+
+    ``exclude_same_id``: a training item with an evaluated item's id is that item, never its candidate; False when
+    ``train`` comes from another file than ``items``.
 
     ``{"id", "reference": {"score", "train_id"}, "question": {"score", "train_id"}, "near_duplicate"}``; with no
     training item to compare with (an empty training split) the scores and ids are None and nothing is flagged.
@@ -132,7 +138,7 @@ def audit_items(
     A training item with several references has each as a text of its own: one item can take several of the
     candidate places (CANDIDATES).
     """
-    own = [item.id for item in items]
+    own = [item.id if exclude_same_id else None for item in items]
     ref_texts, ref_ids = [], []
     for t in train:
         for ref in t.references:
@@ -150,6 +156,30 @@ def audit_items(
         }
         for item, ref, q in zip(items, references, questions)
     ]
+
+
+#: Characters of a training answer kept beside a near-duplicate (the report's contamination section).
+NEAREST_ANSWER_CHARS = 400
+
+
+def nearest_training_texts(record: dict[str, Any], train_by_id: dict[str, Example]) -> dict[str, Any]:
+    """The training items an :func:`audit_items` record names, as text: per side (``reference``, ``question``) the
+    training item's id, question and first reference (cut to :data:`NEAREST_ANSWER_CHARS` characters, "…" marking
+    a cut); None for a side without a match.
+
+    >>> train = {"t1": Example("t1", "What are the symptoms of gout?", "Painful swollen joints.")}
+    >>> nearest_training_texts({"reference": {"train_id": "t1"}, "question": {"train_id": None}}, train)["reference"]
+    {'id': 't1', 'question': 'What are the symptoms of gout?', 'answer': 'Painful swollen joints.'}
+    """
+    out: dict[str, Any] = {}
+    for side in SIDES:
+        t = train_by_id.get((record.get(side) or {}).get("train_id"))
+        answer = t.answer if t is not None else ""
+        out[side] = None if t is None else {
+            "id": t.id, "question": t.question,
+            "answer": answer if len(answer) <= NEAREST_ANSWER_CHARS else answer[:NEAREST_ANSWER_CHARS].rstrip() + " …",
+        }
+    return out
 
 
 def summarize_audit(records: Sequence[dict[str, Any]], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> dict[str, Any]:

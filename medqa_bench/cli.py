@@ -34,6 +34,37 @@ def _add_data_options(p: argparse.ArgumentParser, *, with_split: bool = True) ->
         g.add_argument("--manifest", metavar="PATH", help="reuse a split manifest written by `data prepare`")
 
 
+def _add_train_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training corpus (reference rows, leakage audit, --rag passages)")
+    g.add_argument("--train-data", metavar="PATH", help="the training corpus, another file than --data; the evaluated "
+                   "file is then used whole (default: the adapters' recorded training split when --data is another "
+                   "file, else the train split of --data)")
+    g.add_argument("--train-split", choices=["all", "train", "validation", "test"],
+                   help="which split of --train-data is the corpus (default all: every item)")
+    g.add_argument("--train-qtype", metavar="Q", help="question type(s) of --train-data (default symptoms; all)")
+    for role, default in (("question", "Question"), ("answer", "Answer"), ("qtype", "qtype"), ("focus", "focus"),
+                          ("id", "qid")):
+        g.add_argument(f"--train-{role}-column", metavar="NAME", help=f"--train-data's {role} column (default {default})")
+
+
+def _train_data_spec(args: argparse.Namespace, spec) -> dict[str, Any]:
+    """The run spec's ``train_data``/``train_split`` from the --train-* flags (over the spec file's)."""
+    from dataclasses import replace
+
+    from .data import ColumnMap, DataSpec
+
+    flags = {role: getattr(args, f"train_{role}_column") for role in ("question", "answer", "qtype", "focus", "id")}
+    flags = {k: v for k, v in flags.items() if v}
+    if not (args.train_data or args.train_qtype or flags or args.train_split):
+        return {}
+    if args.train_data is None and spec.train_data is None:
+        raise SpecError("--train-split, --train-qtype and --train-*-column describe --train-data: give it too")
+    data = spec.train_data or DataSpec()
+    data = replace(data, **{k: v for k, v in (("path", args.train_data), ("qtype", args.train_qtype)) if v},
+                   columns=replace(data.columns or ColumnMap(), **flags))
+    return {"train_data": data, **({"train_split": args.train_split} if args.train_split else {})}
+
+
 def _data_spec(args: argparse.Namespace, base=None):
     from dataclasses import replace
 
@@ -98,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--retries", type=int, metavar="N", help="retries of a request after a timeout, a dropped "
                    "connection, 429 or 5xx, with exponential backoff (default 4)")
     _add_data_options(r)
-    r.add_argument("--split", choices=["train", "validation", "test", "all"], help="which split to evaluate (default test)")
+    _add_train_data_options(r)
+    r.add_argument("--split", choices=["train", "validation", "test", "all"], help="which split to evaluate (default "
+                   "test; all, the whole file, with a training corpus of its own: --train-data or the adapters')")
     r.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded sample of N items; 0 = the full split "
                    "(default: full split on GPU, 5 items on CPU)")
     r.add_argument("--sample-seed", type=int, metavar="N", help="seed of the --limit sample (default 0)")
@@ -341,6 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.overwrite:
         ch["overwrite"] = True
     ch["data"] = _data_spec(args, spec.data)
+    ch.update(_train_data_spec(args, spec))
     spec = spec.replace(**ch)
     result = run(spec, progress=not args.quiet)
     if not _is_main_process():

@@ -170,11 +170,13 @@ def select_rows(
     qtype: str | Sequence[str] = DEFAULT_QTYPE,
     *,
     source: str = "data",
+    flag_prefix: str = "",
 ) -> tuple[list[dict[str, Any]], LoadReport]:
     """Validate columns, drop empty rows (counted) and filter by qtype, keeping file order.
 
     Kept rows are returned as they were plus ``_q`` (question), ``_qt`` (qtype) and ``_answers`` (non-empty
     answers): the row-level stage, so a split can be made on rows (``random``) or on merged items (``grouped``).
+    ``flag_prefix`` names the command-line flags the messages suggest (``"train-"``: ``--train-qtype all``).
     """
     found = set(columns_found)
     for role in ("question", "answer"):
@@ -182,14 +184,14 @@ def select_rows(
         if name not in found:
             raise DataError(
                 f"{source}: column '{name}' not found; columns are: {', '.join(columns_found)}; "
-                f"map it with --{role}-column"
+                f"map it with --{flag_prefix}{role}-column"
             )
     wanted = _parse_qtypes(qtype)
     has_qtype = columns.qtype in found
     if wanted is not None and not has_qtype:
         raise DataError(
             f"{source}: filtering by qtype needs column '{columns.qtype}'; columns are: {', '.join(columns_found)}; "
-            "map it with --qtype-column or pass --qtype all"
+            f"map it with --{flag_prefix}qtype-column or pass --{flag_prefix}qtype all"
         )
     report = LoadReport(rows=len(rows))
     report.qtypes = dict(Counter(str(r.get(columns.qtype, "") or "").strip() for r in rows)) if has_qtype else {}
@@ -491,8 +493,11 @@ class Dataset:
         return self.splits[name]
 
 
-def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None) -> Dataset:
-    """Load and split the data a :class:`DataSpec` describes (the bundled MedQuAD symptoms by default)."""
+def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None, *, flag_prefix: str = "") -> Dataset:
+    """Load and split the data a :class:`DataSpec` describes (the bundled MedQuAD symptoms by default).
+
+    ``flag_prefix`` names the flags an error suggests: ``"train-"`` for the training corpus of a run
+    (``--train-question-column``)."""
     from .paths import default_dataset
 
     spec = spec or DataSpec()
@@ -501,7 +506,8 @@ def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None) -> Datase
     cols = spec.columns
     table.require_text([cols.question, cols.qtype, cols.focus, cols.id], list_columns=[cols.answer])
     rows, columns_found, data_fp = table.rows, table.columns, table.fingerprint
-    kept, report = select_rows(rows, columns_found, spec.columns, spec.qtype, source=table.source)
+    kept, report = select_rows(rows, columns_found, spec.columns, spec.qtype, source=table.source,
+                               flag_prefix=flag_prefix)
     options = {
         "qtype": spec.qtype,
         "columns": asdict(spec.columns),

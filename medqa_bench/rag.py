@@ -4,8 +4,9 @@ A system with ``retrieval`` set (:class:`RagSpec`, e.g. ``--rag bm25:k=3``) is a
 ``k`` nearest training passages in its prompt. It is scored, cached and compared like any other row.
 
 **Passages.** One passage per TRAINING item: its question, a newline, its first reference answer. The evaluated split
-is never indexed: the index is built from ``dataset.split("train")`` alone, and an evaluated item that is itself a
-training item (``--split train`` or ``all``) never retrieves itself. Question and answer together, because the
+is never indexed: the index is built from the run's training corpus alone (the train split, or ``--train-data``, or
+the adapters' training data: medqa_bench.training_corpus), and an evaluated item that is itself a training item
+(``--split train`` or ``all``) never retrieves itself. Question and answer together, because the
 training pairs are what the model is meant to draw on (a question alone has nothing to ground an answer in, an answer
 alone loses which disease it is about). In the prompt each answer is cut to its first ``words`` whitespace-separated
 words (200 by default; ``" …"`` marks a cut, the original line breaks are kept): three full MedQuAD answers can run
@@ -349,11 +350,15 @@ def cache_folder(cache: str | None) -> Path | None:
 # --------------------------------------------------------------------------------------------- retrieval
 
 
-def retrieve(spec: RagSpec, index: PassageIndex, items: Sequence[Example]) -> list[list[Passage]]:
-    """The ``spec.k`` passages of each item, best first; an item never retrieves its own training entry."""
+def retrieve(spec: RagSpec, index: PassageIndex, items: Sequence[Example], *,
+             exclude_same_id: bool = True) -> list[list[Passage]]:
+    """The ``spec.k`` passages of each item, best first; an item never retrieves its own training entry (the
+    training item with its id), unless ``exclude_same_id`` is False: training passages from another file than the
+    items, whose ids say nothing about theirs."""
     if index.method != spec.method:
         raise SpecError(f"rag: a {spec.method} spec cannot search a {index.method} index")
-    hits = index.search([e.question for e in items], spec.k, exclude=[(e.id,) for e in items])
+    hits = index.search([e.question for e in items], spec.k,
+                        exclude=[(e.id,) if exclude_same_id else () for e in items])
     return [[Passage(index.ids[n], score, passage_text(index.items[n], spec.words)) for n, score in row]
             for row in hits]
 
@@ -393,14 +398,14 @@ def describe_template() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- a run's retrieval
 
 
-def run_passages(rag: RagSpec, items: Sequence[Example], train: Sequence[Example], cache: str | None
-                 ) -> tuple[list[list[Passage]], dict[str, Any]]:
-    """Each item's passages for a run, and what ``results.json`` records of the retrieval: the index is loaded from
-    the cache folder of the run's ``cache`` (built there once per training split), searched with the items'
-    questions."""
+def run_passages(rag: RagSpec, items: Sequence[Example], train: Sequence[Example], cache: str | None, *,
+                 exclude_same_id: bool = True) -> tuple[list[list[Passage]], dict[str, Any]]:
+    """Each item's passages for a run, and what ``results.json`` records of the retrieval: the index of the run's
+    training corpus is loaded from the cache folder of the run's ``cache`` (built there once per training corpus),
+    searched with the items' questions (``exclude_same_id``: see :func:`retrieve`)."""
     index = load_or_build_index(rag.method, train, cache_folder(cache))
     info = {**rag.to_dict(), "label": rag.label, "index": index.describe(), "template": describe_template()}
-    return retrieve(rag, index, items), info
+    return retrieve(rag, index, items, exclude_same_id=exclude_same_id), info
 
 
 def rag_prompts(items: Sequence[Example], systems: Sequence[Any], tokenizer: Any,

@@ -2,7 +2,8 @@
 
 A fine-tuned model's score means little until it is set beside what copying, repeating or saying something generic
 scores on the same metric. Each row turns the evaluated items into one answer text per item, drawing only on the
-TRAINING split, never on an evaluated item's own references:
+TRAINING corpus (the evaluated data's train split, or another file: ``--train-data``, the adapters' training data; see
+medqa_bench.training_corpus), never on an evaluated item's own references:
 
 - ``retrieval``: the first reference of the training item whose question is nearest by BM25
   (:class:`medqa_bench.retrieval.BM25Index` over the training questions, the item's question as query);
@@ -16,7 +17,8 @@ TRAINING split, never on an evaluated item's own references:
 
 An evaluated item never answers with itself: when an item's id is also in the training list (``--split all``,
 or a hand-made list), that training item is left out for it. Retrieval then takes the next nearest question, and
-boilerplate gives that one item the runner-up answer.
+boilerplate gives that one item the runner-up answer. With ``exclude_same_id=False`` (a training corpus from another
+file, whose ids say nothing about the evaluated file's) no training item is left out.
 
 >>> from medqa_bench.data import Example
 >>> train = [Example("t1", "What are the symptoms of gout?", "Painful swollen joints."),
@@ -69,7 +71,8 @@ def describe_reference_row(method: str) -> str:
     return _DESCRIPTIONS[method]
 
 
-def reference_answers(method: str, items: Sequence[Example], train: Sequence[Example]) -> list[ReferenceAnswer]:
+def reference_answers(method: str, items: Sequence[Example], train: Sequence[Example], *,
+                      exclude_same_id: bool = True) -> list[ReferenceAnswer]:
     """One answer per item, in item order, made by ``method`` from ``train`` (see the module docstring).
 
     Raises :class:`SpecError` for an unknown method, or when ``retrieval``/``boilerplate`` has no training item to
@@ -83,10 +86,11 @@ def reference_answers(method: str, items: Sequence[Example], train: Sequence[Exa
     if not train:
         raise SpecError(
             f"reference row '{method}' draws its answers from the training split, and the evaluated data has no "
-            f"training split (it is empty); use data or split ratios that leave one, or drop the '{method}' "
-            "reference row"
+            f"training split (it is empty); use data or split ratios that leave one, name a training corpus with "
+            f"--train-data, or drop the '{method}' reference row"
         )
-    return _retrieval(items, train) if method == "retrieval" else _boilerplate(items, train)
+    own = [item.id if exclude_same_id else None for item in items]
+    return _retrieval(items, train, own) if method == "retrieval" else _boilerplate(items, train, own)
 
 
 def _no_other_training_item(method: str, item: Example) -> SpecError:
@@ -96,14 +100,14 @@ def _no_other_training_item(method: str, item: Example) -> SpecError:
     )
 
 
-def _retrieval(items: Sequence[Example], train: Sequence[Example]) -> list[ReferenceAnswer]:
+def _retrieval(items: Sequence[Example], train: Sequence[Example], own: Sequence[str | None]) -> list[ReferenceAnswer]:
     from .retrieval import BM25Index
 
     index = BM25Index.build([t.question for t in train], [t.id for t in train])
     by_id = {}
     for t in train:
         by_id.setdefault(t.id, t)  # ids are unique in a Dataset; with repeats the first is the one BM25 ranks first
-    hits = index.search([item.question for item in items], k=1, exclude=[(item.id,) for item in items])
+    hits = index.search([item.question for item in items], k=1, exclude=[(i,) if i is not None else () for i in own])
     out = []
     for item, best in zip(items, hits):
         if not best:
@@ -133,17 +137,17 @@ def typicality(answers: Sequence[str]) -> list[float]:
     return [float(s) for s in vectors @ (centroid / norm)]
 
 
-def _boilerplate(items: Sequence[Example], train: Sequence[Example]) -> list[ReferenceAnswer]:
+def _boilerplate(items: Sequence[Example], train: Sequence[Example], own: Sequence[str | None]) -> list[ReferenceAnswer]:
     import numpy as np
 
     scores = np.asarray(typicality([t.answer for t in train]))
     ranked = np.argsort(-scores, kind="stable")  # ties by position
     best = int(ranked[0])
     out = []
-    for item in items:
+    for item, own_id in zip(items, own):
         pick = best
-        if train[best].id == item.id:  # the chosen answer is this item's own reference: take the runner-up
-            others = [int(n) for n in ranked if train[int(n)].id != item.id]
+        if train[best].id == own_id:  # the chosen answer is this item's own reference: take the runner-up
+            others = [int(n) for n in ranked if train[int(n)].id != own_id]
             if not others:
                 raise _no_other_training_item("boilerplate", item)
             pick = others[0]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, atomic, distributed, run_folder
 from .backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
 from .cache import InferenceCache, open_cache
-from .data import Example, load_dataset
+from .data import Example
 from .errors import AdapterError, DataError, RunError
 from .fingerprint import sha256_json
 from .inference import CompletionNLL
@@ -29,6 +29,7 @@ from .rag import run_passages
 from .schema import SCHEMA_VERSION
 from .spec import RunSpec
 from .systems import System
+from .training_corpus import RunData
 
 if TYPE_CHECKING:
     from .validity.measured import ValiditySource
@@ -137,39 +138,41 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     The run folder is checked before any work (writable, not a file) and locked until the run ends; before the model
     loads, a folder holding a different run stops the run unless ``spec.overwrite`` (see medqa_bench.run_folder).
     """
-    spec = spec or RunSpec()
-    if distributed.world_size() > 1 and os.environ.get("RANK", "0") != "0":
-        return _run(spec, progress)  # only the process that writes the run folder holds its lock
-    with run_folder.lock(spec.output_path):
-        return _run(spec, progress)
-
-
-def _run(spec: RunSpec, progress: bool) -> Path:
-    from .audit import audit_items
-    from .reference_rows import reference_answers
+    from .training_corpus import plan_data
     from .validity.measured import read_validity_source
 
-    timings: dict[str, float] = {}
+    spec = spec or RunSpec()
     t0 = time.perf_counter()
     validity = read_validity_source(spec.validity)  # a bad --validity file fails before anything loads
+    # the items and the training corpus, data only; the training corpus the adapters name also names the run folder
+    data = plan_data(spec, run_adapters(spec))
+    timings = {"data_s": time.perf_counter() - t0}
+    if distributed.world_size() > 1 and os.environ.get("RANK", "0") != "0":
+        return _run(data, validity, timings, progress)  # only the process that writes the run folder holds its lock
+    with run_folder.lock(data.spec.output_path):
+        return _run(data, validity, timings, progress)
+
+
+def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], progress: bool) -> Path:
+    from .audit import audit_items
+    from .reference_rows import reference_answers
+
+    t0 = time.perf_counter() - timings["data_s"]
+    spec, dataset, pool, corpus = data.spec, data.dataset, data.pool, data.corpus
     ranks = distributed.launched(spec.device)  # None unless launched with WORLD_SIZE > 1 (nothing imported then)
     progress = progress and (ranks is None or ranks.is_main)
     backend = create_backend(spec, adapters=run_adapters(spec), ranks=ranks)  # nothing loaded; an unknown name fails
     spec = spec.resolved_for(backend.device)
 
     # ---- items: data only
-    t = time.perf_counter()
-    dataset = load_dataset(spec.data)
-    pool = dataset.split(spec.split)
     if not pool:
         raise DataError(_empty_split_message(dataset, spec))
     items = select_items(pool, spec.limit or 0, spec.sample_seed)
-    train = dataset.split("train")
+    train = corpus.items
     if spec.limit and spec.limit < len(pool):
         log.info("evaluating a seeded sample of %d of %d %s items (--limit 0 evaluates all)", len(items), len(pool), spec.split)
     else:
         log.info("evaluating all %d %s items", len(items), spec.split)
-    timings["data_s"] = time.perf_counter() - t
 
     from .metrics import resolve_metrics  # resolve before the model loads: a typo fails in a second, not minutes
 
@@ -191,15 +194,19 @@ def _run(spec: RunSpec, progress: bool) -> Path:
     run_folder.check_replaceable(spec.output_path, spec.to_dict(), overwrite=spec.overwrite,
                                  own_files=[spec.cache] if spec.cache not in (None, "default") else [])
 
-    # ---- rows and audits that need no model: the training split only
+    # ---- rows and audits that need no model: the training corpus only. Drawn from the evaluated data, a training
+    # item with an evaluated item's id is that item and never its own candidate; from another file, ids say nothing.
     t = time.perf_counter()
-    answers = {s.name: reference_answers(s.method, items, train) for s in systems if not s.generates}
+    own = corpus.own_split
+    answers = {s.name: reference_answers(s.method, items, train, exclude_same_id=own) for s in systems if not s.generates}
     passages, retrieval_info = None, None
     rag = next((s.retrieval for s in lm_systems if s.retrieval is not None), None)
-    if rag is not None:  # the training split's index, built once per training fingerprint (rank 0 first)
-        passages, retrieval_info = (run_passages(rag, items, train, spec.cache) if ranks is None else
-                                    ranks.main_first(lambda: run_passages(rag, items, train, spec.cache)))
-    overlap = audit_items(items, train) if train and spec.split != "train" else None
+    if rag is not None:  # the corpus's index, built once per training fingerprint (rank 0 first)
+        passages, retrieval_info = (run_passages(rag, items, train, spec.cache, exclude_same_id=own) if ranks is None
+                                    else ranks.main_first(lambda: run_passages(rag, items, train, spec.cache,
+                                                                               exclude_same_id=own)))
+    overlap = (audit_items(items, train, exclude_same_id=own) if train and not (own and spec.split == "train")
+               else None)
     timings["reference_rows_s"] = time.perf_counter() - t
 
     # ---- the backend: weights loaded, adapters attached
@@ -238,7 +245,7 @@ def _run(spec: RunSpec, progress: bool) -> Path:
         return ranks.wait_for_main()  # rank 0 scores and writes the run folder; return its path
 
     # ---- samples
-    samples = _samples(items, systems, backend, prompts, nlls, gens, answers, passages, overlap)
+    samples = _samples(items, systems, backend, prompts, nlls, gens, answers, passages, overlap, train)
     models = backend.describe()
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -259,6 +266,7 @@ def _run(spec: RunSpec, progress: bool) -> Path:
             "split": spec.split,
             "split_size": len(pool),
             "train_size": len(train),
+            "training": corpus.record,  # where the training corpus came from (medqa_bench.training_corpus)
             "n_items": len(items),
             "limit": spec.limit,
             "sample_seed": spec.sample_seed,
@@ -299,8 +307,13 @@ def _per_system(lm_systems: list[System], values: list) -> dict[str, list]:
     return {s.name: values[k * n:(k + 1) * n] for k, s in enumerate(lm_systems)}
 
 
-def _samples(items, systems, backend: Backend, prompts, nlls, gens, answers, passages, overlap) -> list[dict[str, Any]]:
-    """samples.jsonl: per item its prompts, references and every system's answer (with NLL for a language model)."""
+def _samples(items, systems, backend: Backend, prompts, nlls, gens, answers, passages, overlap,
+             train: list[Example]) -> list[dict[str, Any]]:
+    """samples.jsonl: per item its prompts, references and every system's answer (with NLL for a language model);
+    a near-duplicate of a training item also the training texts it nearly repeats (the report's contamination)."""
+    from .audit import nearest_training_texts
+
+    train_by_id = {t.id: t for t in reversed(train)}  # ids are unique in a Dataset; with repeats the first wins
     ref_tokens = backend.count_tokens([e.answer for e in items])
     samples = []
     for i, e in enumerate(items):
@@ -312,6 +325,8 @@ def _samples(items, systems, backend: Backend, prompts, nlls, gens, answers, pas
         }
         if overlap is not None:
             record["train_overlap"] = {k: overlap[i][k] for k in ("reference", "question", "near_duplicate")}
+            if overlap[i]["near_duplicate"]:
+                record["train_overlap"]["nearest"] = nearest_training_texts(overlap[i], train_by_id)
         for s in systems:
             if s.generates:
                 g, n = gens[s.name][i], nlls[s.name][i]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
-SCHEMA_VERSION = "2.2"
+SCHEMA_VERSION = "2.3"
 #: 2.0: systems are rows of three kinds (baseline rows, one per prompt format; adapters, each in its own format;
 #: reference rows that need no model), samples hold a prompt per format, stop reasons, null scores and the leakage
 #: audit, and results hold the budget, the harness's loss definition and the verdict. 1.x run folders are refused.
@@ -27,6 +27,9 @@ SCHEMA_VERSION = "2.2"
 #: 2.2 (fields added; 2.0 and 2.1 folders read as before, their report says validity was not recorded): ``validity``
 #: (:class:`RunValidity`: each metric's agreement with expert grades and robustness, the floor, the primary metric),
 #: ``spec.validity`` and the verdict's ``primary`` and ``weak_metrics`` warnings.
+#: 2.3 (fields added; earlier 2.x folders read as before): the training corpus (``data.training``,
+#: :class:`TrainingData`; ``spec.train_data``, ``spec.train_split``) and the training texts a near-duplicate nearly
+#: repeats (``train_overlap.nearest``).
 
 
 class SystemSample(TypedDict, total=False):
@@ -57,7 +60,9 @@ class SampleRecord(TypedDict, total=False):
     distractor_id: Optional[str]  # seeded item of another focus whose first reference is the distractor
     null_scores: dict[str, float]  # similarity metric -> sim(first reference, distractor's first reference)
     train_overlap: dict[str, Any]  # audit.audit_items(): {"reference": {"score", "train_id"}, "question": {...},
-    #                                 "near_duplicate": bool}; absent when there is no training split to compare with
+    #                                 "near_duplicate": bool}; absent when there is no training split to compare with;
+    #                                 2.3: a near-duplicate's "nearest": audit.nearest_training_texts() (per side the
+    #                                 training item's id, question and first reference, cut)
     systems: dict[str, SystemSample]  # every system of the run, by name
 
 
@@ -146,6 +151,21 @@ class RunValidity(TypedDict):
     metrics: dict[str, Any]  # metric name -> MeasuredFigures | NotMeasured, every metric of the run
 
 
+class TrainingData(TypedDict):
+    """``results["data"]["training"]`` (2.3): the corpus reference rows, the leakage audit and retrieval drew from
+    (medqa_bench.training_corpus)."""
+
+    source: str  # "given" (--train-data), "adapters" (the adapters' recorded training data), "evaluated" (its train split)
+    path: str  # where it was read
+    qtype: str  # its qtype filter
+    fingerprint: str  # of the data file
+    manifest_fingerprint: str  # of its split
+    split: str  # the split that is the corpus: "train", or "all" (every item of a --train-data file)
+    n_items: int
+    adapters: list[str]  # source "adapters": the adapters that record it
+    note: Optional[str]  # the line the run said when the adapters' record could not be used (not found, changed)
+
+
 class ResultsFile(TypedDict, total=False):
     schema_version: str
     medqa_bench_version: str
@@ -156,7 +176,8 @@ class ResultsFile(TypedDict, total=False):
     model: dict[str, Any]  # the first entry of models (transformers: the first base: reference, fingerprint, dtype, ...)
     models: dict[str, dict[str, Any]]  # the backend's describe(); transformers: quantization -> LoadedModel.describe()
     systems: dict[str, SystemInfo]
-    data: dict[str, Any]  # data fingerprint, manifest fingerprint, split, n_items, limit, sample seed, item ids digest
+    data: dict[str, Any]  # data fingerprint, manifest fingerprint, split, n_items, limit, sample seed, item ids digest,
+    #                        training (2.3: TrainingData)
     metrics: dict[str, MetricInfo]
     results: dict[str, dict[str, MetricValue]]  # system -> metric -> value with 95% bootstrap CI
     budget: dict[str, Any]  # budget.auto_max_new_tokens() or given_budget(): max_new_tokens and how it was set

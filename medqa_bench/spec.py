@@ -79,7 +79,13 @@ class RunSpec:
     adapters: tuple[tuple[str, str], ...] = ()
     default_adapters: bool = True  # with no adapters given, compare the default model with its shipped adapter
     data: DataSpec = DataSpec()
-    split: str = "test"
+    # None: "test", or "all" (the evaluated file used whole) when the run has a training corpus of its own
+    split: str | None = None
+    # The training corpus that reference rows, the leakage audit and +rag passages draw from (--train-data); None: the
+    # adapters' recorded training data when the evaluated data is another file, else the evaluated data's train
+    # split (medqa_bench.training_corpus)
+    train_data: DataSpec | None = None
+    train_split: str = "all"  # which split of train_data is the corpus: all (every item of it), train, ...
     limit: int | None = None
     sample_seed: int = 0
     prompt_format: str | None = None  # None: every system in its own format; else this format for every LM system
@@ -124,8 +130,10 @@ class RunSpec:
         if not self.backend.strip():
             raise SpecError("backend must name an inference backend, e.g. transformers (the default)")
         _check_endpoint(self)
-        if self.split not in (*SPLITS, "all"):
+        if self.split is not None and self.split not in (*SPLITS, "all"):
             raise SpecError(f"split must be one of {', '.join(SPLITS)}, all; not '{self.split}'")
+        if self.train_split not in (*SPLITS, "all"):
+            raise SpecError(f"train_split must be one of {', '.join(SPLITS)}, all; not '{self.train_split}'")
         if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise SpecError(f"device must be auto, cpu, cuda, cuda:N or mps, not '{self.device}'")
         if self.dtype not in DTYPES:
@@ -184,6 +192,7 @@ class RunSpec:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["adapters"] = {n: p for n, p in self.adapters}
         d["data"] = self.data.to_dict()
+        d["train_data"] = self.train_data.to_dict() if self.train_data is not None else None
         d["decoding"] = self.decoding.to_dict() if self.decoding else None
         d["metrics"] = list(self.metrics) if self.metrics is not None else None
         for key in ("baseline_formats", "reference_rows"):
@@ -244,7 +253,15 @@ class RunSpec:
         if self.name:
             return self.name
         model = Path(self.model).name if "/" in self.model or "\\" in self.model else self.model
-        return f"{model}-{self.data.qtype.replace(',', '+')}-{self.split}".replace(" ", "_")
+        return f"{model}-{self.data.qtype.replace(',', '+')}-{self.evaluated_split}".replace(" ", "_")
+
+    @property
+    def evaluated_split(self) -> str:
+        """The split evaluated: ``split``, or by default the whole file when a training corpus is named, else test
+        (a run names the adapters' training data in ``train_data`` before it starts, so the name says it too)."""
+        if self.split is not None:
+            return self.split
+        return "all" if self.train_data is not None else "test"
 
     @property
     def output_path(self) -> Path:

@@ -405,7 +405,7 @@ def test_schema_1_run_folders_are_refused_with_a_clear_message(tmp_path):
     with pytest.raises(RunError) as err:
         render_report([folder])
     message = str(err.value)
-    assert "schema_version '1.3', but this medqa-bench reads '2.2'" in message
+    assert "schema_version '1.3', but this medqa-bench reads '2.3'" in message
     assert "schema 1.x run folders have one baseline and no reference rows" in message
     assert "re-run the evaluation with this version (`medqa-bench run`)" in message
     assert not (folder / "report.html").exists()

@@ -248,7 +248,7 @@ def test_score_recomputes_the_block_and_takes_a_users_file(tmp_path, measured):
     assert main(["-q", "score", str(run), "--metrics", "rougeL", "--no-report"]) == 0
     scored = json.loads((run / "results.json").read_text())
     block = scored["validity"]
-    assert block["source"] == "bundled" and scored["schema_version"] == "2.2"
+    assert block["source"] == "bundled" and scored["schema_version"] == "2.3"
     assert block["metrics"]["rougeL"]["measured"]  # scored again with today's definition: its figures now
     assert block["metrics"]["rougeL"]["figures"] == measured["metrics"]["rougeL"]["figures"]
     assert not block["metrics"]["perplexity"]["measured"]

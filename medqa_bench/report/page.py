@@ -2,7 +2,7 @@
 
 The page opens with the verdict (:mod:`.verdict_view`), then the summary with each metric's validity beside it and
 "Which number to trust" (:mod:`.validity_view`), paired tests, degeneration, leakage audit and thresholds
-(:mod:`.tables`), the figures (:mod:`.figures`), the item explorer and the provenance.
+(:mod:`.tables`), on an external test set the contamination (:mod:`.contamination`), the figures (:mod:`.figures`), the item explorer and the provenance.
 
 Data strings reach the page two ways, both safe: as template variables (Jinja2 autoescape) and as JSON in
 ``<script type="application/json">`` blocks, where :func:`script_json` escapes ``<``, ``>`` and ``&`` so a
@@ -19,6 +19,7 @@ from typing import Any
 
 from . import diagnostics, figures, tables
 from .cells import fmt
+from .contamination import contamination
 from .validity_view import validity_context
 from .verdict_view import verdict_context
 
@@ -221,6 +222,7 @@ def render_html(
         budgets=diagnostics.budget(results, runs),
         threshold_table=diagnostics.thresholds(analysis),
         leakage=diagnostics.leakage(results, analysis),
+        contamination=contamination(results, samples, analysis),
         sections=sections,
         n_figures=len(figs),
         explorer_json=Markup(explorer),
