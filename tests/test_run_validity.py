@@ -222,12 +222,13 @@ def _user_file(folder: Path, measured: dict, **changes) -> Path:
 def test_a_bad_validity_file_is_refused_in_one_line_before_anything_loads(tmp_path, monkeypatch, capsys, content,
                                                                            message):
     import medqa_bench.runner as runner
+    import medqa_bench.training_corpus as training_corpus
 
     def refuse(*args, **kwargs):
-        raise AssertionError("the backend was created before --validity was checked")
+        raise AssertionError("the data or the backend was loaded before --validity was checked")
 
     monkeypatch.setattr(runner, "create_backend", refuse)
-    monkeypatch.setattr(runner, "load_dataset", refuse)
+    monkeypatch.setattr(training_corpus, "plan_data", refuse)
     path = tmp_path / "mine.json"
     if content is not None:
         path.write_text(content, encoding="utf-8")
