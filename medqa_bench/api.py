@@ -92,7 +92,10 @@ class Results:
         res = self.results.get("results", {})
         metrics = list(self.results.get("metrics", {}))
         head = f"{'metric':<22}" + "".join(f"{s[:30]:>32}" for s in systems)
-        lines = [f"run: {self.run_dir}  ({self.results['data']['n_items']} items)", head]
+        data = self.results["data"]
+        n_generated = data.get("n_generated", data["n_items"])
+        nll = f"; loss and perplexity on {data['n_items']}" if data["n_items"] > n_generated else ""
+        lines = [f"run: {self.run_dir}  ({n_generated} items{nll})", head]
         for m in metrics:
             cells = []
             for s in systems:

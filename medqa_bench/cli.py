@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "test; all, the whole file, with a training corpus of its own: --train-data or the adapters')")
     r.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded sample of N items; 0 = the full split "
                    "(default: full split on GPU, 5 items on CPU)")
+    r.add_argument("--nll-limit", type=int, metavar="N", help="score loss and perplexity on a seeded sample of N items "
+                   "holding the --limit ones; 0 = the full split (default: the --limit items; on CPU without --limit, "
+                   "20, generation on 5 of them)")
     r.add_argument("--sample-seed", type=int, metavar="N", help="seed of the --limit sample (default 0)")
     r.add_argument("--prompt-format", choices=["reference", "chat"],
                    help="ask every language-model system in this format (default: each in its own: the baseline in "
@@ -309,7 +312,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for flag, key in (("name", "name"), ("model", "model"), ("backend", "backend"), ("base_url", "base_url"),
                       ("served_model", "served_model"), ("concurrency", "concurrency"),
                       ("request_timeout", "request_timeout"), ("retries", "retries"), ("split", "split"),
-                      ("limit", "limit"), ("sample_seed", "sample_seed"), ("prompt_format", "prompt_format"),
+                      ("limit", "limit"), ("nll_limit", "nll_limit"), ("sample_seed", "sample_seed"), ("prompt_format", "prompt_format"),
                       ("device", "device"), ("dtype", "dtype"), ("quantization", "quantization"), ("max_length", "max_length"),
                       ("out", "output_dir"), ("seed", "seed")):
         if getattr(args, flag) is not None:
@@ -380,8 +383,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not _is_main_process():
         return 0  # under accelerate/torchrun, process 0 speaks for the run
     print(result.summary(full_verdict=args.full_verdict))
-    if spec.limit is None and result.results["data"]["n_items"] < result.results["data"]["split_size"]:
-        print(f"(a seeded sample of {result.results['data']['n_items']} of {result.results['data']['split_size']} items; "
+    data = result.results["data"]
+    n_generated = data.get("n_generated", data["n_items"])
+    if spec.limit is None and n_generated < data["split_size"]:
+        nll = f"; loss and perplexity on {data['n_items']}" if data["n_items"] > n_generated else ""
+        print(f"(a seeded sample of {n_generated} of {data['split_size']} items{nll}; "
               "`medqa-bench run --limit 0` evaluates the full split)")
     return 0
 

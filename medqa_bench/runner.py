@@ -59,6 +59,31 @@ def select_items(examples: list[Example], limit: int, seed: int) -> list[Example
     return [e for i, e in enumerate(examples) if i in keep]
 
 
+def select_item_sets(examples: list[Example], limit: int, nll_limit: int, seed: int) -> tuple[list[Example], list[bool]]:
+    """The items of a run and, for each, whether it is generated: the seeded sample of ``limit`` items
+    (:func:`select_items`, so the generated items do not move with ``nll_limit``) and, scored by the NLL metrics only,
+    a seeded sample of the other items that makes ``nll_limit`` in all (0: every item), in split order."""
+    generated = select_items(examples, limit, seed)
+    chosen = {id(e) for e in generated}
+    if nll_limit and nll_limit <= len(generated) or len(generated) == len(examples):
+        return generated, [True] * len(generated)
+    rest = [e for e in examples if id(e) not in chosen]
+    more = {id(e) for e in select_items(rest, nll_limit - len(generated) if nll_limit else 0, seed)}
+    items = [e for e in examples if id(e) in chosen or id(e) in more]
+    return items, [id(e) in chosen for e in items]
+
+
+def _log_items(pool: list[Example], items: list[Example], generated: list[Example], spec: RunSpec) -> None:
+    if len(generated) < len(pool):
+        log.info("evaluating a seeded sample of %d of %d %s items (--limit 0 evaluates all)", len(generated), len(pool),
+                 spec.split)
+    else:
+        log.info("evaluating all %d %s items", len(generated), spec.split)
+    if len(items) > len(generated):
+        log.info("loss and perplexity on %d items: the %d generated and %d more (one forward pass an item; "
+                 "--nll-limit N sets how many)", len(items), len(generated), len(items) - len(generated))
+
+
 def run_adapters(spec: RunSpec) -> dict[str, str]:
     """The adapters a run of ``spec`` evaluates: its own, or the shipped adapter of the default model."""
     if spec.adapters:
@@ -127,10 +152,13 @@ def plan_run_systems(spec: RunSpec, tokenizer) -> tuple[list[System], dict[str, 
 def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     """Evaluate every system of ``spec`` on the same items; write and return the run folder.
 
-    The flow: the backend (``spec.backend``, nothing loaded) -> items (data, no model) -> systems (the backend's plan:
-    tokenizer and adapter metadata, no weights) -> reference rows and the leakage audit (training split, no model) ->
-    the backend loaded, behind the cache: NLL and generations of every language-model system -> samples -> scores ->
-    analysis and verdict -> run folder.
+    The flow: the evaluated data and the training corpus (medqa_bench.training_corpus: ``--train-data``, the adapters'
+    recorded training data, or the train split; no model) -> the backend (``spec.backend``, nothing loaded) -> systems
+    (the backend's plan: tokenizer and adapter metadata, no weights) -> items (the ``limit`` sample, generated, within
+    the ``nll_limit`` sample, scored by the NLL metrics) -> reference rows and the leakage audit (training corpus, no
+    model) -> the backend loaded, behind the cache: NLL of every item and generations of the generated ones, for every
+    language-model system -> samples -> scores (each metric on the items it applies to) -> analysis and verdict -> run
+    folder.
 
     Under ``accelerate launch`` (several processes) the items are sharded across the processes and rank 0 writes
     the same run folder a single process would; every process returns its path (see medqa_bench.distributed).
@@ -167,12 +195,7 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
     # ---- items: data only
     if not pool:
         raise DataError(_empty_split_message(dataset, spec))
-    items = select_items(pool, spec.limit or 0, spec.sample_seed)
     train = corpus.items
-    if spec.limit and spec.limit < len(pool):
-        log.info("evaluating a seeded sample of %d of %d %s items (--limit 0 evaluates all)", len(items), len(pool), spec.split)
-    else:
-        log.info("evaluating all %d %s items", len(items), spec.split)
 
     from .metrics import resolve_metrics  # resolve before the model loads: a typo fails in a second, not minutes
 
@@ -185,6 +208,16 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
     # A backend without completion NLL (a server without prompt log-probabilities) runs when no NLL metric is asked
     # for: its rows' nll fields are None, and the adapter check, which compares NLLs, cannot run.
     scores_nll = "nll" in backend.capabilities
+    # The NLL metrics (one forward pass an item) score more items than generation (up to max_new_tokens decoding
+    # steps an answer) when nll_limit says so: each metric is tested on the items it scored.
+    if scores_nll and any(m.kind == "nll" for m in metrics) and lm_systems:
+        items, generated = select_item_sets(pool, spec.limit or 0, spec.nll_limit or 0, spec.sample_seed)
+    else:
+        items = select_items(pool, spec.limit or 0, spec.sample_seed)
+        generated = [True] * len(items)
+        spec = spec.replace(nll_limit=spec.limit)  # recorded as what ran: no item is scored by NLL alone
+    gen_items = [e for e, g in zip(items, generated) if g]
+    _log_items(pool, items, gen_items, spec)
     spec, budget = _budget(spec, backend, pool)
     # results.json records the systems that ran, so the spec it holds reproduces them
     plain = [s for s in lm_systems if s.retrieval is None]  # a +rag row comes back from spec.rag
@@ -198,7 +231,8 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
     # item with an evaluated item's id is that item and never its own candidate; from another file, ids say nothing.
     t = time.perf_counter()
     own = corpus.own_split
-    answers = {s.name: reference_answers(s.method, items, train, exclude_same_id=own) for s in systems if not s.generates}
+    answers = {s.name: reference_answers(s.method, gen_items, train, exclude_same_id=own)
+               for s in systems if not s.generates}
     passages, retrieval_info = None, None
     rag = next((s.retrieval for s in lm_systems if s.retrieval is not None), None)
     if rag is not None:  # the corpus's index, built once per training fingerprint (rank 0 first)
@@ -234,8 +268,8 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
         timings["nll_s"] = time.perf_counter() - t
         t = time.perf_counter()
         gens = _per_system(lm_systems, inference.generate(
-            [GenerationRequest(s, p, spec.decoding) for s in lm_systems for p in prompts[s.prompt_key]],
-            progress=progress))
+            [GenerationRequest(s, p, spec.decoding) for s in lm_systems
+             for p, g in zip(prompts[s.prompt_key], generated) if g], progress=progress))
         timings["generate_s"] = time.perf_counter() - t
         cache_stats = {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path) if cache.path else None}
     finally:
@@ -245,7 +279,7 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
         return ranks.wait_for_main()  # rank 0 scores and writes the run folder; return its path
 
     # ---- samples
-    samples = _samples(items, systems, backend, prompts, nlls, gens, answers, passages, overlap, train)
+    samples = _samples(items, generated, systems, backend, prompts, nlls, gens, answers, passages, overlap, train)
     models = backend.describe()
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -267,8 +301,10 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
             "split_size": len(pool),
             "train_size": len(train),
             "training": corpus.record,  # where the training corpus came from (medqa_bench.training_corpus)
-            "n_items": len(items),
+            "n_items": len(items),  # every item of samples.jsonl: the NLL metrics' items
+            "n_generated": len(gen_items),  # the items every system answered: the other metrics' items
             "limit": spec.limit,
+            "nll_limit": spec.nll_limit,
             "sample_seed": spec.sample_seed,
             "item_ids_fingerprint": "sha256:" + sha256_json([e.id for e in items]),
             "dropped_empty_rows": dataset.report.dropped_empty,
@@ -307,18 +343,23 @@ def _per_system(lm_systems: list[System], values: list) -> dict[str, list]:
     return {s.name: values[k * n:(k + 1) * n] for k, s in enumerate(lm_systems)}
 
 
-def _samples(items, systems, backend: Backend, prompts, nlls, gens, answers, passages, overlap,
+def _samples(items, generated, systems, backend: Backend, prompts, nlls, gens, answers, passages, overlap,
              train: list[Example]) -> list[dict[str, Any]]:
     """samples.jsonl: per item its prompts, references and every system's answer (with NLL for a language model);
-    a near-duplicate of a training item also the training texts it nearly repeats (the report's contamination)."""
+    a near-duplicate of a training item also the training texts it nearly repeats (the report's contamination).
+
+    An item scored by the NLL metrics alone has ``generated: false`` and, per language-model row, only its NLL
+    fields (no prediction; no reference row: they answer for generation metrics only)."""
     from .audit import nearest_training_texts
 
     train_by_id = {t.id: t for t in reversed(train)}  # ids are unique in a Dataset; with repeats the first wins
     ref_tokens = backend.count_tokens([e.answer for e in items])
     samples = []
+    k = -1  # position among the generated items (gens and answers hold those only)
     for i, e in enumerate(items):
+        k += generated[i]
         record: dict[str, Any] = {
-            "id": e.id, "qtype": e.qtype, "focus": e.focus, "question": e.question,
+            "id": e.id, "qtype": e.qtype, "focus": e.focus, "question": e.question, "generated": generated[i],
             "prompts": {key: prompts[key][i] for key in prompts},
             "reference": e.answer, "references": list(e.references), "reference_tokens": ref_tokens[i],
             "systems": {},
@@ -329,16 +370,18 @@ def _samples(items, systems, backend: Backend, prompts, nlls, gens, answers, pas
                 record["train_overlap"]["nearest"] = nearest_training_texts(overlap[i], train_by_id)
         for s in systems:
             if s.generates:
-                g, n = gens[s.name][i], nlls[s.name][i]
-                record["systems"][s.name] = {
-                    "prediction": g.text, "generated_tokens": g.generated_tokens, "truncated": g.truncated,
-                    "stop_reason": g.stop_reason, "nll_sum": n and n.nll_sum, "nll_tokens": n and n.nll_tokens,
-                    "perplexity": n and n.perplexity,  # None: the backend scores no NLL
-                }
+                n = nlls[s.name][i]
+                rec = record["systems"][s.name] = {}
+                if generated[i]:
+                    g = gens[s.name][k]
+                    rec.update(prediction=g.text, generated_tokens=g.generated_tokens, truncated=g.truncated,
+                               stop_reason=g.stop_reason)
+                rec.update(nll_sum=n and n.nll_sum, nll_tokens=n and n.nll_tokens,
+                           perplexity=n and n.perplexity)  # None: the backend scores no NLL
                 if s.retrieval is not None:  # what the prompt gave it; the grounding metrics read them
-                    record["systems"][s.name]["passages"] = [p.to_dict() for p in passages[i]]
-            else:
-                a = answers[s.name][i]
+                    rec["passages"] = [p.to_dict() for p in passages[i]]
+            elif generated[i]:
+                a = answers[s.name][k]
                 record["systems"][s.name] = {
                     "prediction": a.text, "generated_tokens": backend.count_tokens([a.text])[0],
                     "truncated": False, "stop_reason": None, "source": a.source,
@@ -391,12 +434,13 @@ def _system_infos(systems: list[System], backend: Backend, spec: RunSpec,
 def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, timings, progress,
                      validity: ValiditySource) -> Path:
     from .analysis import analyze
-    from .metrics.scoring import score_samples
+    from .metrics.scoring import score_item_sets
     from .validity.measured import run_validity
 
     systems = list(results["systems"])
     t = time.perf_counter()
-    scored, metric_info = score_samples(samples, metrics, systems, seed=spec.seed, progress=progress)
+    scored, metric_info = score_item_sets(samples, metrics, {n: i.get("kind") for n, i in results["systems"].items()},
+                                          seed=spec.seed, progress=progress)
     timings["score_s"] = time.perf_counter() - t
     # `score` keeps the metrics it does not compute again: merge, the new values last
     results["metrics"] = {**(results.get("metrics") or {}), **metric_info}
@@ -452,8 +496,11 @@ def check_samples_complete(results: dict[str, Any], samples: list[dict[str, Any]
     if recorded and recorded != "sha256:" + sha256_json([s["id"] for s in samples]):
         raise RunError(f"{where}: its item ids are not the ones results.json was computed on (item_ids_fingerprint "
                        f"differs){damaged}")
+    infos = results.get("systems") or {}
     for sample in samples:
-        missing = [name for name in results.get("systems") or {} if name not in (sample.get("systems") or {})]
+        # an item scored by the NLL metrics alone holds the language-model rows only
+        expected = [name for name in infos if sample.get("generated", True) or (infos[name] or {}).get("kind") != "reference"]
+        missing = [name for name in expected if name not in (sample.get("systems") or {})]
         if missing:
             raise RunError(f"{where}: item '{sample['id']}' has no record for system '{missing[0]}'{damaged}")
 

@@ -29,11 +29,14 @@ SCHEMA_VERSION = "2.3"
 #: ``spec.validity`` and the verdict's ``primary`` and ``weak_metrics`` warnings.
 #: 2.3 (fields added; earlier 2.x folders read as before): the training corpus (``data.training``,
 #: :class:`TrainingData`; ``spec.train_data``, ``spec.train_split``) and the training texts a near-duplicate nearly
-#: repeats (``train_overlap.nearest``).
+#: repeats (``train_overlap.nearest``); items scored by the NLL metrics alone (``generated``: false, their language-model
+#: rows with NLL fields only, no reference rows; ``data.n_generated``, ``data.nll_limit``, ``spec.nll_limit``) and
+#: each metric's item set (``metrics[name].items``: "all" or "generated").
 
 
 class SystemSample(TypedDict, total=False):
-    prediction: str  # generated text (special tokens stripped, cut before a stop sequence); a reference row's answer
+    prediction: str  # generated text (special tokens stripped, cut before a stop sequence); a reference row's answer; absent
+    #                 (as are generated_tokens, truncated, stop_reason) on an item with generated false (2.3)
     generated_tokens: int  # new tokens generated (EOS included when it stopped there); a reference row's token count
     truncated: bool  # stopped at max_new_tokens rather than at EOS or a stop sequence
     stop_reason: Optional[str]  # "eos" | "stop" | "length"; None for reference rows (nothing was generated)
@@ -50,6 +53,7 @@ class SystemSample(TypedDict, total=False):
 
 class SampleRecord(TypedDict, total=False):
     id: str
+    generated: bool  # 2.3: False for an item the NLL metrics score alone (no predictions; absent before: True)
     qtype: str
     focus: str
     question: str
@@ -87,6 +91,7 @@ class MetricInfo(TypedDict, total=False):
     bounds: Optional[list[float]]  # [0, 1] for similarity metrics usable by the confusion analysis
     allows_missing: bool  # present and True for a metric whose per-item score may be None (not scored)
     judge: dict[str, Any]  # an LLM judge's identity, rubric version and counts (medqa_bench.metrics.judge)
+    items: str  # 2.3: the items it scored: "all" (every item of samples.jsonl: the NLL metrics) or "generated"
 
 
 class SystemInfo(TypedDict, total=False):
@@ -177,7 +182,8 @@ class ResultsFile(TypedDict, total=False):
     models: dict[str, dict[str, Any]]  # the backend's describe(); transformers: quantization -> LoadedModel.describe()
     systems: dict[str, SystemInfo]
     data: dict[str, Any]  # data fingerprint, manifest fingerprint, split, n_items, limit, sample seed, item ids digest,
-    #                        training (2.3: TrainingData)
+    #                        training (2.3: TrainingData); 2.3: n_items counts every item of samples.jsonl (the NLL
+    #                        metrics'), n_generated those every system answered, nll_limit as resolved
     metrics: dict[str, MetricInfo]
     results: dict[str, dict[str, MetricValue]]  # system -> metric -> value with 95% bootstrap CI
     budget: dict[str, Any]  # budget.auto_max_new_tokens() or given_budget(): max_new_tokens and how it was set

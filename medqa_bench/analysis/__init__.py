@@ -81,12 +81,15 @@ def analyze(
     spec_analysis = spec.get("analysis") or {}  # spec.AnalysisSpec
     spec_thresholds = spec_analysis.get("thresholds") or spec.get("thresholds")
     roles = run_roles(results, samples)
+    # Items scored by the NLL metrics alone (generated false) have no answers: the views of answers skip them. The
+    # comparisons and the leakage audit take every item, each metric on the items it scored.
+    generated = [s for s in samples if s.get("generated", True)]
     systems, baselines = roles["names"], {a: bases[0] for a, bases in roles["baselines"].items()}
     metrics = _metric_infos(results, samples)
     metric = _choose_metric(metrics, similarity_metric or spec_analysis.get("similarity_metric"))
     match: dict[str, dict] = {}
     for m in bounded_metrics(metrics):
-        values, source = resolve_thresholds(m, samples, defaults=dict(DEFAULT_THRESHOLDS.get(m, GENERIC_THRESHOLDS)),
+        values, source = resolve_thresholds(m, generated, defaults=dict(DEFAULT_THRESHOLDS.get(m, GENERIC_THRESHOLDS)),
                                             from_spec=spec_thresholds, given=thresholds, chosen_metric=m == metric)
         match[m] = {**values, "source": source}
     th = match.get(metric) if metric is not None else None
@@ -105,7 +108,9 @@ def analyze(
         "reference_rows": sorted({r for rows in roles["references"].values() for r in rows}, key=systems.index),
         "seed": seed,
         "n_bootstrap": n_bootstrap,
-        "n_items": len(samples),
+        # the items every system answered (the generation metrics'); the NLL metrics may score more: n_nll_items
+        "n_items": len(generated),
+        "n_nll_items": len(samples),
     }
     pairs = compare.comparison_pairs(roles)
     out["comparisons"] = compare.to_nested(pairs, [
@@ -123,16 +128,16 @@ def analyze(
             row["mark"] = stats.significance_mark(row["p_holm"])
     grades = None
     if metric is not None:
-        out["confusion"], grades = _confusion(samples, systems, baselines, metric, th)
+        out["confusion"], grades = _confusion(generated, systems, baselines, metric, th)
     else:
         out["confusion"] = None
     loss_against = {a: strongest.get(a, {}).get("loss") or strongest.get(a, {}).get("perplexity") or b
                     for a, b in baselines.items()}
     out["language_modeling"] = _language_modeling(samples, systems, loss_against, seed=seed, n_bootstrap=n_bootstrap)
-    out["lengths"] = lengths.length_histograms(samples, systems, grades)
+    out["lengths"] = lengths.length_histograms(generated, systems, grades)
     max_new_tokens = (spec.get("decoding") or {}).get("max_new_tokens")
     out["lengths"]["max_new_tokens"] = max_new_tokens
-    degeneration = degeneration_stats(samples, systems)
+    degeneration = degeneration_stats(generated, systems)
     out["degeneration"] = {
         "stats": degeneration,
         "warnings": degeneration_warnings(degeneration, max_new_tokens=max_new_tokens, skip=[

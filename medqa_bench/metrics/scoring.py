@@ -24,6 +24,9 @@ its CI is a seeded percentile bootstrap over items that recomputes that aggregat
 metrics and systems share the same resamples, so their intervals are paired. A metric that ``allows_missing``
 (an LLM judge, :mod:`medqa_bench.metrics.judge`) may leave an item unscored (NaN): the item's score is recorded as
 ``None``, the corpus value and its CI are over the items it scored, and ``n_missing`` counts the others.
+
+A run scores loss and perplexity on more items than it generates for (``--nll-limit``): :func:`score_item_sets` gives
+each metric the items it applies to.
 """
 
 from __future__ import annotations
@@ -353,3 +356,34 @@ def _corpus_value(metric: Metric, scores, item_ctx: list[dict], index, n_bootstr
         index = bootstrap_index(len(scores), int(n_bootstrap), seed)
     value, lo, hi = bootstrap_ci(metric, scores, item_ctx, index)
     return {"value": value, "ci_low": lo, "ci_high": hi, "n": len(scores), "n_missing": missing}
+
+
+def score_item_sets(samples: list[dict], metrics: list[Metric], system_kinds: dict[str, str | None], *,
+                    seed: int = 0, progress: bool = True) -> tuple[dict, dict]:
+    """:func:`score_samples`, each metric on the items it applies to: the NLL metrics on every item, the others on the
+    generated items (``generated`` not false; an item the NLL metrics score alone holds no answer and no reference
+    row). ``system_kinds``: each system's kind (a ``"reference"`` row answers the generated items only). Each metric's
+    info records its items (``items``: "all" or "generated") and each value their number (``n``); the two item sets
+    have bootstrap resamples of their own. A run whose items are all generated is scored as one set, as before.
+    """
+    systems = list(system_kinds)
+    generated = [s for s in samples if s.get("generated", True)]
+    nll = [m for m in metrics if m.kind == "nll"]
+    if len(generated) == len(samples) or not nll:
+        scored, info = score_samples(generated, metrics, systems, seed=seed, progress=progress)
+    else:
+        lm = [n for n in systems if system_kinds[n] != "reference"]
+        scored, info = score_samples(samples, nll, lm, seed=seed, progress=progress)
+        others = [m for m in metrics if m.kind != "nll"]
+        if others:  # scored second: the generated items' distractors are drawn among themselves, as before
+            more, more_info = score_samples(generated, others, systems, seed=seed, progress=progress)
+            scored = {s: {**scored.get(s, {}), **more.get(s, {})} for s in systems}
+            info.update(more_info)
+        for s in samples:
+            if not s.get("generated", True):
+                s.pop("distractor_id", None)  # drawn by the NLL call; no metric of these items uses a distractor
+    order = [m.name for m in metrics]
+    info = {name: {**info[name], "items": "all" if info[name].get("kind") == "nll" else "generated"}
+            for name in order if name in info}
+    scored = {s: {name: scored[s][name] for name in order if name in scored.get(s, {})} for s in systems}
+    return scored, info

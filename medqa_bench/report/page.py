@@ -159,6 +159,7 @@ def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
                 },
             }
             for s in samples
+            if s.get("generated", True)  # an item scored by the NLL metrics alone has no answer to explore
         ],
     }
 
@@ -207,6 +208,7 @@ def render_html(
         created=results.get("created") or "",
         model=", ".join(dict.fromkeys(_model_reference(r) for _, r in runs)),
         n_items=analysis["n_items"],
+        n_nll_items=analysis.get("n_nll_items") or analysis["n_items"],
         analysis=analysis,
         thresholds=th,
         threshold_source=diagnostics.threshold_source_text(th),
