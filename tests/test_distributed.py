@@ -156,8 +156,8 @@ def test_two_processes_write_the_single_process_results(runs):
     assert r2["data"]["item_ids_fingerprint"] == r1["data"]["item_ids_fingerprint"]
 
 
-def test_the_two_writers_cache_serves_a_later_run(runs):
-    medqa(*RUN, "--out", str(runs / "again"), "--cache", str(runs / "two.sqlite"))
+def test_the_two_writers_cache_serves_a_later_run(runs, short_symptoms):
+    medqa(*RUN, "--data", str(short_symptoms), "--out", str(runs / "again"), "--cache", str(runs / "two.sqlite"))
     again, samples = _read(runs / "again")
     assert again["cache"] == {"hits": 2 * 2 * 4 + 4, "misses": 0, "path": str(runs / "two.sqlite")}
     assert samples == _read(runs / "two")[1]

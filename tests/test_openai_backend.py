@@ -178,19 +178,18 @@ def _first_difference(a: str, b: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_served_baseline_and_adapter_match_the_transformers_backend(vllm_server, tmp_path, short_symptoms):
+def test_a_served_baseline_and_adapter_match_the_transformers_backend(vllm_server, tmp_path):
     """``medqa-bench run --backend openai`` on the baseline (chat) and the served adapter (its recorded reference
     format, from its local folder) gives the generations and NLLs of the in-process transformers backend."""
     adapter = f"ft=served:{LORA}@{ADAPTER}"
     t = time.monotonic()
     served = _cli(*_served(vllm_server, "--adapter", adapter, "--concurrency", "1"),
-                  *_common(tmp_path, "served", "--data", str(short_symptoms), "--metrics", "loss,perplexity,rougeL"))
+                  *_common(tmp_path, "served", "--metrics", "loss,perplexity,rougeL"))
     served_s = time.monotonic() - t
     assert served.returncode == 0, served.stderr
     t = time.monotonic()
     local = _cli("--adapter", f"ft={ADAPTER}", "--device", "cpu", "--dtype", "float32",
-                 *_common(tmp_path, "local", "--data", str(short_symptoms), "--metrics", "loss,perplexity,rougeL",
-                          "--no-report"))
+                 *_common(tmp_path, "local", "--metrics", "loss,perplexity,rougeL", "--no-report"))
     local_s = time.monotonic() - t
     assert local.returncode == 0, local.stderr
     print(f"\nserved run {served_s:.0f} s, in-process run {local_s:.0f} s", file=sys.stderr)
