@@ -74,6 +74,13 @@ def test_the_generated_items_are_the_limit_sample_and_rescoring_keeps_the_sets(n
                     report=False)
     assert res.results["results"]["ft"]["rouge1"]["n"] == 2 and res.results["results"]["ft"]["loss"]["n"] == 4
     assert res.results["results"]["ft"]["loss"] == results["results"]["ft"]["loss"]
+    # the report: both counts in its header, the generated items alone in its explorer
+    from medqa_bench.report import render_report
+
+    html = render_report([nll_run], nll_run.parent / "report.html").read_text()
+    assert "(loss and perplexity on <b>4</b>" in html
+    assert all(f'"id":"{s["id"]}"' in html.replace('": "', '":"') for s in samples if s["generated"])
+    assert not any(f'"id":"{s["id"]}"' in html.replace('": "', '":"') for s in samples if not s["generated"])
 
 
 def test_cpu_default_scores_nll_on_more_items():
