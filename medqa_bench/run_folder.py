@@ -190,3 +190,30 @@ def staged(folder: str | os.PathLike) -> Iterator[Path]:
         except OSError as exc:
             raise RunError(f"cannot write the run folder {folder}: {exc.strerror or exc}; "
                            "the folder was left as it was") from None
+
+
+def read_results_file(path: Path) -> dict[str, Any]:
+    """A run folder's ``results.json`` as a dict: valid JSON, an object, and a schema of the major version this
+    package reads (minor versions only add fields). Every reader of a run folder checks it this one way."""
+    from .schema import SCHEMA_VERSION
+
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: not valid JSON ({exc}); re-run the evaluation to rewrite it") from exc
+    if not isinstance(results, dict):
+        raise RunError(f"{path}: expected a JSON object, found {type(results).__name__}")
+    version = str(results.get("schema_version", ""))
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        older = version.split(".")[0] == "1"
+        raise RunError(
+            f"{path}: schema_version {version or 'none'!r}, but this medqa-bench reads {SCHEMA_VERSION!r}; "
+            + (
+                "schema 1.x run folders have one baseline and no reference rows, stop reasons, leakage audit or "
+                "verdict, so this report cannot be drawn from them; "
+                if older
+                else ""
+            )
+            + "re-run the evaluation with this version (`medqa-bench run`), or use the version that wrote it"
+        )
+    return results

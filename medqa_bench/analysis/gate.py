@@ -23,13 +23,12 @@ bad input (no such folder, an unknown condition or adapter) keeps the CLI's stat
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..errors import RunError, SpecError
-from ..schema import SCHEMA_VERSION
+from ..run_folder import read_results_file
 from .degeneration import WARNING_THRESHOLDS, degeneration_found, degeneration_label, degeneration_value
 
 EXIT_PASSED = 0
@@ -189,16 +188,7 @@ def read_results(run_dir: str | Path) -> dict:
         raise RunError(f"run folder {folder} does not exist")
     if not path.is_file():
         raise RunError(f"{folder} holds no results.json: not a run folder (run `medqa-bench run` first)")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path}: not valid JSON ({exc}); re-run the evaluation to rewrite it") from exc
-    if not isinstance(results, dict):
-        raise RunError(f"{path}: expected a JSON object, found {type(results).__name__}")
-    version = str(results.get("schema_version", ""))
-    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise RunError(f"{path}: schema_version {version or 'none'!r}, but this medqa-bench reads "
-                       f"{SCHEMA_VERSION!r}; re-run the evaluation with this version")
+    results = read_results_file(path)
     if not isinstance(results.get("verdict"), dict) or not isinstance(results["verdict"].get("adapters"), dict):
         raise RunError(f"{path} holds no verdict; `medqa-bench score {folder}` analyses the run again")
     return results

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import RunError
 from ..jsonl import parse_jsonl
+from ..run_folder import read_results_file
 from ..schema import SCHEMA_VERSION
 
 SEPARATOR = "/"  # combined system names are "<run>/<system>"
@@ -21,25 +21,7 @@ def load_run(folder: str | Path) -> tuple[dict, list[dict]]:
     for p in (results_path, samples_path):
         if not p.is_file():
             raise RunError(f"{folder} is not a complete run folder: {p.name} is missing (run `medqa-bench run` first)")
-    try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{results_path}: not valid JSON ({exc}); re-run the evaluation to rewrite it") from exc
-    if not isinstance(results, dict):
-        raise RunError(f"{results_path}: expected a JSON object, found {type(results).__name__}")
-    version = str(results.get("schema_version", ""))
-    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:  # minor versions only add fields
-        older = version.split(".")[0] == "1"
-        raise RunError(
-            f"{results_path}: schema_version {version or 'none'!r}, but this medqa-bench reads {SCHEMA_VERSION!r}; "
-            + (
-                "schema 1.x run folders have one baseline and no reference rows, stop reasons, leakage audit or "
-                "verdict, so this report cannot be drawn from them; "
-                if older
-                else ""
-            )
-            + "re-run the evaluation with this version (`medqa-bench run`), or use the version that wrote it"
-        )
+    results = read_results_file(results_path)
     try:
         text = samples_path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
