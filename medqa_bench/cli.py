@@ -21,7 +21,8 @@ log = logging.getLogger("medqa_bench")
 def _add_data_options(p: argparse.ArgumentParser, *, with_split: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="PATH", help="CSV/JSONL file (optionally .gz) or saved `datasets` folder (default: MedQuAD, from `data fetch medquad`)")
-    g.add_argument("--qtype", help="question type(s): symptoms (default), a comma-separated list, or all")
+    g.add_argument("--qtype", help="question type(s): symptoms (default; all in a file without a qtype column), a "
+                   "comma-separated list, or all")
     g.add_argument("--question-column", metavar="NAME", help="column holding the question (default Question)")
     g.add_argument("--answer-column", metavar="NAME", help="column holding the answer (default Answer)")
     g.add_argument("--qtype-column", metavar="NAME", help="column holding the question type (default qtype)")
@@ -41,7 +42,8 @@ def _add_train_data_options(p: argparse.ArgumentParser) -> None:
                    "file, else the train split of --data)")
     g.add_argument("--train-split", choices=["all", "train", "validation", "test"],
                    help="which split of --train-data is the corpus (default all: every item)")
-    g.add_argument("--train-qtype", metavar="Q", help="question type(s) of --train-data (default symptoms; all)")
+    g.add_argument("--train-qtype", metavar="Q", help="question type(s) of --train-data (default symptoms; all in a file "
+                   "without a qtype column)")
     for role, default in (("question", "Question"), ("answer", "Answer"), ("qtype", "qtype"), ("focus", "focus"),
                           ("id", "qid")):
         g.add_argument(f"--train-{role}-column", metavar="NAME", help=f"--train-data's {role} column (default {default})")
@@ -131,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(r)
     _add_train_data_options(r)
     r.add_argument("--split", choices=["train", "validation", "test", "all"], help="which split to evaluate (default "
-                   "test; all, the whole file, with a training corpus of its own: --train-data or the adapters')")
+                   "test; all, the whole file, with a training corpus of its own: --train-data or the adapters'); a "
+                   "small file of your own, whose test split is empty: all")
     r.add_argument("--limit", type=int, metavar="N", help="evaluate a seeded sample of N items; 0 = the full split "
                    "(default: full split on GPU, 5 items on CPU)")
     r.add_argument("--nll-limit", type=int, metavar="N", help="score loss and perplexity on a seeded sample of N items "

@@ -4,7 +4,8 @@ The pipeline, in order::
 
     load_table(path)                    CSV (plain or .gz), JSONL, or a Hugging Face `datasets` dataset, read as written
                                         or refused with the line at fault (medqa_bench.readers)
-    -> select_rows(rows, qtypes)        drop empty rows (counted), filter by qtype
+    -> select_rows(rows, qtypes)        drop empty rows (named by line), filter by qtype (none given: symptoms, or
+                                        every row of a file without a qtype column)
     -> build_splits(rows, options)      items and their splits; the order depends on the strategy:
          grouped (default):  merge_rows   group rows asking the same question into one multi-reference item
                              split_examples  80/10/10 by item, so no question text and no focus crosses splits
@@ -30,9 +31,9 @@ import random
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .errors import DataError
 from .fingerprint import sha256_json
@@ -138,12 +139,44 @@ def normalize_question(text: str) -> str:
     return " ".join(text.split())
 
 
+#: Dropped rows named in the warning; the rest are counted.
+_DROPPED_SHOWN = 3
+
+
 @dataclass
 class LoadReport:
     rows: int = 0
     dropped_empty: int = 0
     kept: int = 0  # rows that passed the qtype filter (several may form one multi-reference item)
     qtypes: dict[str, int] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # each dropped row: where it is and why ("line 4 (empty answer)")
+
+    def dropped_line(self, source: str) -> str:
+        """The warning that names the dropped rows: ``own.csv: dropped 2 rows: line 4 (empty answer), line 9 (empty
+        question)``; past :data:`_DROPPED_SHOWN` rows, the first ones and how many more."""
+        n = len(self.dropped)
+        more = f" and {n - _DROPPED_SHOWN} more" if n > _DROPPED_SHOWN else ""
+        return f"{source}: dropped {n} row{'s' if n != 1 else ''}: {', '.join(self.dropped[:_DROPPED_SHOWN])}{more}"
+
+
+def resolve_qtype(qtype: str | None, columns_found: Sequence[str], columns: ColumnMap = ColumnMap()) -> str:
+    """The question-type filter ``qtype`` stands for: as given, or when none is given (None), :data:`DEFAULT_QTYPE`
+    in a file with a question-type column and ``all`` in a file without one (a file of your own). A question-type
+    column mapped by name (``--qtype-column``) but absent keeps the filter, so the error says the column is missing.
+
+    >>> resolve_qtype(None, ["Question", "Answer"]), resolve_qtype(None, ["qtype", "Question", "Answer"])
+    ('all', 'symptoms')
+    """
+    if qtype is not None:
+        return qtype
+    if columns.qtype in columns_found or columns.qtype != ColumnMap().qtype:
+        return DEFAULT_QTYPE
+    return "all"
+
+
+def _empty_parts(question: str, answers: list[str]) -> str:
+    return "empty question and answer" if not question and not answers else \
+        "empty question" if not question else "empty answer"
 
 
 def build_examples(
@@ -171,12 +204,15 @@ def select_rows(
     *,
     source: str = "data",
     flag_prefix: str = "",
+    where: Callable[[int], str] | None = None,
 ) -> tuple[list[dict[str, Any]], LoadReport]:
-    """Validate columns, drop empty rows (counted) and filter by qtype, keeping file order.
+    """Validate columns, drop empty rows (named and counted) and filter by qtype, keeping file order.
 
     Kept rows are returned as they were plus ``_q`` (question), ``_qt`` (qtype) and ``_answers`` (non-empty
     answers): the row-level stage, so a split can be made on rows (``random``) or on merged items (``grouped``).
     ``flag_prefix`` names the command-line flags the messages suggest (``"train-"``: ``--train-qtype all``).
+    ``where(i)`` names row ``i`` in the warning about dropped rows (:meth:`medqa_bench.readers.Table.where`: the line
+    of the file); without it rows are numbered from 1.
     """
     found = set(columns_found)
     for role in ("question", "answer"):
@@ -196,13 +232,14 @@ def select_rows(
     report = LoadReport(rows=len(rows))
     report.qtypes = dict(Counter(str(r.get(columns.qtype, "") or "").strip() for r in rows)) if has_qtype else {}
     kept: list[dict[str, Any]] = []
-    for row in rows:
+    for i, row in enumerate(rows):
         q = str(row.get(columns.question) or "").strip()
         a = row.get(columns.answer)
         answers = [str(x).strip() for x in a] if isinstance(a, list) else [str(a or "").strip()]
         answers = [x for x in answers if x]
         if not q or not answers:
             report.dropped_empty += 1
+            report.dropped.append(f"{where(i) if where else f'row {i + 1}'} ({_empty_parts(q, answers)})")
             continue
         qt = str(row.get(columns.qtype, "") or "").strip() if has_qtype else ""
         if wanted is not None and qt not in wanted:
@@ -210,7 +247,7 @@ def select_rows(
         kept.append({**row, "_answers": answers, "_q": q, "_qt": qt})
     report.kept = len(kept)
     if report.dropped_empty:
-        log.warning("%s: dropped %d rows with an empty question or answer", source, report.dropped_empty)
+        log.warning("%s", report.dropped_line(source))
     if not kept:
         present = ", ".join(f"{k} ({v})" for k, v in sorted(report.qtypes.items(), key=lambda kv: -kv[1])) or "none"
         raise DataError(f"{source}: no rows for qtype {sorted(wanted) if wanted else 'all'}; qtypes present: {present}")
@@ -447,7 +484,9 @@ class DataSpec:
     """Everything that determines the items: the source, columns, qtype filter and split options."""
 
     path: str | None = None  # None: the bundled MedQuAD
-    qtype: str = DEFAULT_QTYPE
+    # None: symptoms in a file with a qtype column, all in a file without one (resolve_qtype; a loaded Dataset's spec
+    # holds the resolved value)
+    qtype: str | None = None
     columns: ColumnMap = ColumnMap()
     split: SplitOptions = SplitOptions()
     manifest: str | None = None  # a saved manifest to reuse instead of re-splitting
@@ -494,7 +533,8 @@ class Dataset:
 
 
 def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None, *, flag_prefix: str = "") -> Dataset:
-    """Load and split the data a :class:`DataSpec` describes (the bundled MedQuAD symptoms by default).
+    """Load and split the data a :class:`DataSpec` describes (the bundled MedQuAD symptoms by default). The returned
+    dataset's spec has the question-type filter resolved (:func:`resolve_qtype`).
 
     ``flag_prefix`` names the flags an error suggests: ``"train-"`` for the training corpus of a run
     (``--train-question-column``)."""
@@ -506,8 +546,9 @@ def load_dataset(spec: DataSpec | None = None, hf_dataset: Any = None, *, flag_p
     cols = spec.columns
     table.require_text([cols.question, cols.qtype, cols.focus, cols.id], list_columns=[cols.answer])
     rows, columns_found, data_fp = table.rows, table.columns, table.fingerprint
+    spec = replace(spec, qtype=resolve_qtype(spec.qtype, columns_found, cols))
     kept, report = select_rows(rows, columns_found, spec.columns, spec.qtype, source=table.source,
-                               flag_prefix=flag_prefix)
+                               flag_prefix=flag_prefix, where=table.where)
     options = {
         "qtype": spec.qtype,
         "columns": asdict(spec.columns),

@@ -104,13 +104,18 @@ def adapter_folder(value: str) -> Path | None:
 
 def plan_data(spec, adapters: dict[str, str]) -> RunData:
     """Load the evaluated data and the training corpus of a run of ``spec`` whose adapters are ``adapters`` (name ->
-    folder or served name); see the module docstring. Raises :class:`DataError` for data that cannot be read."""
+    folder or served name); see the module docstring. Raises :class:`DataError` for data that cannot be read, and
+    for an evaluated split left empty (a small file: the message proposes ``--split all``). The returned spec holds
+    the data options as loaded (the question-type filter resolved, :func:`medqa_bench.data.resolve_qtype`)."""
     dataset = load_dataset(spec.data)
+    spec = spec.replace(data=dataset.spec)
+    records = _records(adapters)
     note = None
     if spec.train_data is not None:
         corpus = _given(spec)
+        spec = spec.replace(train_data=corpus.data)
     else:
-        corpus, note = _from_adapters(dataset, adapters)
+        corpus, note = _from_adapters(dataset, records)
         if corpus is not None:
             spec = spec.replace(train_data=corpus.data, train_split="train")
     spec = spec.replace(split=spec.evaluated_split)
@@ -118,7 +123,25 @@ def plan_data(spec, adapters: dict[str, str]) -> RunData:
         corpus = TrainingCorpus(dataset.split("train"), "evaluated", spec.data)
         corpus.record.update(_record(corpus, dataset, "train", []))
     corpus.record["note"] = note
-    return RunData(spec, dataset, dataset.split(spec.split), corpus)
+    pool = dataset.split(spec.split)
+    if not pool:
+        trained_here = [n for n, r in records.items() if r and r.fingerprint == dataset.manifest.data_fingerprint]
+        raise DataError(_empty_split(dataset, spec.split, trained_here))
+    return RunData(spec, dataset, pool, corpus)
+
+
+def _empty_split(dataset: Dataset, split: str, trained_here: list[str]) -> str:
+    """One line for an evaluated split left empty: what the qtype filter kept, the split's sizes, and the way out
+    (``--split all``, unless the run's adapters were trained on this file's train split)."""
+    report, qtype = dataset.report, dataset.spec.qtype
+    sizes = ", ".join(f"{name} {len(dataset.split(name))}" for name in ("train", "validation", "test"))
+    if trained_here:
+        way = (f"--split all would evaluate {', '.join(trained_here)} on {'their' if len(trained_here) > 1 else 'its'} "
+               "training items; use more data")
+    else:
+        way = "evaluate every item with --split all" + (", widen --qtype" if qtype != "all" else "") + " or use more data"
+    return (f"the {split} split is empty: the qtype filter '{qtype}' kept {report.kept} of {report.rows} rows "
+            f"({len(dataset.examples)} item{'s' if len(dataset.examples) != 1 else ''}: {sizes}); {way}")
 
 
 def _where(data: DataSpec) -> str:
@@ -141,7 +164,7 @@ def _given(spec) -> TrainingCorpus:
         ds = load_dataset(spec.train_data, flag_prefix="train-")
     except DataError as exc:
         raise DataError(f"training data (--train-data): {exc}") from None
-    corpus = TrainingCorpus(ds.split(spec.train_split), "given", spec.train_data)
+    corpus = TrainingCorpus(ds.split(spec.train_split), "given", ds.spec)
     if not corpus.items:
         raise DataError(f"training data (--train-data {_where(spec.train_data)}): its {spec.train_split} split is "
                         "empty; pass --train-split all")
@@ -152,14 +175,20 @@ def _given(spec) -> TrainingCorpus:
     return corpus
 
 
-def _from_adapters(dataset: Dataset, adapters: dict[str, str]) -> tuple[TrainingCorpus | None, str | None]:
-    """The adapters' training split when the evaluated data is another file and every adapter records the same
-    training data, found with its fingerprints; else None, and the one line that says why (None when nothing was
-    recorded, or the evaluated data is the adapters' own)."""
+def _records(adapters: dict[str, str]) -> dict[str, RecordedTrainingData | None]:
+    """Each adapter's recorded training data (None: no record, or a served adapter without a local folder)."""
     records = {}
     for name, value in adapters.items():
         folder = adapter_folder(value)
         records[name] = RecordedTrainingData.read(name, folder) if folder is not None else None
+    return records
+
+
+def _from_adapters(dataset: Dataset, records: dict[str, RecordedTrainingData | None]
+                   ) -> tuple[TrainingCorpus | None, str | None]:
+    """The adapters' training split when the evaluated data is another file and every adapter records the same
+    training data, found with its fingerprints; else None, and the one line that says why (None when nothing was
+    recorded, or the evaluated data is the adapters' own)."""
     known = {n: r for n, r in records.items() if r is not None}
     if not known or all(r.fingerprint == dataset.manifest.data_fingerprint for r in known.values()):
         return None, None
@@ -183,7 +212,7 @@ def _from_adapters(dataset: Dataset, adapters: dict[str, str]) -> tuple[Training
     if ds.manifest.fingerprint != recorded.manifest_fingerprint:
         return _say(f"the adapters' training split of {where} does not rebuild from the recorded options (manifest "
                     f"{ds.manifest.fingerprint[:19]}…, recorded {recorded.manifest_fingerprint[:19]}…): {fallback}")
-    corpus = TrainingCorpus(ds.split("train"), "adapters", recorded.spec)
+    corpus = TrainingCorpus(ds.split("train"), "adapters", ds.spec)
     corpus.record.update(_record(corpus, ds, "train", list(known)))
     log.info("training corpus: the train split the adapters were trained on (%d items of %s, qtype %s, %s split "
              "seed %d; fingerprints match): reference rows, the leakage audit and retrieval draw from it, and the "
