@@ -1,7 +1,10 @@
 """Atomic writes: a reader sees the old file or folder or the new one, never half of either.
 
 New files and folders get the mode the user's umask gives (``tempfile`` makes them 0600 and 0700, which would leave
-a report meant to be shared unreadable by others).
+a report meant to be shared unreadable by others). That holds for what a library writes into a folder written with
+:func:`directory` too: ``safetensors`` writes its files through a private temporary file of its own, so an adapter's
+``adapter_model.safetensors`` came out 0600; every file and folder made in the temporary folder gets the umask's mode
+before the folder is renamed into place.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -72,6 +76,7 @@ def directory(path: str | os.PathLike, *, overwrite: bool = False,
     try:
         os.chmod(tmp, 0o777 & ~umask())
         yield tmp
+        _follow_umask(tmp)  # before the old folder's files are carried over: those keep their own modes
         if carry_except is not None and path.is_dir():
             _carry(path, tmp, set(carry_except))
         if path.exists() and _exchange(tmp, path):
@@ -86,6 +91,21 @@ def directory(path: str | os.PathLike, *, overwrite: bool = False,
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _follow_umask(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the mode the umask gives a new one (0666 or, for an executable
+    file or a folder, 0777, less the umask), whatever mode the writer chose. Symbolic links, and files linked from
+    elsewhere (more than one hard link: their mode is shared with a file outside), are left alone."""
+    mask = umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            entry = os.path.join(root, name)
+            st = os.lstat(entry)
+            if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+                continue
+            full = 0o777 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111 else 0o666
+            os.chmod(entry, full & ~mask)
 
 
 def _carry(old: Path, new: Path, skip: set[str]) -> None:

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS entries (
 """
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def cache_key(kind: str, identity: dict[str, Any], payload: dict[str, Any]) -> str:
     """Digest of (kind, model/adapter identity, the item's exact text and parameters, code version)."""
     from . import CODE_VERSION
@@ -48,6 +51,9 @@ class InferenceCache:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         if self.path is not None:
+            if self.path.is_dir():
+                raise RunError(f"cache {self.path} is a folder; --cache names the SQLite file the cache is kept in "
+                               f"(e.g. --cache {self.path / 'inference.sqlite'}), or pass --no-cache")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._open(self.path)
 
@@ -69,7 +75,7 @@ class InferenceCache:
                     conn.close()
                 locked = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
                 if not locked or time.monotonic() > deadline:
-                    raise RunError(f"cache {path} is not a usable SQLite database ({exc}); delete it or pass --no-cache") from exc
+                    raise _unusable(path, exc) from exc
                 time.sleep(0.02 + 0.08 * random.random())
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
@@ -114,6 +120,20 @@ class InferenceCache:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _unusable(path: Path, exc: Exception) -> RunError:
+    """The error for a cache that cannot be opened. Deleting it is proposed only for a damaged SQLite file (a cache
+    this tool made); a file of something else is the user's, and the hint is another path."""
+    try:
+        with open(path, "rb") as fh:
+            ours = fh.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    except OSError:
+        ours = False
+    if ours:
+        return RunError(f"cache {path} is not a usable SQLite database ({exc}); delete it or pass --no-cache")
+    return RunError(f"cache {path} is not a SQLite database ({exc}): it may be a file of yours, so it is left as it is; "
+                    "name a new file with --cache, or pass --no-cache")
 
 
 def open_cache(setting: str | Path | None) -> InferenceCache:

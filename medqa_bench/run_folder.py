@@ -2,7 +2,8 @@
 
     lock(folder)                  before any work: the folder can be written (not a file, not read-only); then
                                   ``<parent>/.<name>.lock`` is held until the run ends, so a second run into the
-                                  same folder stops at once with a one-line error
+                                  same folder stops at once with a one-line error; the lock file is removed when
+                                  the run ends, whether it succeeded or failed
     check_replaceable(...)        before the model loads: a folder holding a different run is replaced only with
                                   ``overwrite`` (``--overwrite``); a folder holding other files is never replaced
     staged(folder)                results.json, samples.jsonl and report.html written into a sibling folder and
@@ -72,6 +73,7 @@ def check_writable(folder: str | os.PathLike) -> None:
 def lock(folder: str | os.PathLike, *, check: bool = True) -> Iterator[None]:
     """Check that ``folder`` can be written (:func:`check_writable`), then hold its lock file until the block ends
     (re-entrant). A second process asking for the same folder gets a :class:`RunError` at once, naming the holder.
+    When the block ends, successfully or not, the lock file is removed (see :func:`_take` for why that is safe).
 
     ``check=False`` is for a writer that replaces one file of the folder, not the folder (``medqa-bench report``): no
     checks, and no lock where its file cannot be made.
@@ -87,38 +89,70 @@ def lock(folder: str | os.PathLike, *, check: bool = True) -> Iterator[None]:
         finally:
             _held[path] -= 1
         return
-    fd = _take(path, folder, required=check)
-    if fd is None:
+    taken = _take(path, folder, required=check)
+    if taken is None:
         yield
         return
+    fd, locked = taken
     _held[path] = 1
     try:
         yield
     finally:
         del _held[path]
-        os.close(fd)  # releases the lock; the file stays (removing it would race with a run opening it)
+        if locked:
+            # Removed while still held: a run that opened this file meanwhile finds it unlinked once it gets the
+            # lock, and takes a fresh file instead (_take), so two runs never hold "the" lock at once.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os.close(fd)  # releases the lock
 
 
-def _take(path: Path, folder: Path, *, required: bool) -> int | None:
+def _take(path: Path, folder: Path, *, required: bool) -> tuple[int, bool] | None:
+    """Open and lock ``path``: ``(fd, locked)``, or None without a lock (no ``fcntl``, or the file cannot be made
+    and ``required`` is false). ``locked`` is false where the file system refuses locks (a warning says so).
+
+    The holder removes the file when its run ends, so the lock taken must be on the file that is at ``path`` now: a
+    process that opened the file just before the holder removed it would otherwise lock a file no one else can see,
+    while a third process creates and locks a new one. After locking, the file at ``path`` is compared with the one
+    locked (device and inode); if they differ the lock is dropped and taken again on the new file.
+    """
     try:
         import fcntl
     except ImportError:  # no fcntl (Windows): no lock
         return None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if required:
+                raise RunError(f"cannot create the lock file {path}: {exc.strerror}; choose another --out") from None
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise RunError(f"another medqa-bench run{f' (pid {holder})' if holder else ''} is writing {folder} "
+                               f"(lock {path}); wait for it to finish or choose another --out or --name") from None
+            log.warning("cannot lock %s (%s): a second run into %s would not be stopped", path, exc.strerror, folder)
+            return _mark(fd), False
+        if _same_file(fd, path):
+            return _mark(fd), True
+        os.close(fd)  # the holder removed it between our open and our lock: take the file there now
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        if required:
-            raise RunError(f"cannot create the lock file {path}: {exc.strerror}; choose another --out") from None
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            holder = os.read(fd, 32).decode("ascii", "replace").strip()
-            os.close(fd)
-            raise RunError(f"another medqa-bench run{f' (pid {holder})' if holder else ''} is writing {folder} "
-                           f"(lock {path}); wait for it to finish or choose another --out or --name") from None
-        log.warning("cannot lock %s (%s): a second run into %s would not be stopped", path, exc.strerror, folder)
+        at = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at.st_dev, at.st_ino)
+
+
+def _mark(fd: int) -> int:
+    """Write this process's id into the lock file (the message of a run that finds it held names it)."""
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd

@@ -13,6 +13,8 @@ Its shape::
 
 It reads ``results["verdict"]`` (and the analysis' degeneration figures) and computes nothing. ``results.json``
 keeps every line of the verdict; ``--full-verdict`` on ``run`` and ``score`` prints them all.
+
+Above the verdict, :func:`summary_table` gives each metric's value and CI per system, every system named in full.
 """
 
 from __future__ import annotations
@@ -170,6 +172,39 @@ def warning_groups(results: dict) -> list[tuple[str, int, str]]:
         for c in v.get("conditions") or []:
             groups.setdefault("conditions", []).append(c)
     return [(kind, len(items), _cut(_detail(kind, items, results))) for kind, items in groups.items()]
+
+
+def _cell(aggregate: dict | None) -> str:
+    if not aggregate:
+        return "-"
+    text = (f"{aggregate['value']:.4f} [{aggregate['ci_low']:.4f}, {aggregate['ci_high']:.4f}]"
+            if aggregate["value"] is not None else "none scored")
+    return text + (f" ({aggregate['n_missing']} unscored)" if aggregate.get("n_missing") else "")
+
+
+def summary_table(results: dict) -> list[str]:
+    """The headline table: a head line of system names, then one line per metric, ``value [CI]`` per system. Names
+    are never cut (an adapter's folder name tells runs apart): each column is as wide as its name or its widest cell,
+    and the metric column as its longest metric name.
+
+    >>> agg = {"value": 0.25, "ci_low": 0.1, "ci_high": 0.4}
+    >>> r = {"systems": {"baseline": {}, "qlora-r16-alpha32-lr2e-4-symptoms-3-epochs": {}}, "metrics": {"rougeL": {}},
+    ...      "results": {"baseline": {"rougeL": agg}, "qlora-r16-alpha32-lr2e-4-symptoms-3-epochs": {"rougeL": agg}}}
+    >>> print("\\n".join(summary_table(r)))
+    metric                 baseline  qlora-r16-alpha32-lr2e-4-symptoms-3-epochs
+    rougeL  0.2500 [0.1000, 0.4000]                     0.2500 [0.1000, 0.4000]
+    """
+    systems = list(results.get("systems") or [])
+    res = results.get("results") or {}
+    metrics = list(results.get("metrics") or {})
+    cells = {m: [_cell((res.get(s) or {}).get(m)) for s in systems] for m in metrics}
+    first = max([len("metric"), *map(len, metrics)])
+    widths = [max([len(s), *(len(cells[m][k]) for m in metrics)]) for k, s in enumerate(systems)]
+
+    def line(head: str, row: list[str]) -> str:
+        return f"{head:<{first}}" + "".join(f"  {c:>{w}}" for c, w in zip(row, widths))
+
+    return [line("metric", systems)] + [line(m, cells[m]) for m in metrics]
 
 
 def verdict_brief(results: dict, run_dir: str | Path | None = None) -> list[str]:
