@@ -9,6 +9,11 @@ two-valued and embedding_similarity has too few pairs, so both fall back with a 
 ``analysed=True``, the analysis and the verdict the runner would store. Seeded and realistic enough to draw every
 chart. ``payload`` is planted in a prediction, the question, reference and focus, a reference row's description and
 training item, an adapter's format source and its loss definition, and a flagged item's training id.
+
+For combined reports, a run can differ from another in its budget (``max_new_tokens``), its metrics (``metrics``),
+the items scored by loss and perplexity alone (``nll_only``), its null pairs (``null_items``: null scores on the first
+items only), its thresholds (``spec_thresholds``) and its primary metric (``primary``: a validity block naming it);
+``adapter_seed`` draws the adapters' answers apart, so runs of one ``seed`` share their baseline and reference rows.
 """
 
 from __future__ import annotations
@@ -175,10 +180,18 @@ def make_records(
     near_duplicates: int = 2,
     analysed: bool = True,
     n_bootstrap: int = 500,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    metrics: tuple[str, ...] = tuple(_METRICS),
+    nll_only: int = 0,
+    null_items: int | None = None,
+    spec_thresholds: dict | None = None,
+    primary: str | None = None,
+    adapter_seed: int | None = None,
 ) -> tuple[dict, list[dict]]:
     """``(results, samples)`` as dicts; the adapter is better than the chat baseline on average but worse on rougeL
     (and not better than retrieval there); a reference-format baseline row is weaker and leaves some answers empty."""
     rng = random.Random(seed)
+    arng = rng if adapter_seed is None else random.Random(adapter_seed)
     baselines = {baseline_name(f, baseline_formats): f for f in baseline_formats}
     formats = {**baselines, **{a: "reference" for a in adapters}}  # language-model rows and their prompt formats
     lm_quality = {b: baseline_quality - (0.25 if f == "reference" else 0.0) for b, f in baselines.items()}
@@ -212,16 +225,18 @@ def make_records(
                 "fuzzy": round(min(1.0, max(0.0, rng.gauss(0.3, 0.08))), 4),
                 "rougeL": rng.choice((0.0, 0.1)),  # two-valued: calibration falls back, with the reason
                 **({"embedding_similarity": round(rng.gauss(0.45, 0.1), 4)} if i < 6 else {}),  # too few pairs
-            },
+            } if null_items is None or i < null_items else {},
             "train_overlap": _overlap(i, near_duplicates, rng),
             "systems": {},
         }
         for k, (name, fmt) in enumerate(formats.items()):
+            rng_ = rng
+            rng = arng if name in adapters else rng_  # the adapters' draws apart, when adapter_seed asks for it
             quality = min(0.97, max(0.05, rng.gauss(lm_quality[name], 0.15)))
             empty = name in baselines and fmt == "reference" and rng.random() < 0.2
             gen = 1 if empty else max(3, int(rng.gauss(ref_tokens * (1.4 - 0.3 * k), 12)))
-            truncated = gen >= MAX_NEW_TOKENS
-            gen = min(gen, MAX_NEW_TOKENS)
+            truncated = gen >= max_new_tokens
+            gen = min(gen, max_new_tokens)
             nll_tokens = ref_tokens
             nll_sum = nll_tokens * (2.3 - 0.35 * k + rng.gauss(0, 0.2))
             other_qtype = qtype if rng.random() < 0.75 + 0.1 * k else qtypes[(i + 1) % len(qtypes)]
@@ -241,6 +256,7 @@ def make_records(
                 "scores": {**scores, "perplexity": math.exp(nll_sum / nll_tokens)},
                 **_similarity_fields(quality, qtype, other_qtype, rng),
             }
+            rng = rng_
         for method in reference_rows:
             quality = min(0.97, max(0.05, rng.gauss(ref_quality[method], 0.08)))
             other = _FOCI[(i + 3) % len(_FOCI)]
@@ -273,17 +289,23 @@ def make_records(
         flagged = [s for s in samples if s["train_overlap"]["near_duplicate"]]
         if flagged:
             flagged[0]["train_overlap"]["reference"]["train_id"] = "t0002 " + payload
+    chosen = {m: info for m, info in _METRICS.items() if m in metrics}
+    if len(chosen) < len(_METRICS):
+        _keep_metrics(samples, chosen)
+    generated_refs = [s["reference_tokens"] for s in samples]
+    samples += _nll_only_items(nll_only, n, formats, id_prefix, rng)
 
     agg_rng = random.Random(seed + 1)
     results = {}
     for name in [*formats, *reference_rows]:
         results[name] = {}
-        for m, info in _METRICS.items():
+        for m, info in chosen.items():
             if info["kind"] == "nll" and name not in formats:
                 continue  # a reference row has no model, so no loss or perplexity
-            vals = [s["systems"][name]["scores"][m] for s in samples]
+            vals = [s["systems"][name]["scores"][m] for s in samples
+                    if m in (s["systems"].get(name) or {}).get("scores", {})]
             results[name][m] = _aggregate(vals, agg_rng)
-        if name in formats:
+        if name in formats and "perplexity" in chosen:
             nll = sum(s["systems"][name]["nll_sum"] for s in samples)
             tok = sum(s["systems"][name]["nll_tokens"] for s in samples)
             results[name]["perplexity"]["value"] = math.exp(nll / tok)
@@ -342,9 +364,9 @@ def make_records(
             "baseline_formats": list(baseline_formats),
             "reference_rows": list(reference_rows),
             "data": {"source": "medquad.csv.gz", "qtype": "symptoms,treatment", "split": "test"},
-            "decoding": {"max_new_tokens": MAX_NEW_TOKENS, "do_sample": False},
-            "metrics": list(_METRICS),
-            "analysis": {"similarity_metric": None, "thresholds": {}, "seed": 0},
+            "decoding": {"max_new_tokens": max_new_tokens, "do_sample": False},
+            "metrics": list(chosen),
+            "analysis": {"similarity_metric": None, "thresholds": spec_thresholds or {}, "seed": 0},
         },
         "environment": {
             "python": "3.11.2",
@@ -362,7 +384,7 @@ def make_records(
             "device": "cpu",
         },
         "systems": systems,
-        "budget": given_budget(MAX_NEW_TOKENS, [s["reference_tokens"] for s in samples]),
+        "budget": given_budget(max_new_tokens, generated_refs),
         "loss_definition": {
             "form": "corpus",
             "formula": "sum of NLL over the reference tokens / number of reference tokens (natural log)",
@@ -373,11 +395,15 @@ def make_records(
             "compute_dtype": "float32",
             "split": "test",
         },
-        "data": {"fingerprint": "sha256:" + "c" * 64, "split": "test", "n_items": n, "limit": None, "sample_seed": 0},
-        "metrics": {m: {"name": m, **info} for m, info in _METRICS.items()},
+        "data": {"fingerprint": "sha256:" + "c" * 64, "split": "test", "n_items": n + nll_only, "limit": None,
+                 "sample_seed": 0, **({"n_generated": n} if nll_only else {})},
+        "metrics": {m: {"name": m, **info, **({"items": "all" if info["kind"] == "nll" else "generated"}
+                                              if nll_only else {})} for m, info in chosen.items()},
         "results": results,
         "timings": {"load": 3.2, "generate": 41.0, "nll": 6.5, "score": 4.1},
     }
+    if primary is not None:
+        results_file["validity"] = _validity(chosen, primary)
     if analysed:
         from medqa_bench.analysis import analyze
         from medqa_bench.analysis.verdict import build_verdict
@@ -385,6 +411,46 @@ def make_records(
         results_file["analysis"] = analyze(results_file, samples, n_bootstrap=n_bootstrap)
         results_file["verdict"] = build_verdict(results_file)
     return results_file, samples
+
+
+def _keep_metrics(samples: list[dict], chosen: dict) -> None:
+    """Every per-item score of the metrics not chosen dropped (a run that scored fewer metrics)."""
+    for s in samples:
+        s["null_scores"] = {m: v for m, v in s["null_scores"].items() if m in chosen}
+        for rec in s["systems"].values():
+            for key in ("scores", "best_reference", "distractor_scores", "nearest_qtype"):
+                rec[key] = {m: v for m, v in (rec.get(key) or {}).items() if m in chosen}
+            if "perplexity" not in chosen:
+                for key in ("nll_sum", "nll_tokens", "perplexity"):
+                    rec.pop(key, None)
+
+
+def _nll_only_items(k: int, n: int, formats: dict, id_prefix: str, rng: random.Random) -> list[dict]:
+    """``k`` items after the generated ``n`` that the language-model rows' loss scores alone (generated false)."""
+    out = []
+    for i in range(n, n + k):
+        tokens = 20 + i
+        systems = {}
+        for name in formats:
+            nll_sum = tokens * (2.0 + rng.gauss(0, 0.2))
+            systems[name] = {"nll_sum": nll_sum, "nll_tokens": tokens, "perplexity": math.exp(nll_sum / tokens),
+                             "scores": {"perplexity": math.exp(nll_sum / tokens)}}
+        out.append({"id": f"{id_prefix}{i:03d}", "generated": False, "qtype": _QTYPES[i % 2], "focus": _FOCI[i % 10],
+                    "question": f"What is {_FOCI[i % 10]} ?", "prompts": {}, "reference": "An answer.",
+                    "references": ["An answer."], "reference_tokens": tokens, "systems": systems})
+    return out
+
+
+def _validity(metrics: dict, primary: str) -> dict:
+    """A validity block as ``run_validity`` records it, naming ``primary`` the primary metric (no figures: a
+    hand-made run's signatures were never measured)."""
+    return {
+        "source": "bundled", "fingerprint": "sha256:" + "d" * 64, "created": "2025-01-01", "judged_set": {},
+        "settings": {}, "floor": {"figure": "within_question_spearman", "value": 0.2, "rule": "hand-made"},
+        "primary": {"metric": primary, "rule": "hand-made run", "reason": "named by the test"},
+        "metrics": {m: {"measured": False, "signature": info["signature"], "reason": "a hand-made run's metric"}
+                    for m, info in metrics.items()},
+    }
 
 
 def make_run(folder: Path, **kwargs) -> Path:

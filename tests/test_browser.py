@@ -136,6 +136,24 @@ class DevTools:
             raise RuntimeError(f"evaluate({expression!r}): {r['exceptionDetails']}")
         return r["result"].get("value")
 
+    def open_report(self, path: Path, width: int, height: int) -> str:
+        """A new page of ``width`` x ``height`` CSS pixels showing the report at ``path`` once its charts are drawn
+        (or a JavaScript error stopped them); its session id."""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Runtime", "Log", "Page"):
+            self.send(f"{domain}.enable", session=session)
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session)
+        self.send("Page.navigate", {"url": path.resolve().as_uri()}, session)
+        self.wait_event("Page.loadEventFired", timeout=90)
+        deadline = time.monotonic() + 90
+        while self.evaluate(session, "document.body.getAttribute('data-figures-rendered')") is None:
+            if time.monotonic() > deadline or js_errors(self.events):
+                break
+            time.sleep(0.25)
+        return session
+
     def close(self):
         try:
             self.send("Browser.close", timeout=10)
@@ -214,22 +232,7 @@ def loaded_report(tmp_path_factory):
                                      baseline_formats=("chat", "reference"))])
     browser = DevTools(binary, tmp / "profile", tmp / "chromium.log")
     try:
-        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Runtime", "Log", "Page"):
-            browser.send(f"{domain}.enable", session=session)
-        browser.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": 1360, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-            session,
-        )
-        browser.send("Page.navigate", {"url": report.resolve().as_uri()}, session)
-        browser.wait_event("Page.loadEventFired", timeout=90)
-        deadline = time.monotonic() + 90
-        while browser.evaluate(session, "document.body.getAttribute('data-figures-rendered')") is None:
-            if time.monotonic() > deadline or js_errors(browser.events):
-                break
-            time.sleep(0.25)
+        session = browser.open_report(report, 1360, 900)
         state = browser.evaluate(
             session,
             """JSON.stringify({
@@ -372,3 +375,47 @@ def test_screenshot_saved(loaded_report):
     png = (ARTIFACTS / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
     assert (ARTIFACTS / "report-top.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_combined_report_of_three_runs_fits_a_laptop_screen(tmp_path):
+    """A 3-run combined report at 1,400 px: no sideways page scroll (wide tables scroll in their own box), every chart
+    drawn, no JavaScript error; the full page goes to test-artifacts/combined-report.png (the README shows it)."""
+    common = dict(n=16, seed=4, analysed=False, adapters=("qlora", "dora"), primary="fuzzy")
+    folders = [make_run(tmp_path / name, adapter_seed=k, max_new_tokens=budget, **common)
+               for k, (name, budget) in enumerate((("smollm2-r16", 64), ("smollm2-r32", 64), ("smollm2-short", 24)))]
+    report = render_report(folders, tmp_path / "combined.html", labels=["r16", "r32", "short"])
+    browser = DevTools(chromium_binary(), tmp_path / "profile", tmp_path / "chromium.log")
+    try:
+        session = browser.open_report(report, 1400, 900)
+        state = json.loads(browser.evaluate(session, """JSON.stringify({
+            scroll_width: document.documentElement.scrollWidth, body_width: document.body.scrollWidth,
+            expected: Number(document.body.getAttribute('data-expected-figures')),
+            rendered: document.querySelectorAll('.js-plotly-plot').length,
+            matrix: Array.from(document.querySelectorAll('table.run-matrix tbody tr')).map(function (r) {
+                return r.getAttribute('data-adapter'); }),
+            columns: document.querySelectorAll('table.run-matrix thead th[data-run]').length,
+            summary_columns: document.querySelectorAll('table.headline thead th.sys').length,
+            runs: Array.from(document.querySelectorAll('section.run-detail')).map(function (s) {
+                return s.getAttribute('data-run'); })})"""))
+        # the page's opening (header, runs, the adapter × run matrix) for the README, and the whole page
+        opening = browser.evaluate(session, "document.querySelector('table.run-matrix').closest('.scroll')"
+                                            ".nextElementSibling.getBoundingClientRect().bottom + window.scrollY + 16")
+        size = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        for name, height in (("combined-report.png", opening), ("combined-report-full.png", size["height"])):
+            shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": {
+                "x": 0, "y": 0, "width": size["width"], "height": height, "scale": 1}}, session, timeout=120)
+            (ARTIFACTS / name).write_bytes(base64.b64decode(shot["data"]))
+        errors = js_errors(browser.events)
+    finally:
+        browser.close()
+    assert errors == []
+    assert state["scroll_width"] <= 1400 and state["body_width"] <= 1400, state
+    assert state["rendered"] == state["expected"] > 0
+    assert state["matrix"] == ["qlora", "dora"] and state["columns"] == 3
+    assert state["runs"] == ["r16", "r32", "short"]
+    # every run shares the reference rows and r16 and r32 their baseline (one column each); short's budget gave it a
+    # baseline of its own
+    assert state["summary_columns"] == 3 + 1 + 2 * 2 + 1 + 2
+    assert all((ARTIFACTS / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+               for n in ("combined-report.png", "combined-report-full.png"))

@@ -332,7 +332,9 @@ def test_combined_runs_compare_each_adapter_within_its_own_run(tmp_path):
     assert {info["run"] for info in results["systems"].values()} == set(names)
     assert set(samples[0]["systems"]) == set(results["systems"])
     assert set(samples[0]["prompts"]) == {"smollm2/chat", "smollm2/reference", "qwen/chat", "qwen/reference"}
-    assert results["budget"]["max_new_tokens"] == 64 and results["loss_definition"]["form"] == "corpus"
+    # the runs' budgets cut different shares of their references: no one budget speaks for both, each run keeps its own
+    assert "budget" not in results and results["loss_definition"]["form"] == "corpus"
+    assert [results["runs"][n]["budget"]["max_new_tokens"] for n in names] == [64, 64]
     a = analyze(results, samples, n_bootstrap=200)
     assert a["baselines"] == {"smollm2/qlora": "smollm2/baseline", "qwen/qlora": "qwen/baseline-chat",
                               "qwen/dora": "qwen/baseline-chat"}
@@ -341,7 +343,7 @@ def test_combined_runs_compare_each_adapter_within_its_own_run(tmp_path):
     assert set(a["comparisons"]["qwen/baseline-chat"]) == {f"qwen/{r}" for r in refs}
     assert a["paired"]["qwen/dora"]["baseline"] == "qwen/baseline-chat"
 
-    out = render_report([r1, r2])
+    out = render_report([r1, r2], labels=names)
     assert out == r1 / "combined-report.html"
     page = out.read_text()
     assert "smollm2 + qwen" in page and "qwen/dora" in page and page.count("<summary>Run spec</summary>") == 2
@@ -359,10 +361,11 @@ def test_runs_over_different_items_are_refused(tmp_path):
 
 
 def test_duplicate_run_names_are_made_unique(tmp_path):
-    r1 = make_run(tmp_path / "a", n=12, run_name="same", analysed=False)
-    r2 = make_run(tmp_path / "b", n=12, run_name="same", seed=5, analysed=False)
+    # runs are labelled by folder name, not run_name; two folders of one name in different places stay apart
+    r1 = make_run(tmp_path / "a" / "same", n=12, run_name="same", analysed=False)
+    r2 = make_run(tmp_path / "b" / "same", n=12, run_name="same", seed=5, analysed=False)
     page = render_report([r1, r2], tmp_path / "c.html").read_text()
-    assert "same-2/qlora-medquad" in page
+    assert "same-2/qlora-medquad" in page and "same/qlora-medquad" in page
 
 
 # ------------------------------------------------------------------------------------------ refusals

@@ -44,6 +44,18 @@ OUTCOMES = ("improves", "regresses", "no_difference")
 BUDGET_CUT_SHARE = 0.05  # more references than this longer than the budget: a warning
 
 
+_BASES = {"none": "unquantized", "4bit": "4-bit", "8bit": "8-bit"}
+
+
+def base_words(quantization: str, article: str = "the") -> str:
+    """A base model's quantization as a sentence says it: ``base_words("none") == "the unquantized base"``,
+    ``base_words("4bit", "a") == "a 4-bit base"`` (results.json records "none" for the unquantized base)."""
+    words = _BASES.get(str(quantization), str(quantization))
+    if article == "a" and words == "unquantized":
+        article = "the"  # there is one unquantized base
+    return f"{article} {words} base"
+
+
 def _fmt(x: float | None) -> str:
     if x is None:
         return "–"
@@ -184,17 +196,17 @@ def _conditions(results: dict, adapter: str, bases: list[str]) -> list[dict]:
     evaluated = a.get("quantization") or (results.get("model") or {}).get("quantization")
     if trained and evaluated and trained != evaluated:
         out.append({"code": "quantization", "message":
-                    f"quantization: {adapter} was trained on a {trained} base and is evaluated on a {evaluated} base "
-                    "(a QLoRA adapter learns against its quantized base's weights)"})
+                    f"quantization: {adapter} was trained on {base_words(trained, 'a')} and is evaluated on "
+                    f"{base_words(evaluated, 'a')} (a QLoRA adapter learns against its quantized base's weights)"})
     for b in bases:
         bq = (systems.get(b) or {}).get("quantization")
         if bq and evaluated and bq != evaluated:
             out.append({"code": "base_quantization", "message":
-                        f"base weights: {adapter} runs on the {evaluated} base it was trained on, {b} on the {bq} base "
-                        "(each at its best)"})
+                        f"base weights: {adapter} runs on {base_words(evaluated)} it was trained on, {b} on "
+                        f"{base_words(bq)} (each at its best)"})
     tel = a.get("training_eval_loss")
     harness = results.get("loss_definition") or {}
-    if tel and harness.get("form"):  # a combined report of runs with different definitions has none to compare
+    if tel and harness.get("form"):  # a run folder written before the definition was recorded has none
         d = tel.get("definition") or {}
         differ = [k for k in ("form", "split", "eos", "quantization", "compute_dtype")
                   if str(d.get(k)) != str(a.get("quantization") if k == "quantization" else harness.get(k))]
@@ -203,10 +215,11 @@ def _conditions(results: dict, adapter: str, bases: list[str]) -> list[dict]:
         if differ or trunc:
             out.append({"code": "loss_definition", "message":
                         f"loss: {adapter}'s training eval loss {_fmt(tel.get('value'))} is the {d.get('form')} form over "
-                        f"the {d.get('split')} split with EOS scored, cut to {trunc} tokens, on a {d.get('quantization')} "
-                        f"base in {d.get('compute_dtype')}; this run's loss is the {harness.get('form')} form over the "
-                        f"{harness.get('split')} split without EOS or truncation: not comparable number for number "
-                        "(medqa_bench.loss.training_eval_loss recomputes the training number)"})
+                        f"the {d.get('split')} split with EOS scored, cut to {trunc} tokens, on "
+                        f"{base_words(d.get('quantization'), 'a')} in {d.get('compute_dtype')}; this run's loss is the "
+                        f"{harness.get('form')} form over the {harness.get('split')} split without EOS or truncation: "
+                        "not comparable number for number (medqa_bench.loss.training_eval_loss recomputes the training "
+                        "number)"})
     return out
 
 
@@ -257,10 +270,9 @@ def build_verdict(results: dict) -> dict[str, Any]:
         run_warnings.append(decoding)
     if n_items < SMALL_SAMPLE:
         run_warnings.append(_small_sample_warning(n_items, analysis.get("paired") or {}))
-    for m, th in (analysis.get("match_thresholds") or {}).items():
-        if th.get("source") == "default" and th.get("reason"):
-            run_warnings.append({"code": "thresholds", "metric": m, "message":
-                                 f"{m}'s soft-match thresholds are fallback defaults: {th['reason']}"})
+    fallback = _thresholds_warning(analysis.get("match_thresholds") or {})
+    if fallback:
+        run_warnings.append(fallback)
     leak = analysis.get("leakage") or {}
     if leak.get("n_near_duplicates"):
         run_warnings.append({"code": "leakage", "message":
@@ -306,13 +318,73 @@ def build_verdict(results: dict) -> dict[str, Any]:
         adapters[adapter]["lines"] = _adapter_lines(adapter, adapters[adapter], results)
     verdict = {"version": 1, "alpha": ALPHA, "correction": "holm", "adapters": adapters, "warnings": run_warnings,
                "primary": (validity or {}).get("primary")}
-    verdict["lines"] = [line for a in adapters.values() for line in a["lines"]] + [
+    verdict["lines"] = _run_lines(validity, adapters) + [line for a in adapters.values() for line in a["lines"]] + [
         f"warning: {w['message']}" for w in run_warnings]
-    if not adapters:
-        verdict["lines"].insert(0, "no adapter was evaluated: the run compares baseline and reference rows only")
-    if validity:
-        verdict["lines"].insert(0, primary_line(validity))
     return verdict
+
+
+def _run_lines(validity: dict | None, adapters: dict) -> list[str]:
+    """The sentences about the run as a whole that open its verdict: the primary metric, and a run without adapters."""
+    return ([primary_line(validity)] if validity else []) + (
+        [] if adapters else ["no adapter was evaluated: the run compares baseline and reference rows only"])
+
+
+def _runs_phrase(labels: list[str]) -> str:
+    """"in run A", "in runs A and B", "in runs A, B and C"."""
+    if len(labels) == 1:
+        return f"in run {labels[0]}"
+    return f"in runs {', '.join(labels[:-1])} and {labels[-1]}"
+
+
+def combine_verdicts(own: dict[str, tuple[dict, dict]]) -> dict[str, Any]:
+    """The verdicts of a combined report's runs (``{label: (the run's results with its analysis, its verdict)}``) as
+    one. Each adapter keeps its own run's verdict (its name carries its run, ``<label>/<adapter>``; ``run`` names
+    it). Every statement about a run as a whole (the primary metric, its warnings) is said once, prefixed with the
+    runs it holds for ("in run B: …", "in runs A and B: …"), with those runs under ``runs``: a budget, a threshold
+    or an item count is never carried from one run to another."""
+    adapters: dict[str, Any] = {}
+    heads: dict[str, list[str]] = {}
+    warnings: dict[str, tuple[dict, list[str]]] = {}
+    for label, (results, v) in own.items():
+        for name, a in (v.get("adapters") or {}).items():
+            adapters[name] = {**a, "run": label}
+        for line in _run_lines(results.get("validity"), v.get("adapters") or {}):
+            heads.setdefault(line, []).append(label)
+        for w in v.get("warnings") or []:
+            warnings.setdefault(w["message"], (w, []))[1].append(label)
+    run_warnings = [{**w, "runs": labels, "message": f"{_runs_phrase(labels)}: {w['message']}"}
+                    for w, labels in warnings.values()]
+    primaries = [v.get("primary") for _, v in own.values()]
+    return {
+        "version": 1, "alpha": ALPHA, "correction": "holm", "adapters": adapters, "warnings": run_warnings,
+        "primary": primaries[0] if all(p == primaries[0] for p in primaries) else None,
+        "runs": {label: {"primary": v.get("primary")} for label, (_, v) in own.items()},
+        "lines": [f"{_runs_phrase(labels)}: {line}" for line, labels in heads.items()]
+        + [line for a in adapters.values() for line in a["lines"]] + [f"warning: {w['message']}" for w in run_warnings],
+    }
+
+
+def _thresholds_warning(match: dict) -> dict | None:
+    """One warning for every metric whose soft-match thresholds fell back to defaults, grouped by the reason: too few
+    null pairs (each metric's count), or another reason calibration gave (stated once for the metrics it holds for)."""
+    from .thresholds import MIN_NULL_PAIRS
+
+    fallback = {m: th for m, th in match.items() if th.get("source") == "default" and th.get("reason")}
+    if not fallback:
+        return None
+    few = {m: th.get("n_pairs") or 0 for m, th in fallback.items() if (th.get("n_pairs") or 0) < MIN_NULL_PAIRS}
+    parts = []
+    if few:
+        parts.append(f"too few null pairs for {', '.join(f'{m} ({n})' for m, n in few.items())}: calibration needs "
+                     f"at least {MIN_NULL_PAIRS}")
+    by_reason: dict[str, list[str]] = {}
+    for m, th in fallback.items():
+        if m not in few:
+            by_reason.setdefault(th["reason"], []).append(m)
+    parts += [f"{', '.join(ms)}: {reason}" for reason, ms in by_reason.items()]
+    metrics = list(fallback)
+    return {"code": "thresholds", "metric": ", ".join(metrics), "metrics": metrics, "message":
+            f"the soft-match thresholds of {len(metrics)} metric(s) are fallback defaults ({'; '.join(parts)})"}
 
 
 def _small_sample_warning(n_items: int, paired: dict) -> dict:
@@ -395,11 +467,15 @@ def _adapter_lines(adapter: str, v: dict, results: dict) -> list[str]:
         cis = ", ".join(f"{r['metric']} [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]" for r in group)
         lines.append(f"{adapter}: the bootstrap CI of the difference excludes 0 on {cis} while the paired test is not "
                      f"significant: {note}")
+    unbeaten: dict[tuple, list[str]] = {}  # reference rows not beaten on the same metrics: one sentence
     for ref, r in v["references"].items():
         if r["does_not_beat"]:
-            worse = f" (significantly worse on {', '.join(r['worse_than'])})" if r.get("worse_than") else ""
-            lines.append(f"{adapter} does not significantly beat the {ref} reference row on "
-                         f"{', '.join(r['does_not_beat'])}{worse}")
+            unbeaten.setdefault((tuple(r["does_not_beat"]), tuple(r.get("worse_than") or ())), []).append(ref)
+    for (metrics, worse_than), refs in unbeaten.items():
+        worse = f" (significantly worse on {', '.join(worse_than)})" if worse_than else ""
+        rows = f"the {refs[0]} reference row" if len(refs) == 1 else \
+            f"the reference rows {', '.join(refs[:-1])} and {refs[-1]}"
+        lines.append(f"{adapter} does not significantly beat {rows} on {', '.join(metrics)}{worse}")
     if v["clean_subset"] and not v["clean_subset"]["changed"]:
         lines.append(f"{adapter}: the verdict holds on the {v['clean_subset']['n_items']} items without "
                      "near-duplicates of training items")

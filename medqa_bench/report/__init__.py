@@ -18,22 +18,27 @@ __all__ = ["render_report"]
 _PLOTLY_MODES = ("inline", "cdn")
 
 
-def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str = "inline") -> Path:
+def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str = "inline",
+                  labels: list[str] | None = None) -> Path:
     """Read ``results.json`` + ``samples.jsonl`` from each run folder and write ``report.html`` atomically.
 
     The analysis and verdict stored in ``results["analysis"]`` and ``results["verdict"]`` are used when present
     (else :func:`medqa_bench.analysis.analyze` and :func:`medqa_bench.analysis.verdict.build_verdict` compute them).
-    Several folders are combined into one comparison when they cover the same items: systems become
-    ``<run>/<system>`` and each adapter is compared with its own run's baseline and reference rows.
+    Several folders are combined into one comparison when they answered the same items: each run is labelled by its
+    folder's name, or by ``labels`` (one per folder, unique), its rows become ``<label>/<system>`` (a baseline or
+    reference row several runs share, once), and each run is analysed and judged on its own
+    (:func:`medqa_bench.analysis.runs.analyze_runs`), so every statement takes its facts from its own run.
 
     ``out`` defaults to ``<run>/report.html`` for one run and ``<first run>/combined-report.html`` for several;
     a folder means ``<out>/report.html``. ``plotly="inline"`` embeds plotly.js (fully offline, ~4.6 MB);
-    ``"cdn"`` links it from cdn.plot.ly. Raises :class:`RunError` for missing, damaged or incompatible runs.
+    ``"cdn"`` links it from cdn.plot.ly. Raises :class:`RunError` for missing, damaged or incompatible runs and
+    :class:`SpecError` for labels that do not fit the folders.
     """
     from ..analysis import ANALYSIS_VERSION, analyze
-    from ..analysis.verdict import build_verdict
+    from ..analysis.runs import analyze_runs
+    from ..analysis.verdict import build_verdict, combine_verdicts
     from .page import render_html
-    from .runs import combine_runs, load_run, run_names
+    from .runs import join_runs, load_run, run_labels
 
     if plotly not in _PLOTLY_MODES:
         raise SpecError(f"plotly={plotly!r}: choose one of {', '.join(_PLOTLY_MODES)}")
@@ -42,9 +47,9 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
         raise RunError("no run folder given; pass at least one folder holding results.json and samples.jsonl")
+    names = run_labels(run_dirs, labels)
 
     loaded = [load_run(p) for p in run_dirs]
-    names = run_names(run_dirs, [r for r, _ in loaded])
     notes: list[str] = []
     if len(loaded) == 1:
         results, samples = loaded[0]
@@ -54,9 +59,16 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
             analysis = analyze(results, samples, **_analysis_options(results))
             verdict = None
             notes.append("The analysis was computed while rendering (results.json held none of this version).")
+        if not verdict:  # reads the analysis only: no statistics of its own
+            verdict = build_verdict({**results, "analysis": analysis})
     else:
-        results, samples = combine_runs(names, loaded)
-        analysis, verdict = analyze(results, samples, **_analysis_options(loaded[0][0])), None
+        joined = join_runs(names, loaded, run_dirs)
+        results, samples = joined.results, joined.samples
+        analysis = analyze_runs(joined.parts, {n: _analysis_options(r) for n, (r, _) in zip(names, loaded)},
+                                order=list(results["systems"]))
+        verdict = combine_verdicts({n: ({**r, "analysis": analysis["runs"][n]},
+                                        build_verdict({**r, "analysis": analysis["runs"][n]}))
+                                    for n, (r, _) in joined.parts.items()})
         if results.get("signature_conflicts"):
             notes.append(
                 "Metric signatures differ between runs for "
@@ -64,9 +76,10 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
                 + ": their values are not directly comparable across runs."
             )
     if analysis.get("similarity_metric") is None:
-        notes.append("No metric with bounds [0, 1] was scored, so the confusion matrices are omitted.")
-    if not verdict:  # reads the analysis only: no statistics of its own
-        verdict = build_verdict({**results, "analysis": analysis})
+        notes.append("No metric with bounds [0, 1] was scored, so the confusion matrices are omitted."
+                     if len(loaded) == 1 or not analysis.get("bounded_metrics") else
+                     "The runs share no bounded similarity metric analysed alike, so the confusion matrices are "
+                     "omitted (each run's own report has them).")
 
     html = render_html(
         results, samples, analysis, verdict, list(zip(names, [r for r, _ in loaded])), plotly_mode=plotly, notes=notes

@@ -7,6 +7,8 @@ generated nothing.
 
 from __future__ import annotations
 
+import json
+
 from . import confusion_figures as cf
 from .plotting import LAYOUT, grid, label, plotly_modules, system_styles
 
@@ -75,7 +77,7 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
             "confusion",
             f"Threshold sweep ({m})",
             "Precision (dashed), recall (dotted) and F1 (solid) of own-vs-other matching; the line marks t.",
-            cf.sweep(conf, systems, styles, analysis["thresholds"]["t"]),
+            _sweep(conf, systems, styles, analysis),
         )
         add(
             "graded",
@@ -215,28 +217,56 @@ def _leakage_hist(leak):
     return fig
 
 
+def _sweep(conf, systems, styles, analysis):
+    """The threshold sweep, marked at t; in a combined report whose runs calibrated different thresholds, at each
+    run's t."""
+    runs = analysis.get("runs") or {}
+    th = analysis.get("thresholds")
+    fig = cf.sweep(conf, systems, styles, th["t"] if th else 0.0)
+    if not th:  # the runs differ: drop the mark at 0 and mark each run's own t
+        fig.layout.shapes, fig.layout.annotations = (), ()
+        marks: dict[float, list[str]] = {}
+        for label, a in runs.items():
+            t = (a.get("thresholds") or {}).get("t")
+            if t is not None:
+                marks.setdefault(round(t, 4), []).append(label)
+        for t, labels in marks.items():
+            fig.add_vline(x=t, line=dict(color="#444", dash="dot"),
+                          annotation_text=f"t = {t:.2f} ({', '.join(labels)})")
+    return fig
+
+
 def _centers(edges):
     return [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
 
 
+def _bins(edges):
+    return _centers(edges), edges[1] - edges[0]
+
+
+def _distinct(lengths, key):
+    """``[(run labels, block)]``: a combined report's runs grouped by a length fact (their own bin edges and
+    references, their budgets), labels None where every run agrees or there is one run."""
+    runs = lengths.get("runs") or {"": {k: lengths.get(k) for k in ("edges", "reference", "max_new_tokens")}}
+    groups: dict[str, tuple[list, dict]] = {}
+    for r, block in runs.items():
+        groups.setdefault(json.dumps(key(block), sort_keys=True), ([], block))[0].append(r)
+    return [(", ".join(rs) if len(groups) > 1 else None, block) for rs, block in groups.values()]
+
+
 def _length_hist(lengths, systems, colors, grade):
     go, _ = plotly_modules()
-    x = _centers(lengths["edges"])
-    width = lengths["edges"][1] - lengths["edges"][0]
     fig = go.Figure()
-    fig.add_trace(
-        go.Bar(
-            x=x,
-            y=lengths["reference"]["counts"],
-            width=width,
-            name="reference (all items)",
-            marker_color="#999",
-            opacity=0.45,
-        )
-    )
+    for runs, block in _distinct(lengths, lambda b: [b.get("edges"), b.get("reference")]):
+        if block.get("reference"):  # each run's references in its own tokenizer's tokens
+            x, width = _bins(block.get("edges") or lengths["edges"])
+            fig.add_trace(go.Bar(x=x, y=block["reference"]["counts"], width=width, marker_color="#999", opacity=0.45,
+                                 name=f"reference (all items{', ' + label(runs) if runs else ''})"))
     for s in systems:
-        h = lengths["systems"].get(s, {}).get(grade)
+        block = lengths["systems"].get(s, {})
+        h = block.get(grade)
         if h:
+            x, width = _bins(block.get("edges") or lengths["edges"])
             fig.add_trace(
                 go.Bar(
                     x=x,
@@ -247,21 +277,21 @@ def _length_hist(lengths, systems, colors, grade):
                     opacity=0.6,
                 )
             )
-    mnt = lengths.get("max_new_tokens")
-    if mnt:
-        fig.add_vline(x=mnt, line=dict(color="#D55E00", dash="dot"), annotation_text="max_new_tokens")
+    for runs, block in _distinct(lengths, lambda b: b.get("max_new_tokens")):
+        if block.get("max_new_tokens"):
+            fig.add_vline(x=block["max_new_tokens"], line=dict(color="#D55E00", dash="dot"),
+                          annotation_text=f"max_new_tokens{' (' + label(runs) + ')' if runs else ''}")
     fig.update_layout(barmode="overlay", xaxis_title="tokens", yaxis_title="items", height=380)
     return fig
 
 
 def _diff_hist(lengths, systems, colors):
     go, _ = plotly_modules()
-    x = _centers(lengths["diff_edges"])
-    width = lengths["diff_edges"][1] - lengths["diff_edges"][0]
     fig = go.Figure()
     for s in systems:
         h = lengths["systems"].get(s, {}).get("diff")
         if h and h["n"]:
+            x, width = _bins(lengths["systems"][s].get("diff_edges") or lengths["diff_edges"])
             fig.add_trace(
                 go.Bar(
                     x=x,

@@ -164,6 +164,16 @@ def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
     }
 
 
+def _per_run(analysis: dict, key: str, build) -> list[dict]:
+    """``[{"run", "table"}]``: one section built from the analysis, or, in a combined report whose runs differ on
+    ``key`` (their thresholds, their leakage audits), one per run from that run's own analysis."""
+    own = analysis.get("runs") or {}
+    if own and not analysis.get(key) and any(a.get(key) for a in own.values()):
+        return [{"run": r, "table": t} for r, a in own.items() if (t := build(a))]
+    table = build(analysis)
+    return [{"run": None, "table": table}] if table else []
+
+
 def render_html(
     results: dict,
     samples: list[dict],
@@ -203,12 +213,16 @@ def render_html(
     template = env.from_string(pkg.joinpath("report.html").read_text(encoding="utf-8"))
     th = analysis.get("thresholds")
     systems = tables.systems_context(results, analysis)
+    own = analysis.get("runs") or {}  # a combined report: each run's own analysis
+    nll_counts = {a.get("n_nll_items") or a["n_items"] for a in own.values()}
     return template.render(
         title=results.get("run_name") or "medqa-bench run",
         created=results.get("created") or "",
         model=", ".join(dict.fromkeys(_model_reference(r) for _, r in runs)),
         n_items=analysis["n_items"],
-        n_nll_items=analysis.get("n_nll_items") or analysis["n_items"],
+        n_nll_items=(analysis.get("n_nll_items") or analysis["n_items"]) if len(nll_counts) <= 1 else None,
+        run_labels=list(own),
+        system_groups=tables.system_groups(results, analysis) if own else [],
         analysis=analysis,
         thresholds=th,
         threshold_source=diagnostics.threshold_source_text(th),
@@ -222,8 +236,8 @@ def render_html(
         tests=tables.paired_tests(analysis),
         degeneration=diagnostics.degeneration(analysis),
         budgets=diagnostics.budget(results, runs),
-        threshold_table=diagnostics.thresholds(analysis),
-        leakage=diagnostics.leakage(results, analysis),
+        threshold_tables=_per_run(analysis, "match_thresholds", diagnostics.thresholds),
+        leakages=_per_run(analysis, "leakage", lambda a: diagnostics.leakage(results, a)),
         contamination=contamination(results, samples, analysis),
         sections=sections,
         n_figures=len(figs),

@@ -1,15 +1,29 @@
-"""Read run folders, and combine several runs over the same items into one comparison."""
+"""Read run folders, and join several runs over the same items into one comparison.
+
+A combined report keeps each run apart where it matters: every run is renamed (``<label>/<system>``) and analysed
+on its own (:func:`medqa_bench.analysis.runs.analyze_runs`), so each statement takes its budget, thresholds, null
+pairs and items from its own run. A baseline or reference row that several runs share (the same identity and the
+same outputs on the same items) gets one name and is shown once; each run's adapters are still compared with it.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RunError
+from ..errors import RunError, SpecError
 from ..jsonl import parse_jsonl
 from ..run_folder import read_results_file
 from ..schema import SCHEMA_VERSION
 
 SEPARATOR = "/"  # combined system names are "<run>/<system>"
+_SHAREABLE = ("baseline", "reference")
+# What makes two rows the same row, besides their outputs: the system's own description and, for a language-model
+# row, the model and the decoding it answered with.
+_ROW_KEYS = ("kind", "method", "prompt_format", "stop_sequences", "quantization", "retrieval", "adapter")
+_MODEL_KEYS = ("reference", "fingerprint", "quantization", "dtype")
+_OUTPUT_KEYS = ("prediction", "generated_tokens", "truncated", "stop_reason", "nll_sum", "nll_tokens", "source")
 
 
 def load_run(folder: str | Path) -> tuple[dict, list[dict]]:
@@ -40,79 +54,210 @@ def load_run(folder: str | Path) -> tuple[dict, list[dict]]:
     return results, samples
 
 
-def run_names(folders: list[Path], results: list[dict]) -> list[str]:
-    """Each run's ``run_name`` (else its folder name), made unique with a ``-2``, ``-3`` suffix."""
-    names, seen = [], {}
-    for folder, r in zip(folders, results):
-        base = str(r.get("run_name") or Path(folder).name)
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
-    return names
+def run_labels(folders: list[Path], labels: list[str] | None = None) -> list[str]:
+    """Each run's label: the one given (``--label``; one per folder, unique, without ``/``), else its folder's name,
+    made unique with a ``-2``, ``-3`` suffix (two folders named alike in different places).
 
-
-def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple[dict, list[dict]]:
-    """One results dict and one sample list whose systems are ``<run>/<system>``.
-
-    Runs must cover the same item ids. Every system records its run (``info["run"]``), so the analysis compares
-    each adapter with the baseline rows and reference rows of its own run (:func:`medqa_bench.analysis.run_roles`);
-    an adapter's own ``compared_with`` is kept, prefixed. Prompts are keyed ``<run>/<format>`` (each run's model
-    renders its own). The generation budget is the run's that cuts the largest share of references, the loss
-    definition, the model's quantization and the validity figures are carried when the runs agree; each run's own
-    stay in ``runs``.
+    A generated ``run_name`` is no label: ``…-symptoms-test`` and ``…-symptoms-test-2`` cannot be told apart.
     """
-    first_ids = {s["id"] for s in runs[0][1]}
-    for name, (_, samples) in zip(names[1:], runs[1:]):
-        ids = {s["id"] for s in samples}
-        if ids != first_ids:
-            only_first, only_this = len(first_ids - ids), len(ids - first_ids)
+    if labels is not None:
+        labels = [str(x) for x in labels]
+        if len(labels) != len(folders):
+            raise SpecError(f"{len(labels)} label(s) for {len(folders)} run folder(s): give one --label per run "
+                            "folder, in the same order, or none")
+        for x in labels:
+            if not x.strip() or SEPARATOR in x:
+                raise SpecError(f"label {x!r} is not usable: a label is a non-empty name without '{SEPARATOR}'")
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise SpecError(f"label '{repeated[0]}' is given {labels.count(repeated[0])} times: each run needs a "
+                            "label of its own")
+        return labels
+    out: list[str] = []
+    for folder in folders:
+        base = Path(folder).resolve().name or str(folder)
+        name, k = base, 1
+        while name in out:
+            k += 1
+            name = f"{base}-{k}"
+        out.append(name)
+    return out
+
+
+@dataclass(frozen=True)
+class JoinedRuns:
+    """Several runs over the same items: ``results`` and ``samples`` hold every row once under its combined name;
+    ``parts[label]`` is that run alone, renamed alike (what its own analysis and verdict are computed from);
+    ``shared[name]`` lists the runs that share a row shown once."""
+
+    labels: list[str]
+    results: dict
+    samples: list[dict]
+    parts: dict[str, tuple[dict, list[dict]]]
+    shared: dict[str, list[str]]
+
+
+def _generated_ids(samples: list[dict]) -> list[str]:
+    return [s["id"] for s in samples if s.get("generated", True)]
+
+
+def _check_items(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> None:
+    """The runs must answer the same items; the items scored by loss and perplexity alone may differ."""
+    first = set(_generated_ids(runs[0][1]))
+    for name, (_, samples) in zip(labels[1:], runs[1:]):
+        ids = set(_generated_ids(samples))
+        if ids != first:
             raise RunError(
-                f"runs '{names[0]}' ({len(first_ids)} items) and '{name}' ({len(ids)} items) cover different items: "
-                f"{only_first} only in '{names[0]}', {only_this} only in '{name}'; combine runs made on the same "
-                "data, split and limit"
+                f"runs '{labels[0]}' ({len(first)} items) and '{name}' ({len(ids)} items) cover different items: "
+                f"{len(first - ids)} only in '{labels[0]}', {len(ids - first)} only in '{name}'; combine runs made "
+                "on the same data, split and limit (the items scored by loss and perplexity alone may differ)"
             )
 
-    def prefixed(run: str, system: str) -> str:
-        return f"{run}{SEPARATOR}{system}"
 
+def _row_key(results: dict, samples: list[dict], system: str) -> str | None:
+    """What a baseline or reference row is and what it gave, item by item: equal keys, the same row."""
+    info = (results.get("systems") or {}).get(system) or {}
+    if info.get("kind") not in _SHAREABLE:
+        return None
+    identity = {k: info.get(k) for k in _ROW_KEYS}
+    if info.get("kind") != "reference":  # a reference row has no model: its outputs say what it is
+        identity["model"] = {k: (results.get("model") or {}).get(k) for k in _MODEL_KEYS}
+        identity["decoding"] = (results.get("spec") or {}).get("decoding")
+    fmt = info.get("prompt_format")
+    prompt_key = f"{fmt}+rag" if info.get("retrieval") else fmt
+    outputs = [
+        [s["id"], (s.get("prompts") or {}).get(prompt_key) if fmt else None,
+         {k: rec.get(k) for k in _OUTPUT_KEYS if k in rec}]
+        for s in samples if (rec := (s.get("systems") or {}).get(system)) is not None
+    ]
+    return json.dumps([identity, outputs], sort_keys=True, default=str)
+
+
+def _same_values(a: dict, b: dict) -> bool:
+    """Two rows' results agree on every metric both scored (a metric of another definition does not)."""
+    return all(a[m] == b[m] for m in set(a) & set(b))
+
+
+def _row_names(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple[dict[str, dict[str, str]], dict]:
+    """``names[label][system]``: each row's combined name; rows shared by several runs get one name, the system's own
+    when every run shares it, else ``<label>+<label>/<system>``."""
+    groups: list[dict] = []  # {"key", "members": [(label, system)], "results"}
+    for label, (results, samples) in zip(labels, runs):
+        for system in results.get("systems") or {}:
+            key = _row_key(results, samples, system)
+            values = (results.get("results") or {}).get(system) or {}
+            group = next((g for g in groups if key is not None and g["key"] == key and label not in g["labels"]
+                          and _same_values(g["values"], values)), None)
+            if group is None:
+                groups.append({"key": key, "members": [(label, system)], "labels": [label], "values": dict(values)})
+            else:
+                group["members"].append((label, system))
+                group["labels"].append(label)
+                group["values"] = {**values, **group["values"]}
+    names: dict[str, dict[str, str]] = {label: {} for label in labels}
+    shared: dict[str, list[str]] = {}
+    taken: set[str] = set()
+    for g in groups:
+        first_system = g["members"][0][1]
+        if len(g["members"]) == 1:
+            name = f"{g['labels'][0]}{SEPARATOR}{first_system}"
+        elif len(g["members"]) == len(labels) and first_system not in taken:
+            name = first_system
+        else:
+            name = f"{'+'.join(g['labels'])}{SEPARATOR}{first_system}"
+        taken.add(name)
+        for label, system in g["members"]:
+            names[label][system] = name
+        if len(g["members"]) > 1:
+            shared[name] = list(g["labels"])
+    return names, shared
+
+
+def _renamed(label: str, results: dict, samples: list[dict], names: dict[str, str]) -> tuple[dict, list[dict]]:
+    """One run with its rows under their combined names and its prompts keyed ``<label>/<format>``."""
+    systems = {}
+    for system, info in (results.get("systems") or {}).items():
+        info = dict(info or {})
+        for key in ("compared_with", "variant_of"):  # names of other rows of the same run
+            if info.get(key):
+                info[key] = names.get(info[key], f"{label}{SEPARATOR}{info[key]}")
+        info["run"] = label
+        systems[names[system]] = info
+    out = {**results, "systems": systems,
+           "results": {names.get(s, s): v for s, v in (results.get("results") or {}).items()}}
+    out.pop("analysis", None)
+    out.pop("verdict", None)
+    renamed = []
+    for s in samples:
+        renamed.append({**s,
+                        "prompts": {f"{label}{SEPARATOR}{fmt}": text for fmt, text in (s.get("prompts") or {}).items()},
+                        "systems": {names.get(n, n): rec for n, rec in (s.get("systems") or {}).items()}})
+    return out, renamed
+
+
+def _run_facts(label: str, folder: str | None, results: dict, samples: list[dict]) -> dict:
+    """What the page says about each run of a combined report."""
+    return {
+        "label": label,
+        "folder": folder,
+        "run_name": results.get("run_name"),
+        "budget": results.get("budget"),
+        "loss_definition": results.get("loss_definition"),
+        "model": results.get("model"),
+        "decoding": (results.get("spec") or {}).get("decoding"),
+        "n_items": len(_generated_ids(samples)),
+        "n_nll_items": len(samples),
+        "metrics": list(results.get("metrics") or {}),
+        "primary": ((results.get("validity") or {}).get("primary") or {}).get("metric"),
+    }
+
+
+def join_runs(labels: list[str], runs: list[tuple[dict, list[dict]]],
+              folders: list[str | Path] | None = None) -> JoinedRuns:
+    """Join runs that answered the same items (:class:`JoinedRuns`); raises :class:`RunError` when they did not.
+
+    The combined ``results`` lists rows shared by every run first, then each run's own; an adapter's
+    ``compared_with`` is kept, renamed. The generation budget, the loss definition, the model's quantization and the
+    validity figures are carried when the runs agree; each run's own stay in ``runs[label]`` and in ``parts``.
+    """
+    _check_items(labels, runs)
+    names, shared = _row_names(labels, runs)
+    parts = {label: _renamed(label, r, s, names[label]) for label, (r, s) in zip(labels, runs)}
     combined: dict = {
         "schema_version": SCHEMA_VERSION,
-        "run_name": " + ".join(names),
+        "run_name": " + ".join(labels),
         "spec": runs[0][0].get("spec") or {},
         "systems": {},
         "metrics": {},
         "results": {},
         "data": runs[0][0].get("data") or {},
-        "runs": {
-            run: {k: r.get(k) for k in ("budget", "loss_definition", "model")} for run, (r, _) in zip(names, runs)
-        },
+        "runs": {label: _run_facts(label, str(folder) if folder else None, r, s)
+                 for label, folder, (r, s) in zip(labels, folders or [None] * len(labels), runs)},
     }
-    budgets = [r.get("budget") for r, _ in runs if r.get("budget")]
-    if budgets:
-        combined["budget"] = max(
-            budgets, key=lambda b: (b.get("references_longer") or 0) / (b.get("n_references") or 1)
-        )
-    definitions = [r.get("loss_definition") for r, _ in runs]
-    if definitions[0] and all(d == definitions[0] for d in definitions):
-        combined["loss_definition"] = definitions[0]
+    for key in ("budget", "loss_definition"):
+        values = [r.get(key) for r, _ in runs]
+        if values[0] and all(v == values[0] for v in values):
+            combined[key] = values[0]
     quantization = {(r.get("model") or {}).get("quantization") for r, _ in runs}
     combined["model"] = {
         "reference": ", ".join(dict.fromkeys(str((r.get("model") or {}).get("reference")) for r, _ in runs)),
         "quantization": quantization.pop() if len(quantization) == 1 else None,
     }
+    everywhere = [n for n, runs_of in shared.items() if len(runs_of) == len(labels)]
+    order = everywhere + [n for label in labels for n in parts[label][0]["systems"] if n not in everywhere]
     signatures: dict[str, set] = {}
-    for run, (results, _) in zip(names, runs):
-        for system, info in (results.get("systems") or {}).items():
-            info = dict(info or {})
-            for key in ("compared_with", "variant_of"):  # names of other rows of the same run
-                if info.get(key):
-                    info[key] = prefixed(run, info[key])
-            info["run"] = run
-            combined["systems"][prefixed(run, system)] = info
+    for label in labels:
+        results = parts[label][0]
+        for system, info in results["systems"].items():
+            if system in shared:
+                info = {**info, "run": shared[system][0], "shared_by": shared[system]}
+            combined["systems"].setdefault(system, info)
+            combined["results"][system] = {**((results.get("results") or {}).get(system) or {}),
+                                           **combined["results"].get(system, {})}
         for metric, info in (results.get("metrics") or {}).items():
             combined["metrics"].setdefault(metric, info)
             signatures.setdefault(metric, set()).add(info.get("signature"))
-        for system, values in (results.get("results") or {}).items():
-            combined["results"][prefixed(run, system)] = values
+    combined["systems"] = {n: combined["systems"][n] for n in dict.fromkeys(order)}
     combined["signature_conflicts"] = sorted(m for m, s in signatures.items() if len(s) > 1)
     validity = [r.get("validity") for r, _ in runs]
     if validity[0] and all(v == validity[0] for v in validity):  # else each run's own report shows its own
@@ -121,13 +266,17 @@ def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple
         combined["validity_differs"] = True
 
     by_id: dict[str, dict] = {}
-    for run, (_, samples) in zip(names, runs):
-        for s in samples:
-            shared = {k: v for k, v in s.items() if k not in ("systems", "prompts")}
-            row = by_id.setdefault(s["id"], shared | {"systems": {}, "prompts": {}})
-            for fmt, text in (s.get("prompts") or {}).items():
-                row["prompts"][prefixed(run, fmt)] = text
+    for label in labels:
+        for s in parts[label][1]:
+            row = by_id.setdefault(s["id"], {**s, "systems": {}, "prompts": {}})
+            row["prompts"].update(s.get("prompts") or {})
             for system, out in (s.get("systems") or {}).items():
-                row["systems"][prefixed(run, system)] = out
-    order = [s["id"] for s in runs[0][1]]
-    return combined, [by_id[i] for i in order]
+                row["systems"].setdefault(system, out)
+    return JoinedRuns(labels, combined, list(by_id.values()), parts, shared)
+
+
+def combine_runs(names: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple[dict, list[dict]]:
+    """One results dict and one sample list whose rows are ``<run>/<system>`` (a row several runs share: once);
+    see :func:`join_runs`."""
+    joined = join_runs(names, runs)
+    return joined.results, joined.samples

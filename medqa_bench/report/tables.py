@@ -46,6 +46,24 @@ def systems_context(results: dict, analysis: dict) -> list[dict]:
     return out
 
 
+def system_groups(results: dict, analysis: dict) -> list[dict]:
+    """A combined report's rows as the summary's column groups: ``[{"label", "n"}]``, consecutive rows of one run
+    (or shared by the same runs) together."""
+    infos = results.get("systems") or {}
+    n_runs = len(analysis.get("runs") or {})
+    groups: list[dict] = []
+    for s in analysis["systems"]:
+        info = infos.get(s) or {}
+        by = info.get("shared_by")
+        label = ("shared by every run" if len(by) == n_runs else f"shared by {', '.join(by)}") if by else \
+            f"run {info.get('run') or '?'}"
+        if groups and groups[-1]["label"] == label:
+            groups[-1]["n"] += 1
+        else:
+            groups.append({"label": label, "n": 1})
+    return groups
+
+
 # ------------------------------------------------------------------------------------------ summary
 
 

@@ -4,13 +4,20 @@
 Per adapter: a metric-by-metric table against the strongest baseline row (what improves, what regresses, against
 which row, Holm p, and the same on the items without near-duplicates), a grid of the reference rows it does or does
 not beat, its warnings and its unequal conditions; then the run-level warnings.
+
+A combined report (several runs) opens with the runs and their facts, then an adapter × run matrix of each run's
+primary metric (its difference to the strongest baseline, CI, Holm p), then each run's detail: its warnings and its
+adapters, each read against its own run's analysis.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from .cells import ci, fmt_p, fmt_signed
+from ..analysis.stats import significance_mark
+from ..analysis.verdict import base_words
+from .cells import ci, fmt, fmt_p, fmt_share, fmt_signed
 
 OUTCOMES = ("improves", "regresses", "no_difference")
 OUTCOME_TEXT = {"improves": "improves", "regresses": "regresses", "no_difference": "no significant difference"}
@@ -37,9 +44,14 @@ def _clean_cell(judged: dict | None, metric: str) -> dict | None:
             "n": row.get("n")}
 
 
+def _own(analysis: dict, v: dict) -> dict:
+    """The analysis of the adapter's own run (a combined report keeps each run's under ``runs``)."""
+    return (analysis.get("runs") or {}).get(v.get("run")) or analysis
+
+
 def _metric_rows(v: dict, analysis: dict, adapter: str) -> list[dict]:
     paired = ((analysis.get("paired") or {}).get(adapter) or {}).get("metrics") or {}
-    clean_judged = (((analysis.get("leakage") or {}).get("clean") or {}).get("judged") or {}).get(adapter)
+    clean_judged = (((_own(analysis, v).get("leakage") or {}).get("clean") or {}).get("judged") or {}).get(adapter)
     rows = []
     for outcome in OUTCOMES:
         for r in v.get(outcome) or []:
@@ -91,7 +103,7 @@ def _reference_grid(v: dict, analysis: dict, adapter: str, results: dict) -> dic
 
 
 def _clean_summary(v: dict, analysis: dict) -> dict:
-    leak = analysis.get("leakage")
+    leak = _own(analysis, v).get("leakage")
     clean = v.get("clean_subset")
     if leak is None:
         return {"state": "no-audit", "text": "no leakage audit: the run had no training split to compare with"}
@@ -133,7 +145,8 @@ def _primary_cell(p: dict | None) -> dict | None:
 
 
 def verdict_context(results: dict, analysis: dict, verdict: dict | None) -> dict[str, Any]:
-    """Template context of the verdict section; ``verdict`` is ``results["verdict"]`` (or one built for this page)."""
+    """Template context of the verdict section; ``verdict`` is ``results["verdict"]`` (or one built for this page;
+    a combined report's from :func:`medqa_bench.analysis.verdict.combine_verdicts`)."""
     verdict = verdict or {}
     infos = results.get("systems") or {}
     adapters = []
@@ -142,6 +155,7 @@ def verdict_context(results: dict, analysis: dict, verdict: dict | None) -> dict
         info = infos.get(name) or {}
         adapters.append({
             "name": name,
+            "run": v.get("run"),
             "format": info.get("prompt_format"),
             "format_source": info.get("format_source") or "",
             "headline": _headline(v, grid),
@@ -156,13 +170,122 @@ def verdict_context(results: dict, analysis: dict, verdict: dict | None) -> dict
             "lines": v.get("lines") or [],
             "primary": _primary_cell(v.get("primary")),
         })
+    warnings = verdict.get("warnings") or []
+    combined = bool(analysis.get("runs"))
+    runs = list(analysis.get("runs") or {})
     return {
         "adapters": adapters,
-        "warnings": verdict.get("warnings") or [],
+        "warnings": warnings,
         "lines": verdict.get("lines") or [],
         "alpha": verdict.get("alpha", 0.05),
         "correction": verdict.get("correction") or "holm",
         "n_items": analysis.get("n_items"),
         "n_reference_rows": len(analysis.get("reference_rows") or []),
-        "primary": verdict.get("primary"),  # None: no validity recorded when the verdict was built
+        "primary": verdict.get("primary"),  # None: no validity recorded when the verdict was built, or runs differ
+        "combined": combined,
+        "runs": runs_context(results, analysis, verdict) if combined else [],
+        "matrix": run_matrix(analysis, verdict) if combined else None,
+        # a combined report: each run's detail (its own warnings, its adapters), then what several runs share
+        "groups": [{"run": r, "adapters": [a for a in adapters if a["run"] == r],
+                    "warnings": [w for w in warnings if w.get("runs") == [r]]} for r in runs],
+        "shared_warnings": [w for w in warnings if len(w.get("runs") or []) > 1],
     }
+
+
+# ------------------------------------------------------------------------------------------ several runs
+
+
+def _matrix_metric(analysis: dict, verdict: dict, run: str) -> tuple[str | None, str]:
+    """The metric a run's column shows: its primary metric, else (no validity recorded) its soft-match metric."""
+    primary = (((verdict.get("runs") or {}).get(run) or {}).get("primary") or {}).get("metric")
+    if primary:
+        return primary, "primary metric"
+    own = (analysis.get("runs") or {}).get(run) or {}
+    return own.get("similarity_metric"), "no primary metric recorded: the soft-match metric"
+
+
+def _matrix_cell(analysis: dict, adapter: str, v: dict | None, metric: str | None) -> dict | None:
+    if v is None:
+        return None
+    row = next((r for o in OUTCOMES for r in v.get(o) or [] if r["metric"] == metric), None)
+    if row is None:
+        return {"state": "none", "text": "not compared", "adapter": adapter}
+    outcome = next(o for o in OUTCOMES if row in (v.get(o) or []))
+    lo, hi = (row.get("ci") or [None, None])[:2]
+    p = row.get("p_holm")
+    return {
+        "state": {"improves": "better", "regresses": "worse"}.get(outcome, "same ns"),
+        "adapter": adapter,
+        "outcome": outcome,
+        "outcome_text": _outcome_text(row, outcome),
+        "diff": fmt_signed(row.get("diff")),
+        "ci": ci({"ci_low": lo, "ci_high": hi}),
+        "p_holm": fmt_p(p),
+        "mark": significance_mark(p),
+        "against": row.get("against") or "",
+        "n": row.get("n"),
+    }
+
+
+def run_matrix(analysis: dict, verdict: dict) -> dict | None:
+    """Adapters (by name within their run) × runs: each cell the adapter's difference to its strongest baseline on
+    its run's primary metric, with the 95% CI and the Holm-adjusted p of the verdict's own test."""
+    runs = list(analysis.get("runs") or {})
+    adapters = verdict.get("adapters") or {}
+    if not runs or not adapters:
+        return None
+    columns = []
+    for r in runs:
+        metric, why = _matrix_metric(analysis, verdict, r)
+        columns.append({"run": r, "metric": metric or "–", "why": why})
+    names = list(dict.fromkeys(n.split("/", 1)[1] if n.startswith(f"{v.get('run')}/") else n
+                               for n, v in adapters.items()))
+    rows = []
+    for short in names:
+        cells = []
+        for col in columns:
+            full = f"{col['run']}/{short}"
+            cells.append(_matrix_cell(analysis, full, adapters.get(full), col["metric"]))
+        rows.append({"adapter": short, "cells": cells})
+    metrics = {c["metric"] for c in columns}
+    return {"columns": columns, "rows": rows, "one_metric": metrics.pop() if len(metrics) == 1 else None}
+
+
+def _budget_text(budget: dict | None) -> str:
+    if not budget:
+        return "not recorded"
+    n, longer = budget.get("n_references") or 0, budget.get("references_longer")
+    cut = f"; {longer} of {n} references longer ({fmt_share(longer / n)})" if n and longer is not None else ""
+    return f"{budget.get('max_new_tokens')} tokens ({budget.get('source') or '?'}){cut}"
+
+
+def runs_context(results: dict, analysis: dict, verdict: dict) -> list[dict]:
+    """One row per run of a combined report: where it comes from and the facts its statements rest on."""
+    from .diagnostics import threshold_source_text
+
+    facts = results.get("runs") or {}
+    shared = {n: info.get("shared_by") for n, info in (results.get("systems") or {}).items() if info.get("shared_by")}
+    out = []
+    for r, own in (analysis.get("runs") or {}).items():
+        f = facts.get(r) or {}
+        th = own.get("thresholds") or {}
+        sim = own.get("similarity_metric")
+        primary = (((verdict.get("runs") or {}).get(r) or {}).get("primary") or {}).get("metric")
+        folder = f.get("folder") or ""
+        out.append({
+            "run": r,
+            "folder": Path(folder).name if folder else "",
+            "path": folder,
+            "run_name": f.get("run_name") or "",
+            "model": str((f.get("model") or {}).get("reference") or "?"),
+            "base": base_words((f.get("model") or {}).get("quantization")) if (f.get("model") or {}).get(
+                "quantization") else "",
+            "n_items": own.get("n_items"),
+            "n_nll_items": own.get("n_nll_items") or own.get("n_items"),
+            "budget": _budget_text(f.get("budget")),
+            "soft_match": (f"{sim}: t = {fmt(th.get('t'))} ({threshold_source_text(th)})" if sim and th else "–"),
+            "primary": primary or "–",
+            "metrics": ", ".join(f.get("metrics") or []),
+            "shared": [n for n, by in shared.items() if r in by],
+        })
+    return out

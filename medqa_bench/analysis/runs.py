@@ -1,0 +1,162 @@
+"""The analysis of several runs over the same items: each run analysed alone, then set side by side.
+
+A combined report (:mod:`medqa_bench.report`, several run folders) must not let one run's facts speak for another:
+each run is analysed on its own (:func:`medqa_bench.analysis.analyze`: its thresholds calibrated on its own null
+scores, its budget, its items, its seed) and given its own verdict; :func:`combine_analyses` then unites what belongs
+to a system (comparisons, judged rows, degeneration, lengths, confusion views, under the systems' combined names) and
+keeps what belongs to a run under ``runs[label]``. Nothing here computes a statistic that the runs' own analyses did
+not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _choose_metric, _metric_infos, analyze, similarity_metrics
+
+
+def common_similarity_metric(parts: dict[str, tuple[dict, list[dict]]], requested: list[str | None]) -> str | None:
+    """The bounded similarity metric every run scored: the first one a run asked for, else the default choice
+    among them; None when the runs share none (each then keeps its own, and the combined confusion views go)."""
+    infos = [_metric_infos(r, s) for r, s in parts.values()]
+    common = set(similarity_metrics(infos[0])).intersection(*(similarity_metrics(i) for i in infos[1:]))
+    for want in requested:
+        if want in common:
+            return want
+    return _choose_metric({m: i for m, i in infos[0].items() if m in common}, None)
+
+
+def analyze_runs(parts: dict[str, tuple[dict, list[dict]]], options: dict[str, dict],
+                 order: list[str] | None = None) -> dict:
+    """The combined analysis (:func:`combine_analyses`) of runs analysed one by one; ``options[label]`` are the
+    keyword arguments of :func:`medqa_bench.analysis.analyze` the run was analysed with (its seed, bootstrap, given
+    thresholds). All runs are analysed on one similarity metric where they share one."""
+    metric = common_similarity_metric(parts, [o.get("similarity_metric") for o in options.values()])
+    own = {}
+    for label, (results, samples) in parts.items():
+        opts = dict(options.get(label) or {})
+        if metric is not None:
+            opts["similarity_metric"] = metric
+        own[label] = analyze(results, samples, **opts)
+    return combine_analyses(own, order)
+
+
+def _union(analyses: list[dict], *path: str) -> dict:
+    out: dict = {}
+    for a in analyses:
+        block: Any = a
+        for key in path:
+            block = (block or {}).get(key)
+        for k, v in (block or {}).items():
+            out.setdefault(k, v)
+    return out
+
+
+def _comparisons(analyses: list[dict]) -> dict:
+    """Every run's comparisons; a pair of shared rows, compared in several runs, keeps the block of most metrics."""
+    out: dict[str, dict] = {}
+    for a in analyses:
+        for system, per in (a.get("comparisons") or {}).items():
+            for against, block in per.items():
+                kept = out.setdefault(system, {}).get(against)
+                if kept is None or len(block.get("metrics") or {}) > len(kept.get("metrics") or {}):
+                    out[system][against] = block
+    return out
+
+
+def _confusion(analyses: list[dict]) -> dict | None:
+    blocks = [a.get("confusion") for a in analyses]
+    if not all(blocks) or len({b["metric"] for b in blocks}) != 1:
+        return None
+    qtype = _union(blocks, "qtype") if all(b.get("qtype") for b in blocks) else None
+    return {"metric": blocks[0]["metric"], "own_vs_other": _union(blocks, "own_vs_other"),
+            "graded": {"labels": blocks[0]["graded"]["labels"], "counts": _union(blocks, "graded", "counts"),
+                       "transitions": _union(blocks, "graded", "transitions")},
+            "qtype": qtype}
+
+
+def _lengths(analyses: list[dict], labels: list[str]) -> dict:
+    """Each system's histograms with its own run's bin edges (runs count tokens with their own tokenizers)."""
+    systems: dict[str, dict] = {}
+    for a in analyses:
+        block = a.get("lengths") or {}
+        for s, h in (block.get("systems") or {}).items():
+            systems.setdefault(s, {**h, "edges": block.get("edges"), "diff_edges": block.get("diff_edges")})
+    first = analyses[0].get("lengths") or {}
+    return {**first, "systems": systems, "runs": {
+        label: {k: (a.get("lengths") or {}).get(k) for k in ("edges", "reference", "max_new_tokens")}
+        for label, a in zip(labels, analyses)}}
+
+
+def _leakage(analyses: list[dict]) -> dict | None:
+    """One audit when the runs' audits agree (the same items flagged at the same threshold), with every run's clean
+    values and judged rows; else None, and each run's audit stays in ``runs``."""
+    blocks = [a.get("leakage") for a in analyses]
+    if not any(blocks):
+        return None
+
+    def audit(b: dict | None):
+        b = b or {}
+        return (b.get("ran", True), b.get("threshold"), b.get("n_items"), [i.get("id") for i in b.get("items") or []])
+
+    if not all(blocks) or any(audit(b) != audit(blocks[0]) for b in blocks[1:]):
+        return None
+    clean = {**(blocks[0].get("clean") or {})}
+    if clean.get("results") is not None:
+        clean["results"] = _union(blocks, "clean", "results")
+        clean["judged"] = _union(blocks, "clean", "judged")
+    return {**blocks[0], "clean": clean}
+
+
+def _language_modeling(analyses: list[dict]) -> dict | None:
+    blocks = [a.get("language_modeling") for a in analyses if a.get("language_modeling")]
+    if not blocks:
+        return None
+    return {"systems": _union(blocks, "systems"), "changes": _union(blocks, "changes")}
+
+
+def combine_analyses(own: dict[str, dict], order: list[str] | None = None) -> dict:
+    """The runs' analyses (``{label: analyze(...)}``, systems already under their combined names) as one: per-system
+    blocks united, run-level facts (thresholds, items, leakage audit, budget) kept per run under ``runs``. A top-level
+    run fact (``thresholds``, ``match_thresholds``, ``seed``) is the runs' when they agree, else None (or empty).
+    ``order``: the systems in the order to show them (the combined results'), else run by run."""
+    labels, analyses = list(own), list(own.values())
+    first = analyses[0]
+
+    def agreed(key: str, empty=None):
+        values = [a.get(key) for a in analyses]
+        return values[0] if all(v == values[0] for v in values) else empty
+
+    systems = list(dict.fromkeys(s for a in analyses for s in a["systems"]))
+    if order:
+        systems = [s for s in order if s in systems] + [s for s in systems if s not in order]
+    metric = agreed("similarity_metric")
+    confusion = _confusion(analyses) if metric else None
+    return {
+        "version": first.get("version"),
+        "combined": True,
+        "similarity_metric": metric if confusion else None,
+        "bounded_metrics": list(dict.fromkeys(m for a in analyses for m in a.get("bounded_metrics") or [])),
+        "thresholds": agreed("thresholds") if confusion else None,
+        "match_thresholds": agreed("match_thresholds", {}),
+        "systems": systems,
+        "kinds": _union(analyses, "kinds"),
+        "baselines": _union(analyses, "baselines"),
+        "baseline_rows": _union(analyses, "baseline_rows"),
+        "reference_rows": list(dict.fromkeys(r for a in analyses for r in a.get("reference_rows") or [])),
+        "seed": agreed("seed"),
+        "n_bootstrap": agreed("n_bootstrap"),
+        "n_items": max(a.get("n_items") or 0 for a in analyses),
+        "n_nll_items": max(a.get("n_nll_items") or a.get("n_items") or 0 for a in analyses),
+        "comparisons": _comparisons(analyses),
+        "strongest_baseline": _union(analyses, "strongest_baseline"),
+        "paired": _union(analyses, "paired"),
+        "confusion": confusion,
+        "language_modeling": _language_modeling(analyses),
+        "lengths": _lengths(analyses, labels),
+        "degeneration": {"stats": _union(analyses, "degeneration", "stats"), "warnings": list({
+            (w["system"], w["code"]): w for a in analyses for w in (a.get("degeneration") or {}).get("warnings") or []
+        }.values())},
+        "leakage": _leakage(analyses),
+        "runs": own,
+    }
