@@ -37,10 +37,14 @@ class Results:
         ``deltas=True`` adds, for each row the verdict judges (adapters, rows with retrieval), the comparison with its
         strongest baseline row on that metric: ``against``, ``delta`` (this row minus that one, the metric's own
         aggregate) with its paired 95% bootstrap CI ``delta_ci_low``/``delta_ci_high``, the paired permutation test's
-        ``p`` and ``p_holm`` (Holm over the row's metrics, what the verdict reads) and ``better``; empty for the
-        baseline and reference rows.
+        ``p`` and ``p_holm`` (Holm over the row's metrics, what the verdict reads) and ``better``: True only when the
+        difference is significant after Holm (``p_holm`` below the verdict's alpha, 0.05) and in the metric's better
+        direction, False otherwise (worse, or no significant difference: ``delta``'s sign says which way it leans);
+        empty for the baseline and reference rows.
         """
         import pandas as pd
+
+        from .analysis.verdict import ALPHA
 
         paired = ((self.results.get("analysis") or {}).get("paired") or {}) if deltas else {}
         rows = []
@@ -49,9 +53,10 @@ class Results:
                 row = {"system": s, "metric": m, **v, "higher_is_better": self.results["metrics"][m]["higher_is_better"]}
                 if deltas:
                     c = ((paired.get(s) or {}).get("metrics") or {}).get(m) or {}
+                    significant = c.get("p_holm") is not None and c["p_holm"] < ALPHA
                     row.update(against=c.get("against"), delta=c.get("mean_diff"), delta_ci_low=c.get("ci_low"),
                                delta_ci_high=c.get("ci_high"), p=c.get("p_permutation"), p_holm=c.get("p_holm"),
-                               better=c.get("better"))
+                               better=(c.get("better") is True and significant) if c else None)
                 rows.append(row)
         return pd.DataFrame(rows)
 
@@ -71,9 +76,18 @@ class Results:
         return pd.DataFrame(rows)
 
     def rescore(self, *, metrics: Sequence[str] | None = None, plugins: Sequence[str] = (), **kw: Any) -> "Results":
-        """:func:`score` this run folder: ``metrics`` computed again or added, the others kept; ``out=DIR`` writes the
+        """:func:`score` this run folder: ``metrics`` computed again or added, the others kept, and the soft-match
+        analysis on the metric the run used unless ``similarity_metric=`` names another; ``out=DIR`` writes the
         re-scored run there and leaves this folder as it is. Returns the folder written, loaded."""
         return score(self.run_dir, metrics=list(metrics) if metrics else None, plugins=tuple(plugins), **kw)
+
+    def plugin_notes(self) -> list[str]:
+        """One line per plugin metric the last ``score`` computed again: where its code came from and what changed
+        since the run recorded it (``results["metrics"][m]["plugin_check"]``), warnings first."""
+        checks = {m: i["plugin_check"] for m, i in (self.results.get("metrics") or {}).items()
+                  if isinstance(i.get("plugin_check"), dict)}
+        ordered = sorted(checks.items(), key=lambda kv: not kv[1].get("warning"))
+        return [f"{'warning: ' if c.get('warning') else ''}plugin metric {m}: {c.get('note')}" for m, c in ordered]
 
     def verdict(self) -> list[str]:
         """The verdict's sentences (``results["verdict"]["lines"]``): what holds and what to distrust."""
@@ -105,6 +119,7 @@ class Results:
                 if v and v.get("n_missing"):
                     cells[-1] += f" ({v['n_missing']} unscored)"
             lines.append(f"{m:<22}" + "".join(f"{c:>32}" for c in cells))
+        lines += self.plugin_notes()
         verdict = (self.results.get("verdict") or {}).get("lines") or []
         if verdict and not full_verdict:
             from .report.terminal import verdict_brief
@@ -139,10 +154,12 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
           report: bool = True, progress: bool = True, validity: str | None = None) -> Results:
     """Re-score saved generations of a run folder without loading the language model.
 
-    ``metrics`` are computed again (or added) and the run's other metrics kept; none: all of them again.
-    ``similarity_metric`` and ``thresholds`` change the soft-match analysis. ``out`` writes the result to another
-    folder. ``validity`` (a validity.json, or "bundled") changes where the metrics' validity figures come from.
-    See :func:`medqa_bench.runner.score`.
+    ``metrics`` are computed again (or added) and the run's other metrics kept; none: all of them again. A plugin
+    metric is computed from the plugin the run recorded (loaded from its recorded absolute path, its fingerprint
+    checked), from ``plugins`` given here, which override it, or from an installed entry point with its signature.
+    The soft-match analysis keeps the run's metric unless ``similarity_metric`` names another; ``thresholds`` change
+    its thresholds. ``out`` writes the result to another folder. ``validity`` (a validity.json, or "bundled") changes
+    where the metrics' validity figures come from. See :func:`medqa_bench.runner.score`.
     """
     from . import runner
 

@@ -186,8 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", metavar="A,B,...")
     s.add_argument("--metric-param", action="append", metavar="METRIC.KEY=VALUE")
     s.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR",
-                   help="load metric plugins; their metrics are computed too")
-    s.add_argument("--similarity-metric", metavar="NAME", help="metric for the soft confusion analysis")
+                   help="load metric plugins; their metrics are computed too, and replace the run's recorded plugin "
+                   "for the metrics they bring (the run's own plugin is otherwise reloaded from the absolute path it "
+                   "recorded, and its fingerprint checked)")
+    s.add_argument("--similarity-metric", metavar="NAME", help="metric for the soft confusion analysis (default: the "
+                   "one the run used)")
     s.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="analysis thresholds: t, t_low, t_high")
     s.add_argument("--validity", metavar="FILE|bundled", help="validity figures from this validity.json instead of "
                    "the run's (recomputed either way for the run's metrics)")
@@ -211,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     rp.add_argument("--out", metavar="FILE", help="where to write the HTML (default: RUN_DIR/report.html)")
     rp.add_argument("--plotly", choices=["inline", "cdn"], default="inline", help="inline plotly.js (offline, default) or link it")
+    rp.add_argument("--label", action="append", metavar="NAME", dest="labels", help="a name for each RUN_DIR, in "
+                    "order, repeatable (default: each folder's name); one per folder, each unique")
 
     t = sub.add_parser("train", help="QLoRA fine-tuning from a recipe; writes a PEFT adapter folder")
     t.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file or a bundled recipe name (e.g. smollm2-135m-symptoms)")
@@ -436,7 +441,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.run_dirs]
     # writing into a run folder: not while a run is replacing it
     with lock(dirs[0], check=False) if args.out is None and dirs[0].is_dir() else contextlib.nullcontext():
-        path = render_report(dirs, Path(args.out) if args.out else None, plotly=args.plotly)
+        path = render_report(dirs, Path(args.out) if args.out else None, plotly=args.plotly, labels=args.labels)
     print(path)
     return 0
 

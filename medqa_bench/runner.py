@@ -198,7 +198,11 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
     train = corpus.items
 
     from .metrics import resolve_metrics  # resolve before the model loads: a typo fails in a second, not minutes
+    from .metrics.plugins import absolute_plugin_spec, plugin_copies
 
+    # a plugin file is recorded by its absolute path (its metrics' infos: also its fingerprint and a copy), so the
+    # run folder can be re-scored from any directory
+    spec = spec.replace(plugins=tuple(absolute_plugin_spec(p) for p in spec.plugins))
     metrics = resolve_metrics(list(spec.metrics) if spec.metrics else None, plugins=spec.plugins, params=spec.metric_params)
 
     # ---- systems: the backend's plan (tokenizer and adapter metadata, no weights)
@@ -318,10 +322,11 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
     # ---- scores, analysis, run folder
     out_dir = spec.output_path
     timings["inference_total_s"] = time.perf_counter() - t0
+    files = plugin_copies(metrics)
     if ranks is not None:  # the others wait in wait_for_main() above; a failure here is passed on to them
         return ranks.main_only(lambda: _score_and_write(out_dir, results, samples, metrics, spec, timings, progress,
-                                                        validity))
-    return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress, validity)
+                                                        validity, files))
+    return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress, validity, files)
 
 
 def _prompts(backend: Backend, items: list[Example], lm_systems: list[System], passages) -> dict[str, list[str]]:
@@ -432,7 +437,7 @@ def _system_infos(systems: list[System], backend: Backend, spec: RunSpec,
 
 
 def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, timings, progress,
-                     validity: ValiditySource) -> Path:
+                     validity: ValiditySource, files: dict[str, bytes] | None = None) -> Path:
     from .analysis import analyze
     from .metrics.scoring import score_item_sets
     from .validity.measured import run_validity
@@ -458,6 +463,8 @@ def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, ti
     # The three files are written into a sibling folder that replaces the run folder in one rename: a failure (a
     # full disk, a failing report) leaves the earlier run folder as it was.
     with run_folder.staged(out_dir) as tmp:
+        for name, data in (files or {}).items():  # the plugin sources its metrics record (plugins.plugin_copies)
+            atomic.write_bytes(tmp / name, data)
         atomic.write_jsonl(tmp / "samples.jsonl", samples)
         atomic.write_json(tmp / "results.json", results)
         if spec.report:
@@ -512,13 +519,17 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
     """Re-score a run folder's saved generations (no language model is loaded), re-analyse and re-render it.
 
     ``metrics`` are computed again (or added); every other metric of the run keeps its scores. Without ``metrics``
-    every metric of the run is computed again. The metrics of ``plugins`` are always computed. ``similarity_metric``
-    and ``thresholds`` (``t``, ``t_low``, ``t_high``) change the soft-match analysis. The run folder is replaced
+    every metric of the run is computed again. The metrics of ``plugins`` are always computed, and a plugin given
+    overrides the run's own for the metrics it brings; a run's plugin is otherwise loaded from the path it recorded,
+    only for the metrics computed again (:func:`medqa_bench.metrics.registry.resolve_rescore_metrics`, which checks
+    and records its fingerprint). The soft-match analysis keeps the metric the run used unless ``similarity_metric``
+    names another; ``thresholds`` (``t``, ``t_low``, ``t_high``) change its thresholds. The run folder is replaced
     whole, or, with ``out``, left as it was and the re-scored run written to ``out`` (a folder holding a different
     run is replaced only with ``overwrite``). ``validity`` (a validity.json, or "bundled") replaces the run's source
     of validity figures; either way the validity block is computed again for the metrics the run now has. Returns
     the folder written.
     """
+    from .metrics.plugins import plugin_copies
     from .validity.measured import read_validity_source
 
     run_dir = Path(run_dir)
@@ -526,11 +537,14 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
     with run_folder.lock(run_dir):
         results, samples = read_run(run_dir)
         spec = RunSpec.from_dict(results["spec"])
-        resolved, spec = _rescore_metrics(results, spec, metrics, tuple(plugins), metric_params or {})
-        if similarity_metric or thresholds:
+        resolved, spec = _rescore_metrics(results, spec, metrics, tuple(plugins), metric_params or {}, run_dir)
+        # the soft-match metric the run's analysis used stays, whatever metrics are added, unless another is named
+        used = (results.get("analysis") or {}).get("similarity_metric")
+        used = similarity_metric or (used if used in (results.get("metrics") or {}) else None)
+        if used or thresholds:
             from .spec import AnalysisSpec
 
-            spec = spec.replace(analysis=AnalysisSpec(similarity_metric or spec.analysis.similarity_metric,
+            spec = spec.replace(analysis=AnalysisSpec(used or spec.analysis.similarity_metric,
                                                       {**spec.analysis.thresholds, **(thresholds or {})},
                                                       spec.analysis.seed))
         spec = spec.replace(report=report)
@@ -540,6 +554,8 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
         if out_dir.resolve() != run_dir.resolve():
             run_folder.check_replaceable(out_dir, spec.to_dict(), overwrite=overwrite)
         computed = {m.name for m in resolved}
+        files = plugin_copies(resolved, {n: i for n, i in (results.get("metrics") or {}).items() if n not in computed},
+                              run_dir)
         for record in samples:
             for sys_record in record["systems"].values():
                 for key in ("scores", "best_reference", "distractor_scores", "nearest_qtype"):
@@ -551,26 +567,27 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
         results["schema_version"] = SCHEMA_VERSION  # same major version (read_run): the fields added since are written
         results.setdefault("data", {}).setdefault("item_ids_fingerprint", "sha256:" + sha256_json([s["id"] for s in samples]))
         return _score_and_write(out_dir, results, samples, resolved, spec, dict(results.get("timings", {})), progress,
-                                source)
+                                source, files)
 
 
 def _rescore_metrics(results: dict[str, Any], spec: RunSpec, metrics: list[str] | None, plugins: tuple[str, ...],
-                     metric_params: dict[str, dict]) -> tuple[list, RunSpec]:
-    """The metrics to compute again and the spec that records the whole set (the run's metrics, then the new)."""
-    from .metrics import resolve_metrics
+                     metric_params: dict[str, dict], run_dir: Path) -> tuple[list, RunSpec]:
+    """The metrics to compute again and the spec that records the whole set (the run's metrics, then the new) and
+    the plugins they now come from."""
+    from .metrics.plugins import recorded_bases
+    from .metrics.registry import GROUPS, resolve_rescore_metrics
 
-    recorded = list(results.get("metrics") or {})
-    names = list(metrics) if metrics else recorded
+    recorded = dict(results.get("metrics") or {})
+    names = list(metrics) if metrics else list(recorded)
     params = {**spec.metric_params, **metric_params}
     # the run's own parameters go with the metrics computed again; a new parameter must name a metric computed
-    from .metrics.registry import GROUPS
-
     asked = {k: v for k, v in params.items()
              if k in names or k in metric_params or set(GROUPS.get(k, ())) & set(names)}
-    resolved = resolve_metrics(names, plugins=plugins, params=asked, available=spec.plugins)
+    resolved, plugin_specs = resolve_rescore_metrics(
+        names, recorded, recorded_plugins=spec.plugins, plugins=plugins, params=asked,
+        bases=recorded_bases(run_dir, spec.output_path), run_dir=run_dir)
     all_names = tuple(dict.fromkeys([*recorded, *(m.name for m in resolved)]))
-    return resolved, spec.replace(metrics=all_names, plugins=tuple(dict.fromkeys([*spec.plugins, *plugins])),
-                                  metric_params=params)
+    return resolved, spec.replace(metrics=all_names, plugins=plugin_specs, metric_params=params)
 
 
 def _drop(mapping: dict | None, keys: set[str]) -> None:

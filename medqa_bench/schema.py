@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
-SCHEMA_VERSION = "2.3"
+SCHEMA_VERSION = "2.4"
 #: 2.0: systems are rows of three kinds (baseline rows, one per prompt format; adapters, each in its own format;
 #: reference rows that need no model), samples hold a prompt per format, stop reasons, null scores and the leakage
 #: audit, and results hold the budget, the harness's loss definition and the verdict. 1.x run folders are refused.
@@ -32,6 +32,10 @@ SCHEMA_VERSION = "2.3"
 #: repeats (``train_overlap.nearest``); items scored by the NLL metrics alone (``generated``: false, their language-model
 #: rows with NLL fields only, no reference rows; ``data.n_generated``, ``data.nll_limit``, ``spec.nll_limit``) and
 #: each metric's item set (``metrics[name].items``: "all" or "generated").
+#: 2.4 (fields added; earlier 2.x folders read as before, their plugins found by the path they recorded): plugins
+#: recorded by content (``metrics[name].plugin``, :class:`PluginRecord`, with the source kept in the run folder's
+#: ``plugins/``; ``spec.plugins`` holds files by absolute path) and how ``score`` found a plugin metric's code again
+#: (``metrics[name].plugin_check``, :class:`PluginCheck`).
 
 
 class SystemSample(TypedDict, total=False):
@@ -92,6 +96,32 @@ class MetricInfo(TypedDict, total=False):
     allows_missing: bool  # present and True for a metric whose per-item score may be None (not scored)
     judge: dict[str, Any]  # an LLM judge's identity, rubric version and counts (medqa_bench.metrics.judge)
     items: str  # 2.3: the items it scored: "all" (every item of samples.jsonl: the NLL metrics) or "generated"
+    plugin: PluginRecord  # 2.4: a metric of a --plugin: where its code came from
+    plugin_check: PluginCheck  # 2.4: written by `score` when it computed a plugin metric again
+
+
+class PluginRecord(TypedDict):
+    """``metrics[name].plugin`` (2.4; medqa_bench.metrics.plugins.PluginSource.record): the code a plugin metric's
+    scores came from. Nothing loads ``copy`` unless a user names it with ``--plugin``."""
+
+    spec: str  # the --plugin value as spec.plugins holds it: a file's absolute path, evaluate:<abs path>[#KEY], or a
+    #           module name
+    kind: str  # "file" | "module" | "evaluate"
+    path: Optional[str]  # the resolved absolute path of its source (a module: its file; None when it has none)
+    sha256: Optional[str]  # of that source as it ran (an evaluate folder: of its .py files, fingerprint.sha256_files)
+    copy: Optional[str]  # a file plugin: that source, kept in the run folder ("plugins/<stem>-<sha12>.py")
+
+
+class PluginCheck(TypedDict):
+    """``metrics[name].plugin_check`` (2.4; medqa_bench.metrics.registry.resolve_rescore_metrics): how ``score`` found a
+    metric's code when it computed the metric again, against what the run had recorded."""
+
+    status: str  # "same" | "changed" (the recorded file's fingerprint differs) | "unverified" (none was recorded) |
+    #             "overridden" (a --plugin given to score) | "entry-point" (installed, with the recorded signature)
+    recorded: dict[str, Any]  # {"source", "signature", "sha256"} as the run had recorded them
+    sha256: Optional[str]  # of the source used now (None: an entry point)
+    warning: bool  # the source or the signature differs from the recorded, or could not be checked
+    note: str  # one sentence, as `score` prints it
 
 
 class SystemInfo(TypedDict, total=False):

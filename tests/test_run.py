@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from medqa_bench.schema import SCHEMA_VERSION
+
 METRICS = "loss,perplexity,exact_match,fuzzy,rougeL,token_f1,embedding_similarity"
 
 
@@ -48,7 +50,7 @@ def test_run_folder_contents(small_run):
     results = json.loads((run / "results.json").read_text())
     samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     assert (run / "report.html").exists()
-    assert results["schema_version"] == "2.3"
+    assert results["schema_version"] == SCHEMA_VERSION
     assert list(results["systems"]) == ["baseline", "ft", "retrieval", "boilerplate", "question"]
     assert [results["systems"][s]["kind"] for s in results["systems"]] == ["baseline", "adapter"] + ["reference"] * 3
     # the instruct baseline is asked in its own chat template; an adapter without training metadata in the same

@@ -19,6 +19,7 @@ from medqa_bench.analysis.verdict import build_verdict
 from medqa_bench.cli import main
 from medqa_bench.errors import DataError
 from medqa_bench.metrics import DEFAULT_METRICS, resolve_metrics
+from medqa_bench.schema import SCHEMA_VERSION
 from medqa_bench.validity import choose_primary
 from medqa_bench.validity.measured import (
     WITHIN_QUESTION_FLOOR,
@@ -249,7 +250,7 @@ def test_score_recomputes_the_block_and_takes_a_users_file(tmp_path, measured):
     assert main(["-q", "score", str(run), "--metrics", "rougeL", "--no-report"]) == 0
     scored = json.loads((run / "results.json").read_text())
     block = scored["validity"]
-    assert block["source"] == "bundled" and scored["schema_version"] == "2.3"
+    assert block["source"] == "bundled" and scored["schema_version"] == SCHEMA_VERSION
     assert block["metrics"]["rougeL"]["measured"]  # scored again with today's definition: its figures now
     assert block["metrics"]["rougeL"]["figures"] == measured["metrics"]["rougeL"]["figures"]
     assert not block["metrics"]["perplexity"]["measured"]

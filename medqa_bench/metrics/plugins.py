@@ -39,6 +39,14 @@ Three ways in, none of which touches medqa-bench's code:
 
 A plugin whose metric raises, returns the wrong number of scores, NaN, inf or a non-number fails with a
 :class:`~medqa_bench.errors.MetricError` naming the metric, its source and the item.
+
+**What a run records.** A run keeps its plugins by content, so its folder can be re-scored from anywhere: the spec
+holds a plugin file (or an evaluate module) by its resolved absolute path (:func:`absolute_plugin_spec`), and each
+plugin metric's info in results.json holds ``plugin`` (:meth:`PluginSource.record`: the path, the sha256 of the
+source that ran and, for a file, ``copy``: that source saved in the run folder as ``plugins/<stem>-<sha12>.py``).
+The copy is for reading and for the user to name with ``--plugin``: nothing loads it on its own, since a run folder
+may come from someone else and its files are data. ``medqa-bench score`` loads a recorded plugin from its recorded
+path, as it always did, and only when one of its metrics is computed again (:func:`locate_recorded_plugin`).
 """
 
 from __future__ import annotations
@@ -47,27 +55,36 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import logging
+import re
 import sys
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points, version
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ..errors import MetricError
-from ..fingerprint import sha256_file, sha256_files
+from ..fingerprint import sha256_bytes, sha256_file, sha256_files
 from .base import Metric
 from .registry import ENTRY_POINT_GROUP, Registry, import_attr
 
+log = logging.getLogger(__name__)
 
-def load_entry_points(reg: Registry, broken: list[dict[str, Any]] | None = None) -> None:
+
+def load_entry_points(reg: Registry, broken: list[dict[str, Any]] | None = None, *,
+                      skip: Collection[str] = ()) -> None:
     """Register (lazily: nothing is imported until a metric is built) every entry point of the ``medqa_bench.metrics``
     group. An entry point names one metric; its target is that :class:`Metric`, a function returning it, or a list
     or tuple (a plugin module's ``METRICS``) holding a metric of the entry point's name.
 
     With ``broken`` (a list), an entry point that cannot be registered (its name taken) is appended there as a row
-    instead of raising, so ``medqa-bench metrics list`` still lists the others.
+    instead of raising, so ``medqa-bench metrics list`` still lists the others. Entry points named in ``skip`` are
+    left out: ``score`` takes those metrics from a plugin file (one given with ``--plugin``, or the run's own).
     """
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in skip:
+            continue
         dist = getattr(ep, "dist", None)
         dist_name = dist.name if dist is not None else ep.module
         provenance = f"{dist_name}={dist.version}" if dist is not None else ""
@@ -101,33 +118,183 @@ def _load_entry_point(ep: Any, source: str) -> Any:
                       "like a metric of the list")
 
 
-def load_plugin(reg: Registry, spec: str) -> list[str]:
-    """Register the metrics of one ``--plugin`` value; returns their names."""
+@dataclass(frozen=True)
+class PluginSource:
+    """Where one ``--plugin`` value's code came from: ``kind`` "file", "module" or "evaluate", the resolved absolute
+    ``path`` of its source (a module: its file, if it has one), the ``sha256`` of that source (an evaluate folder: of
+    its .py files, :func:`~medqa_bench.fingerprint.sha256_files`) and the ``metrics`` it registered. ``text``: a file
+    plugin's source as it was read and run, which the run folder keeps a copy of."""
+
+    spec: str
+    kind: str
+    path: str | None
+    sha256: str | None
+    metrics: tuple[str, ...] = ()
+    text: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def copy(self) -> str | None:
+        """Where the run folder keeps a file plugin's source: ``plugins/<stem>-<sha12>.py`` (named by content, so a
+        re-score with a changed source keeps the copy the other metrics were computed with)."""
+        if self.kind != "file" or not self.sha256 or not self.path:
+            return None
+        return f"plugins/{Path(self.path).stem}-{self.sha256[:12]}.py"
+
+    def record(self) -> dict[str, Any]:
+        """``MetricInfo.plugin`` (medqa_bench.schema.PluginRecord)."""
+        return {"spec": self.spec, "kind": self.kind, "path": self.path, "sha256": self.sha256, "copy": self.copy}
+
+
+@dataclass(frozen=True)
+class ProvenanceDetails:
+    """A plugin metric's :attr:`Metric.details <medqa_bench.metrics.Metric.details>`: its own details (``inner``), then
+    ``plugin`` (:meth:`PluginSource.record`) and, when ``score`` computed it again, ``plugin_check`` (how its code was
+    found that time: medqa_bench.schema.PluginCheck)."""
+
+    plugin: PluginSource | None
+    inner: Callable[[], dict[str, Any]] | None = None
+    check: dict[str, Any] | None = None
+
+    def __call__(self) -> dict[str, Any]:
+        out = dict(self.inner()) if self.inner is not None else {}
+        if self.plugin is not None:
+            out["plugin"] = self.plugin.record()
+        if self.check is not None:
+            out["plugin_check"] = dict(self.check)
+        return out
+
+
+def plugin_source_of(metric: Metric) -> PluginSource | None:
+    """The plugin a built metric came from (None: a built-in or an installed entry point)."""
+    details = metric.details
+    return details.plugin if isinstance(details, ProvenanceDetails) else None
+
+
+def plugin_kind(spec: str, base: Path | None = None) -> str:
+    """"file", "module" or "evaluate": how :func:`load_plugin` reads a ``--plugin`` value (a relative file looked for
+    under ``base``, default the working directory)."""
+    if spec.startswith("evaluate:"):
+        return "evaluate"
+    path = Path(spec).expanduser()
+    return "file" if spec.endswith(".py") or (path if base is None else base / path).is_file() else "module"
+
+
+def _split_path(spec: str) -> tuple[str, str, str]:
+    """``evaluate:PATH#KEY`` -> ("evaluate:", PATH, "#KEY"); a file -> ("", PATH, "")."""
+    if spec.startswith("evaluate:"):
+        path, sep, key = spec[len("evaluate:"):].partition("#")
+        return "evaluate:", path, sep + key
+    return "", spec, ""
+
+
+def absolute_plugin_spec(spec: str, base: str | Path | None = None) -> str:
+    """A ``--plugin`` value that names the same code from any working directory: a file, or an evaluate module's
+    path, resolved against ``base`` (default: the working directory); a module name as it is.
+
+    >>> absolute_plugin_spec("metrics/mine.py", "/home/me/project")
+    '/home/me/project/metrics/mine.py'
+    >>> absolute_plugin_spec("evaluate:modules/overlap#f1", "/srv")
+    'evaluate:/srv/modules/overlap#f1'
+    >>> absolute_plugin_spec("my_package.metrics:ALL")
+    'my_package.metrics:ALL'
+    """
+    spec = str(spec).strip()
+    root = Path.cwd() if base is None else Path(base)
+    if plugin_kind(spec, root) == "module":
+        return spec
+    prefix, path, suffix = _split_path(spec)
+    p = Path(path).expanduser()
+    return f"{prefix}{(p if p.is_absolute() else root / p).resolve()}{suffix}"
+
+
+def locate_recorded_plugin(spec: str, bases: Sequence[Path]) -> str:
+    """A plugin value as a run's spec recorded it, made loadable from here. Runs record files by absolute path; an
+    older run recorded the path as typed, relative to the directory it ran in: the first of ``bases`` (the working
+    directory, the run's) where that file exists. A value that names no file here is returned as is, so loading it
+    fails naming the path the run recorded."""
+    prefix, path, _ = _split_path(spec)
+    if Path(path).expanduser().is_absolute() or not (prefix or path.endswith(".py")):
+        return spec  # already absolute, or a module name
+    for base in bases:
+        if (Path(base) / Path(path).expanduser()).exists():
+            return absolute_plugin_spec(spec, base)
+    return spec
+
+
+#: Where a run folder keeps a plugin's source: ``MetricInfo.plugin.copy`` is checked against it before the file is
+#: read or written, so a results.json from elsewhere cannot point outside the folder.
+_COPY_NAME = re.compile(r"plugins/[A-Za-z0-9_][A-Za-z0-9_.\-]*\.py")
+
+
+def plugin_copies(metrics: Sequence[Metric], kept: Mapping[str, dict[str, Any]] | None = None,
+                  run_dir: Path | None = None) -> dict[str, bytes]:
+    """The plugin sources a run folder keeps (relative path -> bytes): those ``metrics`` were loaded from, and the
+    copies already in ``run_dir`` that a re-score still refers to: those of the metrics it keeps (``kept``: their
+    infos), and the run's source of a metric computed again from another (``plugin_check.recorded.copy``). A copy
+    that is missing or no longer matches its fingerprint is dropped from its record, with a warning."""
+    files = {src.copy: src.text for m in metrics if (src := plugin_source_of(m)) and src.copy and src.text is not None}
+    records = [(m.name, m.details.check.get("recorded")) for m in metrics
+               if isinstance(m.details, ProvenanceDetails) and m.details.check]
+    for name, info in (kept or {}).items():
+        records += [(name, info.get("plugin")), (name, (info.get("plugin_check") or {}).get("recorded"))]
+    for name, record in records:
+        copy = record.get("copy") if isinstance(record, dict) else None
+        if not copy or copy in files:
+            continue
+        path = Path(run_dir or ".") / copy
+        if _COPY_NAME.fullmatch(copy) and path.is_file() and sha256_file(path) == record.get("sha256"):
+            files[copy] = path.read_bytes()
+        else:
+            log.warning("%s: the run folder's copy of its plugin source, %s, is missing or does not match its "
+                        "fingerprint; not kept", name, path)
+            record["copy"] = None
+    return files
+
+
+def recorded_bases(run_dir: Path, output_path: Path) -> list[Path]:
+    """Where an older run's relative plugin path may be found: the working directory, then the one the run was made
+    in (the run folder less its recorded output path, ``reports/<name>`` by default)."""
+    bases = [Path.cwd()]
+    parts, out = Path(run_dir).resolve().parts, Path(output_path).parts
+    if not Path(output_path).is_absolute() and ".." not in out and parts[len(parts) - len(out):] == out:
+        bases.append(Path(*parts[: len(parts) - len(out)]))
+    return bases
+
+
+def load_plugin(reg: Registry, spec: str, *, only: Collection[str] | None = None) -> PluginSource:
+    """Register the metrics of one ``--plugin`` value (with ``only``, just those of these names); returns where its
+    code came from and the names registered."""
     spec = str(spec).strip()
     if not spec:
         raise MetricError("empty --plugin value; give a .py file, package.module[:NAME] or evaluate:PATH")
     if spec.startswith("evaluate:"):
-        return [_register_evaluate(reg, spec[len("evaluate:") :])]
+        return _register_evaluate(reg, spec[len("evaluate:") :], only)
     path = Path(spec).expanduser()
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
             raise MetricError(f"plugin file {spec} does not exist")
-        module = _import_file(path, spec)
-        return _register_all(reg, _module_metrics(module, spec), f"plugin:{spec}", f"sha256={sha256_file(path)[:12]}")
+        text = path.read_bytes()  # fingerprinted and copied as read, and imported as that content
+        digest = sha256_bytes(text)
+        module = _import_file(path, spec, digest)
+        names = _register_all(reg, _module_metrics(module, spec), f"plugin:{spec}", f"sha256={digest[:12]}", only)
+        return PluginSource(spec, "file", str(path.resolve()), digest, tuple(names), text)
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise MetricError(f"plugin {spec}: cannot import module '{module_name}': {type(exc).__name__}: {exc}") from exc
     provenance = _module_provenance(module)
+    file = getattr(module, "__file__", None)
+    where = (str(Path(file).resolve()), sha256_file(file)) if file and Path(file).is_file() else (None, None)
     if not attr:
-        return _register_all(reg, _module_metrics(module, spec), f"plugin:{spec}", provenance)
+        names = _register_all(reg, _module_metrics(module, spec), f"plugin:{spec}", provenance, only)
+        return PluginSource(spec, "module", *where, tuple(names))
     try:
         obj = import_attr(spec)
     except AttributeError:
         raise MetricError(f"plugin {spec}: module '{module_name}' has no attribute '{attr}'") from None
     objs = list(obj) if isinstance(obj, (list, tuple)) else [obj]
-    return _register_all(reg, objs, f"plugin:{spec}", provenance)
+    return PluginSource(spec, "module", *where, tuple(_register_all(reg, objs, f"plugin:{spec}", provenance, only)))
 
 
 def _module_provenance(module: ModuleType) -> str:
@@ -139,9 +306,11 @@ def _module_provenance(module: ModuleType) -> str:
         return f"sha256={sha256_file(file)[:12]}" if file else ""
 
 
-def _import_file(path: Path, spec: str) -> ModuleType:
+def _import_file(path: Path, spec: str, digest: str) -> ModuleType:
     resolved = path.resolve()
-    name = f"_medqa_bench_plugin_{resolved.stem}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+    # named by path and content: a file edited since it was imported in this process is imported again
+    name = (f"_medqa_bench_plugin_{resolved.stem}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}_"
+            f"{digest[:12]}")
     if name in sys.modules:
         return sys.modules[name]
     mod_spec = importlib.util.spec_from_file_location(name, resolved)
@@ -176,7 +345,8 @@ def _module_metrics(module: ModuleType, spec: str) -> list[Any]:
     return found
 
 
-def _register_all(reg: Registry, objs: list[Any], source: str, provenance: str) -> list[str]:
+def _register_all(reg: Registry, objs: list[Any], source: str, provenance: str,
+                  only: Collection[str] | None = None) -> list[str]:
     names = []
     for obj in objs:
         if isinstance(obj, Metric):
@@ -185,6 +355,8 @@ def _register_all(reg: Registry, objs: list[Any], source: str, provenance: str) 
             name = _factory_name(obj, source)
         else:
             raise MetricError(f"{source}: {obj!r} is a {type(obj).__name__}, not a Metric or a function returning one")
+        if only is not None and name not in only:
+            continue
         reg.register(name, obj, source=source, provenance=provenance, lazy=False)
         names.append(name)
     return names
@@ -204,7 +376,7 @@ def _factory_name(obj: Any, source: str) -> str:
 # --------------------------------------------------------------------------------------------- evaluate
 
 
-def _register_evaluate(reg: Registry, spec: str) -> str:
+def _register_evaluate(reg: Registry, spec: str, only: Collection[str] | None = None) -> PluginSource:
     path_s, _, key = spec.partition("#")
     path = Path(path_s).expanduser()
     if path.is_dir():
@@ -230,8 +402,10 @@ def _register_evaluate(reg: Registry, spec: str) -> str:
                                 compute_kwargs)
 
     factory.__name__ = name
-    reg.register(name, factory, source=source, provenance=provenance, lazy=False)
-    return name
+    if only is None or name in only:
+        reg.register(name, factory, source=source, provenance=provenance, lazy=False)
+    return PluginSource(f"evaluate:{spec}", "evaluate", str(path.resolve()), digest,
+                        (name,) if only is None or name in only else ())
 
 
 def _evaluate_metric(name, path, key, source, provenance, higher_is_better, bounds, compute_kwargs) -> Metric:

@@ -18,11 +18,15 @@ import dataclasses
 import inspect
 import json
 import logging
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ..errors import MetricError
 from ..registry import Registry, import_attr  # noqa: F401 - import_attr: plugins.py's, from here
 from .base import Metric
+
+if TYPE_CHECKING:
+    from .plugins import PluginSource
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +71,53 @@ def _is_metric_or_factory(obj: Any) -> bool:
     return isinstance(obj, Metric) or (callable(obj) and not isinstance(obj, type))
 
 
+class MetricRegistry(Registry):
+    """The metric registry: the generic one, and where each plugin metric's code came from (``plugin_sources``)."""
+
+    def __init__(self) -> None:
+        super().__init__("metric", _is_metric_or_factory, "a Metric or a function returning one", error=MetricError)
+        self.plugin_sources: dict[str, PluginSource] = {}
+
+
 def metric_registry(plugins: Sequence[str] = (), *, entry_points: bool = True) -> Registry:
     """Built-ins, then installed ``medqa_bench.metrics`` entry points, then each ``--plugin`` in order."""
     return _registry(plugins, entry_points=entry_points)[0]
 
 
-def _registry(plugins: Sequence[str], *, entry_points: bool = True,
-              broken: list[dict[str, Any]] | None = None) -> tuple[Registry, dict[str, list[str]]]:
-    """The registry and the metric names each plugin brought. With ``broken`` (a list), a plugin or entry point
-    that cannot be registered is appended there as a row (``name``, ``source``, ``error``) instead of raising."""
+def _registry(plugins: Sequence[str], *, entry_points: bool = True, broken: list[dict[str, Any]] | None = None,
+              files_win: bool = False, recorded: Mapping[str, Sequence[str]] | None = None,
+              ) -> tuple[MetricRegistry, dict[str, PluginSource]]:
+    """The registry and what each plugin brought. With ``broken`` (a list), a plugin or entry point that cannot be
+    registered is appended there as a row (``name``, ``source``, ``error``) instead of raising.
+
+    ``files_win`` (``score``): the plugins, then ``recorded`` (a run's plugins, each for the metric names given), are
+    registered before the entry points, and an entry point of a name they registered is left out instead of refused.
+    """
     from .plugins import load_entry_points, load_plugin
 
-    reg: Registry = Registry("metric", _is_metric_or_factory, "a Metric or a function returning one",
-                             error=MetricError)
+    reg = MetricRegistry()
     for name, target in BUILTINS.items():
         reg.register(name, target, source="builtin")
-    if entry_points:
-        load_entry_points(reg, broken=broken)
-    by_plugin: dict[str, list[str]] = {}
-    for spec in dict.fromkeys(plugins):
+    by_plugin: dict[str, PluginSource] = {}
+
+    def add(spec: str, only: Sequence[str] | None = None) -> None:
         try:
-            by_plugin[spec] = load_plugin(reg, spec)
+            by_plugin[spec] = src = load_plugin(reg, spec, only=only)
         except MetricError as exc:
             if broken is None:
                 raise
             broken.append({"name": f"({spec})", "source": f"plugin:{spec}", "error": str(exc)})
+            return
+        reg.plugin_sources.update(dict.fromkeys(src.metrics, src))
+
+    if entry_points and not files_win:
+        load_entry_points(reg, broken=broken)
+    for spec in dict.fromkeys(plugins):
+        add(spec)
+    for spec, names in (recorded or {}).items():
+        add(spec, names)
+    if entry_points and files_win:
+        load_entry_points(reg, broken=broken, skip=set(reg.plugin_sources))
     return reg, by_plugin
 
 
@@ -135,7 +161,21 @@ def build_metric(reg: Registry, name: str, params: dict[str, Any] | None = None)
         extra = [f"{k}={json.dumps(v, sort_keys=True, default=str)}" for k, v in sorted(params.items())
                  if f"{k}=" not in signature]
         signature = "|".join([signature] + extra)
-    return dataclasses.replace(metric, source=source, signature=signature)
+    stamped = dataclasses.replace(metric, source=source, signature=signature)
+    src = reg.plugin_sources.get(name) if isinstance(reg, MetricRegistry) else None
+    return stamp_provenance(stamped, plugin=src) if src is not None else stamped
+
+
+def stamp_provenance(metric: Metric, *, plugin: PluginSource | None = None,
+                     check: dict[str, Any] | None = None) -> Metric:
+    """``metric`` whose info in results.json also says where its code came from (``plugin``) and how ``score`` found
+    it (``plugin_check``): :class:`~medqa_bench.metrics.plugins.ProvenanceDetails` around its own details."""
+    from .plugins import ProvenanceDetails
+
+    details = metric.details
+    if isinstance(details, ProvenanceDetails):
+        plugin, check, details = plugin or details.plugin, check or details.check, details.inner
+    return dataclasses.replace(metric, details=ProvenanceDetails(plugin, details, check))
 
 
 def _expand(names: Iterable[str]) -> list[str]:
@@ -153,31 +193,39 @@ def _expand(names: Iterable[str]) -> list[str]:
 
 def resolve_metrics(
     names: list[str] | None, *, plugins: Sequence[str] = (), params: dict[str, dict[str, Any]] | None = None,
-    available: Sequence[str] = (),
 ) -> list[Metric]:
     """Build the named metrics, in order, with their parameters.
 
     ``names``: metric names (``"default"`` expands to :data:`DEFAULT_METRICS`; comma-separated strings are
     split); ``None``: the defaults. Every metric of the ``plugins`` given here is built too, after the named ones:
     naming a plugin asks for its metrics, so ``--plugin P --metrics rougeL`` scores P's metrics as well, and says so.
-    ``available``: plugins whose metrics may be named but are not asked for (the plugins a run recorded, when
-    ``score`` computes some of its metrics again). Installed entry-point metrics are available and scored when named.
+    Installed entry-point metrics are available and scored when named (``score``: :func:`resolve_rescore_metrics`).
     ``params``: ``{"embedding_similarity": {"model": "/path"}}``; they show in the signature.
     """
-    reg, by_plugin = _registry([*available, *plugins])
-    from_plugins = list(dict.fromkeys(n for spec in dict.fromkeys(plugins) for n in by_plugin[spec]))
+    reg, by_plugin = _registry(plugins)
+    wanted = _wanted(names, plugins, by_plugin)
+    params = _checked_params(params, wanted)
+    return [build_metric(reg, n, metric_params_for(n, params)) for n in wanted]
+
+
+def _wanted(names: list[str] | None, plugins: Sequence[str], by_plugin: Mapping[str, PluginSource]) -> list[str]:
+    """The names to build: ``names`` expanded (None: the defaults), then every metric of the ``plugins`` (a plugin
+    given is scored; one left out of ``names`` is added, with a warning)."""
+    from_plugins = list(dict.fromkeys(n for spec in dict.fromkeys(plugins) for n in by_plugin[spec].metrics))
     if names is None:
-        wanted = _expand(DEFAULT_METRICS + from_plugins)
-    else:
-        wanted = _expand(names)
-        if not wanted:
-            raise MetricError("no metrics selected; name at least one, e.g. --metrics exact_match,rougeL")
-        left_out = [n for n in from_plugins if n not in wanted]
-        if left_out:
-            log.warning("--metrics leaves out %s of --plugin %s; scoring %s too (a plugin given is scored)",
-                        ", ".join(left_out), ", ".join(s for s in plugins if set(by_plugin[s]) & set(left_out)),
-                        "it" if len(left_out) == 1 else "them")
-            wanted += left_out
+        return _expand(DEFAULT_METRICS + from_plugins)
+    wanted = _expand(names)
+    if not wanted:
+        raise MetricError("no metrics selected; name at least one, e.g. --metrics exact_match,rougeL")
+    left_out = [n for n in from_plugins if n not in wanted]
+    if left_out:
+        log.warning("--metrics leaves out %s of --plugin %s; scoring %s too (a plugin given is scored)",
+                    ", ".join(left_out), ", ".join(s for s in plugins if set(by_plugin[s].metrics) & set(left_out)),
+                    "it" if len(left_out) == 1 else "them")
+    return wanted + left_out
+
+
+def _checked_params(params: dict[str, dict[str, Any]] | None, wanted: list[str]) -> dict[str, dict[str, Any]]:
     params = dict(params or {})
     for key, value in params.items():
         if key not in wanted and not set(GROUPS.get(key, ())) & set(wanted):
@@ -186,7 +234,138 @@ def resolve_metrics(
             )
         if not isinstance(value, dict):
             raise MetricError(f"parameters of metric '{key}' must be a mapping of name to value, not {value!r}")
-    return [build_metric(reg, n, metric_params_for(n, params)) for n in wanted]
+    return params
+
+
+def resolve_rescore_metrics(
+    names: list[str], recorded: Mapping[str, dict[str, Any]], *, recorded_plugins: Sequence[str] = (),
+    plugins: Sequence[str] = (), params: dict[str, dict[str, Any]] | None = None, bases: Sequence[Path] = (),
+    run_dir: Path | None = None,
+) -> tuple[list[Metric], tuple[str, ...]]:
+    """What ``score`` computes again: the metrics ``names`` (and every metric of ``plugins``), each from the code the
+    run recorded or from what replaces it, and the plugins the run's spec lists afterwards.
+
+    ``recorded``: results.json's ``metrics``; ``recorded_plugins``: the run's ``spec.plugins``. A metric the run took
+    from a plugin comes, in this order, from a ``--plugin`` given now (it overrides the recorded plugin), from an
+    installed entry point or built-in of its name whose signature is the recorded one, or from the recorded plugin,
+    loaded from the path the run recorded (an older run's relative path: looked for under ``bases``) and only when
+    one of its metrics is computed again. Each such metric's info gets ``plugin_check``: how its code was found, its
+    fingerprint against the recorded one, a changed signature (:func:`_plugin_check`).
+    """
+    from .plugins import absolute_plugin_spec, locate_recorded_plugin, plugin_kind, plugin_source_of
+
+    given = [absolute_plugin_spec(p) for p in dict.fromkeys(plugins)]
+    origin = {n: o for n, info in recorded.items() if (o := _recorded_plugin(n, info, recorded_plugins))}
+    reg, by_plugin = _registry(given, files_win=True)
+    wanted = _wanted(names, given, by_plugin)
+    params = _checked_params(params, wanted)
+    overridden = {n for src in by_plugin.values() for n in src.metrics}
+    how: dict[str, str] = {n: "overridden" for n in overridden if n in recorded}
+    need: dict[str, list[str]] = {}
+    passed_over: dict[str, Metric] = {}  # installed metrics of a recorded plugin's names, with another signature
+    for n in wanted:
+        if n in overridden or n not in origin:
+            continue
+        if n in reg:
+            try:
+                now = build_metric(reg, n, metric_params_for(n, params))
+            except MetricError as exc:  # an installed metric that does not load: the run's own file, as recorded
+                log.warning("%s: the installed %s does not load (%s); using the run's plugin", n, reg.source(n), exc)
+            else:
+                if now.signature == recorded[n].get("signature"):
+                    how[n] = "entry-point"
+                    continue
+                passed_over[n] = now
+        need.setdefault(origin[n], []).append(n)
+        how[n] = "recorded"
+    located = {o: locate_recorded_plugin(o, bases) for o in need}
+    for o, ns in need.items():
+        if plugin_kind(located[o]) == "file" and not Path(located[o]).is_file():
+            raise MetricError(_missing_plugin(ns, o, recorded, passed_over, run_dir))
+    if need:
+        reg, by_plugin = _registry(given, files_win=True, recorded={located[o]: ns for o, ns in need.items()})
+    metrics = []
+    for n in wanted:
+        metric = build_metric(reg, n, metric_params_for(n, params))
+        if n in how:
+            check = _plugin_check(how[n], recorded[n], metric, plugin_source_of(metric), passed_over.get(n))
+            (log.warning if check["warning"] else log.info)("%s: %s", n, check["note"])
+            metric = stamp_provenance(metric, check=check)
+        metrics.append(metric)
+    kept = []  # a recorded plugin stays the run's unless every metric it brought now comes from elsewhere
+    for o in recorded_plugins:
+        brought = [n for n, x in origin.items() if x == o]
+        if not brought or not all(how.get(n) in ("overridden", "entry-point") for n in brought):
+            kept.append(located.get(o, o))
+    return metrics, tuple(dict.fromkeys([*kept, *given]))
+
+
+def _recorded_plugin(name: str, info: Mapping[str, Any], specs: Sequence[str]) -> str | None:
+    """The value of ``spec.plugins`` a recorded metric came from: its ``plugin.spec``, or for a run written before
+    runs recorded plugins by content, the plugin its ``source`` names. None: a built-in or an entry point."""
+    plugin = info.get("plugin")
+    if isinstance(plugin, dict) and plugin.get("spec"):
+        return str(plugin["spec"])
+    source = str(info.get("source") or "")
+    if source.startswith("plugin:") and source[len("plugin:"):] in specs:
+        return source[len("plugin:"):]
+    if source.startswith("evaluate:"):  # evaluate:PATH, recorded as evaluate:PATH#KEY: the key names the metric
+        same = [s for s in specs if s.split("#")[0] == source]
+        return next((s for s in same if "#" in s and name.endswith(s.split("#", 1)[1])), same[0] if same else None)
+    return None
+
+
+def _plugin_check(how: str, info: Mapping[str, Any], metric: Metric, src: PluginSource | None,
+                  passed_over: Metric | None) -> dict[str, Any]:
+    """``MetricInfo.plugin_check`` (medqa_bench.schema.PluginCheck) of a metric ``score`` computed again: ``how`` its
+    code was found ("overridden", "entry-point", "recorded"), checked against what the run recorded."""
+    old = info.get("plugin") if isinstance(info.get("plugin"), dict) else {}
+    was, old_sha = old.get("spec") or info.get("source"), old.get("sha256")
+    new_sha = src.sha256 if src is not None else None
+    where = (src.path or src.spec) if src is not None else metric.source
+    differs = bool(old_sha) and old_sha != new_sha
+    shas = f"sha256 {old_sha[:12]} recorded, {(new_sha or 'none')[:12]} now" if old_sha else ""
+    if how == "overridden":
+        status = "overridden"
+        note = (f"from --plugin {where} instead of the recorded {was}: "
+                + (f"another source ({shas})" if differs else f"the same source ({shas})" if old_sha
+                   else "the run recorded no fingerprint to compare it with"))
+    elif how == "entry-point":
+        status, note = "entry-point", f"from {metric.source} instead of the recorded {was}, with the recorded signature"
+    elif not old_sha:
+        status = "unverified"
+        note = (f"reloaded from {where}; the run recorded no fingerprint to check it against (it was made before runs "
+                "recorded their plugins by content)")
+    elif differs:
+        status = "changed"
+        note = (f"{where} changed since the run recorded it ({shas}): computed again with the changed source"
+                + (f"; the run's source is kept in {old['copy']}" if old.get("copy") else ""))
+    else:
+        status, note = "same", f"reloaded from {where}, the source the run recorded (sha256 {old_sha[:12]})"
+    if passed_over is not None:
+        note += (f"; the installed {passed_over.source} was not used: its signature '{passed_over.signature}' is not "
+                 "the recorded one")
+    old_signature = info.get("signature")
+    signature_changed = bool(old_signature) and old_signature != metric.signature
+    if signature_changed:
+        note += f"; its signature changed from '{old_signature}' to '{metric.signature}'"
+    recorded = {"source": info.get("source"), "signature": old_signature, "sha256": old_sha, "copy": old.get("copy")}
+    return {"status": status, "recorded": recorded, "sha256": new_sha,
+            "warning": differs or status == "unverified" or signature_changed, "note": note}
+
+
+def _missing_plugin(names: list[str], spec: str, recorded: Mapping[str, Any], passed_over: Mapping[str, Metric],
+                    run_dir: Path | None) -> str:
+    """The error for a recorded plugin file that is not where the run recorded it: what to pass instead."""
+    copy = next((recorded[n]["plugin"].get("copy") for n in names if isinstance(recorded[n].get("plugin"), dict)), None)
+    saved = f" (the run folder keeps the source it ran: {Path(run_dir or '.') / copy})" if copy else ""
+    installed = "".join(f"; the installed {m.source} gives '{n}' another signature ('{m.signature}', recorded "
+                        f"'{recorded[n].get('signature')}')" for n, m in passed_over.items() if n in names)
+    relative = "" if Path(spec).is_absolute() else " (a path relative to the directory the run was made in)"
+    return (f"metric{'s' if len(names) > 1 else ''} {', '.join(names)} of this run came from the plugin file {spec}"
+            f"{relative}, which does not exist here{installed}; pass --plugin FILE to compute "
+            f"{'them' if len(names) > 1 else 'it'} again with that source{saved}, or leave "
+            f"{'them' if len(names) > 1 else 'it'} out of --metrics to keep the recorded scores")
 
 
 def metric_params_for(name: str, params: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
