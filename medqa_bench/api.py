@@ -102,23 +102,12 @@ class Results:
         """The headline as text: one line per metric, one column per system, value [CI]; then the verdict in brief
         (:func:`medqa_bench.report.terminal.verdict_brief`: at most five findings, the warnings by kind, where the
         rest is), or every line of it with ``full_verdict``."""
-        systems = self.systems
-        res = self.results.get("results", {})
-        metrics = list(self.results.get("metrics", {}))
-        head = f"{'metric':<22}" + "".join(f"{s[:30]:>32}" for s in systems)
+        from .report.terminal import summary_table
+
         data = self.results["data"]
         n_generated = data.get("n_generated", data["n_items"])
         nll = f"; loss and perplexity on {data['n_items']}" if data["n_items"] > n_generated else ""
-        lines = [f"run: {self.run_dir}  ({n_generated} items{nll})", head]
-        for m in metrics:
-            cells = []
-            for s in systems:
-                v = res.get(s, {}).get(m)
-                cells.append(f"{v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]" if v and v["value"] is not None
-                             else "none scored" if v else "-")
-                if v and v.get("n_missing"):
-                    cells[-1] += f" ({v['n_missing']} unscored)"
-            lines.append(f"{m:<22}" + "".join(f"{c:>32}" for c in cells))
+        lines = [f"run: {self.run_dir}  ({n_generated} items{nll})", *summary_table(self.results)]
         lines += self.plugin_notes()
         verdict = (self.results.get("verdict") or {}).get("lines") or []
         if verdict and not full_verdict:

@@ -268,7 +268,7 @@ class RunSpec:
         if self.name:
             return self.name
         model = Path(self.model).name if "/" in self.model or "\\" in self.model else self.model
-        return f"{model}-{self.data.qtype.replace(',', '+')}-{self.evaluated_split}".replace(" ", "_")
+        return f"{model}-{(self.data.qtype or 'all').replace(',', '+')}-{self.evaluated_split}".replace(" ", "_")
 
     @property
     def evaluated_split(self) -> str:

@@ -271,3 +271,15 @@ def test_the_terminal_table_shows_every_name_in_full():
     for name in ("baseline", long):
         end = head.index(name) + len(name)
         assert all(row[end - 1] != " " and (len(row) == end or row[end:end + 2] == "  ") for row in rows)
+
+
+def test_the_run_summary_a_user_sees_shows_every_name_in_full(tmp_path):
+    """``Results.summary()`` (what `run` and `score` print) is built from that table: no name cut to 30 characters."""
+    from conftest_report import make_run
+
+    from medqa_bench.api import load_results
+
+    long = "qlora-r16-alpha32-lr2e-4-symptoms-3-epochs-seed-7-all-linear"
+    summary = load_results(make_run(tmp_path / "run", n=8, adapters=(long,))).summary()
+    head = summary.splitlines()[1]
+    assert head.split()[0] == "metric" and long in head.split()

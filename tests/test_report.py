@@ -16,6 +16,7 @@ from medqa_bench.errors import RunError, SpecError
 from medqa_bench.report import render_report
 from medqa_bench.report.page import script_json
 from medqa_bench.report.runs import combine_runs, load_run
+from medqa_bench.schema import SCHEMA_VERSION
 
 PLANTED = ("<script>window.__xss", "<img src=x", "<svg onload", "</script><script>")
 ADAPTER = "qlora-medquad"
@@ -408,7 +409,7 @@ def test_schema_1_run_folders_are_refused_with_a_clear_message(tmp_path):
     with pytest.raises(RunError) as err:
         render_report([folder])
     message = str(err.value)
-    assert "schema_version '1.3', but this medqa-bench reads '2.3'" in message
+    assert f"schema_version '1.3', but this medqa-bench reads '{SCHEMA_VERSION}'" in message
     assert "schema 1.x run folders have one baseline and no reference rows" in message
     assert "re-run the evaluation with this version (`medqa-bench run`)" in message
     assert not (folder / "report.html").exists()
