@@ -32,24 +32,25 @@ from typing import Any, Collection, Sequence
 from .errors import DataError
 
 def _bm25s():
-    """bm25s, imported so that it leaves the GPU alone.
+    """bm25s, imported without JAX.
 
     Importing bm25s runs a JAX top-k when JAX is installed: JAX then claims its default platform, on a CUDA machine
     75% of the GPU's memory, for a top-k this module never uses (it ranks with numpy). Measured on an H200 whose image
     ships jax[cuda]: 105 GiB held by each process that built an index, and the evaluations beside it ran out of
-    memory. Unless the user has chosen a platform, JAX is kept on the CPU (``JAX_PLATFORMS=cpu``) while bm25s is
-    imported; an application that already imported JAX keeps its own.
+    memory; on a CPU, importing JAX adds ~1.5 s to every process that builds an index. Unless the application has
+    imported JAX itself, bm25s is imported with JAX hidden (``sys.modules["jax"] = None`` makes its ``import jax``
+    fail), so bm25s takes its numpy top-k and JAX is neither imported nor started; the application can import JAX
+    afterwards as usual.
     """
     import logging
-    import os
     import sys
 
-    if "bm25s" not in sys.modules and "jax" not in sys.modules and "JAX_PLATFORMS" not in os.environ:
-        os.environ["JAX_PLATFORMS"] = "cpu"
+    if "bm25s" not in sys.modules and "jax" not in sys.modules:
+        sys.modules["jax"] = None  # type: ignore[assignment]
         try:
             import bm25s
         finally:
-            del os.environ["JAX_PLATFORMS"]
+            del sys.modules["jax"]
     import bm25s
 
     # bm25s sets its own logger to DEBUG on import, which prints "Building index…" under any root handler;
