@@ -44,7 +44,7 @@ class Results:
         """
         import pandas as pd
 
-        from .analysis.verdict import ALPHA
+        from .analysis.verdict import _significant  # the verdict's rule: Holm p below its alpha
 
         paired = ((self.results.get("analysis") or {}).get("paired") or {}) if deltas else {}
         rows = []
@@ -53,10 +53,9 @@ class Results:
                 row = {"system": s, "metric": m, **v, "higher_is_better": self.results["metrics"][m]["higher_is_better"]}
                 if deltas:
                     c = ((paired.get(s) or {}).get("metrics") or {}).get(m) or {}
-                    significant = c.get("p_holm") is not None and c["p_holm"] < ALPHA
                     row.update(against=c.get("against"), delta=c.get("mean_diff"), delta_ci_low=c.get("ci_low"),
                                delta_ci_high=c.get("ci_high"), p=c.get("p_permutation"), p_holm=c.get("p_holm"),
-                               better=(c.get("better") is True and significant) if c else None)
+                               better=(c.get("better") is True and _significant(c)) if c else None)
                 rows.append(row)
         return pd.DataFrame(rows)
 

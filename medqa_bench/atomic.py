@@ -22,7 +22,16 @@ from typing import Any, Collection, Iterator
 
 
 def umask() -> int:
-    """The process's umask (read by setting it and setting it back: Python has no getter)."""
+    """The process's umask. On Linux it is read from ``/proc/self/status`` (``Umask:``, kernel 4.7 and later): Python
+    has no getter, and setting it and setting it back, the fallback elsewhere, changes it for an instant for every
+    thread of the process (a file a library writes meanwhile, e.g. a TensorBoard event file, gets umask 022's mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

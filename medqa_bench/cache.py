@@ -51,9 +51,7 @@ class InferenceCache:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         if self.path is not None:
-            if self.path.is_dir():
-                raise RunError(f"cache {self.path} is a folder; --cache names the SQLite file the cache is kept in "
-                               f"(e.g. --cache {self.path / 'inference.sqlite'}), or pass --no-cache")
+            _check_place(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = self._open(self.path)
 
@@ -122,6 +120,50 @@ class InferenceCache:
             self._conn = None
 
 
+def _check_place(path: Path) -> None:
+    """A :class:`RunError` unless ``path`` can be the cache file: not a folder, and no file where a folder above it
+    would have to be made."""
+    if path.is_dir():
+        raise RunError(f"cache {path} is a folder; --cache names the SQLite file the cache is kept in "
+                       f"(e.g. --cache {path / 'inference.sqlite'}), or pass --no-cache")
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise RunError(f"cannot create the cache {path}: {above} is a file; name another file with --cache, or pass "
+                       "--no-cache")
+
+
+def check_cache(setting: str | Path | None) -> None:
+    """A :class:`RunError` unless the cache a spec's ``cache`` names can be opened (:func:`open_cache`): checked while
+    a run is planned, before the model loads, creating and writing nothing. An existing file must be a SQLite
+    database (an empty file becomes one)."""
+    path = cache_path(setting)
+    if path is None:
+        return
+    _check_place(path)
+    if not path.is_file():
+        return  # created when the cache is opened
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise RunError(f"cache {path} cannot be read ({exc.strerror}); name another file with --cache, or pass "
+                       "--no-cache") from None
+    if not head:
+        return
+    if head != _SQLITE_HEADER:
+        raise _unusable(path, ValueError("it does not start with the SQLite header"))
+    conn = sqlite3.connect(str(path), timeout=1.0, isolation_level=None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the schema: a damaged file says so
+    except sqlite3.DatabaseError as exc:
+        if not (isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)):  # busy: another run writing
+            raise _unusable(path, exc) from exc
+    finally:
+        conn.close()
+
+
 def _unusable(path: Path, exc: Exception) -> RunError:
     """The error for a cache that cannot be opened. Deleting it is proposed only for a damaged SQLite file (a cache
     this tool made); a file of something else is the user's, and the hint is another path."""
@@ -136,13 +178,18 @@ def _unusable(path: Path, exc: Exception) -> RunError:
                     "name a new file with --cache, or pass --no-cache")
 
 
-def open_cache(setting: str | Path | None) -> InferenceCache:
-    """The cache a spec's ``cache`` names: ``"default"`` the user's (``<cache dir>/inference.sqlite``), None none (a
-    no-op cache), else a path."""
+def cache_path(setting: str | Path | None) -> Path | None:
+    """The file a spec's ``cache`` names: ``"default"`` the user's (``<cache dir>/inference.sqlite``), None none,
+    else the path given."""
     if setting is None:
-        return InferenceCache(None)
+        return None
     if setting == "default":
         from .paths import cache_dir
 
-        return InferenceCache(cache_dir() / "inference.sqlite")
-    return InferenceCache(setting)
+        return cache_dir() / "inference.sqlite"
+    return Path(setting)
+
+
+def open_cache(setting: str | Path | None) -> InferenceCache:
+    """The cache a spec's ``cache`` names (:func:`cache_path`); None gives a no-op cache."""
+    return InferenceCache(cache_path(setting))

@@ -93,15 +93,17 @@ def lock(folder: str | os.PathLike, *, check: bool = True) -> Iterator[None]:
     if taken is None:
         yield
         return
-    fd, locked = taken
+    fd, _ = taken
     _held[path] = 1
     try:
         yield
     finally:
         del _held[path]
-        if locked:
-            # Removed while still held: a run that opened this file meanwhile finds it unlinked once it gets the
-            # lock, and takes a fresh file instead (_take), so two runs never hold "the" lock at once.
+        # Removed while still held: a run that opened this file meanwhile finds it unlinked once it gets the lock,
+        # and takes a fresh file instead (_take), so two runs never hold "the" lock at once. Only our own file: one
+        # removed by hand may have been replaced by another run's lock, which stays. Where the file system refuses
+        # locks the file is removed too (it stopped nothing).
+        if _same_file(fd, path):
             with contextlib.suppress(OSError):
                 os.unlink(path)
         os.close(fd)  # releases the lock

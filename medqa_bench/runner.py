@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, atomic, distributed, run_folder
 from .backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
-from .cache import InferenceCache, open_cache
+from .cache import InferenceCache, check_cache, open_cache
 from .data import Example
-from .errors import AdapterError, DataError, RunError
+from .errors import AdapterError, RunError
 from .fingerprint import sha256_json
 from .inference import CompletionNLL
 from .loss import run_loss_definition
@@ -106,14 +106,6 @@ def _cache_for(spec: RunSpec) -> InferenceCache:
     return open_cache(spec.cache)
 
 
-def _empty_split_message(dataset, spec: RunSpec) -> str:
-    sizes = ", ".join(f"{name} {len(dataset.split(name))}" for name in ("train", "validation", "test"))
-    report = dataset.report
-    return (f"the {spec.split} split is empty: the qtype filter '{spec.data.qtype}' kept {report.kept} of "
-            f"{report.rows} rows ({len(dataset.examples)} items; split {sizes}); evaluate another --split, widen "
-            "--qtype or use more data")
-
-
 def check_adapters_change_model(adapter_nlls: dict[str, list[CompletionNLL]], base_nlls: dict[str, list[CompletionNLL]],
                                 n: int = ADAPTER_CHECK_ITEMS) -> None:
     """Fail loudly if an adapter leaves the log-probabilities of the first items unchanged (other harnesses then
@@ -172,6 +164,7 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     spec = spec or RunSpec()
     t0 = time.perf_counter()
     validity = read_validity_source(spec.validity)  # a bad --validity file fails before anything loads
+    check_cache(spec.cache)  # so does a --cache that names a folder or a file that is not a SQLite cache
     # the items and the training corpus, data only; the training corpus the adapters name also names the run folder
     data = plan_data(spec, run_adapters(spec))
     timings = {"data_s": time.perf_counter() - t0}
@@ -186,15 +179,13 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
     from .reference_rows import reference_answers
 
     t0 = time.perf_counter() - timings["data_s"]
-    spec, dataset, pool, corpus = data.spec, data.dataset, data.pool, data.corpus
+    spec, dataset, pool, corpus = data.spec, data.dataset, data.pool, data.corpus  # pool: never empty (plan_data)
     ranks = distributed.launched(spec.device)  # None unless launched with WORLD_SIZE > 1 (nothing imported then)
     progress = progress and (ranks is None or ranks.is_main)
     backend = create_backend(spec, adapters=run_adapters(spec), ranks=ranks)  # nothing loaded; an unknown name fails
     spec = spec.resolved_for(backend.device)
 
     # ---- items: data only
-    if not pool:
-        raise DataError(_empty_split_message(dataset, spec))
     train = corpus.items
 
     from .metrics import resolve_metrics  # resolve before the model loads: a typo fails in a second, not minutes

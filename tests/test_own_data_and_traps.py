@@ -4,10 +4,12 @@ Own data: a file without a ``qtype`` column is read whole (an explicit ``--qtype
 for an empty question or answer is named by its line, and a file too small for the default test split stops before
 the model loads with ``--split all`` proposed. The traps: files written into an atomic folder by a library
 (safetensors writes ``adapter_model.safetensors`` 0600) follow the umask, the run's lock file is removed when the run
-ends (and never while another process holds it), ``--cache`` naming a folder or a file of the user's is not answered
-"delete it", and the terminal table shows every system's name in full.
+ends (and never while another process holds it, nor once it is another run's), ``--cache`` naming a folder or a file
+of the user's is not answered "delete it" and stops the run before the model loads, the umask is read without being
+set, and the terminal table shows every system's name in full.
 
-Everything but one real run (the baseline alone, 1 item, 4 new tokens) is data only, in this process.
+Everything but one real run (the baseline alone, 1 item, 4 new tokens) and one CLI call that stops before the model
+is data only, in this process.
 """
 
 from __future__ import annotations
@@ -252,6 +254,73 @@ def test_a_cache_path_that_is_a_folder_or_a_file_of_yours_is_never_to_be_deleted
     damaged.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
     with pytest.raises(RunError, match="is not a usable SQLite database .*; delete it or pass --no-cache"):
         InferenceCache(damaged)
+
+
+def test_a_cache_folder_stops_the_cli_before_anything_loads(tmp_path):
+    """The real CLI, not quiet (loading the model prints "Loading weights"): the error is all it prints."""
+    folder = tmp_path / "caches"
+    folder.mkdir()
+    proc = cli("run", "--no-default-adapter", "--reference-rows", "none", "--limit", "1", "--max-new-tokens", "2",
+               "--metrics", "rougeL", "--no-report", "--device", "cpu", "--cache", "caches", "--out",
+               str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr == ("medqa-bench: error: cache caches is a folder; --cache names the SQLite file the cache is "
+                           "kept in (e.g. --cache caches/inference.sqlite), or pass --no-cache\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caches"] and not any(folder.iterdir())
+
+
+def test_a_cache_file_that_is_not_a_cache_stops_the_run_before_the_model_is_looked_for(tmp_path):
+    """In-process ``run``: the model named does not exist, so an error about anything else comes before the model."""
+    from medqa_bench.cache import check_cache
+    from medqa_bench.runner import run
+
+    own = tmp_path / "answers.csv"
+    own.write_text("Question,Answer\n")
+    damaged = tmp_path / "inference.sqlite"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
+    cases = {own: f"cache {own} is not a SQLite database (it does not start with the SQLite header): it may be a file "
+                  "of yours, so it is left as it is; name a new file with --cache, or pass --no-cache",
+             damaged: f"cache {damaged} is not a usable SQLite database (file is not a database); delete it or pass "
+                      "--no-cache",
+             own / "inference.sqlite": f"cannot create the cache {own / 'inference.sqlite'}: {own} is a file; name "
+                                       "another file with --cache, or pass --no-cache"}
+    before = {p: p.read_bytes() for p in (own, damaged)}
+    for cache, message in cases.items():
+        spec = RunSpec(model=str(tmp_path / "nowhere"), default_adapters=False, limit=1, metrics=("rougeL",),
+                       reference_rows=(), report=False, cache=str(cache), device="cpu", output_dir=str(tmp_path / "run"))
+        with pytest.raises(RunError) as err:
+            run(spec, progress=False)
+        assert str(err.value) == message
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.csv", "inference.sqlite"]
+    # a cache the tool made, an empty file and a file not there yet pass, and the check writes nothing
+    made = tmp_path / "made" / "cache.sqlite"
+    InferenceCache(made).close()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    files = {p: p.read_bytes() for p in (made, empty)}
+    for cache in (made, empty, tmp_path / "new" / "cache.sqlite", None):
+        check_cache(cache)
+    assert {p: p.read_bytes() for p in files} == files and not (tmp_path / "new").exists()
+    assert sorted(p.name for p in made.parent.iterdir()) == ["cache.sqlite"]
+
+
+def test_the_umask_is_read_without_being_set(umask_027, monkeypatch):
+    """Setting the umask and setting it back changes it for every thread meanwhile: on Linux it is only read."""
+    calls = []
+    real = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real(mask))
+    assert atomic.umask() == 0o027 and calls == []
+
+
+def test_a_lock_file_that_is_no_longer_the_runs_own_stays(tmp_path):
+    """A lock deleted by hand and taken by another run meanwhile: the first run's end leaves the other's file."""
+    folder = tmp_path / "run"
+    lock = run_folder.lock_path(folder)
+    with run_folder.lock(folder):
+        lock.unlink()
+        lock.write_text("4242\n")  # another run's lock, at the same path
+    assert lock.read_text() == "4242\n"
 
 
 def test_the_terminal_table_shows_every_name_in_full():
