@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plugin", action="append", metavar="FILE.py|MODULE:NAME|EVALUATE_DIR",
                    help="load metric plugins; their metrics are computed too, and replace the run's recorded plugin "
                    "for the metrics they bring (the run's own plugin is otherwise reloaded from the absolute path it "
-                   "recorded, and its fingerprint checked)")
+                   "recorded, and its fingerprint checked; code inside the run folder only when passed here)")
     s.add_argument("--similarity-metric", metavar="NAME", help="metric for the soft confusion analysis (default: the "
                    "one the run used)")
     s.add_argument("--threshold", action="append", metavar="KEY=VALUE", help="analysis thresholds: t, t_low, t_high")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
+import json
 import shutil
 import subprocess
 import sys
@@ -110,6 +112,42 @@ def test_plugin_file(tmp_path):
     assert any(r["name"] == "advises_doctor" for r in list_metrics(plugins=[str(path)]))
 
 
+# An audit hook stands in for a writer that changes the plugin file after medqa-bench has read it (an editor saving, a
+# checkout): the second time the file is opened, it first gets other content.
+_CHANGED_ON_SECOND_OPEN = '''
+import json, os, sys
+path, changed = sys.argv[1], sys.argv[2]
+opened = []
+
+def hook(event, args):
+    if event == "open" and args and isinstance(args[0], (str, os.PathLike)) and os.path.realpath(args[0]) == path:
+        opened.append(1)
+        if len(opened) == 2:
+            with open(path, "w") as fh:  # a third open, left alone
+                fh.write(changed)
+
+sys.addaudithook(hook)
+from medqa_bench.metrics import resolve_metrics
+from medqa_bench.metrics.provenance import plugin_source_of
+
+[m] = resolve_metrics(["advises_doctor"], plugins=[path])
+src = plugin_source_of(m)
+print(json.dumps({"score": m.compute(predictions=["See your doctor."], references=["x"]).tolist(),
+                  "sha256": src.sha256, "text": src.text.decode()}))
+'''
+
+
+def test_a_plugin_file_runs_as_the_bytes_that_were_hashed_and_copied(tmp_path):
+    path = tmp_path / "my_metrics.py"
+    path.write_text(PLUGIN_FILE)
+    changed = PLUGIN_FILE.replace('"doctor" in', '"nurse" in')
+    proc = subprocess.run([sys.executable, "-c", _CHANGED_ON_SECOND_OPEN, str(path.resolve()), changed],
+                          capture_output=True, text=True, check=True)
+    got = json.loads(proc.stdout)
+    assert got["sha256"] == hashlib.sha256(PLUGIN_FILE.encode()).hexdigest() and got["text"] == PLUGIN_FILE
+    assert got["score"] == [1.0]  # the code that ran is the code recorded: it reads "doctor", not "nurse"
+
+
 def test_plugin_file_with_metrics_list_and_factory(tmp_path):
     path = tmp_path / "listed.py"
     path.write_text(textwrap.dedent('''
@@ -124,8 +162,10 @@ def test_plugin_file_with_metrics_list_and_factory(tmp_path):
         METRICS = [length_ratio]
     '''))
     [m] = resolve_metrics(["length_ratio"], plugins=[str(path)], params={"length_ratio": {"cap": 3}})
-    # no signature declared: name, source and the file's digest stand in; plugin parameters are appended
-    assert m.signature.startswith(f"length_ratio|plugin:{path}|sha256=") and m.signature.endswith("|cap=3")
+    # no signature declared: name, the file's name (not its path) and its digest stand in; plugin parameters are
+    # appended
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert m.signature == f"length_ratio|plugin:listed.py|sha256={digest}|cap=3"
     with pytest.raises(MetricError, match="unknown metric 'not_listed'"):
         resolve_metrics(["not_listed"], plugins=[str(path)])
 
@@ -233,6 +273,8 @@ def test_local_evaluate_module(evaluate_module):
     [m] = resolve_metrics(None, plugins=[spec])[-1:]
     assert m.name == "word_overlap_per_item" and m.source == f"evaluate:{evaluate_module}"
     assert "evaluate=" in m.signature and "sha256=" in m.signature
+    assert m.signature.startswith("word_overlap_per_item|evaluate:word_overlap#per_item|sha256=")  # no path: the
+    assert str(evaluate_module.parent) not in m.signature  # sha256 identifies the code, wherever it lies
     got = m.compute(predictions=["Fever and chills", "rash"], references=["fever", "joint pain"])
     assert got.tolist() == [1.0, 0.0]
     # a corpus-level key is computed pair by pair; compute() parameters pass through and enter the signature

@@ -60,24 +60,29 @@ def _cwd(folder: Path):
         os.chdir(before)
 
 
+def _stub_run(folder: Path, *args: str) -> None:
+    """A real two-item run of a served baseline on ``folder``'s tiny.csv, made from ``folder``: the stub server answers
+    every question "Please see a doctor."."""
+    rows = [f'q{i},What are the symptoms of disease {i} ?,"Disease {i} causes fever, cough and pain.",symptoms,d{i}'
+            for i in range(4)]
+    (folder / "tiny.csv").write_text("qid,Question,Answer,qtype,focus\n" + "\n".join(rows) + "\n")
+    server = Stub({"/v1/models": lambda b: (200, MODELS), "/v1/completions": _no_echo, "/v1/chat/completions": _chat})
+    try:
+        with _cwd(folder):
+            assert main(["-q", "run", "--backend", "openai", "--base-url", server.url, "--served-model", SERVED,
+                         "--no-default-adapter", "--reference-rows", "none", "--limit", "2", "--max-new-tokens", "8",
+                         "--data", "tiny.csv", "--split", "all", "--no-report", "--no-cache", *args]) == 0
+    finally:
+        server.close()
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A project folder with my_metrics.py, a 4-row CSV and reports/plugin-run: a real two-item run of a served
     baseline, made from the project folder with ``--plugin my_metrics.py --metrics rougeL``."""
     proj = tmp_path_factory.mktemp("project")
     (proj / "my_metrics.py").write_text(PLUGIN)
-    rows = [f'q{i},What are the symptoms of disease {i} ?,"Disease {i} causes fever, cough and pain.",symptoms,d{i}'
-            for i in range(4)]
-    (proj / "tiny.csv").write_text("qid,Question,Answer,qtype,focus\n" + "\n".join(rows) + "\n")
-    server = Stub({"/v1/models": lambda b: (200, MODELS), "/v1/completions": _no_echo, "/v1/chat/completions": _chat})
-    try:
-        with _cwd(proj):
-            assert main(["-q", "run", "--backend", "openai", "--base-url", server.url, "--served-model", SERVED,
-                         "--no-default-adapter", "--reference-rows", "none", "--limit", "2", "--max-new-tokens", "8",
-                         "--metrics", "rougeL", "--plugin", "my_metrics.py", "--data", "tiny.csv", "--split", "all",
-                         "--no-report", "--no-cache", "--out", "reports/plugin-run"]) == 0
-    finally:
-        server.close()
+    _stub_run(proj, "--metrics", "rougeL", "--plugin", "my_metrics.py", "--out", "reports/plugin-run")
     return proj
 
 
@@ -219,6 +224,129 @@ def test_an_entry_point_with_another_signature_leaves_the_run_on_its_plugin_file
     with _cwd(tmp_path), pytest.raises(MetricError, match=r"mentions_doctor of this run came from the plugin file "
                                        r"my_metrics.py .*another signature \('mentions_doctor\|v2'"):
         score(run.rename(tmp_path / "moved"), report=False, progress=False)
+
+
+# ------------------------------------------------------------------------- a run folder's code is data (review 32)
+
+EVIL = '''import pathlib
+pathlib.Path(MARKER).write_text("imported")  # what code handed over in a run folder could do instead
+from medqa_bench.metrics import Metric
+
+METRICS = [Metric(name="evil_metric", higher_is_better=True, score=lambda p, r, i: [1.0] * len(p),
+                  signature="evil|v1", kind="prediction")]
+'''
+
+
+def _handed_over(folder: Path, plugin: str, marker: Path, output_dir: str | None = None) -> Path:
+    """A hand-made run folder as someone else could hand it over: rougeL, and evil_metric from the recorded plugin
+    ``plugin`` (the older format: a source, no fingerprint), which names code kept inside the folder: plugins/evil.py,
+    plugins/evil_metric/evil_metric.py (an evaluate module) and evil_pkg.py, each writing ``marker`` when imported."""
+    results, samples = make_records(n=6, analysed=False, metrics=("rougeL",))
+    results["spec"]["data"] = {"qtype": "symptoms,treatment"}
+    results["spec"].update(metrics=["rougeL", "evil_metric"], plugins=[plugin], output_dir=output_dir)
+    results["metrics"]["evil_metric"] = {"name": "evil_metric", "higher_is_better": True, "kind": "prediction",
+                                         "signature": "evil|v1",
+                                         "source": plugin if plugin.startswith("evaluate:") else f"plugin:{plugin}"}
+    for name in ("plugins/evil.py", "plugins/evil_metric/evil_metric.py", "evil_pkg.py"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(EVIL.replace("MARKER", repr(str(marker))))
+    atomic.write_json(folder / "results.json", results)
+    atomic.write_jsonl(folder / "samples.jsonl", samples)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["absolute", "link-from-outside", "evaluate", "module", "relative-to-cwd"])
+def test_score_never_imports_code_from_inside_the_run_folder(case, tmp_path, monkeypatch):
+    run, marker = tmp_path / "download" / "evil", tmp_path / "imported"
+    plugin = {"absolute": str(run / "plugins" / "evil.py"), "link-from-outside": str(tmp_path / "looks-outside.py"),
+              "evaluate": f"evaluate:{run / 'plugins' / 'evil_metric'}", "module": "evil_pkg",
+              "relative-to-cwd": "evil/plugins/evil.py"}[case]
+    _handed_over(run, plugin, marker)
+    if case == "link-from-outside":
+        (tmp_path / "looks-outside.py").symlink_to(run / "plugins" / "evil.py")
+    if case == "module":  # the folder on sys.path, as `python -m` or a notebook started in it has it
+        monkeypatch.syspath_prepend(str(run))
+    monkeypatch.chdir(run.parent if case == "relative-to-cwd" else tmp_path)  # (score refuses to run inside it)
+    with pytest.raises(MetricError, match=r"evil_metric of this run came from the plugin .* lies inside the run "
+                                          r"folder .*: score never runs code from a run folder on its own") as err:
+        score(run, report=False, progress=False)
+    assert not marker.exists() and "evil_pkg" not in sys.modules
+    assert "\n" not in str(err.value) and "pass --plugin " in str(err.value)
+
+
+def test_a_folder_that_points_into_itself_is_refused_by_the_cli_unless_its_file_is_passed(tmp_path, capsys):
+    # the review's folder: its own output_dir makes "the directory the run was made in" its parent
+    run, marker = tmp_path / "dl" / "evil", tmp_path / "imported"
+    _handed_over(run, "evil/plugins/evil.py", marker, output_dir="evil")
+    (tmp_path / "elsewhere").mkdir()
+    with _cwd(tmp_path / "elsewhere"):
+        assert main(["score", str(run), "--no-report"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert not marker.exists()
+        assert len(err.splitlines()) == 1 and f"pass --plugin {run / 'plugins' / 'evil.py'} if you trust it" in err
+        # named with --plugin, it is the user's choice: imported and scored
+        assert main(["-q", "score", str(run), "--no-report", "--plugin", str(run / "plugins" / "evil.py")]) == 0
+    assert marker.read_text() == "imported"
+    results = _results(run)
+    assert results["metrics"]["evil_metric"]["plugin_check"]["status"] == "overridden"
+    assert results["results"]["baseline"]["evil_metric"]["value"] == 1.0
+    # the spec now records that file, inside the folder: a plain re-score asks for it again
+    marker.unlink()
+    with pytest.raises(MetricError, match="lies inside the run folder"):
+        score(run, report=False, progress=False)
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------- a default signature holds no path (review 32)
+
+NOSIG = '''from medqa_bench.metrics import Metric
+
+def _mentions_fever(predictions, references, items):
+    return [float("fever" in p.lower()) for p in predictions]
+
+METRICS = [Metric(name="nosig_metric", higher_is_better=True, score=_mentions_fever, bounds=(0, 1))]
+'''
+NOSIG_SIGNATURE = f"nosig_metric|plugin:nosig.py|sha256={hashlib.sha256(NOSIG.encode()).hexdigest()[:12]}"
+
+
+def test_validate_and_run_give_a_plugin_without_signature_one_signature(tmp_path):
+    (tmp_path / "nosig.py").write_text(NOSIG)
+    (tmp_path / "other").mkdir()
+    with _cwd(tmp_path):  # validated by its relative path, as a user types it
+        assert main(["-q", "metrics", "validate", "--plugin", "nosig.py", "--metrics", "nosig_metric", "--bootstrap",
+                     "20", "--out", "validity"]) == 0
+    measured = json.loads((tmp_path / "validity" / "validity.json").read_text())["metrics"]["nosig_metric"]
+    assert measured["signature"] == NOSIG_SIGNATURE  # was the typed path; a run's, the absolute path
+    # a run given the file by another path, from another directory, is matched to that measurement
+    _stub_run(tmp_path / "other", "--plugin", "../nosig.py", "--metrics", "nosig_metric",
+              "--validity", str(tmp_path / "validity" / "validity.json"), "--out", "run")
+    results = _results(tmp_path / "other" / "run")
+    assert results["metrics"]["nosig_metric"]["signature"] == NOSIG_SIGNATURE
+    assert results["validity"]["metrics"]["nosig_metric"]["measured"] is True
+
+
+@pytest.mark.parametrize("recorded", ["typed", "absolute"])
+def test_rescoring_an_older_folder_does_not_call_the_path_form_a_changed_signature(recorded, tmp_path, monkeypatch):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "nosig.py").write_text(NOSIG)
+    monkeypatch.chdir(tmp_path)
+    # its default signature held the path as typed before issue 32, the absolute path since
+    path = "metrics/nosig.py" if recorded == "typed" else str(tmp_path / "metrics" / "nosig.py")
+    results, samples = make_records(n=6, analysed=False, metrics=("rougeL",))
+    results["spec"]["data"] = {"qtype": "symptoms,treatment"}
+    results["spec"].update(metrics=["rougeL", "nosig_metric"], plugins=[path])
+    sha = hashlib.sha256(NOSIG.encode()).hexdigest()
+    results["metrics"]["nosig_metric"] = {
+        "name": "nosig_metric", "higher_is_better": True, "kind": "reference", "bounds": [0, 1],
+        "signature": f"nosig_metric|plugin:{path}|sha256={sha[:12]}", "source": f"plugin:{path}",
+        "plugin": {"spec": path, "kind": "file", "path": str(tmp_path / "metrics" / "nosig.py"), "sha256": sha,
+                   "copy": None}}
+    atomic.write_json(tmp_path / "run" / "results.json", results)
+    atomic.write_jsonl(tmp_path / "run" / "samples.jsonl", samples)
+    info = score(tmp_path / "run", metrics=["nosig_metric"], report=False, progress=False).results["metrics"]
+    check = info["nosig_metric"]["plugin_check"]
+    assert check["status"] == "same" and not check["warning"] and "signature changed" not in check["note"]
+    assert info["nosig_metric"]["signature"] == NOSIG_SIGNATURE
 
 
 # ------------------------------------------------------------------------------------------ item 4

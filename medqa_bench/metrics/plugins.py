@@ -40,13 +40,9 @@ Three ways in, none of which touches medqa-bench's code:
 A plugin whose metric raises, returns the wrong number of scores, NaN, inf or a non-number fails with a
 :class:`~medqa_bench.errors.MetricError` naming the metric, its source and the item.
 
-**What a run records.** A run keeps its plugins by content, so its folder can be re-scored from anywhere: the spec
-holds a plugin file (or an evaluate module) by its resolved absolute path (:func:`absolute_plugin_spec`), and each
-plugin metric's info in results.json holds ``plugin`` (:meth:`PluginSource.record`: the path, the sha256 of the
-source that ran and, for a file, ``copy``: that source saved in the run folder as ``plugins/<stem>-<sha12>.py``).
-The copy is for reading and for the user to name with ``--plugin``: nothing loads it on its own, since a run folder
-may come from someone else and its files are data. ``medqa-bench score`` loads a recorded plugin from its recorded
-path, as it always did, and only when one of its metrics is computed again (:func:`locate_recorded_plugin`).
+**What a run records** of a plugin (its path, the sha256 of the bytes that ran, a copy in the run folder) and how
+``score`` finds it again: :mod:`medqa_bench.metrics.provenance`. A file plugin is read once: those bytes are hashed,
+copied into the run folder and executed, so what is recorded is what ran.
 """
 
 from __future__ import annotations
@@ -56,18 +52,21 @@ import hashlib
 import importlib
 import importlib.util
 import logging
-import re
 import sys
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points, version
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Collection
 
 from ..errors import MetricError
 from ..fingerprint import sha256_bytes, sha256_file, sha256_files
+from ..registry import Registry, import_attr
 from .base import Metric
-from .registry import ENTRY_POINT_GROUP, Registry, import_attr
+from .provenance import PluginSource, signature_source
+from .provenance import absolute_plugin_spec, plugin_copies, recorded_bases  # noqa: F401 - runner.py imports them here
+
+#: The entry-point group an installed package declares its metrics in.
+ENTRY_POINT_GROUP = "medqa_bench.metrics"
 
 log = logging.getLogger(__name__)
 
@@ -118,149 +117,6 @@ def _load_entry_point(ep: Any, source: str) -> Any:
                       "like a metric of the list")
 
 
-@dataclass(frozen=True)
-class PluginSource:
-    """Where one ``--plugin`` value's code came from: ``kind`` "file", "module" or "evaluate", the resolved absolute
-    ``path`` of its source (a module: its file, if it has one), the ``sha256`` of that source (an evaluate folder: of
-    its .py files, :func:`~medqa_bench.fingerprint.sha256_files`) and the ``metrics`` it registered. ``text``: a file
-    plugin's source as it was read and run, which the run folder keeps a copy of."""
-
-    spec: str
-    kind: str
-    path: str | None
-    sha256: str | None
-    metrics: tuple[str, ...] = ()
-    text: bytes | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def copy(self) -> str | None:
-        """Where the run folder keeps a file plugin's source: ``plugins/<stem>-<sha12>.py`` (named by content, so a
-        re-score with a changed source keeps the copy the other metrics were computed with)."""
-        if self.kind != "file" or not self.sha256 or not self.path:
-            return None
-        return f"plugins/{Path(self.path).stem}-{self.sha256[:12]}.py"
-
-    def record(self) -> dict[str, Any]:
-        """``MetricInfo.plugin`` (medqa_bench.schema.PluginRecord)."""
-        return {"spec": self.spec, "kind": self.kind, "path": self.path, "sha256": self.sha256, "copy": self.copy}
-
-
-@dataclass(frozen=True)
-class ProvenanceDetails:
-    """A plugin metric's :attr:`Metric.details <medqa_bench.metrics.Metric.details>`: its own details (``inner``), then
-    ``plugin`` (:meth:`PluginSource.record`) and, when ``score`` computed it again, ``plugin_check`` (how its code was
-    found that time: medqa_bench.schema.PluginCheck)."""
-
-    plugin: PluginSource | None
-    inner: Callable[[], dict[str, Any]] | None = None
-    check: dict[str, Any] | None = None
-
-    def __call__(self) -> dict[str, Any]:
-        out = dict(self.inner()) if self.inner is not None else {}
-        if self.plugin is not None:
-            out["plugin"] = self.plugin.record()
-        if self.check is not None:
-            out["plugin_check"] = dict(self.check)
-        return out
-
-
-def plugin_source_of(metric: Metric) -> PluginSource | None:
-    """The plugin a built metric came from (None: a built-in or an installed entry point)."""
-    details = metric.details
-    return details.plugin if isinstance(details, ProvenanceDetails) else None
-
-
-def plugin_kind(spec: str, base: Path | None = None) -> str:
-    """"file", "module" or "evaluate": how :func:`load_plugin` reads a ``--plugin`` value (a relative file looked for
-    under ``base``, default the working directory)."""
-    if spec.startswith("evaluate:"):
-        return "evaluate"
-    path = Path(spec).expanduser()
-    return "file" if spec.endswith(".py") or (path if base is None else base / path).is_file() else "module"
-
-
-def _split_path(spec: str) -> tuple[str, str, str]:
-    """``evaluate:PATH#KEY`` -> ("evaluate:", PATH, "#KEY"); a file -> ("", PATH, "")."""
-    if spec.startswith("evaluate:"):
-        path, sep, key = spec[len("evaluate:"):].partition("#")
-        return "evaluate:", path, sep + key
-    return "", spec, ""
-
-
-def absolute_plugin_spec(spec: str, base: str | Path | None = None) -> str:
-    """A ``--plugin`` value that names the same code from any working directory: a file, or an evaluate module's
-    path, resolved against ``base`` (default: the working directory); a module name as it is.
-
-    >>> absolute_plugin_spec("metrics/mine.py", "/home/me/project")
-    '/home/me/project/metrics/mine.py'
-    >>> absolute_plugin_spec("evaluate:modules/overlap#f1", "/srv")
-    'evaluate:/srv/modules/overlap#f1'
-    >>> absolute_plugin_spec("my_package.metrics:ALL")
-    'my_package.metrics:ALL'
-    """
-    spec = str(spec).strip()
-    root = Path.cwd() if base is None else Path(base)
-    if plugin_kind(spec, root) == "module":
-        return spec
-    prefix, path, suffix = _split_path(spec)
-    p = Path(path).expanduser()
-    return f"{prefix}{(p if p.is_absolute() else root / p).resolve()}{suffix}"
-
-
-def locate_recorded_plugin(spec: str, bases: Sequence[Path]) -> str:
-    """A plugin value as a run's spec recorded it, made loadable from here. Runs record files by absolute path; an
-    older run recorded the path as typed, relative to the directory it ran in: the first of ``bases`` (the working
-    directory, the run's) where that file exists. A value that names no file here is returned as is, so loading it
-    fails naming the path the run recorded."""
-    prefix, path, _ = _split_path(spec)
-    if Path(path).expanduser().is_absolute() or not (prefix or path.endswith(".py")):
-        return spec  # already absolute, or a module name
-    for base in bases:
-        if (Path(base) / Path(path).expanduser()).exists():
-            return absolute_plugin_spec(spec, base)
-    return spec
-
-
-#: Where a run folder keeps a plugin's source: ``MetricInfo.plugin.copy`` is checked against it before the file is
-#: read or written, so a results.json from elsewhere cannot point outside the folder.
-_COPY_NAME = re.compile(r"plugins/[A-Za-z0-9_][A-Za-z0-9_.\-]*\.py")
-
-
-def plugin_copies(metrics: Sequence[Metric], kept: Mapping[str, dict[str, Any]] | None = None,
-                  run_dir: Path | None = None) -> dict[str, bytes]:
-    """The plugin sources a run folder keeps (relative path -> bytes): those ``metrics`` were loaded from, and the
-    copies already in ``run_dir`` that a re-score still refers to: those of the metrics it keeps (``kept``: their
-    infos), and the run's source of a metric computed again from another (``plugin_check.recorded.copy``). A copy
-    that is missing or no longer matches its fingerprint is dropped from its record, with a warning."""
-    files = {src.copy: src.text for m in metrics if (src := plugin_source_of(m)) and src.copy and src.text is not None}
-    records = [(m.name, m.details.check.get("recorded")) for m in metrics
-               if isinstance(m.details, ProvenanceDetails) and m.details.check]
-    for name, info in (kept or {}).items():
-        records += [(name, info.get("plugin")), (name, (info.get("plugin_check") or {}).get("recorded"))]
-    for name, record in records:
-        copy = record.get("copy") if isinstance(record, dict) else None
-        if not copy or copy in files:
-            continue
-        path = Path(run_dir or ".") / copy
-        if _COPY_NAME.fullmatch(copy) and path.is_file() and sha256_file(path) == record.get("sha256"):
-            files[copy] = path.read_bytes()
-        else:
-            log.warning("%s: the run folder's copy of its plugin source, %s, is missing or does not match its "
-                        "fingerprint; not kept", name, path)
-            record["copy"] = None
-    return files
-
-
-def recorded_bases(run_dir: Path, output_path: Path) -> list[Path]:
-    """Where an older run's relative plugin path may be found: the working directory, then the one the run was made
-    in (the run folder less its recorded output path, ``reports/<name>`` by default)."""
-    bases = [Path.cwd()]
-    parts, out = Path(run_dir).resolve().parts, Path(output_path).parts
-    if not Path(output_path).is_absolute() and ".." not in out and parts[len(parts) - len(out):] == out:
-        bases.append(Path(*parts[: len(parts) - len(out)]))
-    return bases
-
-
 def load_plugin(reg: Registry, spec: str, *, only: Collection[str] | None = None) -> PluginSource:
     """Register the metrics of one ``--plugin`` value (with ``only``, just those of these names); returns where its
     code came from and the names registered."""
@@ -273,9 +129,9 @@ def load_plugin(reg: Registry, spec: str, *, only: Collection[str] | None = None
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
             raise MetricError(f"plugin file {spec} does not exist")
-        text = path.read_bytes()  # fingerprinted and copied as read, and imported as that content
+        text = path.read_bytes()  # read once: these bytes are hashed, copied into the run folder and executed
         digest = sha256_bytes(text)
-        module = _import_file(path, spec, digest)
+        module = _import_file(path, spec, text, digest)
         names = _register_all(reg, _module_metrics(module, spec), f"plugin:{spec}", f"sha256={digest[:12]}", only)
         return PluginSource(spec, "file", str(path.resolve()), digest, tuple(names), text)
     module_name, _, attr = spec.partition(":")
@@ -306,7 +162,9 @@ def _module_provenance(module: ModuleType) -> str:
         return f"sha256={sha256_file(file)[:12]}" if file else ""
 
 
-def _import_file(path: Path, spec: str, digest: str) -> ModuleType:
+def _import_file(path: Path, spec: str, text: bytes, digest: str) -> ModuleType:
+    """The module of a plugin file whose bytes, ``text``, were read once: those bytes are executed (never the file
+    read again, which may have changed since it was hashed)."""
     resolved = path.resolve()
     # named by path and content: a file edited since it was imported in this process is imported again
     name = (f"_medqa_bench_plugin_{resolved.stem}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}_"
@@ -319,7 +177,7 @@ def _import_file(path: Path, spec: str, digest: str) -> ModuleType:
     module = importlib.util.module_from_spec(mod_spec)
     sys.modules[name] = module  # dataclasses and pickling look modules up by name
     try:
-        mod_spec.loader.exec_module(module)
+        exec(compile(text, str(resolved), "exec"), module.__dict__)
     except Exception as exc:
         del sys.modules[name]
         raise MetricError(f"plugin {spec} failed to import: {type(exc).__name__}: {exc}") from exc
@@ -443,8 +301,8 @@ def _evaluate_metric(name, path, key, source, provenance, higher_is_better, boun
         ]
 
     kwargs = "|".join(f"{k}={v}" for k, v in sorted(compute_kwargs.items()))
-    signature = "|".join(filter(None, [name, source + (f"#{key}" if key else ""), provenance, kwargs,
-                                       f"evaluate={version('evaluate')}"]))
+    named = signature_source(source + (f"#{key}" if key else ""))  # by file name: the sha256 identifies the code
+    signature = "|".join(filter(None, [name, named, provenance, kwargs, f"evaluate={version('evaluate')}"]))
     return Metric(
         name=name,
         higher_is_better=bool(higher_is_better),

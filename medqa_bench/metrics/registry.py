@@ -19,14 +19,14 @@ import inspect
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import MetricError
-from ..registry import Registry, import_attr  # noqa: F401 - import_attr: plugins.py's, from here
+from ..registry import Registry
 from .base import Metric
-
-if TYPE_CHECKING:
-    from .plugins import PluginSource
+from .plugins import ENTRY_POINT_GROUP, load_entry_points, load_plugin  # noqa: F401 - ENTRY_POINT_GROUP: __init__'s
+from .provenance import (PluginSource, absolute_plugin_spec, find_recorded_plugin, plugin_check, recorded_plugin,
+                         same_signature, signature_source, stamp_provenance)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ DEFAULT_METRICS = [
 ]  # fmt: skip  (the last two score systems with retrieval only; a run without --rag records neither; judge_grade
 #    is asked for by name, "--metrics default,judge": each answer costs a forward pass of a judge model)
 
-ENTRY_POINT_GROUP = "medqa_bench.metrics"
-
 
 def _is_metric_or_factory(obj: Any) -> bool:
     return isinstance(obj, Metric) or (callable(obj) and not isinstance(obj, type))
@@ -93,8 +91,6 @@ def _registry(plugins: Sequence[str], *, entry_points: bool = True, broken: list
     ``files_win`` (``score``): the plugins, then ``recorded`` (a run's plugins, each for the metric names given), are
     registered before the entry points, and an entry point of a name they registered is left out instead of refused.
     """
-    from .plugins import load_entry_points, load_plugin
-
     reg = MetricRegistry()
     for name, target in BUILTINS.items():
         reg.register(name, target, source="builtin")
@@ -154,7 +150,8 @@ def build_metric(reg: Registry, name: str, params: dict[str, Any] | None = None)
             f"metric registered as '{name}' ({source}) is named '{metric.name}'; the entry-point or registered name "
             "must equal Metric.name"
         )
-    signature = metric.signature or "|".join(filter(None, [name, source, reg.provenance(name)]))
+    # a plugin by its file name, not its path: the sha256 in its provenance identifies the code
+    signature = metric.signature or "|".join(filter(None, [name, signature_source(source), reg.provenance(name)]))
     if source != "builtin":
         # Built-in factories write their parameters into the signature themselves; a plugin's are added here so
         # two runs with different parameters never share a signature.
@@ -164,18 +161,6 @@ def build_metric(reg: Registry, name: str, params: dict[str, Any] | None = None)
     stamped = dataclasses.replace(metric, source=source, signature=signature)
     src = reg.plugin_sources.get(name) if isinstance(reg, MetricRegistry) else None
     return stamp_provenance(stamped, plugin=src) if src is not None else stamped
-
-
-def stamp_provenance(metric: Metric, *, plugin: PluginSource | None = None,
-                     check: dict[str, Any] | None = None) -> Metric:
-    """``metric`` whose info in results.json also says where its code came from (``plugin``) and how ``score`` found
-    it (``plugin_check``): :class:`~medqa_bench.metrics.plugins.ProvenanceDetails` around its own details."""
-    from .plugins import ProvenanceDetails
-
-    details = metric.details
-    if isinstance(details, ProvenanceDetails):
-        plugin, check, details = plugin or details.plugin, check or details.check, details.inner
-    return dataclasses.replace(metric, details=ProvenanceDetails(plugin, details, check))
 
 
 def _expand(names: Iterable[str]) -> list[str]:
@@ -249,13 +234,13 @@ def resolve_rescore_metrics(
     from a plugin comes, in this order, from a ``--plugin`` given now (it overrides the recorded plugin), from an
     installed entry point or built-in of its name whose signature is the recorded one, or from the recorded plugin,
     loaded from the path the run recorded (an older run's relative path: looked for under ``bases``) and only when
-    one of its metrics is computed again. Each such metric's info gets ``plugin_check``: how its code was found, its
-    fingerprint against the recorded one, a changed signature (:func:`_plugin_check`).
+    one of its metrics is computed again: never from inside ``run_dir``, which only a ``--plugin`` given now may name
+    (:func:`~medqa_bench.metrics.provenance.find_recorded_plugin`). Each such metric's info gets ``plugin_check``: how
+    its code was found, its fingerprint against the recorded one, a changed signature
+    (:func:`~medqa_bench.metrics.provenance.plugin_check`).
     """
-    from .plugins import absolute_plugin_spec, locate_recorded_plugin, plugin_kind, plugin_source_of
-
     given = [absolute_plugin_spec(p) for p in dict.fromkeys(plugins)]
-    origin = {n: o for n, info in recorded.items() if (o := _recorded_plugin(n, info, recorded_plugins))}
+    origin = {n: o for n, info in recorded.items() if (o := recorded_plugin(n, info, recorded_plugins))}
     reg, by_plugin = _registry(given, files_win=True)
     wanted = _wanted(names, given, by_plugin)
     params = _checked_params(params, wanted)
@@ -272,23 +257,21 @@ def resolve_rescore_metrics(
             except MetricError as exc:  # an installed metric that does not load: the run's own file, as recorded
                 log.warning("%s: the installed %s does not load (%s); using the run's plugin", n, reg.source(n), exc)
             else:
-                if now.signature == recorded[n].get("signature"):
+                if same_signature(recorded[n].get("signature"), now.signature):
                     how[n] = "entry-point"
                     continue
                 passed_over[n] = now
         need.setdefault(origin[n], []).append(n)
         how[n] = "recorded"
-    located = {o: locate_recorded_plugin(o, bases) for o in need}
-    for o, ns in need.items():
-        if plugin_kind(located[o]) == "file" and not Path(located[o]).is_file():
-            raise MetricError(_missing_plugin(ns, o, recorded, passed_over, run_dir))
+    located = {o: find_recorded_plugin(o, ns, bases=bases, run_dir=run_dir, recorded=recorded, passed_over=passed_over)
+               for o, ns in need.items()}  # nothing is imported before every recorded plugin needed is checked
     if need:
         reg, by_plugin = _registry(given, files_win=True, recorded={located[o]: ns for o, ns in need.items()})
     metrics = []
     for n in wanted:
         metric = build_metric(reg, n, metric_params_for(n, params))
         if n in how:
-            check = _plugin_check(how[n], recorded[n], metric, plugin_source_of(metric), passed_over.get(n))
+            check = plugin_check(how[n], recorded[n], metric, passed_over.get(n))
             (log.warning if check["warning"] else log.info)("%s: %s", n, check["note"])
             metric = stamp_provenance(metric, check=check)
         metrics.append(metric)
@@ -298,74 +281,6 @@ def resolve_rescore_metrics(
         if not brought or not all(how.get(n) in ("overridden", "entry-point") for n in brought):
             kept.append(located.get(o, o))
     return metrics, tuple(dict.fromkeys([*kept, *given]))
-
-
-def _recorded_plugin(name: str, info: Mapping[str, Any], specs: Sequence[str]) -> str | None:
-    """The value of ``spec.plugins`` a recorded metric came from: its ``plugin.spec``, or for a run written before
-    runs recorded plugins by content, the plugin its ``source`` names. None: a built-in or an entry point."""
-    plugin = info.get("plugin")
-    if isinstance(plugin, dict) and plugin.get("spec"):
-        return str(plugin["spec"])
-    source = str(info.get("source") or "")
-    if source.startswith("plugin:") and source[len("plugin:"):] in specs:
-        return source[len("plugin:"):]
-    if source.startswith("evaluate:"):  # evaluate:PATH, recorded as evaluate:PATH#KEY: the key names the metric
-        same = [s for s in specs if s.split("#")[0] == source]
-        return next((s for s in same if "#" in s and name.endswith(s.split("#", 1)[1])), same[0] if same else None)
-    return None
-
-
-def _plugin_check(how: str, info: Mapping[str, Any], metric: Metric, src: PluginSource | None,
-                  passed_over: Metric | None) -> dict[str, Any]:
-    """``MetricInfo.plugin_check`` (medqa_bench.schema.PluginCheck) of a metric ``score`` computed again: ``how`` its
-    code was found ("overridden", "entry-point", "recorded"), checked against what the run recorded."""
-    old = info.get("plugin") if isinstance(info.get("plugin"), dict) else {}
-    was, old_sha = old.get("spec") or info.get("source"), old.get("sha256")
-    new_sha = src.sha256 if src is not None else None
-    where = (src.path or src.spec) if src is not None else metric.source
-    differs = bool(old_sha) and old_sha != new_sha
-    shas = f"sha256 {old_sha[:12]} recorded, {(new_sha or 'none')[:12]} now" if old_sha else ""
-    if how == "overridden":
-        status = "overridden"
-        note = (f"from --plugin {where} instead of the recorded {was}: "
-                + (f"another source ({shas})" if differs else f"the same source ({shas})" if old_sha
-                   else "the run recorded no fingerprint to compare it with"))
-    elif how == "entry-point":
-        status, note = "entry-point", f"from {metric.source} instead of the recorded {was}, with the recorded signature"
-    elif not old_sha:
-        status = "unverified"
-        note = (f"reloaded from {where}; the run recorded no fingerprint to check it against (it was made before runs "
-                "recorded their plugins by content)")
-    elif differs:
-        status = "changed"
-        note = (f"{where} changed since the run recorded it ({shas}): computed again with the changed source"
-                + (f"; the run's source is kept in {old['copy']}" if old.get("copy") else ""))
-    else:
-        status, note = "same", f"reloaded from {where}, the source the run recorded (sha256 {old_sha[:12]})"
-    if passed_over is not None:
-        note += (f"; the installed {passed_over.source} was not used: its signature '{passed_over.signature}' is not "
-                 "the recorded one")
-    old_signature = info.get("signature")
-    signature_changed = bool(old_signature) and old_signature != metric.signature
-    if signature_changed:
-        note += f"; its signature changed from '{old_signature}' to '{metric.signature}'"
-    recorded = {"source": info.get("source"), "signature": old_signature, "sha256": old_sha, "copy": old.get("copy")}
-    return {"status": status, "recorded": recorded, "sha256": new_sha,
-            "warning": differs or status == "unverified" or signature_changed, "note": note}
-
-
-def _missing_plugin(names: list[str], spec: str, recorded: Mapping[str, Any], passed_over: Mapping[str, Metric],
-                    run_dir: Path | None) -> str:
-    """The error for a recorded plugin file that is not where the run recorded it: what to pass instead."""
-    copy = next((recorded[n]["plugin"].get("copy") for n in names if isinstance(recorded[n].get("plugin"), dict)), None)
-    saved = f" (the run folder keeps the source it ran: {Path(run_dir or '.') / copy})" if copy else ""
-    installed = "".join(f"; the installed {m.source} gives '{n}' another signature ('{m.signature}', recorded "
-                        f"'{recorded[n].get('signature')}')" for n, m in passed_over.items() if n in names)
-    relative = "" if Path(spec).is_absolute() else " (a path relative to the directory the run was made in)"
-    return (f"metric{'s' if len(names) > 1 else ''} {', '.join(names)} of this run came from the plugin file {spec}"
-            f"{relative}, which does not exist here{installed}; pass --plugin FILE to compute "
-            f"{'them' if len(names) > 1 else 'it'} again with that source{saved}, or leave "
-            f"{'them' if len(names) > 1 else 'it'} out of --metrics to keep the recorded scores")
 
 
 def metric_params_for(name: str, params: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
