@@ -5,8 +5,12 @@ OpenAI-compatible stub server (no model weights: the subject is what the run rec
 once; each test re-scores its own copy of the folder: from another directory in a real subprocess (the working
 directory is the subject), with ``--plugin`` overriding the recorded file, with the recorded file edited since, as a
 folder written before runs recorded plugins by content, and with the same metric installed as an entry point of a real
-distribution (a ``dist-info`` folder on ``sys.path``). Then the soft-match metric kept by ``rescore`` and the API
-table's ``better`` read only after Holm, on hand-made run folders.
+distribution (a ``dist-info`` folder on ``sys.path``). From the review of issue 32: hand-made run folders handed over
+by someone else, whose recorded plugin names code inside the folder (that code writes a marker file if imported: it
+never is, unless passed with ``--plugin``); a plugin without a signature of its own, validated by one path and run by
+another (one signature, so the run's validity block finds its measurement), and older folders whose signatures wrote
+the plugin's path. Then the soft-match metric kept by ``rescore`` and the API table's ``better`` read only after Holm,
+on hand-made run folders.
 """
 
 from __future__ import annotations
