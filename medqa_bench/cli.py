@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", metavar="FILE", help="where to write the HTML (default: RUN_DIR/report.html)")
     rp.add_argument("--plotly", choices=["inline", "cdn"], default="inline", help="inline plotly.js (offline, default) or link it")
     rp.add_argument("--label", action="append", metavar="NAME", dest="labels", help="a name for each RUN_DIR, in "
-                    "order, repeatable (default: each folder's name); one per folder, each unique")
+                    "order, repeatable (default: each folder's name); one per folder, each unique, without '/' or '+'")
 
     t = sub.add_parser("train", help="QLoRA fine-tuning from a recipe; writes a PEFT adapter folder")
     t.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file or a bundled recipe name (e.g. smollm2-135m-symptoms)")

@@ -12,7 +12,8 @@ training item, an adapter's format source and its loss definition, and a flagged
 
 For combined reports, a run can differ from another in its budget (``max_new_tokens``), its metrics (``metrics``),
 the items scored by loss and perplexity alone (``nll_only``), its null pairs (``null_items``: null scores on the first
-items only), its thresholds (``spec_thresholds``) and its primary metric (``primary``: a validity block naming it);
+items only), its thresholds (``spec_thresholds``), the similarity metric its spec asks for (``similarity_metric``)
+and its primary metric (``primary``: a validity block naming it);
 ``adapter_seed`` draws the adapters' answers apart, so runs of one ``seed`` share their baseline and reference rows.
 """
 
@@ -187,6 +188,7 @@ def make_records(
     spec_thresholds: dict | None = None,
     primary: str | None = None,
     adapter_seed: int | None = None,
+    similarity_metric: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """``(results, samples)`` as dicts; the adapter is better than the chat baseline on average but worse on rougeL
     (and not better than retrieval there); a reference-format baseline row is weaker and leaves some answers empty."""
@@ -366,7 +368,7 @@ def make_records(
             "data": {"source": "medquad.csv.gz", "qtype": "symptoms,treatment", "split": "test"},
             "decoding": {"max_new_tokens": max_new_tokens, "do_sample": False},
             "metrics": list(chosen),
-            "analysis": {"similarity_metric": None, "thresholds": spec_thresholds or {}, "seed": 0},
+            "analysis": {"similarity_metric": similarity_metric, "thresholds": spec_thresholds or {}, "seed": 0},
         },
         "environment": {
             "python": "3.11.2",

@@ -377,9 +377,14 @@ def test_screenshot_saved(loaded_report):
     assert (ARTIFACTS / "report-top.png").read_bytes()[:4] == b"\x89PNG"
 
 
+COMBINED_EXAMPLE = Path(__file__).resolve().parents[1] / "reports" / "combined-example" / "combined-report.png"
+
+
 def test_combined_report_of_three_runs_fits_a_laptop_screen(tmp_path):
-    """A 3-run combined report at 1,400 px: no sideways page scroll (wide tables scroll in their own box), every chart
-    drawn, no JavaScript error; the full page goes to test-artifacts/combined-report.png (the README shows it)."""
+    """A 3-run combined report at 1,400 px: no sideways scroll, neither of the page nor of any table in its own box
+    (every <details> opened), every chart drawn, no JavaScript error. The page's opening goes to
+    test-artifacts/combined-report.png (the README shows a copy of it, committed as
+    reports/combined-example/combined-report.png), the whole page to test-artifacts/combined-report-full.png."""
     common = dict(n=16, seed=4, analysed=False, adapters=("qlora", "dora"), primary="fuzzy")
     folders = [make_run(tmp_path / name, adapter_seed=k, max_new_tokens=budget, **common)
                for k, (name, budget) in enumerate((("smollm2-r16", 64), ("smollm2-r32", 64), ("smollm2-short", 24)))]
@@ -387,17 +392,7 @@ def test_combined_report_of_three_runs_fits_a_laptop_screen(tmp_path):
     browser = DevTools(chromium_binary(), tmp_path / "profile", tmp_path / "chromium.log")
     try:
         session = browser.open_report(report, 1400, 900)
-        state = json.loads(browser.evaluate(session, """JSON.stringify({
-            scroll_width: document.documentElement.scrollWidth, body_width: document.body.scrollWidth,
-            expected: Number(document.body.getAttribute('data-expected-figures')),
-            rendered: document.querySelectorAll('.js-plotly-plot').length,
-            matrix: Array.from(document.querySelectorAll('table.run-matrix tbody tr')).map(function (r) {
-                return r.getAttribute('data-adapter'); }),
-            columns: document.querySelectorAll('table.run-matrix thead th[data-run]').length,
-            summary_columns: document.querySelectorAll('table.headline thead th.sys').length,
-            runs: Array.from(document.querySelectorAll('section.run-detail')).map(function (s) {
-                return s.getAttribute('data-run'); })})"""))
-        # the page's opening (header, runs, the adapter × run matrix) for the README, and the whole page
+        # the page's opening (header, runs, the adapter × run matrix) for the README, before any <details> opens
         opening = browser.evaluate(session, "document.querySelector('table.run-matrix').closest('.scroll')"
                                             ".nextElementSibling.getBoundingClientRect().bottom + window.scrollY + 16")
         size = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
@@ -406,16 +401,46 @@ def test_combined_report_of_three_runs_fits_a_laptop_screen(tmp_path):
             shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": {
                 "x": 0, "y": 0, "width": size["width"], "height": height, "scale": 1}}, session, timeout=120)
             (ARTIFACTS / name).write_bytes(base64.b64decode(shot["data"]))
+        state = json.loads(browser.evaluate(session, """JSON.stringify((function () {
+            document.querySelectorAll('details').forEach(function (d) { d.open = true; });
+            var boxes = Array.from(document.querySelectorAll('.scroll'));
+            return {
+            scroll_width: document.documentElement.scrollWidth, body_width: document.body.scrollWidth,
+            n_boxes: boxes.length,
+            wide_boxes: boxes.filter(function (b) { return b.scrollWidth > b.clientWidth; }).map(function (b) {
+                var t = b.querySelector('table');
+                return (t ? t.className : '?') + (b.getAttribute('data-run') ? ' of run ' + b.getAttribute('data-run')
+                    : '') + ': ' + b.scrollWidth + ' > ' + b.clientWidth; }),
+            expected: Number(document.body.getAttribute('data-expected-figures')),
+            rendered: document.querySelectorAll('.js-plotly-plot').length,
+            matrix: Array.from(document.querySelectorAll('table.run-matrix tbody tr')).map(function (r) {
+                return r.getAttribute('data-adapter'); }),
+            columns: document.querySelectorAll('table.run-matrix thead th[data-run]').length,
+            summary: Array.from(document.querySelectorAll('#summary .summary-table')).map(function (b) {
+                return [b.getAttribute('data-run'), b.querySelectorAll('thead th.sys').length]; }),
+            runs: Array.from(document.querySelectorAll('section.run-detail')).map(function (s) {
+                return s.getAttribute('data-run'); })}; })())"""))
         errors = js_errors(browser.events)
     finally:
         browser.close()
     assert errors == []
     assert state["scroll_width"] <= 1400 and state["body_width"] <= 1400, state
+    assert state["n_boxes"] > 10 and state["wide_boxes"] == [], state["wide_boxes"]
     assert state["rendered"] == state["expected"] > 0
     assert state["matrix"] == ["qlora", "dora"] and state["columns"] == 3
     assert state["runs"] == ["r16", "r32", "short"]
-    # every run shares the reference rows and r16 and r32 their baseline (one column each); short's budget gave it a
-    # baseline of its own
-    assert state["summary_columns"] == 3 + 1 + 2 * 2 + 1 + 2
+    # the rows every run shares (the three reference rows), then each run's: r16 and r32 share their baseline (in
+    # both tables), short's budget gave it a baseline of its own
+    assert state["summary"] == [[None, 3], ["r16", 3], ["r32", 3], ["short", 3]]
     assert all((ARTIFACTS / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
                for n in ("combined-report.png", "combined-report-full.png"))
+
+
+def test_the_readmes_combined_report_image_is_committed_and_small():
+    """The README shows reports/combined-example/combined-report.png: a copy of the browser test's page opening,
+    committed (test-artifacts/ is not), 1,400 px wide and a few hundred KB at most."""
+    png = COMBINED_EXAMPLE.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(png) < 400_000
+    assert int.from_bytes(png[16:20], "big") == 1400  # IHDR width
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "](reports/combined-example/combined-report.png)" in readme

@@ -30,6 +30,15 @@ def _run_detail(page: str, run: str) -> str:
     return page[start:page.index("</section>", start)]
 
 
+def _summary(page: str) -> list[tuple[str, list[str]]]:
+    """The summary's tables: each one's title and the rows it shows, in order."""
+    block = page[page.index('<section id="summary">'):page.index('<p class="legend">Value with 95% bootstrap CI')]
+    titles = [html_lib.unescape(t) for t in re.findall(r'<h3 class="summary-title"[^>]*>(.*?)</h3>', block)]
+    tables = [re.findall(r'<th class="sys[^"]*" data-kind="[^"]*" data-system="([^"]+)"', t)
+              for t in re.findall(r'<table class="headline">(.*?)</thead>', block, re.S)]
+    return list(zip(titles or [None] * len(tables), tables))
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """``small``: a 32-token budget, no fuzzy, its rougeL thresholds set in its spec, 14 items, primary rougeL;
@@ -50,6 +59,7 @@ def two_runs(tmp_path_factory):
 def _facts(results: dict) -> dict:
     analysis = results["analysis"]
     return {"budget": results["budget"], "metrics": set(results["metrics"]), "n_items": analysis["n_items"],
+            "n_nll_items": analysis["n_nll_items"],
             "pairs": {m: th["n_pairs"] for m, th in analysis["match_thresholds"].items()},
             "fallback": {m for m, th in analysis["match_thresholds"].items() if th["source"] == "default"},
             "primary": results["validity"]["primary"]["metric"]}
@@ -72,8 +82,10 @@ def _check_against(line: str, facts: dict) -> None:
         assert int(n) == b["max_new_tokens"], line
     for longer, total in re.findall(r"(\d+) of the evaluated split's (\d+) references", line):
         assert (int(longer), int(total)) == (b["references_longer"], b["n_references"]), line
-    for n in re.findall(r"only (\d+) items", line):
+    for n in re.findall(r"only (\d+) (?:generated )?items", line):
         assert int(n) == facts["n_items"], line
+    for n in re.findall(r"perplexity was scored on (\d+) items", line):
+        assert int(n) == facts["n_nll_items"], line
     few = re.search(r"too few null pairs for (.+?): calibration needs", line)
     if few:
         named = dict((m, int(n)) for m, n in re.findall(r"(\w+) \((\d+)\)", few.group(1)))
@@ -109,6 +121,9 @@ def test_every_sentence_of_the_verdict_takes_its_facts_from_the_run_it_names(two
     assert "in run big: 14 of the evaluated split's 14 references are longer than the 16-token budget" in text
     assert "too few null pairs for embedding_similarity (4), fuzzy (4), rougeL (4)" in text
     assert "in run small: primary metric: rougeL" in text and "in run big: primary metric: fuzzy" in text
+    # big's perplexity was scored on its 5 loss-only items too: its small-sample warning counts each set
+    assert "in run big: only 14 generated items: on the generation metrics the intervals are wide" in text
+    assert "perplexity was scored on 19 items, also few" in text
     # each run's warnings sit in its own detail section
     assert "32-token budget" in _run_detail(page, "small") and "16-token budget" not in _run_detail(page, "small")
     assert "16-token budget" in _run_detail(page, "big") and "32-token budget" not in _run_detail(page, "big")
@@ -174,12 +189,16 @@ def test_a_row_several_runs_share_is_shown_once_and_each_runs_adapters_are_compa
                make_run(tmp_path / "r32", adapter_seed=2, **common),
                make_run(tmp_path / "short", adapter_seed=3, max_new_tokens=24, **common)]
     page = render_report(folders, tmp_path / "c.html").read_text(encoding="utf-8")
-    head = re.search(r'<table class="headline">\s*<thead>(.*?)</thead>', page, re.S).group(1)
-    columns = re.findall(r'data-system="([^"]+)"', head)
-    # the reference rows answer alike in every run; r16 and r32 share their baseline, short's budget gives it its own
-    assert columns == ["retrieval", "boilerplate", "question", "r16+r32/baseline", "r16/qlora", "r32/qlora",
-                       "short/baseline", "short/qlora"]
-    assert '<th colspan="3" class="group">shared by every run</th>' in head
+    # the reference rows answer alike in every run; r16 and r32 share their baseline, short's budget gives it its own.
+    # The summary is one table of what every run shares, then one per run (a row two runs share, in both)
+    assert _summary(page) == [("Rows every run shares", ["retrieval", "boilerplate", "question"]),
+                              ("Run r16", ["r16+r32/baseline", "r16/qlora"]),
+                              ("Run r32", ["r16+r32/baseline", "r32/qlora"]),
+                              ("Run short", ["short/baseline", "short/qlora"])]
+    assert page.count('data-system="r16+r32/baseline"') >= 2
+    # the adapters' training eval losses, one number defined alike: one column, not one per run
+    assert re.findall(r'<th class="training">(.*?)</th>', page) == [
+        "r16/qlora, r32/qlora, short/qlora: training eval loss"]
     lines = _verdict_lines(page)
     for run in ("r16", "r32"):
         assert any(line.startswith(f"condition: prompt format: {run}/qlora in 'reference' (training metadata), "
@@ -220,3 +239,111 @@ def test_the_conditions_name_the_base_in_words():
     assert any("was trained on a 4-bit base and is evaluated on the unquantized base" in line for line in lines)
     assert any("on a 4-bit base in bfloat16" in line for line in lines)
     assert not any(re.search(r"\b(none|4bit) base\b", line) for line in lines)
+
+
+# ------------------------------------------------------------------------------------------ review of items 1-2
+
+
+def _figure(page: str, fig_id: str) -> dict:
+    return json.loads(html_lib.unescape(re.search(rf'id="fig-{fig_id}-data">(.*?)</script>', page, re.S).group(1)))
+
+
+@pytest.fixture(scope="module")
+def two_metrics(tmp_path_factory):
+    """Run ``a`` asks for rougeL and sets its rougeL thresholds; run ``b`` asks for fuzzy and sets ``t`` without
+    naming a metric (so for fuzzy, its own choice). Same items, same baseline and reference rows."""
+    root = tmp_path_factory.mktemp("metrics")
+    common = dict(n=16, seed=5, n_bootstrap=200, adapters=("qlora",))
+    a = make_run(root / "a", adapter_seed=1, similarity_metric="rougeL",
+                 spec_thresholds={"rougeL": {"t": 0.25, "t_low": 0.2, "t_high": 0.4}}, **common)
+    b = make_run(root / "b", adapter_seed=2, similarity_metric="fuzzy", spec_thresholds={"t": 0.9}, **common)
+    page = render_report([a, b], root / "c.html").read_text(encoding="utf-8")
+    own = {label: json.loads((folder / "results.json").read_text())["analysis"] for label, folder in
+           (("a", a), ("b", b))}
+    return {"page": page, "own": own, "folders": (a, b)}
+
+
+def test_each_metric_keeps_its_own_runs_thresholds_when_the_runs_ask_for_different_metrics(two_metrics):
+    from medqa_bench.analysis.runs import analyze_runs
+    from medqa_bench.report import _analysis_options
+    from medqa_bench.report.runs import join_runs, load_run
+
+    own = two_metrics["own"]
+    assert (own["a"]["similarity_metric"], own["b"]["similarity_metric"]) == ("rougeL", "fuzzy")
+    assert own["b"]["match_thresholds"]["fuzzy"]["t"] == 0.9 and own["b"]["match_thresholds"]["fuzzy"]["source"] == "spec"
+    loaded = [load_run(f) for f in two_metrics["folders"]]
+    joined = join_runs(["a", "b"], loaded)
+    combined = analyze_runs(joined.parts, {n: _analysis_options(r) for n, (r, _) in zip("ab", loaded)})
+    assert combined["similarity_metric"] == "rougeL"  # the first a run asked for, shared by both
+    for label in ("a", "b"):
+        got = combined["runs"][label]["match_thresholds"]
+        for m, th in own[label]["match_thresholds"].items():  # every metric, as the run's own report has it
+            assert {k: got[m][k] for k in ("t", "t_low", "t_high", "source")} == \
+                   {k: th[k] for k in ("t", "t_low", "t_high", "source")}, (label, m)
+    assert combined["runs"]["b"]["thresholds"]["source"] != "spec"  # b's rougeL: not b's fuzzy t = 0.9
+    page = two_metrics["page"]
+    conf = page[page.index('<h3 id="thresholds">'):]
+    b_table = conf[conf.index('data-run="b"'):conf.index("</table>", conf.index('data-run="b"'))]
+    assert re.search(r'data-metric="fuzzy" data-source="spec".*?<td>0\.900</td>', b_table, re.S)
+    assert 'data-metric="rougeL" data-source="spec"' not in b_table
+
+
+def test_the_combined_confusion_views_say_which_thresholds_graded_which_row(two_metrics):
+    page, own = two_metrics["page"], two_metrics["own"]
+    a_th = own["a"]["match_thresholds"]["rougeL"]
+    b_th = own["b"]["match_thresholds"]["rougeL"]
+    assert (a_th["t_low"], a_th["t_high"]) != (b_th["t_low"], b_th["t_high"])
+    graded = {bar_label for trace in _figure(page, "graded")["data"] for bar_label in trace["y"]}
+    assert f"a/qlora · {a_th['t_low']:.2f} / {a_th['t_high']:.2f}" in graded
+    assert f"b/qlora · {b_th['t_low']:.2f} / {b_th['t_high']:.2f}" in graded
+    # the rows both runs share were graded at run a's thresholds, and say that b's differ
+    assert f"retrieval (reference) · {a_th['t_low']:.2f} / {a_th['t_high']:.2f}" in graded
+    titles = [x["text"] for x in _figure(page, "own-vs-other")["layout"]["annotations"]]
+    assert any(t.startswith("b/qlora<br><sub>t=") and "(run b's)" in t for t in titles), titles
+    assert any(t.startswith("baseline<br><sub>t=") and "(run a's; b's differ)" in t for t in titles), titles
+    transitions = " ".join(x["text"] for x in _figure(page, "transitions")["layout"]["annotations"])
+    assert f"partial ≥ {b_th['t_low']:.2f}, correct ≥ {b_th['t_high']:.2f} (run b's)" in html_lib.unescape(transitions)
+    assert "Each row is graded at its own run's thresholds" in html_lib.unescape(page)
+
+
+def test_labels_cannot_name_another_runs_rows(tmp_path, capsys):
+    from medqa_bench.cli import main
+    from medqa_bench.report.runs import run_labels
+
+    common = dict(n=10, seed=3, n_bootstrap=200, adapters=("qlora",), analysed=False)
+    # a and b share their baseline ("a+b/baseline"); the third run, in a folder named a+b, has its own
+    folders = [make_run(tmp_path / "a", adapter_seed=1, **common), make_run(tmp_path / "b", adapter_seed=2, **common),
+               make_run(tmp_path / "a+b", adapter_seed=3, max_new_tokens=20, **common)]
+    assert run_labels(folders) == ["a", "b", "a-b"]
+    page = render_report(folders, tmp_path / "c.html").read_text(encoding="utf-8")
+    assert 'data-adapter="a-b/qlora"' in page
+    assert _summary(page)[1:] == [("Run a", ["a+b/baseline", "a/qlora"]), ("Run b", ["a+b/baseline", "b/qlora"]),
+                                  ("Run a-b", ["a-b/baseline", "a-b/qlora"])]
+    for bad in ("a+b", "x/y"):
+        with pytest.raises(SpecError, match="a label is a non-empty name without '/' or '\\+'"):
+            render_report(folders, tmp_path / "x.html", labels=["a", "b", bad])
+    assert main(["report", *map(str, folders), "--label", "a", "--label", "b", "--label", "a+b",
+                 "--out", str(tmp_path / "y.html")]) == 2
+    assert capsys.readouterr().err.strip() == ("medqa-bench: error: label 'a+b' is not usable: a label is a non-empty "
+                                               "name without '/' or '+' (they name the rows of a combined report)")
+
+
+def test_rows_are_shared_only_over_the_same_references_and_the_header_gives_each_runs_bootstrap(tmp_path):
+    common = dict(n=12, seed=9, adapters=("qlora",))
+    a = make_run(tmp_path / "a", adapter_seed=1, n_bootstrap=200, **common)
+    b = make_run(tmp_path / "b", adapter_seed=2, n_bootstrap=300, **common)
+    c = make_run(tmp_path / "c", adapter_seed=3, n_bootstrap=200, **common)
+    # run c was made with another answer column: the same outputs, other references on 4 items
+    samples = [json.loads(line) for line in (c / "samples.jsonl").read_text().splitlines()]
+    for s in samples[:4]:
+        s["reference"] = "Another answer column's text."
+        s["references"] = [s["reference"]]
+    (c / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    page = render_report([a, b, c], tmp_path / "r.html").read_text(encoding="utf-8")
+    shared = ["a+b/retrieval", "a+b/boilerplate", "a+b/question"]
+    assert _summary(page) == [("Run a", ["a+b/baseline", "a/qlora", *shared]),
+                              ("Run b", ["a+b/baseline", "b/qlora", *shared]),
+                              ("Run c", ["c/baseline", "c/qlora", "c/retrieval", "c/boilerplate", "c/question"])]
+    assert "The references differ from run a&#39;s in run c (4 items)" in page
+    header = html_lib.unescape(re.search(r'<span id="bootstrap-line">(.*?)</span>', page, re.S).group(1))
+    assert header == "paired bootstrap: runs a, c: 200 resamples, seed 0; run b: 300 resamples, seed 0"

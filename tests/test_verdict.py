@@ -350,3 +350,26 @@ def test_the_reports_verdict_table_says_what_the_test_cannot_reach(five_items):
     fuzzy = next(r for r in a["rows"] if r["metric"] == "fuzzy")
     assert fuzzy["outcome_text"].endswith("(the CI excludes 0: the bootstrap CI is approximate on few items; the "
                                           "permutation test is exact)")
+
+
+def test_the_small_sample_warning_judges_each_metric_on_the_items_it_was_scored_on():
+    """A run with NLL-only items: the generation metrics on its 5 generated items cannot reach significance, while
+    perplexity, scored on every item, can; the warning says which metrics it concerns and on how many items."""
+    from conftest_report import make_records
+
+    def small(**kwargs) -> dict:
+        results, _ = make_records(n=5, n_bootstrap=200, **kwargs)
+        [w] = [w for w in results["verdict"]["warnings"] if w["code"] == "small_sample"]
+        return w
+
+    few = small(nll_only=15)
+    assert few["message"] == (
+        "only 5 generated items: no paired test of the generation metrics can reach significance (the smallest p any "
+        "of them can give, after Holm's correction, is 0.1875, not below 0.05); every difference on them is "
+        "descriptive; perplexity was scored on 20 items, also few: its intervals are wide (--limit 0 evaluates the "
+        "whole split)")
+    assert few["unreachable"] and few["n"] == {"embedding_similarity": 5, "fuzzy": 5, "rougeL": 5, "perplexity": 20}
+    enough = small(nll_only=30)
+    assert enough["message"].endswith("every difference on them is descriptive; perplexity was scored on 35 items "
+                                      "(--limit 0 evaluates the whole split)")
+    assert "no paired test of this run can reach significance" in small()["message"]  # every metric on 5 items

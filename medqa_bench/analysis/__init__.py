@@ -51,6 +51,8 @@ __all__ = [
     "DEFAULT_SIMILARITY_METRIC",
     "bounded_metrics",
     "similarity_metrics",
+    "choose_metric",
+    "metric_infos",
     "run_roles",
 ]
 
@@ -75,22 +77,22 @@ def analyze(
     from . import compare
     from .degeneration import degeneration_stats, degeneration_warnings
     from .leakage import leakage
-    from .thresholds import resolve_thresholds
+    from .thresholds import resolve_thresholds, spec_thresholds
 
     spec = results.get("spec") or {}
     spec_analysis = spec.get("analysis") or {}  # spec.AnalysisSpec
-    spec_thresholds = spec_analysis.get("thresholds") or spec.get("thresholds")
     roles = run_roles(results, samples)
     # Items scored by the NLL metrics alone (generated false) have no answers: the views of answers skip them. The
     # comparisons and the leakage audit take every item, each metric on the items it scored.
     generated = [s for s in samples if s.get("generated", True)]
     systems, baselines = roles["names"], {a: bases[0] for a, bases in roles["baselines"].items()}
-    metrics = _metric_infos(results, samples)
-    metric = _choose_metric(metrics, similarity_metric or spec_analysis.get("similarity_metric"))
+    metrics = metric_infos(results, samples)
+    metric = choose_metric(metrics, similarity_metric or spec_analysis.get("similarity_metric"))
     match: dict[str, dict] = {}
+    from_spec = spec_thresholds(spec)
     for m in bounded_metrics(metrics):
         values, source = resolve_thresholds(m, generated, defaults=dict(DEFAULT_THRESHOLDS.get(m, GENERIC_THRESHOLDS)),
-                                            from_spec=spec_thresholds, given=thresholds, chosen_metric=m == metric)
+                                            from_spec=from_spec, given=thresholds, chosen_metric=m == metric)
         match[m] = {**values, "source": source}
     th = match.get(metric) if metric is not None else None
     match_t = {m: v["t"] for m, v in match.items()}
@@ -183,7 +185,9 @@ def run_roles(results: dict, samples: list[dict]) -> dict[str, Any]:
     return {"names": names, "kinds": kinds, "baselines": baselines, "references": references, "variants": variants}
 
 
-def _metric_infos(results: dict, samples: list[dict]) -> dict[str, dict]:
+def metric_infos(results: dict, samples: list[dict]) -> dict[str, dict]:
+    """``results["metrics"]``: each metric's declaration; for an older or hand-made run without one, the metrics
+    its per-item scores name."""
     infos = dict(results.get("metrics") or {})
     if not infos:  # older or hand-made runs: metrics known only from the per-item scores
         for s in samples:
@@ -208,7 +212,10 @@ def similarity_metrics(metrics: dict[str, dict]) -> list[str]:
     return [m for m in bounded_metrics(metrics) if (metrics[m].get("kind") or "reference") == "reference"]
 
 
-def _choose_metric(metrics: dict[str, dict], requested: str | None) -> str | None:
+def choose_metric(metrics: dict[str, dict], requested: str | None) -> str | None:
+    """The similarity metric of the confusion and length views: ``requested`` (a bounded reference metric, else
+    :class:`MetricError`), else ``embedding_similarity``, else the first of :data:`DEFAULT_THRESHOLDS`' metrics
+    scored, else any bounded reference metric; None when there is none."""
     usable = similarity_metrics(metrics)
     if requested:
         if requested not in usable:

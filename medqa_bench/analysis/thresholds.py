@@ -27,7 +27,8 @@ import numpy as np
 
 from ..errors import SpecError
 
-__all__ = ["RULE", "PERCENTILES", "MIN_NULL_PAIRS", "MIN_DISTINCT", "null_scores", "calibrate", "resolve_thresholds"]
+__all__ = ["RULE", "PERCENTILES", "MIN_NULL_PAIRS", "MIN_DISTINCT", "null_scores", "calibrate", "resolve_thresholds",
+           "spec_thresholds", "keyed_thresholds"]
 
 RULE = (
     "t_low, t, t_high = 90th, 95th, 99th percentiles of the metric between the references of unrelated items "
@@ -94,6 +95,35 @@ def calibrate(null: Sequence[float], *, fallback: dict[str, float]) -> dict:
             "prediction a match"
         )}
     return {"t": float(mid), "t_low": float(low), "t_high": float(high), **out, "source": "calibrated"}
+
+
+def spec_thresholds(spec: dict) -> Optional[dict]:
+    """The thresholds a run spec sets: ``spec["analysis"]["thresholds"]`` (older specs: ``spec["thresholds"]``).
+
+    >>> spec_thresholds({"analysis": {"thresholds": {"t": 0.4}}})
+    {'t': 0.4}
+    """
+    return (spec.get("analysis") or {}).get("thresholds") or spec.get("thresholds")
+
+
+def keyed_thresholds(candidate: Optional[dict], chosen: Optional[str]) -> dict:
+    """``candidate`` with its flat keys (``{"t": ...}``, which apply to the chosen similarity metric) put under the
+    name of ``chosen``, so they keep applying to that metric when another analysis chooses another one. Every metric
+    then gets the thresholds it gets with ``chosen`` chosen (a metric named explicitly keeps its own, and flat keys
+    beside an explicit entry for ``chosen`` were never used).
+
+    >>> keyed_thresholds({"t": 0.9, "rougeL": {"t": 0.2}}, "fuzzy")
+    {'rougeL': {'t': 0.2}, 'fuzzy': {'t': 0.9}}
+    >>> keyed_thresholds({"t": 0.9, "fuzzy": {"t": 0.5}}, "fuzzy")
+    {'fuzzy': {'t': 0.5}}
+    """
+    if not candidate:
+        return {}
+    flat = {k: candidate[k] for k in _KEYS if k in candidate}
+    named = {m: v for m, v in candidate.items() if m not in _KEYS}
+    if flat and chosen is not None and not isinstance(named.get(chosen), dict):
+        named[chosen] = flat
+    return named
 
 
 def _override(candidate: Optional[dict], metric: str, chosen_metric: bool) -> dict:

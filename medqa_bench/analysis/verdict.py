@@ -28,18 +28,19 @@ A row with retrieval (``baseline+rag``, ``<adapter>+rag``; :mod:`medqa_bench.rag
 against the plain baseline rows as an adapter is.
 
 The same holds as run-level ``notes`` for a run without adapters. ``lines`` are the sentences the CLI prints and the
-report opens with.
+report opens with (:mod:`medqa_bench.analysis.verdict_lines`); several runs' verdicts are put together by
+:func:`medqa_bench.analysis.runs.combine_verdicts`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .instruments import primary_line, primary_result, weak_metrics_warning
-from .reach import FEW_ITEMS, ci_note, reach, reach_text
+from .instruments import primary_result, weak_metrics_warning
+from .reach import ci_note, reach, reach_text
+from .verdict_lines import SMALL_SAMPLE, adapter_lines, number, run_lines
 
 ALPHA = 0.05
-SMALL_SAMPLE = FEW_ITEMS  # fewer items: CIs too wide to read much into "no difference"
 OUTCOMES = ("improves", "regresses", "no_difference")
 BUDGET_CUT_SHARE = 0.05  # more references than this longer than the budget: a warning
 
@@ -54,16 +55,6 @@ def base_words(quantization: str, article: str = "the") -> str:
     if article == "a" and words == "unquantized":
         article = "the"  # there is one unquantized base
     return f"{article} {words} base"
-
-
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return f"{x:.3f}" if abs(x) < 10 else f"{x:.2f}"
-
-
-def _p(p: float | None) -> str:
-    return "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def _value(results: dict, system: str, metric: str) -> float | None:
@@ -152,7 +143,7 @@ def metric_notes(results: dict, analysis: dict) -> list[dict]:
                 notes.append({
                     "code": f"{method}_row", "metric": m, "reference": ref, "value": rv, "systems": below,
                     "message": f"on {m}, the {ref} row ({'echoing the question' if method == 'question' else 'one fixed answer for every item'}, "
-                               f"{_fmt(rv)}) scores as high as {', '.join(below)}: {m} measures {what[method]} here",
+                               f"{number(rv)}) scores as high as {', '.join(below)}: {m} measures {what[method]} here",
                 })
     return notes
 
@@ -165,7 +156,7 @@ def _grouped_notes(notes: list[dict]) -> list[dict]:
         mine = [n for n in notes if n["reference"] == ref]
         what = "echoing the question" if mine[0]["code"] == "question_row" else "one fixed answer for every item"
         measures = "topic, not content" if mine[0]["code"] == "question_row" else "register and boilerplate, not content"
-        listing = "; ".join(f"{n['metric']} {_fmt(n['value'])} (≥ {', '.join(n['systems'])})" for n in mine)
+        listing = "; ".join(f"{n['metric']} {number(n['value'])} (≥ {', '.join(n['systems'])})" for n in mine)
         out.append({"code": mine[0]["code"], "reference": ref, "metrics": [n["metric"] for n in mine], "message":
                     f"the {ref} row ({what}) scores as high as language-model rows on {len(mine)} metric(s): "
                     f"{listing}; there these metrics measure {measures}"})
@@ -214,7 +205,7 @@ def _conditions(results: dict, adapter: str, bases: list[str]) -> list[dict]:
         trunc = trunc.get("max_length") if isinstance(trunc, dict) else trunc
         if differ or trunc:
             out.append({"code": "loss_definition", "message":
-                        f"loss: {adapter}'s training eval loss {_fmt(tel.get('value'))} is the {d.get('form')} form over "
+                        f"loss: {adapter}'s training eval loss {number(tel.get('value'))} is the {d.get('form')} form over "
                         f"the {d.get('split')} split with EOS scored, cut to {trunc} tokens, on "
                         f"{base_words(d.get('quantization'), 'a')} in {d.get('compute_dtype')}; this run's loss is the "
                         f"{harness.get('form')} form over the {harness.get('split')} split without EOS or truncation: "
@@ -255,7 +246,6 @@ def build_verdict(results: dict) -> dict[str, Any]:
     """The verdict of a scored and analysed run (``results`` with ``analysis``), JSON-ready."""
     analysis = results.get("analysis") or {}
     kinds = analysis.get("kinds") or {}
-    n_items = analysis.get("n_items") or 0
     degeneration = (analysis.get("degeneration") or {}).get("warnings") or []
     notes = metric_notes(results, analysis)
     run_warnings: list[dict] = _grouped_notes(notes)
@@ -268,8 +258,9 @@ def build_verdict(results: dict) -> dict[str, Any]:
     decoding = _decoding_warning((results.get("spec") or {}).get("decoding") or {})
     if decoding:
         run_warnings.append(decoding)
-    if n_items < SMALL_SAMPLE:
-        run_warnings.append(_small_sample_warning(n_items, analysis.get("paired") or {}))
+    small = _small_sample_warning(results, analysis)
+    if small:
+        run_warnings.append(small)
     fallback = _thresholds_warning(analysis.get("match_thresholds") or {})
     if fallback:
         run_warnings.append(fallback)
@@ -315,53 +306,12 @@ def build_verdict(results: dict) -> dict[str, Any]:
             "clean_subset": clean,
             "primary": primary,
         }
-        adapters[adapter]["lines"] = _adapter_lines(adapter, adapters[adapter], results)
+        adapters[adapter]["lines"] = adapter_lines(adapter, adapters[adapter], results)
     verdict = {"version": 1, "alpha": ALPHA, "correction": "holm", "adapters": adapters, "warnings": run_warnings,
                "primary": (validity or {}).get("primary")}
-    verdict["lines"] = _run_lines(validity, adapters) + [line for a in adapters.values() for line in a["lines"]] + [
+    verdict["lines"] = run_lines(validity, adapters) + [line for a in adapters.values() for line in a["lines"]] + [
         f"warning: {w['message']}" for w in run_warnings]
     return verdict
-
-
-def _run_lines(validity: dict | None, adapters: dict) -> list[str]:
-    """The sentences about the run as a whole that open its verdict: the primary metric, and a run without adapters."""
-    return ([primary_line(validity)] if validity else []) + (
-        [] if adapters else ["no adapter was evaluated: the run compares baseline and reference rows only"])
-
-
-def _runs_phrase(labels: list[str]) -> str:
-    """"in run A", "in runs A and B", "in runs A, B and C"."""
-    if len(labels) == 1:
-        return f"in run {labels[0]}"
-    return f"in runs {', '.join(labels[:-1])} and {labels[-1]}"
-
-
-def combine_verdicts(own: dict[str, tuple[dict, dict]]) -> dict[str, Any]:
-    """The verdicts of a combined report's runs (``{label: (the run's results with its analysis, its verdict)}``) as
-    one. Each adapter keeps its own run's verdict (its name carries its run, ``<label>/<adapter>``; ``run`` names
-    it). Every statement about a run as a whole (the primary metric, its warnings) is said once, prefixed with the
-    runs it holds for ("in run B: …", "in runs A and B: …"), with those runs under ``runs``: a budget, a threshold
-    or an item count is never carried from one run to another."""
-    adapters: dict[str, Any] = {}
-    heads: dict[str, list[str]] = {}
-    warnings: dict[str, tuple[dict, list[str]]] = {}
-    for label, (results, v) in own.items():
-        for name, a in (v.get("adapters") or {}).items():
-            adapters[name] = {**a, "run": label}
-        for line in _run_lines(results.get("validity"), v.get("adapters") or {}):
-            heads.setdefault(line, []).append(label)
-        for w in v.get("warnings") or []:
-            warnings.setdefault(w["message"], (w, []))[1].append(label)
-    run_warnings = [{**w, "runs": labels, "message": f"{_runs_phrase(labels)}: {w['message']}"}
-                    for w, labels in warnings.values()]
-    primaries = [v.get("primary") for _, v in own.values()]
-    return {
-        "version": 1, "alpha": ALPHA, "correction": "holm", "adapters": adapters, "warnings": run_warnings,
-        "primary": primaries[0] if all(p == primaries[0] for p in primaries) else None,
-        "runs": {label: {"primary": v.get("primary")} for label, (_, v) in own.items()},
-        "lines": [f"{_runs_phrase(labels)}: {line}" for line, labels in heads.items()]
-        + [line for a in adapters.values() for line in a["lines"]] + [f"warning: {w['message']}" for w in run_warnings],
-    }
 
 
 def _thresholds_warning(match: dict) -> dict | None:
@@ -387,98 +337,57 @@ def _thresholds_warning(match: dict) -> dict | None:
             f"the soft-match thresholds of {len(metrics)} metric(s) are fallback defaults ({'; '.join(parts)})"}
 
 
-def _small_sample_warning(n_items: int, paired: dict) -> dict:
-    """Few items: where no judged row of the run can reach significance at all, that is what the warning says."""
-    floors = [r for judged in paired.values() for r in reach(judged.get("metrics") or {}, alpha=ALPHA).values()]
+def metric_items(results: dict, analysis: dict) -> dict[str, int]:
+    """The items each metric was scored on: loss and perplexity (``items: "all"``, or an NLL metric of an older run)
+    on every item, the other metrics on the generated ones (``analysis["n_nll_items"]`` and ``["n_items"]``)."""
+    generated = analysis.get("n_items") or 0
+    every = analysis.get("n_nll_items") or generated
+    return {m: every if info.get("items", "all" if info.get("kind") == "nll" else "generated") == "all" else generated
+            for m, info in (results.get("metrics") or {}).items()}
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _lowest_floor(paired: dict, metrics: list[str]) -> float | None:
+    """The smallest Holm p any judged test of ``metrics`` could give, when none of them can reach significance."""
+    floors = [r for judged in paired.values() for m, r in reach(judged.get("metrics") or {}, alpha=ALPHA).items()
+              if m in metrics]
     if floors and all(r["reachable"] is False for r in floors):
-        lowest = min(r["p_floor"] for r in floors)
-        return {"code": "small_sample", "unreachable": True, "message":
-                f"only {n_items} items: no paired test of this run can reach significance (the smallest p any of them "
-                f"can give, after Holm's correction, is {lowest:.4g}, not below {ALPHA}); every difference in it is "
-                "descriptive (--limit 0 evaluates the whole split)"}
-    return {"code": "small_sample", "message":
-            f"only {n_items} items: the intervals are wide and 'no significant difference' says little "
-            "(--limit 0 evaluates the whole split)"}
+        return min(r["p_floor"] for r in floors)
+    return None
 
 
-def _by_reason(rows: list[dict], key: str) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for r in rows:
-        out.setdefault(r[key], []).append(r)
-    return out
-
-
-def _cannot_reach(rows: list[dict]) -> str:
-    """"on a, b (why); on c (why)": the rows that cannot reach significance, grouped by the reason."""
-    return "; ".join(f"on {', '.join(r['metric'] for r in group)} ({why})"
-                     for why, group in _by_reason(rows, "why_unreachable").items())
-
-
-def _adapter_lines(adapter: str, v: dict, results: dict) -> list[str]:
-    def listing(rows: list[dict]) -> str:
-        return ", ".join(f"{r['metric']} ({'+' if (r['diff'] or 0) > 0 else ''}{_fmt(r['diff'])} vs {r['against']}, "
-                         f"p_holm {_p(r['p_holm'])})" for r in rows)
-
-    lines = []
-    p = v.get("primary")
-    if p and p["outcome"] != "not_compared":
-        said = {"improves": "improves", "regresses": "regresses", "no_difference": "no significant difference"}
-        numbers = (f"{'+' if (p['diff'] or 0) > 0 else ''}{_fmt(p['diff'])} [{_fmt(p['ci'][0])}, {_fmt(p['ci'][1])}] "
-                   f"vs {p['against']}, p_holm {_p(p['p_holm'])}")
-        n_items = (results.get("analysis") or {}).get("n_items") or 0
-        if p.get("reachable") is False:
-            line = f"{adapter} on the primary metric {p['metric']}: cannot reach significance ({numbers}): " \
-                   f"{p['why_unreachable']}"
-        else:
-            small = (f"; only {n_items} items: see the small-sample warning" if p["outcome"] == "no_difference"
-                     and n_items < SMALL_SAMPLE else "")
-            line = f"{adapter} on the primary metric {p['metric']}: {said[p['outcome']]} ({numbers}){small}"
-        if p.get("ci_note"):
-            line += f"; the CI excludes 0 while the test is not significant: {p['ci_note']}"
-        lines.append(line)
-    elif p:
-        lines.append(f"{adapter} on the primary metric {p['metric']}: not compared (no paired scores of it)")
-    if v["improves"]:
-        lines.append(f"{adapter} beats the strongest baseline on {listing(v['improves'])}")
-    if v["regresses"]:
-        lines.append(f"{adapter} is worse than the strongest baseline on {listing(v['regresses'])}")
-    plain = [r for r in v["no_difference"] if r.get("reachable") is not False]
-    unreachable = [r for r in v["no_difference"] if r.get("reachable") is False]
-    if not v["improves"] and not v["regresses"]:
-        if unreachable and not plain:
-            reasons = _by_reason(unreachable, "why_unreachable")
-            lines.append(f"{adapter} cannot reach significance on any metric: {next(iter(reasons))}; its differences "
-                         "and intervals are descriptive only" if len(reasons) == 1 else
-                         f"{adapter} cannot reach significance on any metric: {_cannot_reach(unreachable)}")
-        elif unreachable:
-            lines.append(f"{adapter} shows no significant difference from the strongest baseline on "
-                         f"{', '.join(r['metric'] for r in plain)}, and cannot reach significance "
-                         f"{_cannot_reach(unreachable)}")
-        else:
-            lines.append(f"{adapter} shows no significant difference from the strongest baseline on any metric")
-    else:
-        if plain:
-            lines.append(f"{adapter}: no significant difference on {', '.join(r['metric'] for r in plain)}")
-        if unreachable:
-            lines.append(f"{adapter} cannot reach significance {_cannot_reach(unreachable)}")
-    primary_metric = p["metric"] if p else None
-    noted = [r for r in v["no_difference"] if r.get("ci_note") and r["metric"] != primary_metric]
-    for note, group in _by_reason(noted, "ci_note").items():
-        cis = ", ".join(f"{r['metric']} [{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]" for r in group)
-        lines.append(f"{adapter}: the bootstrap CI of the difference excludes 0 on {cis} while the paired test is not "
-                     f"significant: {note}")
-    unbeaten: dict[tuple, list[str]] = {}  # reference rows not beaten on the same metrics: one sentence
-    for ref, r in v["references"].items():
-        if r["does_not_beat"]:
-            unbeaten.setdefault((tuple(r["does_not_beat"]), tuple(r.get("worse_than") or ())), []).append(ref)
-    for (metrics, worse_than), refs in unbeaten.items():
-        worse = f" (significantly worse on {', '.join(worse_than)})" if worse_than else ""
-        rows = f"the {refs[0]} reference row" if len(refs) == 1 else \
-            f"the reference rows {', '.join(refs[:-1])} and {refs[-1]}"
-        lines.append(f"{adapter} does not significantly beat {rows} on {', '.join(metrics)}{worse}")
-    if v["clean_subset"] and not v["clean_subset"]["changed"]:
-        lines.append(f"{adapter}: the verdict holds on the {v['clean_subset']['n_items']} items without "
-                     "near-duplicates of training items")
-    lines += [f"warning: {w['message']}" for w in v["warnings"]]
-    lines += [f"condition: {c['message']}" for c in v["conditions"]]
-    return lines
+def _small_sample_warning(results: dict, analysis: dict) -> dict | None:
+    """Few items, each metric judged on the items it was scored on: the generation metrics on the generated items,
+    loss and perplexity on every item (``--nll-limit``). Where no judged test of a set of metrics can reach
+    significance at all, that is what the warning says of them."""
+    n_items, paired = analysis.get("n_items") or 0, analysis.get("paired") or {}
+    items = metric_items(results, analysis)
+    by_n: dict[int, list[str]] = {}
+    for m, n in items.items():
+        by_n.setdefault(n, []).append(m)
+    if not by_n:  # a hand-made run without metric declarations: its generated items
+        by_n = {n_items: []}
+    if min(by_n) >= SMALL_SAMPLE:
+        return None
+    groups = sorted(by_n.items())  # with several, the generation metrics (on the fewest items) first
+    floors = [_lowest_floor(paired, ms) for _, ms in groups]
+    several = len(groups) > 1
+    head, which = (f"only {groups[0][0]} generated items", "the generation metrics") if several else (
+        f"only {groups[0][0]} items", "this run")
+    parts = [f"{head}: no paired test of {which} can reach significance (the smallest p any of them can give, after "
+             f"Holm's correction, is {floors[0]:.4g}, not below {ALPHA}); every difference "
+             f"{'on them' if several else 'in it'} is descriptive" if floors[0] is not None else
+             f"{head}: {'on the generation metrics ' if several else ''}the intervals are wide and 'no significant "
+             "difference' says little"]
+    for (n, ms), lowest in zip(groups[1:], floors[1:]):
+        one = len(ms) == 1
+        scored = f"{_and(ms)} {'was' if one else 'were'} scored on {n} items"
+        parts.append(scored if n >= SMALL_SAMPLE else f"{scored}, also few: " + (
+            f"no paired test of {'it' if one else 'them'} can reach significance either" if lowest is not None
+            else f"{'its' if one else 'their'} intervals are wide"))
+    return {"code": "small_sample", "unreachable": floors[0] is not None,
+            "n": {m: n for n, ms in groups for m in ms},
+            "message": "; ".join(parts) + " (--limit 0 evaluates the whole split)"}

@@ -35,8 +35,8 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
     :class:`SpecError` for labels that do not fit the folders.
     """
     from ..analysis import ANALYSIS_VERSION, analyze
-    from ..analysis.runs import analyze_runs
-    from ..analysis.verdict import build_verdict, combine_verdicts
+    from ..analysis.runs import analyze_runs, combine_verdicts
+    from ..analysis.verdict import build_verdict
     from .page import render_html
     from .runs import join_runs, load_run, run_labels
 
@@ -74,6 +74,14 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
                 "Metric signatures differ between runs for "
                 + ", ".join(results["signature_conflicts"])
                 + ": their values are not directly comparable across runs."
+            )
+        differ = results.get("references_differ")
+        if differ:
+            notes.append(
+                f"The references differ from run {names[0]}'s in "
+                + ", ".join(f"run {label} ({k} items)" for label, k in differ.items())
+                + " (another answer column or data file?): no row is shared with it, each run is scored against its "
+                f"own references, and the item explorer shows run {names[0]}'s."
             )
     if analysis.get("similarity_metric") is None:
         notes.append("No metric with bounds [0, 1] was scored, so the confusion matrices are omitted."

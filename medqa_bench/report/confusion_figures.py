@@ -1,10 +1,39 @@
-"""Figures of the soft-thresholded confusion analysis: own-vs-other, ROC, sweep, graded, transitions, qtype."""
+"""Figures of the soft-thresholded confusion analysis: own-vs-other, ROC, sweep, graded, transitions, qtype.
+
+In a combined report whose runs calibrated different thresholds (``conf["row_thresholds"]``), each row was graded at
+its own run's, and every view says which apply to which row: beside the row's name, or in its panel's title.
+"""
 
 from __future__ import annotations
 
 from .plotting import GRADE_COLORS, heatmaps, label, plotly_modules
 
 REFERENCE_SCALE = [[0.0, "#f7f7f7"], [1.0, "#9a9a9a"]]  # reference rows' panels: light greys, text stays legible
+
+
+def row_thresholds(conf: dict, system: str) -> dict | None:
+    """The thresholds a combined report's row was graded at, where its runs' differ: ``{"run", "t", "t_low",
+    "t_high", "differs"}`` (:func:`medqa_bench.analysis.runs.combine_analyses`); None otherwise."""
+    return (conf.get("row_thresholds") or {}).get(system)
+
+
+def _whose(row: dict) -> str:
+    """"run r16's"; a row several runs share whose thresholds differ: "run r16's; r32's differ"."""
+    others = ", ".join(f"{label(r)}'s" for r in row.get("differs") or [])
+    return f"run {label(row['run'])}'s" + (f"; {others} differ" if others else "")
+
+
+def _t_text(conf: dict, system: str) -> str:
+    """" · t=0.41 (run r16's)" for a row matched at its own run's t."""
+    row = row_thresholds(conf, system)
+    return f" · t={row['t']:.2f} ({_whose(row)})" if row and row.get("t") is not None else ""
+
+
+def _grades_text(row: dict | None) -> str:
+    """" · partial ≥ 0.25, correct ≥ 0.40 (run r16's)" for a row graded at its own run's thresholds."""
+    if not row or row.get("t_low") is None:
+        return ""
+    return f" · partial ≥ {row['t_low']:.2f}, correct ≥ {row['t_high']:.2f} ({_whose(row)})"
 
 
 def own_vs_other(conf, systems, styles):
@@ -15,7 +44,9 @@ def own_vs_other(conf, systems, styles):
         if not r or not r["n"]:
             continue
         f1 = "–" if r["f1"] is None else f"{r['f1']:.2f}"
-        title = f"{styles[s]['name']}<br><sub>t={r['t']:.2f} · F1={f1} · n={r['n']}</sub>"
+        row = row_thresholds(conf, s)
+        whose = f" ({_whose(row)})" if row else ""
+        title = f"{styles[s]['name']}<br><sub>t={r['t']:.2f}{whose} · F1={f1} · n={r['n']}</sub>"
         text = [[f"{cells[i][j]}<br>{r['matrix'][i][j]}" for j in range(2)] for i in range(2)]
         scale = REFERENCE_SCALE if styles[s]["reference"] else "Blues"
         panels.append((title, r["matrix"], ["≥ t", "< t"], ["own (s+)", "other (s−)"], text, scale))
@@ -84,10 +115,15 @@ def graded(conf, systems, styles):
     go, _ = plotly_modules()
     fig = go.Figure()
     counts = conf["graded"]["counts"]
+    names = []  # where the runs' thresholds differ, each row's own beside its name
+    for s in systems:
+        row = row_thresholds(conf, s)
+        names.append(f"{styles[s]['name']} · {row['t_low']:.2f} / {row['t_high']:.2f}" if row and row.get("t_low")
+                     is not None else styles[s]["name"])
     for grade in conf["graded"]["labels"]:
         fig.add_trace(
             go.Bar(
-                y=[styles[s]["name"] for s in systems],
+                y=names,
                 x=[counts.get(s, {}).get(grade, 0) for s in systems],
                 orientation="h",
                 name=grade,
@@ -113,7 +149,8 @@ def transitions(conf):
         if not t:
             continue
         counts = f"improved {t['improved']} · regressed {t['regressed']} · same {t['same']}"
-        title = f"{label(t['baseline'])} → {label(adapter)}<br><sub>{counts}</sub>"
+        grades = _grades_text(row_thresholds(conf, adapter))  # the adapter's run's, its baseline graded alike
+        title = f"{label(t['baseline'])} → {label(adapter)}<br><sub>{counts}{grades}</sub>"
         panels.append(
             (
                 title,
@@ -135,7 +172,7 @@ def qtype(conf, systems, styles):
         acc = "–" if q["accuracy"] is None else f"{q['accuracy']:.0%}"
         panels.append(
             (
-                f"{styles[s]['name']}<br><sub>same qtype {acc} of {q['n']}</sub>",
+                f"{styles[s]['name']}<br><sub>same qtype {acc} of {q['n']}{_t_text(conf, s)}</sub>",
                 q["matrix"],
                 [label(c) for c in q["columns"]],
                 [label(r) for r in q["rows"]],

@@ -81,6 +81,20 @@ def degeneration(analysis: dict) -> dict | None:
     }
 
 
+def _share_longer(b: dict) -> str | None:
+    n, longer = b.get("n_references") or 0, b.get("references_longer")
+    return fmt_share(longer / n) if n and longer is not None else None
+
+
+def budget_text(b: dict | None) -> str:
+    """A run's budget in one phrase, e.g. "64 tokens (auto); 3 of 40 references longer (7.5%)"."""
+    if not b:
+        return "not recorded"
+    share = _share_longer(b)
+    cut = f"; {b.get('references_longer')} of {b.get('n_references')} references longer ({share})" if share else ""
+    return f"{b.get('max_new_tokens')} tokens ({b.get('source') or '?'}){cut}"
+
+
 def budget(results: dict, runs: list[tuple[str, dict]]) -> list[dict]:
     """How each run's ``max_new_tokens`` was set and how many references it cannot hold."""
     from ..analysis.verdict import BUDGET_CUT_SHARE
@@ -101,7 +115,7 @@ def budget(results: dict, runs: list[tuple[str, dict]]) -> list[dict]:
             "capped": b.get("capped"),
             "n_references": n,
             "references_longer": longer,
-            "share_longer": fmt_share(longer / n) if n and longer is not None else "–",
+            "share_longer": _share_longer(b) or "–",
             "cuts": bool(n and longer and longer / n > BUDGET_CUT_SHARE),
             "auto_would_be": b.get("auto_would_be"),
         })

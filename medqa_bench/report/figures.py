@@ -58,11 +58,15 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
     conf = analysis.get("confusion")
     if conf:
         m = conf["metric"]  # page titles are escaped by the template, not here
+        # a combined report whose runs calibrated different thresholds: each row graded at its own run's, said where
+        own = (" Each row is matched and graded at its own run's thresholds, shown with it (a row several runs "
+               "share: the first of them's).") if conf.get("row_thresholds") else ""
         add(
             "own-vs-other",
             "confusion",
             f"Own versus other reference ({m})",
-            "Positives: similarity to the item's own reference; negatives: to another item's reference (distractor).",
+            "Positives: similarity to the item's own reference; negatives: to another item's reference "
+            "(distractor)." + own,
             cf.own_vs_other(conf, systems, styles),
         )
         add(
@@ -83,14 +87,16 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
             "graded",
             "confusion",
             f"Graded outcome ({m})",
-            "Correct: s+ ≥ t_high; partial: t_low ≤ s+ < t_high; wrong: below. Faded: reference rows.",
+            "Correct: s+ ≥ t_high; partial: t_low ≤ s+ < t_high; wrong: below. Faded: reference rows."
+            + (" Each row is graded at its own run's thresholds, t_low / t_high beside its name (a row several runs "
+               "share: the first of them's)." if own else ""),
             cf.graded(conf, systems, styles),
         )
         add(
             "transitions",
             "confusion",
             "Baseline → adapter transitions",
-            "Rows: the baseline's grade; columns: the adapter's. Above the diagonal improved, below regressed.",
+            "Rows: the baseline's grade; columns: the adapter's. Above the diagonal improved, below regressed." + own,
             cf.transitions(conf),
         )
         if conf.get("qtype"):
@@ -98,7 +104,7 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
                 "qtype",
                 "confusion",
                 f"Question type of the nearest reference ({m})",
-                "Rows: the item's qtype; columns: qtype of the most similar reference, or 'below t'.",
+                "Rows: the item's qtype; columns: qtype of the most similar reference, or 'below t'." + own,
                 cf.qtype(conf, systems, styles),
             )
     lengths = analysis.get("lengths") or {}
@@ -226,13 +232,13 @@ def _sweep(conf, systems, styles, analysis):
     if not th:  # the runs differ: drop the mark at 0 and mark each run's own t
         fig.layout.shapes, fig.layout.annotations = (), ()
         marks: dict[float, list[str]] = {}
-        for label, a in runs.items():
+        for run, a in runs.items():
             t = (a.get("thresholds") or {}).get("t")
             if t is not None:
-                marks.setdefault(round(t, 4), []).append(label)
+                marks.setdefault(round(t, 4), []).append(run)
         for t, labels in marks.items():
             fig.add_vline(x=t, line=dict(color="#444", dash="dot"),
-                          annotation_text=f"t = {t:.2f} ({', '.join(labels)})")
+                          annotation_text=f"t = {t:.2f} ({label(', '.join(labels))})")
     return fig
 
 

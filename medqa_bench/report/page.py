@@ -20,6 +20,7 @@ from typing import Any
 from . import diagnostics, figures, tables
 from .cells import fmt
 from .contamination import contamination
+from .runs import SEPARATOR, row_prompt_key
 from .validity_view import validity_context
 from .verdict_view import verdict_context
 
@@ -105,11 +106,12 @@ def _comparison_pairs(analysis: dict, default_metric: str | None) -> list[dict]:
     return pairs
 
 
-def _prompt_key(info: dict, fmt_name: str | None) -> str:
-    if not fmt_name:
+def _prompt_key(info: dict) -> str:
+    """Where the explorer finds a row's prompt: :func:`.runs.row_prompt_key`, under ``<run>/`` in a combined report."""
+    key = row_prompt_key(info)
+    if not key:
         return ""
-    key = f"{fmt_name}+rag" if info.get("retrieval") else fmt_name
-    return f"{info['run']}/{key}" if info.get("run") else key
+    return f"{info['run']}{SEPARATOR}{key}" if info.get("run") else key
 
 
 def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
@@ -130,7 +132,7 @@ def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
             "kind": kinds.get(n) or info.get("kind") or "",
             "format": fmt_name or "",
             # combined reports keep each run's prompts apart: "<run>/<format>"; a row with retrieval "<format>+rag"
-            "prompt_key": _prompt_key(info, fmt_name),
+            "prompt_key": _prompt_key(info),
             "retrieval": (info.get("retrieval") or {}).get("label") or "",
             "description": info.get("description") or "",
             "method": info.get("method") or "",
@@ -172,6 +174,18 @@ def _per_run(analysis: dict, key: str, build) -> list[dict]:
         return [{"run": r, "table": t} for r, a in own.items() if (t := build(a))]
     table = build(analysis)
     return [{"run": None, "table": table}] if table else []
+
+
+def _bootstrap_text(analysis: dict) -> str:
+    """The paired bootstrap's resamples and seed; in a combined report whose runs differ on them, each run's."""
+    own = analysis.get("runs") or {}
+    if not own or (analysis.get("n_bootstrap") is not None and analysis.get("seed") is not None):
+        return f"{analysis.get('n_bootstrap')} resamples, seed {analysis.get('seed')}"
+    groups: dict[tuple, list[str]] = {}
+    for label, a in own.items():
+        groups.setdefault((a.get("n_bootstrap"), a.get("seed")), []).append(label)
+    return "; ".join(f"{'run' if len(labels) == 1 else 'runs'} {', '.join(labels)}: {n} resamples, seed {seed}"
+                     for (n, seed), labels in groups.items())
 
 
 def render_html(
@@ -222,14 +236,14 @@ def render_html(
         n_items=analysis["n_items"],
         n_nll_items=(analysis.get("n_nll_items") or analysis["n_items"]) if len(nll_counts) <= 1 else None,
         run_labels=list(own),
-        system_groups=tables.system_groups(results, analysis) if own else [],
+        bootstrap=_bootstrap_text(analysis),
         analysis=analysis,
         thresholds=th,
         threshold_source=diagnostics.threshold_source_text(th),
         systems=systems,
         system_info={s["name"]: s for s in systems},
         verdict=verdict_context(results, analysis, verdict),
-        headline=tables.headline(results, analysis, metric_notes(results, analysis)),
+        summary=tables.summary_tables(results, analysis, metric_notes(results, analysis)),
         validity=validity_context(results, tables.metric_names(results, analysis)),
         lm_rows=tables.language_modeling(results, analysis),
         loss_definitions=tables.loss_definitions(results, analysis, runs),

@@ -3,7 +3,8 @@
 A combined report keeps each run apart where it matters: every run is renamed (``<label>/<system>``) and analysed
 on its own (:func:`medqa_bench.analysis.runs.analyze_runs`), so each statement takes its budget, thresholds, null
 pairs and items from its own run. A baseline or reference row that several runs share (the same identity and the
-same outputs on the same items) gets one name and is shown once; each run's adapters are still compared with it.
+same outputs on the same items, scored against the same references) gets one name and is shown once; each run's
+adapters are still compared with it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..analysis.runs import agreed
 from ..errors import RunError, SpecError
 from ..jsonl import parse_jsonl
+from ..rag import prompt_key
 from ..run_folder import read_results_file
 from ..schema import SCHEMA_VERSION
 
 SEPARATOR = "/"  # combined system names are "<run>/<system>"
+JOINER = "+"  # a row several runs share, not all: "<run>+<run>/<system>"
 _SHAREABLE = ("baseline", "reference")
 # What makes two rows the same row, besides their outputs: the system's own description and, for a language-model
 # row, the model and the decoding it answered with.
@@ -55,10 +59,14 @@ def load_run(folder: str | Path) -> tuple[dict, list[dict]]:
 
 
 def run_labels(folders: list[Path], labels: list[str] | None = None) -> list[str]:
-    """Each run's label: the one given (``--label``; one per folder, unique, without ``/``), else its folder's name,
-    made unique with a ``-2``, ``-3`` suffix (two folders named alike in different places).
+    """Each run's label: the one given (``--label``; one per folder, unique, without ``/`` or ``+``, which name the
+    rows of a combined report: ``<label>/<row>``, ``<label>+<label>/<row>``), else its folder's name with ``/`` and
+    ``+`` made ``-``, unique with a ``-2``, ``-3`` suffix (two folders named alike in different places).
 
     A generated ``run_name`` is no label: ``…-symptoms-test`` and ``…-symptoms-test-2`` cannot be told apart.
+
+    >>> run_labels([Path("a/r16"), Path("b/r16"), Path("lora+rag")])
+    ['r16', 'r16-2', 'lora-rag']
     """
     if labels is not None:
         labels = [str(x) for x in labels]
@@ -66,8 +74,9 @@ def run_labels(folders: list[Path], labels: list[str] | None = None) -> list[str
             raise SpecError(f"{len(labels)} label(s) for {len(folders)} run folder(s): give one --label per run "
                             "folder, in the same order, or none")
         for x in labels:
-            if not x.strip() or SEPARATOR in x:
-                raise SpecError(f"label {x!r} is not usable: a label is a non-empty name without '{SEPARATOR}'")
+            if not x.strip() or SEPARATOR in x or JOINER in x:
+                raise SpecError(f"label {x!r} is not usable: a label is a non-empty name without '{SEPARATOR}' or "
+                                f"'{JOINER}' (they name the rows of a combined report)")
         repeated = sorted({x for x in labels if labels.count(x) > 1})
         if repeated:
             raise SpecError(f"label '{repeated[0]}' is given {labels.count(repeated[0])} times: each run needs a "
@@ -76,6 +85,7 @@ def run_labels(folders: list[Path], labels: list[str] | None = None) -> list[str
     out: list[str] = []
     for folder in folders:
         base = Path(folder).resolve().name or str(folder)
+        base = base.replace(SEPARATOR, "-").replace(JOINER, "-").strip() or "run"
         name, k = base, 1
         while name in out:
             k += 1
@@ -114,8 +124,20 @@ def _check_items(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> None
             )
 
 
+def row_prompt_key(info: dict) -> str | None:
+    """The key of a row's prompts in ``samples.jsonl`` (:func:`medqa_bench.rag.prompt_key`: its format,
+    ``<format>+rag`` with retrieval); None for a row without a prompt (a reference row)."""
+    fmt = info.get("prompt_format")
+    return prompt_key(fmt, info.get("retrieval") or None) if fmt else None
+
+
+def _references(sample: dict) -> list:
+    return sample.get("references") or [sample.get("reference")]
+
+
 def _row_key(results: dict, samples: list[dict], system: str) -> str | None:
-    """What a baseline or reference row is and what it gave, item by item: equal keys, the same row."""
+    """What a baseline or reference row is and what it gave, item by item, against which references: equal keys,
+    the same row."""
     info = (results.get("systems") or {}).get(system) or {}
     if info.get("kind") not in _SHAREABLE:
         return None
@@ -123,10 +145,9 @@ def _row_key(results: dict, samples: list[dict], system: str) -> str | None:
     if info.get("kind") != "reference":  # a reference row has no model: its outputs say what it is
         identity["model"] = {k: (results.get("model") or {}).get(k) for k in _MODEL_KEYS}
         identity["decoding"] = (results.get("spec") or {}).get("decoding")
-    fmt = info.get("prompt_format")
-    prompt_key = f"{fmt}+rag" if info.get("retrieval") else fmt
+    key = row_prompt_key(info)
     outputs = [
-        [s["id"], (s.get("prompts") or {}).get(prompt_key) if fmt else None,
+        [s["id"], _references(s), (s.get("prompts") or {}).get(key) if key else None,
          {k: rec.get(k) for k in _OUTPUT_KEYS if k in rec}]
         for s in samples if (rec := (s.get("systems") or {}).get(system)) is not None
     ]
@@ -136,6 +157,18 @@ def _row_key(results: dict, samples: list[dict], system: str) -> str | None:
 def _same_values(a: dict, b: dict) -> bool:
     """Two rows' results agree on every metric both scored (a metric of another definition does not)."""
     return all(a[m] == b[m] for m in set(a) & set(b))
+
+
+def _differing_references(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> dict[str, int]:
+    """``{label: k}``: the runs whose references differ from the first run's on ``k`` of the items both answered
+    (another answer column, another version of the file); no row of theirs is shared with it."""
+    first = {s["id"]: _references(s) for s in runs[0][1]}
+    out = {}
+    for label, (_, samples) in zip(labels[1:], runs[1:]):
+        k = sum(1 for s in samples if s["id"] in first and _references(s) != first[s["id"]])
+        if k:
+            out[label] = k
+    return out
 
 
 def _row_names(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple[dict[str, dict[str, str]], dict]:
@@ -164,7 +197,10 @@ def _row_names(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple[
         elif len(g["members"]) == len(labels) and first_system not in taken:
             name = first_system
         else:
-            name = f"{'+'.join(g['labels'])}{SEPARATOR}{first_system}"
+            name = f"{JOINER.join(g['labels'])}{SEPARATOR}{first_system}"
+        if name in taken:  # labels hold neither separator, so a name is never taken twice; never merge two rows
+            raise RunError(f"two rows of the combined report would both be named '{name}'; give the runs other "
+                           "labels with --label")
         taken.add(name)
         for label, system in g["members"]:
             names[label][system] = name
@@ -235,14 +271,16 @@ def join_runs(labels: list[str], runs: list[tuple[dict, list[dict]]],
                  for label, folder, (r, s) in zip(labels, folders or [None] * len(labels), runs)},
     }
     for key in ("budget", "loss_definition"):
-        values = [r.get(key) for r, _ in runs]
-        if values[0] and all(v == values[0] for v in values):
-            combined[key] = values[0]
-    quantization = {(r.get("model") or {}).get("quantization") for r, _ in runs}
+        value = agreed([r.get(key) for r, _ in runs])
+        if value:
+            combined[key] = value
     combined["model"] = {
         "reference": ", ".join(dict.fromkeys(str((r.get("model") or {}).get("reference")) for r, _ in runs)),
-        "quantization": quantization.pop() if len(quantization) == 1 else None,
+        "quantization": agreed([(r.get("model") or {}).get("quantization") for r, _ in runs]),
     }
+    differ = _differing_references(labels, runs)
+    if differ:
+        combined["references_differ"] = differ
     everywhere = [n for n, runs_of in shared.items() if len(runs_of) == len(labels)]
     order = everywhere + [n for label in labels for n in parts[label][0]["systems"] if n not in everywhere]
     signatures: dict[str, set] = {}
@@ -260,7 +298,7 @@ def join_runs(labels: list[str], runs: list[tuple[dict, list[dict]]],
     combined["systems"] = {n: combined["systems"][n] for n in dict.fromkeys(order)}
     combined["signature_conflicts"] = sorted(m for m, s in signatures.items() if len(s) > 1)
     validity = [r.get("validity") for r, _ in runs]
-    if validity[0] and all(v == validity[0] for v in validity):  # else each run's own report shows its own
+    if agreed(validity):  # else each run's own report shows its own
         combined["validity"] = validity[0]
     elif any(validity):
         combined["validity_differs"] = True

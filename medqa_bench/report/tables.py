@@ -6,6 +6,7 @@ Strings stay raw here: the template escapes them.
 
 from __future__ import annotations
 
+import json
 
 from .cells import BLANK_DELTA, ci, delta, fmt, fmt_p
 
@@ -46,31 +47,48 @@ def systems_context(results: dict, analysis: dict) -> list[dict]:
     return out
 
 
-def system_groups(results: dict, analysis: dict) -> list[dict]:
-    """A combined report's rows as the summary's column groups: ``[{"label", "n"}]``, consecutive rows of one run
-    (or shared by the same runs) together."""
-    infos = results.get("systems") or {}
-    n_runs = len(analysis.get("runs") or {})
-    groups: list[dict] = []
-    for s in analysis["systems"]:
-        info = infos.get(s) or {}
-        by = info.get("shared_by")
-        label = ("shared by every run" if len(by) == n_runs else f"shared by {', '.join(by)}") if by else \
-            f"run {info.get('run') or '?'}"
-        if groups and groups[-1]["label"] == label:
-            groups[-1]["n"] += 1
-        else:
-            groups.append({"label": label, "n": 1})
-    return groups
-
-
 # ------------------------------------------------------------------------------------------ summary
 
 
-def headline(results: dict, analysis: dict, notes: list[dict]) -> dict:
-    """Rows of metrics, one cell per system; each adapter's delta is against the strongest baseline row of that
-    metric (named in the cell); baselines and reference rows get none. ``notes``: verdict.metric_notes()."""
-    systems = analysis["systems"]
+def summary_tables(results: dict, analysis: dict, notes: list[dict]) -> list[dict]:
+    """The summary as tables ``[{"title", "run", "systems", "rows"}]`` (``systems``: :func:`systems_context`'s entries
+    of its columns; ``rows``: :func:`headline`'s). One run: one table. A combined report: the rows every run shares
+    (the reference rows, a baseline they all answered alike), then one table per run with its other rows (a row that
+    some runs share stands in each of theirs), so a table is never wider than one run, however many runs there are.
+    A metric note stands in the tables holding the reference row it is about."""
+    columns = systems_context(results, analysis)
+    own = analysis.get("runs") or {}
+    if not own:
+        return [{"title": None, "run": None, "systems": columns, "rows": headline(results, analysis, notes)["rows"]}]
+    infos = results.get("systems") or {}
+
+    def runs_of(name: str) -> list:
+        info = infos.get(name) or {}
+        return info.get("shared_by") or [info.get("run")]
+
+    every = [c for c in columns if set(own) <= set(runs_of(c["name"]))]
+    groups = [("Rows every run shares", None, every)] if every else []
+    for r, a in own.items():  # in the run's own order: baselines, adapters, reference rows
+        order = {name: k for k, name in enumerate(a.get("systems") or [])}
+        cols = [c for c in columns if r in runs_of(c["name"]) and c not in every]
+        groups.append((f"Run {r}", r, sorted(cols, key=lambda c: order.get(c["name"], len(order)))))
+    tables = []
+    for title, run, cols in groups:
+        if not cols:
+            continue
+        names = [c["name"] for c in cols]
+        mine = [n for n in notes if n.get("reference") in names]
+        rows = [r for r in headline(results, analysis, mine, names)["rows"]  # a metric none of them scored: none
+                if any(c["value"] != "–" for c in r["cells"])]
+        tables.append({"title": title, "run": run, "systems": cols, "rows": rows})
+    return tables
+
+
+def headline(results: dict, analysis: dict, notes: list[dict], systems: list[str] | None = None) -> dict:
+    """Rows of metrics, one cell per system (``systems``, default every row of the analysis); each adapter's delta
+    is against the strongest baseline row of that metric (named in the cell); baselines and reference rows get none.
+    ``notes``: verdict.metric_notes()."""
+    systems = systems if systems is not None else analysis["systems"]
     kinds = analysis.get("kinds") or {}
     paired = analysis.get("paired") or {}
     strongest = analysis.get("strongest_baseline") or {}
@@ -195,8 +213,10 @@ def _show(v) -> str:
 
 
 def loss_definitions(results: dict, analysis: dict, runs: list[tuple[str, dict]]) -> dict | None:
-    """The harness's loss definition beside each adapter's training eval loss and its definition, field by field;
-    rows where the columns differ are marked, so a reader sees why the numbers differ."""
+    """The harness's loss definition beside each adapter's training eval loss and its definition, field by field
+    (adapters whose training eval loss is the same number, defined alike, share a column: the table does not grow
+    with the runs of a combined report); rows where the columns differ are marked, so a reader sees why the numbers
+    differ."""
     columns = []
     harness = [(name, r.get("loss_definition")) for name, r in runs if r.get("loss_definition")]
     distinct = list({repr(sorted(d.items())): (n, d) for n, d in harness}.values())
@@ -204,14 +224,22 @@ def loss_definitions(results: dict, analysis: dict, runs: list[tuple[str, dict]]
     for name, d in distinct:
         title = "this run's loss (the table above)" if len(distinct) == 1 else f"run {name}: loss"
         columns.append({"title": title, "kind": "harness", "values": {"value": "per row, above", **d}})
+    training: dict[str, dict] = {}  # adapters whose training eval loss is the same number, defined alike: one column
     for s, info in (results.get("systems") or {}).items():
         tel = (info or {}).get("training_eval_loss")
         if not tel:
             continue
         here = (lm.get(s) or {}).get("loss")
         values = {**(tel.get("definition") or {}), "value": tel.get("value")}
-        columns.append({"title": f"{s}: training eval loss", "kind": "training", "values": values,
-                        "here": fmt(here, 4) if here is not None else None, "system": s})
+        column = training.setdefault(json.dumps(values, sort_keys=True, default=str),
+                                     {"kind": "training", "values": values, "systems": [], "losses": []})
+        column["systems"].append(s)
+        column["losses"].append(fmt(here, 4) if here is not None else None)
+    for c in training.values():
+        one = len(c["systems"]) == 1
+        here = c["losses"][0] if one else "; ".join(f"{s} {x or '–'}" for s, x in zip(c["systems"], c["losses"]))
+        columns.append({**c, "title": f"{', '.join(c['systems'])}: training eval loss", "here": here,
+                        "system": c["systems"][0]})
     if not columns:
         return None
     keys = [k for k, _ in _LOSS_FIELDS]

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..analysis.stats import significance_mark
 from ..analysis.verdict import base_words
-from .cells import ci, fmt, fmt_p, fmt_share, fmt_signed
+from .cells import ci, fmt, fmt_p, fmt_signed
 
 OUTCOMES = ("improves", "regresses", "no_difference")
 OUTCOME_TEXT = {"improves": "improves", "regresses": "regresses", "no_difference": "no significant difference"}
@@ -146,7 +146,7 @@ def _primary_cell(p: dict | None) -> dict | None:
 
 def verdict_context(results: dict, analysis: dict, verdict: dict | None) -> dict[str, Any]:
     """Template context of the verdict section; ``verdict`` is ``results["verdict"]`` (or one built for this page;
-    a combined report's from :func:`medqa_bench.analysis.verdict.combine_verdicts`)."""
+    a combined report's from :func:`medqa_bench.analysis.runs.combine_verdicts`)."""
     verdict = verdict or {}
     infos = results.get("systems") or {}
     adapters = []
@@ -251,17 +251,9 @@ def run_matrix(analysis: dict, verdict: dict) -> dict | None:
     return {"columns": columns, "rows": rows, "one_metric": metrics.pop() if len(metrics) == 1 else None}
 
 
-def _budget_text(budget: dict | None) -> str:
-    if not budget:
-        return "not recorded"
-    n, longer = budget.get("n_references") or 0, budget.get("references_longer")
-    cut = f"; {longer} of {n} references longer ({fmt_share(longer / n)})" if n and longer is not None else ""
-    return f"{budget.get('max_new_tokens')} tokens ({budget.get('source') or '?'}){cut}"
-
-
 def runs_context(results: dict, analysis: dict, verdict: dict) -> list[dict]:
     """One row per run of a combined report: where it comes from and the facts its statements rest on."""
-    from .diagnostics import threshold_source_text
+    from .diagnostics import budget_text, threshold_source_text
 
     facts = results.get("runs") or {}
     shared = {n: info.get("shared_by") for n, info in (results.get("systems") or {}).items() if info.get("shared_by")}
@@ -282,7 +274,7 @@ def runs_context(results: dict, analysis: dict, verdict: dict) -> list[dict]:
                 "quantization") else "",
             "n_items": own.get("n_items"),
             "n_nll_items": own.get("n_nll_items") or own.get("n_items"),
-            "budget": _budget_text(f.get("budget")),
+            "budget": budget_text(f.get("budget")),
             "soft_match": (f"{sim}: t = {fmt(th.get('t'))} ({threshold_source_text(th)})" if sim and th else "–"),
             "primary": primary or "–",
             "metrics": ", ".join(f.get("metrics") or []),
