@@ -189,7 +189,7 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
     train = corpus.items
 
     from .metrics import resolve_metrics  # resolve before the model loads: a typo fails in a second, not minutes
-    from .metrics.plugins import absolute_plugin_spec, plugin_copies
+    from .metrics.provenance import absolute_plugin_spec, plugin_copies
 
     # a plugin file is recorded by its absolute path (its metrics' infos: also its fingerprint and a copy), so the
     # run folder can be re-scored from any directory
@@ -520,7 +520,7 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
     of validity figures; either way the validity block is computed again for the metrics the run now has. Returns
     the folder written.
     """
-    from .metrics.plugins import plugin_copies
+    from .metrics.provenance import plugin_copies
     from .validity.measured import read_validity_source
 
     run_dir = Path(run_dir)
@@ -565,7 +565,7 @@ def _rescore_metrics(results: dict[str, Any], spec: RunSpec, metrics: list[str] 
                      metric_params: dict[str, dict], run_dir: Path) -> tuple[list, RunSpec]:
     """The metrics to compute again and the spec that records the whole set (the run's metrics, then the new) and
     the plugins they now come from."""
-    from .metrics.plugins import recorded_bases
+    from .metrics.provenance import recorded_bases
     from .metrics.registry import GROUPS, resolve_rescore_metrics
 
     recorded = dict(results.get("metrics") or {})

@@ -101,7 +101,7 @@ class MetricInfo(TypedDict, total=False):
 
 
 class PluginRecord(TypedDict):
-    """``metrics[name].plugin`` (2.4; medqa_bench.metrics.plugins.PluginSource.record): the code a plugin metric's
+    """``metrics[name].plugin`` (2.4; medqa_bench.metrics.provenance.PluginSource.record): the code a plugin metric's
     scores came from. Nothing loads ``copy`` unless a user names it with ``--plugin``."""
 
     spec: str  # the --plugin value as spec.plugins holds it: a file's absolute path, evaluate:<abs path>[#KEY], or a

@@ -63,7 +63,6 @@ from ..fingerprint import sha256_bytes, sha256_file, sha256_files
 from ..registry import Registry, import_attr
 from .base import Metric
 from .provenance import PluginSource, signature_source
-from .provenance import absolute_plugin_spec, plugin_copies, recorded_bases  # noqa: F401 - runner.py imports them here
 
 #: The entry-point group an installed package declares its metrics in.
 ENTRY_POINT_GROUP = "medqa_bench.metrics"
