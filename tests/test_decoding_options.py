@@ -4,12 +4,11 @@ its cache key and results.json, apply to every system of a run alike, and are ch
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import medqa
 
 # Greedy SmolLM2 continues a counting pattern by repeating it: the case both options exist for.
 LOOPING_PROMPT = "red, blue, red, blue, red, blue, red, blue, red, blue,"
@@ -48,9 +47,7 @@ def test_options_change_greedy_generation_of_the_default_model(default_model):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "medqa_bench.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=900)
+    return medqa(*args, cwd=cwd)
 
 
 @pytest.mark.slow

@@ -5,9 +5,11 @@ launcher); ``--multi_gpu --num_processes 2`` starts two through torchrun, and on
 ``--device cpu`` / ``training.device=cpu``) medqa-bench puts both on the CPU with gloo. That is what runs here.
 
     run    4 items, baseline + the shipped adapter, --batch-size 1, 8 new tokens: samples and aggregates equal;
-           the two writers' cache then serves a single-process run entirely (all hits, same samples)
+           the two writers' cache holds the single process's keys and values (a later run is all hits)
     train  2 processes x batch 2 vs 1 process x batch 4, 2 steps, LoRA on the fp32 base (4-bit NF4 on a CPU
-           costs ~40 s a step here; the DDP path is the same): per-step losses and LoRA weights close
+           costs ~40 s a step here; the DDP path is the same): per-step losses and LoRA weights close; the recorded
+           validation loss is the harness's corpus loss of the whole split (3 items: accelerate repeats one to even
+           out the last batch, and it is not counted twice)
     cache  two processes opening one fresh SQLite cache at once and committing item by item
 """
 
@@ -33,7 +35,7 @@ LAUNCH = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", 
 RUN = ["-q", "run", "--limit", "4", "--max-new-tokens", "8", "--batch-size", "1", "--metrics", "loss,perplexity,rougeL",
        "--no-report", "--device", "cpu"]
 TRAIN = ["-q", "train", "smollm2-135m-symptoms", *[a for kv in (
-    "model.quantization=none", "data.limit.train=4", "data.limit.validation=2", "data.max_length=64",
+    "model.quantization=none", "data.limit.train=4", "data.limit.validation=3", "data.max_length=64",
     "training.max_steps=2", "training.logging_steps=1", "training.learning_rate=3e-3", "training.device=cpu",
     "training.gradient_checkpointing=false", "lora.dropout=0.0", "lora.r=8") for a in ("--set", kv)]]
 
@@ -156,11 +158,24 @@ def test_two_processes_write_the_single_process_results(runs):
     assert r2["data"]["item_ids_fingerprint"] == r1["data"]["item_ids_fingerprint"]
 
 
-def test_the_two_writers_cache_serves_a_later_run(runs, short_symptoms):
-    medqa(*RUN, "--data", str(short_symptoms), "--out", str(runs / "again"), "--cache", str(runs / "two.sqlite"))
-    again, samples = _read(runs / "again")
-    assert again["cache"] == {"hits": 2 * 2 * 4 + 4, "misses": 0, "path": str(runs / "two.sqlite")}
-    assert samples == _read(runs / "two")[1]
+def test_the_two_writers_cache_is_the_single_process_cache(runs):
+    """What a later run looks up is what the single process looked up (its cache began empty and took every miss):
+    the two writers stored the same keys with the same values, so a later run is served entirely (all hits, the same
+    samples: the cache is what produced them in the test above)."""
+    import sqlite3
+
+    def entries(path):
+        with sqlite3.connect(str(path)) as conn:
+            return {k: (kind, json.loads(v)) for k, kind, v in conn.execute("SELECT key, kind, value FROM entries")}
+
+    one, two = entries(runs / "one.sqlite"), entries(runs / "two.sqlite")
+    assert len(one) == 2 * 2 * 4 + 4 and one.keys() == two.keys()
+    for key, (kind, value) in one.items():
+        other_kind, other = two[key]
+        assert other_kind == kind and other.keys() == value.keys(), key
+        for field, x in value.items():
+            y = other[field]
+            assert (_close(x, y) if isinstance(x, float) else x == y), (key, field, x, y)
 
 
 # --------------------------------------------------------------------------------------------- cache
@@ -254,3 +269,23 @@ def test_ddp_trains_the_single_process_adapter(adapters):
     assert not (adapters / "two.checkpoints").exists()
     assert "find_unused_parameters" not in (adapters / "two-stderr.txt").read_text()  # no per-step graph search
     assert not [p.name for p in adapters.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_two_processes_record_the_harness_loss_of_the_whole_split(adapters):
+    """DDP (2 processes, gloo, CPU): each process scores its shard, the sums and counts are gathered, and the item
+    accelerate repeats to even out the last batch (3 items, 2 processes x batch 2) is not counted twice."""
+    from medqa_bench.data import load_dataset
+    from medqa_bench.loss import training_eval_loss
+    from medqa_bench.models import attach_adapters, load_base
+    from trainers.qlora import limit_examples, load_recipe
+
+    two = adapters / "two"
+    meta = json.loads((two / "medqa_bench.json").read_text())
+    overrides = TRAIN[4::2]  # the recipe overrides both trainings share
+    recipe = load_recipe("smollm2-135m-symptoms", overrides)
+    items = limit_examples(load_dataset(recipe.data.spec()).split("validation"), 3, recipe.seed)
+    loaded = attach_adapters(load_base("smollm2-135m-instruct", device="cpu", dtype="float32"), {"ft": two})
+    harness = training_eval_loss(loaded, None, items, system="ft", max_length=64)
+    t = meta["training"]
+    assert (t["final_eval_items"], t["final_eval_tokens"]) == (3, harness["n_tokens"])
+    assert t["final_eval_loss"] == pytest.approx(harness["loss"], rel=1e-5)

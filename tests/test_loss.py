@@ -6,7 +6,7 @@
                       harness scores the items, and Trainer.evaluate() reports their corpus loss
     a real run        2 QLoRA steps on CPU (4-bit NF4, fp32 compute): the recorded final_eval_loss, recomputed by
                       medqa_bench.loss.training_eval_loss from the saved adapter on the same validation items
-    two processes     DDP on the CPU (gloo): the same corpus loss, each validation item counted once
+    two processes     DDP on the CPU (gloo): in tests/test_distributed.py, on its two-process training
 """
 
 from __future__ import annotations
@@ -252,41 +252,3 @@ def test_old_adapters_recorded_trainers_batch_mean():
         "form": "batch_mean", "batch_size": 4, "split": "validation", "eos": True, "boundary": "common_prefix",
         "truncation": {"max_length": 512, "mode": "keep_start"}, "quantization": "4bit", "compute_dtype": "bfloat16",
         "prompt_format": "reference"}
-
-
-def test_two_processes_record_the_harness_loss_of_the_whole_split(tmp_path):
-    """DDP (2 processes, gloo, CPU): each process scores its shard, the sums and counts are gathered, and the item
-    accelerate repeats to even out the last batch (3 items, 2 processes x batch 2) is not counted twice."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    from medqa_bench.data import load_dataset
-    from medqa_bench.models import attach_adapters, load_base
-    from trainers.qlora import limit_examples, load_recipe
-
-    overrides = ["model.quantization=none", "data.limit.train=4", "data.limit.validation=3", "data.max_length=64",
-                 "training.batch_size=2", "training.max_steps=1", "training.learning_rate=3e-3",
-                 "training.device=cpu", "training.gradient_checkpointing=false", "lora.dropout=0.0", "lora.r=8"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("WORLD_SIZE", None)
-    out = tmp_path / "ddp"
-    proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-         "-m", "medqa_bench.cli", "-q", "train", "smollm2-135m-symptoms",
-         *[a for kv in overrides for a in ("--set", kv)], "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    meta = json.loads((out / "medqa_bench.json").read_text())
-    assert meta["distributed"]["world_size"] == 2
-    recipe = load_recipe("smollm2-135m-symptoms", overrides)
-    items = limit_examples(load_dataset(recipe.data.spec()).split("validation"), 3, recipe.seed)
-    loaded = attach_adapters(load_base("smollm2-135m-instruct", device="cpu", dtype="float32"), {"ft": out})
-    harness = training_eval_loss(loaded, None, items, system="ft", max_length=64)
-    t = meta["training"]
-    assert (t["final_eval_items"], t["final_eval_tokens"]) == (3, harness["n_tokens"])
-    assert t["final_eval_loss"] == pytest.approx(harness["loss"], rel=1e-5)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import medqa
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("MEDQA_BENCH_VLLM_VENV") or ROOT / ".vllm-venv")
@@ -119,14 +120,10 @@ def vllm_server(tmp_path_factory):
         log.close()
 
 
-def _cli(*args: str, key: str | None = SECRET, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("MEDQA_BENCH_API_KEY", None)
-    env.pop("OPENAI_API_KEY", None)
-    if key is not None:
-        env["OPENAI_API_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "medqa_bench.cli", "-q", "run", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+def _cli(*args: str, key: str | None = SECRET) -> subprocess.CompletedProcess:
+    """``medqa-bench -q run ARGS`` (in this process: see cli_runner) with ``key`` as the only API key set."""
+    return medqa("-q", "run", *args, env={"OPENAI_API_KEY": key} if key is not None else None,
+                 drop_env=("MEDQA_BENCH_API_KEY",) + (() if key is not None else ("OPENAI_API_KEY",)))
 
 
 def _served(url: str, *args: str) -> list[str]:
@@ -291,19 +288,18 @@ def test_bad_input_against_vllm_is_one_line_and_writes_nothing(vllm_server, tmp_
         "adapter folder only": ["adapter 'ft'", "ft=served:LORA"],
         "wrong key": ["answered 401"],
     }[case]
-    proc = _cli(*args, *_common(tmp_path, "run"), key="sk-wrong" if case == "wrong key" else SECRET, timeout=300)
+    proc = _cli(*args, *_common(tmp_path, "run"), key="sk-wrong" if case == "wrong key" else SECRET)
     _one_line_error(proc, *expected)
     assert not (tmp_path / "run").exists()
     _assert_no_secret(proc.stdout + proc.stderr)
 
 
 def test_the_server_flags_belong_to_the_openai_backend(tmp_path):
-    proc = _cli("--base-url", "http://127.0.0.1:1/v1", "--limit", "1", "--out", str(tmp_path / "run"), timeout=300)
+    proc = _cli("--base-url", "http://127.0.0.1:1/v1", "--limit", "1", "--out", str(tmp_path / "run"))
     _one_line_error(proc, "--base-url names a server", "--backend openai")
-    proc = _cli("--backend", "openai", "--base-url", "http://127.0.0.1:1/v1", "--out", str(tmp_path / "run"),
-                timeout=300)
+    proc = _cli("--backend", "openai", "--base-url", "http://127.0.0.1:1/v1", "--out", str(tmp_path / "run"))
     _one_line_error(proc, "backend 'openai' needs --served-model")
-    proc = _cli("--adapter", "ft=served:symptoms", "--limit", "1", "--out", str(tmp_path / "run"), timeout=300)
+    proc = _cli("--adapter", "ft=served:symptoms", "--limit", "1", "--out", str(tmp_path / "run"))
     _one_line_error(proc, "adapter 'ft' is a served LoRA module", "--backend openai")
     assert not (tmp_path / "run").exists()
 
@@ -346,6 +342,8 @@ class Stub:
             do_GET = do_POST = _answer
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # a client that hangs up mid-answer is the test's doing: no traceback from this server on the run's stderr
+        self.server.handle_error = lambda request, client_address: None
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -392,7 +390,7 @@ def stub():
 def _stub_run(url: str, tmp_path: Path, *args: str, out: str = "run") -> subprocess.CompletedProcess:
     return _cli(*_served(url, "--no-default-adapter", "--limit", str(ITEMS), "--reference-rows", "none",
                          "--max-new-tokens", "16", "--out", str(tmp_path / out), "--cache",
-                         str(tmp_path / "cache.sqlite"), "--no-report", *args), timeout=300)
+                         str(tmp_path / "cache.sqlite"), "--no-report", *args))
 
 
 def test_an_unreachable_server_is_one_line(tmp_path):

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import medqa
+
 from medqa_bench.schema import SCHEMA_VERSION
 
 METRICS = "loss,perplexity,exact_match,fuzzy,rougeL,token_f1,embedding_similarity"
 
 
-def cli(*args: str, env_extra: dict | None = None, check: bool = False, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-m", "medqa_bench.cli", *args], capture_output=True, text=True, env=env, **kw)
+def cli(*args: str, env_extra: dict | None = None, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``medqa-bench ARGS`` in this process (cli_runner); the resume test starts a process of its own to kill."""
+    proc = medqa(*args, env=env_extra, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
