@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import medqa
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_ADAPTER = ROOT / "data" / "adapters" / "smollm2-135m-symptoms-qlora"
@@ -36,7 +37,11 @@ METRICS = [Metric(name="mentions_doctor", higher_is_better=True, score=_mentions
 '''
 
 
-def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """``medqa-bench ARGS`` in this process (cli_runner), or with ``fresh`` in a process of its own (an entry point on
+    PYTHONPATH is found when a process starts)."""
+    if not fresh:
+        return medqa(*args, env=env, cwd=cwd or ROOT)
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "medqa_bench.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT)
@@ -308,14 +313,14 @@ def test_an_entry_point_may_name_the_readmes_metrics_list(tmp_path, earlier_run)
     (site / "readme_metrics-0.1.dist-info" / "entry_points.txt").write_text(
         "[medqa_bench.metrics]\nmentions_doctor = readme_metrics:METRICS\nnot_there = readme_metrics:NOTHING\n")
     env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    proc = cli("metrics", "list", env=env)
+    proc = cli("metrics", "list", env=env, fresh=True)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     [line] = [x for x in proc.stdout.splitlines() if x.startswith("mentions_doctor")]
     assert "prediction" in line and "entry-point:readme-metrics" in line
     [line] = [x for x in proc.stdout.splitlines() if x.startswith("not_there")]
     assert "broken" in line and "NOTHING" in line
     # and it scores when named
-    proc = cli("-q", "score", str(earlier_run), "--metrics", "mentions_doctor", "--no-report", env=env)
+    proc = cli("-q", "score", str(earlier_run), "--metrics", "mentions_doctor", "--no-report", env=env, fresh=True)
     assert proc.returncode == 0, proc.stderr
     assert "mentions_doctor" in json.loads((earlier_run / "results.json").read_text())["metrics"]
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import medqa
 
 UMASK = 0o002  # not the usual 022: a mode the old 0600/0700 outputs cannot pass by chance
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,10 @@ def medqa_bench() -> list[str]:
 
 
 def cli(*args: str, cwd: Path, env_extra: dict | None = None, umask: int | None = None) -> subprocess.CompletedProcess:
+    """The ``medqa-bench`` script in a process of its own where a umask or FAIL_REPORT (a plugin that breaks report
+    writing for the whole process) is asked for; else the command in this process (cli_runner)."""
+    if env_extra is None and umask is None:
+        return medqa(*args, cwd=cwd)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run([*medqa_bench(), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=1800,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
