@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -288,13 +291,20 @@ def test_run_and_score_with_the_judge_through_the_cli(tmp_path):
     assert "judge_grade" in (out / "report.html").read_text()
     entries = _entries(cache)
 
-    cli("-q", "score", str(out), "--metrics", "judge", check=True)
+    # another process: every judgment from the cache
+    proc = subprocess.run([sys.executable, "-m", "medqa_bench.cli", "-q", "score", str(out), "--metrics", "judge"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
     rescored = json.loads((out / "results.json").read_text())
     judge_info = rescored["metrics"]["judge_grade"]["judge"]
     assert judge_info["computed"] == 0 and judge_info["cache_hits"] == 2  # all cache hits: no model call
     assert _entries(cache) == entries
     assert rescored["results"]["baseline"]["judge_grade"] == results["results"]["baseline"]["judge_grade"]
     assert rescored["metrics"]["judge_grade"]["signature"] == info["signature"]
+    # the same process as the run: its judge already holds the judgments, and this score's counts are its own
+    cli("-q", "score", str(out), "--metrics", "judge", check=True)
+    again = json.loads((out / "results.json").read_text())["metrics"]["judge_grade"]["judge"]
+    assert (again["computed"], again["cache_hits"], again["reused"], again["judged"]) == (0, 0, 2, 2)
 
 
 def test_bad_judge_backend_exits_2_before_any_model_loads(tmp_path):

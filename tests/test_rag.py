@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cli_runner import medqa
 
 from medqa_bench import rag
 from medqa_bench.data import DataSpec, Example, load_dataset
@@ -292,9 +290,7 @@ def test_context_metrics_score_only_systems_with_passages():
 
 
 def _run(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "medqa_bench.cli", "-q", "run", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd)
+    proc = medqa("-q", "run", *args, cwd=cwd)  # in this process: see cli_runner
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     return proc
 

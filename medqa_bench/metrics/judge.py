@@ -241,11 +241,14 @@ class Judge:
             return None
         return METHODS[0] if "next_token" in self.backend.capabilities else METHODS[1]
 
-    def judge(self, prompts: Sequence[str]) -> list[Judgment]:
-        """The judgment of each rubric prompt (see :func:`judge_prompt`)."""
+    def judge(self, prompts: Sequence[str], counts: dict[str, int] | None = None) -> list[Judgment]:
+        """The judgment of each rubric prompt (see :func:`judge_prompt`). ``counts`` (a metric's own: one run's) adds
+        this call's model calls (``computed``), cache hits and prompts judged earlier in this process (``reused``)."""
         from ..cache import open_cache
 
         new = [p for p in dict.fromkeys(prompts) if p not in self.judgments]
+        if counts is not None:
+            counts["reused"] += len(set(prompts)) - len(new)
         if new:
             try:
                 if self.backend is None:
@@ -270,6 +273,9 @@ class Judge:
                 found.update(self._parsed(rest, cache))
                 self.computed += cache.misses
                 self.cache_hits += cache.hits
+                if counts is not None:
+                    counts["computed"] += cache.misses
+                    counts["cache_hits"] += cache.hits
             except MedQABenchError as exc:
                 raise MetricError(f"judge: {exc}") from exc
             finally:
@@ -310,17 +316,20 @@ class Judge:
         return {p: Judgment(grade=parse_judgment(g.text), method=METHODS[1], text=g.text)
                 for p, g in zip(prompts, gens)}
 
-    def describe(self) -> dict[str, Any]:
-        """The judge's identity, rubric, method, and its counts (answers judged, by method, model calls, cache hits)
-        with the spread of the grade mass."""
-        judged = list(self.judgments.values())
+    def describe(self, judged: Sequence[Judgment] | None = None, counts: dict[str, int] | None = None) -> dict[str, Any]:
+        """The judge's identity, rubric, method, and the counts of ``judged`` and ``counts`` (one metric's, so one
+        run's; default: everything this process judged): answers judged, by method, model calls, cache hits, answers
+        judged earlier in this process, and the spread of the grade mass."""
+        judged = list(self.judgments.values() if judged is None else judged)
+        if counts is None:
+            counts = {"computed": self.computed, "cache_hits": self.cache_hits, "reused": 0}
         masses = sorted(j.mass for j in judged if j.mass is not None)
         return {"backend": self.config.backend, "model": self.config.model or DEFAULT_MODEL, "identity": self.identity,
                 "rubric_version": RUBRIC_VERSION, "grades": {str(g): n for g, n in GRADES.items()}, "prefix": PREFIX,
                 "method": self.method, "max_new_tokens": MAX_NEW_TOKENS,
                 "options": {k: v for k, v in self.config.options},
                 "judged": len(judged), "by_method": {m: sum(j.method == m for j in judged) for m in METHODS},
-                "computed": self.computed, "cache_hits": self.cache_hits,
+                "computed": counts["computed"], "cache_hits": counts["cache_hits"], "reused": counts["reused"],
                 "grade_mass": {"min": masses[0], "median": masses[len(masses) // 2],
                                "mean": math.fsum(masses) / len(masses)} if masses else None}
 
@@ -375,12 +384,17 @@ def judge_grade(backend: str = "transformers", model: str | None = None, device:
     config = _config(name, backend, model, device, cache, options)
     judge = shared_judge(config)
     asked = [0, 0]  # answers this metric left unscored, answers it was asked for
+    # this metric's own judgments and counts (one run's): the judge is shared by every run of the process
+    mine: dict[str, Judgment] = {}
+    counts = {"computed": 0, "cache_hits": 0, "reused": 0}
 
     def score(predictions, references, items):
         import numpy as np
 
         prompts = [judge_prompt(str(it.get("question", "")), r, p) for p, r, it in zip(predictions, references, items)]
-        values = [j.grade for j in judge.judge(prompts)]
+        judgments = judge.judge(prompts, counts)
+        mine.update(zip(prompts, judgments))
+        values = [j.grade for j in judgments]
         asked[0] += sum(v is None for v in values)
         asked[1] += len(values)
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
@@ -398,7 +412,8 @@ def judge_grade(backend: str = "transformers", model: str | None = None, device:
             return {}
         signature = static.replace(f"|judge={who}|", f"|judge={who}@{sha256_json(judge.identity)[:12]}|method="
                                                      f"{judge.method}|")
-        return {"signature": signature, "judge": {**judge.describe(), "unscored": asked[0], "answers": asked[1]}}
+        return {"signature": signature,
+                "judge": {**judge.describe(list(mine.values()), counts), "unscored": asked[0], "answers": asked[1]}}
 
     return Metric(name=name, higher_is_better=True, score=score, signature=static, bounds=SCORE_RANGE,
                   allows_missing=True, details=details,
