@@ -31,10 +31,11 @@ data: $(STAMP)
 demo: $(STAMP) data
 	$(BIN)/medqa-bench run
 
-# Test files run in parallel, one per worker at a time (module fixtures are built once): TEST_WORKERS=1 for one process.
+# Test files run in parallel, one per worker at a time (module fixtures are built once), the longest first (the
+# order tests/conftest.py gives): TEST_WORKERS=1 for one process.
 TEST_WORKERS ?= auto
 test: chromium vllm $(STAMP) data
-	MEDQA_BENCH_VLLM_VENV="$(VLLM_VENV)" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	MEDQA_BENCH_VLLM_VENV="$(VLLM_VENV)" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The browser test needs headless Chromium: found, installed (Debian/Ubuntu as root), or one line saying how, before
 # anything else is installed.

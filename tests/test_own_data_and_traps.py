@@ -127,9 +127,13 @@ def test_own_file_without_qtype_column_runs_in_one_try_and_leaves_no_lock(tmp_pa
     gone, and the run folder's files follow the umask."""
     data = write_csv(tmp_path / "mine.csv", 12)
     out = tmp_path / "runs" / "mine"
-    proc = cli("-q", "run", "--data", str(data), "--no-default-adapter", "--limit", "1", "--max-new-tokens", "4",
-               "--metrics", "rougeL", "--reference-rows", "none", "--no-report", "--no-cache", "--device", "cpu",
-               "--out", str(out), cwd=tmp_path, preexec_fn=lambda: os.umask(0o027))
+    umask = os.umask(0o027)  # the command runs in this process (cli_runner): the umask is set around it
+    try:
+        proc = cli("-q", "run", "--data", str(data), "--no-default-adapter", "--limit", "1", "--max-new-tokens", "4",
+                   "--metrics", "rougeL", "--reference-rows", "none", "--no-report", "--no-cache", "--device", "cpu",
+                   "--out", str(out), cwd=tmp_path)
+    finally:
+        os.umask(umask)
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["spec"]["data"]["qtype"] == "all" and results["data"]["split"] == "test"
