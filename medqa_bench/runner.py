@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +20,7 @@ from .data import Example
 from .errors import AdapterError, RunError
 from .fingerprint import sha256_json
 from .inference import CompletionNLL
+from .items import select_item_sets, select_items
 from .loss import run_loss_definition
 from .models import DEFAULT_MODEL, AdapterInfo
 from .paths import default_dataset
@@ -49,28 +49,6 @@ def shipped_adapter() -> Path | None:
 
     folder = shipped_adapters_dir() / DEFAULT_ADAPTER
     return folder if (folder / "adapter_config.json").exists() else None
-
-
-def select_items(examples: list[Example], limit: int, seed: int) -> list[Example]:
-    """A seeded sample of ``limit`` items (0: all), kept in split order."""
-    if not limit or limit >= len(examples):
-        return list(examples)
-    keep = set(random.Random(seed).sample(range(len(examples)), limit))
-    return [e for i, e in enumerate(examples) if i in keep]
-
-
-def select_item_sets(examples: list[Example], limit: int, nll_limit: int, seed: int) -> tuple[list[Example], list[bool]]:
-    """The items of a run and, for each, whether it is generated: the seeded sample of ``limit`` items
-    (:func:`select_items`, so the generated items do not move with ``nll_limit``) and, scored by the NLL metrics only,
-    a seeded sample of the other items that makes ``nll_limit`` in all (0: every item), in split order."""
-    generated = select_items(examples, limit, seed)
-    chosen = {id(e) for e in generated}
-    if nll_limit and nll_limit <= len(generated) or len(generated) == len(examples):
-        return generated, [True] * len(generated)
-    rest = [e for e in examples if id(e) not in chosen]
-    more = {id(e) for e in select_items(rest, nll_limit - len(generated) if nll_limit else 0, seed)}
-    items = [e for e in examples if id(e) in chosen or id(e) in more]
-    return items, [id(e) in chosen for e in items]
 
 
 def _log_items(pool: list[Example], items: list[Example], generated: list[Example], spec: RunSpec) -> None:
