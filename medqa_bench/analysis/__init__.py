@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import MetricError, SpecError
 from . import confusion, lengths, stats
+from .compare import finite
 
 ANALYSIS_VERSION = 3
 DEFAULT_SIMILARITY_METRIC = "embedding_similarity"
@@ -230,18 +231,8 @@ def choose_metric(metrics: dict[str, dict], requested: str | None) -> str | None
     return ranked[0] if ranked else None
 
 
-def _finite(x) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _score(sample: dict, system: str, metric: str, field: str = "scores") -> float | None:
-    return _finite(((sample.get("systems", {}).get(system) or {}).get(field) or {}).get(metric))
+    return finite(((sample.get("systems", {}).get(system) or {}).get(field) or {}).get(metric))
 
 
 # ------------------------------------------------------------------------------------------------ sections
@@ -277,7 +268,7 @@ def _confusion(samples, systems, baselines, metric, th) -> tuple[dict, dict[str,
                 (s.get("qtype") or "", ((s.get("systems", {}).get(name) or {}).get("nearest_qtype") or {}).get(metric))
                 for s in samples
             ]
-            rows = [(q, (str(n[0]), float(n[1]))) for q, n in rows if n and len(n) == 2 and _finite(n[1]) is not None]
+            rows = [(q, (str(n[0]), float(n[1]))) for q, n in rows if n and len(n) == 2 and finite(n[1]) is not None]
             if rows:
                 by_qtype[name] = confusion.qtype_confusion(
                     [q for q, _ in rows], [n for _, n in rows], th["t"], rows=qtypes
@@ -297,7 +288,7 @@ def _language_modeling(samples, systems, baselines, *, seed, n_bootstrap) -> dic
     for s in samples:
         for name in systems:
             sys = s.get("systems", {}).get(name) or {}
-            v, t = _finite(sys.get("nll_sum")), _finite(sys.get("nll_tokens"))
+            v, t = finite(sys.get("nll_sum")), finite(sys.get("nll_tokens"))
             if v is not None and t:
                 nll[name][s["id"]] = (v, t)
     if not any(nll.values()):

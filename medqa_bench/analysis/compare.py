@@ -22,7 +22,13 @@ import numpy as np
 from . import stats
 
 
-def _finite(x) -> float | None:
+def finite(x) -> float | None:
+    """``x`` as a float when it is a finite number, else None (missing, boolean, text, NaN or infinite): what the
+    analysis reads from a recorded score or NLL field.
+
+    >>> finite(0.5), finite("2"), finite(True), finite(float("nan")), finite(None)
+    (0.5, 2.0, None, None, None)
+    """
     if x is None or isinstance(x, bool):
         return None
     try:
@@ -42,11 +48,11 @@ def per_item(samples: list[dict], system: str, metric: str, info: dict) -> dict[
     for s in samples:
         rec = s.get("systems", {}).get(system) or {}
         if info.get("kind") == "nll":
-            nll, tok = _finite(rec.get("nll_sum")), _finite(rec.get("nll_tokens"))
+            nll, tok = finite(rec.get("nll_sum")), finite(rec.get("nll_tokens"))
             if nll is not None and tok:
                 out[s["id"]] = math.exp(nll / tok) if is_perplexity(metric) else nll / tok
         else:
-            v = _finite((rec.get("scores") or {}).get(metric))
+            v = finite((rec.get("scores") or {}).get(metric))
             if v is not None:
                 out[s["id"]] = v
     return out
@@ -127,7 +133,7 @@ def strongest_baselines(results: dict, samples: list[dict], roles: dict, metrics
     values = results.get("results") or {}
 
     def value(b: str, m: str) -> float | None:
-        v = _finite(((values.get(b) or {}).get(m) or {}).get("value"))
+        v = finite(((values.get(b) or {}).get(m) or {}).get("value"))
         return v if v is not None else corpus_value(samples, b, m, metrics[m])
 
     out: dict[str, dict[str, str]] = {}

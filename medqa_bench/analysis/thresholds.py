@@ -20,12 +20,12 @@ partial / correct by ``t_low`` and ``t_high``. A hand-set ``t`` suits one data s
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..errors import SpecError
+from .compare import finite
 
 __all__ = ["RULE", "PERCENTILES", "MIN_NULL_PAIRS", "MIN_DISTINCT", "null_scores", "calibrate", "resolve_thresholds",
            "spec_thresholds", "keyed_thresholds"]
@@ -40,16 +40,6 @@ MIN_DISTINCT = 3  # a 0/1 (or two-valued) metric has no percentile worth calling
 _KEYS = ("t", "t_low", "t_high")
 
 
-def _finite(x) -> Optional[float]:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def null_scores(samples: list[dict], metric: str) -> list[float]:
     """``samples[i]["null_scores"][metric]`` over the items that have a finite one, in sample order.
 
@@ -58,7 +48,7 @@ def null_scores(samples: list[dict], metric: str) -> list[float]:
     """
     out = []
     for s in samples:
-        v = _finite((s.get("null_scores") or {}).get(metric))
+        v = finite((s.get("null_scores") or {}).get(metric))
         if v is not None:
             out.append(v)
     return out
@@ -74,7 +64,7 @@ def calibrate(null: Sequence[float], *, fallback: dict[str, float]) -> dict:
     >>> [round(th[k], 4) for k in ("t_low", "t", "t_high")], th["source"]
     ([0.891, 0.9405, 0.9801], 'calibrated')
     """
-    values = np.array([v for x in null if (v := _finite(x)) is not None], dtype=float)
+    values = np.array([v for x in null if (v := finite(x)) is not None], dtype=float)
     n = int(values.size)
     out = {"source": "default", "n_pairs": n, "rule": RULE, "reason": None}
     default = {k: float(fallback[k]) for k in _KEYS}
