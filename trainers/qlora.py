@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import platform
-import random
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any, Sequence
 
 from medqa_bench import atomic
 from medqa_bench.errors import DataError, RunError, SpecError
+# the evaluation's seeded draw: a limit names the same items in training and evaluation
+from medqa_bench.items import select_items as limit_examples
 
 from .recipe import Recipe, load_recipe  # noqa: F401  (re-exported: the CLI imports both from here)
 
@@ -84,14 +85,6 @@ def pick_precision(precision: str, device: str) -> str:
     if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
         raise SpecError("this GPU has no bf16; use training.precision=fp16 (or auto)")
     return precision
-
-
-def limit_examples(examples: Sequence[Any], n: int | None, seed: int) -> list[Any]:
-    """At most ``n`` items drawn with ``seed``, kept in their split order (so the draw, not the order, is random)."""
-    if n is None or n >= len(examples):
-        return list(examples)
-    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
-    return [examples[i] for i in keep]
 
 
 def check_target_modules(source: Any, targets: Sequence[str]) -> list[str]:
