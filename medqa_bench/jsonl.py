@@ -1,8 +1,11 @@
-"""Reading JSON Lines: one JSON object per non-blank line; a bad line is named by its file and number."""
+"""Reading JSON objects from files: JSON Lines (one object per non-blank line; a bad line is named by its file and
+number) and a file that holds one object (results.json, adapter metadata), each refused with the caller's error."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -24,3 +27,20 @@ def parse_jsonl(text: str, source: str, error: type[Exception], hint: str = "") 
             raise error(f"{source}: line {lineno} is not a JSON object{hint}")
         rows.append(row)
     return rows
+
+
+def read_json_object(path: str | os.PathLike, error: type[Exception], source: str | None = None,
+                     hint: str = "") -> dict[str, Any]:
+    """The JSON object the UTF-8 file ``path`` holds.
+
+    A file that is not UTF-8 JSON, or holds another JSON value (a list, a number), raises ``error`` with
+    ``"<source>: ..."`` (``source``: the path unless given) and ``hint`` appended (e.g. ``"; the folder is damaged"``).
+    """
+    source = str(path) if source is None else source
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{source}: not valid JSON ({exc}){hint}") from None
+    if not isinstance(value, dict):
+        raise error(f"{source}: holds a JSON {type(value).__name__}, not an object{hint}")
+    return value

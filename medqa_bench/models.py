@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any
 from . import atomic
 from .errors import AdapterError, ModelError
 from .fingerprint import sha256_files, sha256_json
+from .jsonl import read_json_object
 from .weight_files import WeightFileError, check_safetensors, pickle_conversion
 
 log = logging.getLogger(__name__)
@@ -409,7 +409,7 @@ def read_adapter(name: str, path: str | os.PathLike) -> AdapterInfo:
     cfg_path = folder / "adapter_config.json"
     if not cfg_path.exists():
         raise AdapterError(f"adapter '{name}': {folder} has no adapter_config.json (not a PEFT adapter folder)")
-    config = _read_json_object(cfg_path, f"adapter '{name}'")
+    config = read_json_object(cfg_path, AdapterError, f"adapter '{name}': {cfg_path}", "; the folder is damaged")
     safetensors, pickled = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
     if not safetensors.exists():
         if pickled.exists():
@@ -424,19 +424,10 @@ def read_adapter(name: str, path: str | os.PathLike) -> AdapterInfo:
         raise AdapterError(f"adapter '{name}' ({folder}): {exc}; copy or train the adapter again") from None
     weights = [p for p in (safetensors, pickled) if p.exists()]  # both, as fingerprinted before .bin was refused
     meta_path = folder / "medqa_bench.json"
-    meta = _read_json_object(meta_path, f"adapter '{name}'") if meta_path.exists() else None
+    meta = (read_json_object(meta_path, AdapterError, f"adapter '{name}': {meta_path}", "; the folder is damaged")
+            if meta_path.exists() else None)
     digest = sha256_files([cfg_path, *weights], folder)
     return AdapterInfo(name, str(folder.resolve()), f"sha256:{digest}", config.get("base_model_name_or_path"), config, meta)
-
-
-def _read_json_object(path: Path, whose: str) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{whose}: {path} is not valid JSON ({exc}); the folder is damaged") from None
-    if not isinstance(value, dict):
-        raise AdapterError(f"{whose}: {path} holds a JSON {type(value).__name__}, not an object; the folder is damaged")
-    return value
 
 
 def _check_adapter_base(info: AdapterInfo, loaded: LoadedModel) -> None:

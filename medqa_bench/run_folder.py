@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from . import atomic
 from .errors import RunError
 from .fingerprint import sha256_json
+from .jsonl import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -233,12 +234,7 @@ def read_results_file(path: Path) -> dict[str, Any]:
     package reads (minor versions only add fields). Every reader of a run folder checks it this one way."""
     from .schema import SCHEMA_VERSION
 
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path}: not valid JSON ({exc}); re-run the evaluation to rewrite it") from exc
-    if not isinstance(results, dict):
-        raise RunError(f"{path}: expected a JSON object, found {type(results).__name__}")
+    results = read_json_object(path, RunError, hint="; re-run the evaluation to rewrite it")
     version = str(results.get("schema_version", ""))
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         older = version.split(".")[0] == "1"
