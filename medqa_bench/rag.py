@@ -15,8 +15,9 @@ past a small model's context (the longest training answer has 2,048 words). The 
 **Retrieval.** The query is the item's question.
 
 - ``bm25``: :class:`medqa_bench.retrieval.BM25Index` (bm25s, Lucene BM25, k1 1.5, b 0.75) over question + answer;
-- ``dense``: cosine similarity of all-MiniLM-L6-v2 embeddings (the ``embedding_similarity`` metric's model and
-  encoder, texts truncated to its 256 word pieces) of the question and of each passage;
+- ``dense``: cosine similarity of all-MiniLM-L6-v2 embeddings (:class:`medqa_bench.encoders.SentenceEncoder`, the
+  ``embedding_similarity`` metric's model and encoder, texts truncated to its 256 word pieces) of the question and of
+  each passage;
 
 ties by position in the training split. The index is built once per training-split fingerprint (a digest of every
 training item's id, question and answer) and retriever settings, and kept in the cache folder
@@ -187,7 +188,7 @@ def train_fingerprint(train: Sequence[Example]) -> str:
 def _dense_settings() -> dict[str, Any]:
     from importlib.metadata import version
 
-    from .metrics.embedding import default_model_path, model_fingerprint
+    from .encoders import default_model_path, model_fingerprint
 
     path = default_model_path()
     return {"model": f"all-MiniLM-L6-v2@{model_fingerprint(path)[:12]}", "similarity": "cosine",
@@ -204,9 +205,9 @@ def _bm25_settings() -> dict[str, Any]:
 
 
 def _embedder():
-    from .metrics.embedding import EmbeddingSimilarity, default_model_path
+    from .encoders import SentenceEncoder, default_model_path
 
-    return EmbeddingSimilarity(default_model_path(), batch_size=64, device=None, max_seq_length=None)
+    return SentenceEncoder(default_model_path(), batch_size=64, device=None, max_seq_length=None)
 
 
 class PassageIndex:
