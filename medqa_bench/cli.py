@@ -99,6 +99,47 @@ def _parse_assignments(values: Sequence[str] | None, what: str) -> list[tuple[st
     return out
 
 
+#: Where a backend option's flag keeps its value in the parsed arguments: ``backend_option.<name>``.
+_OPTION_DEST = "backend_option."
+
+
+def _add_backend_options(p: argparse.ArgumentParser) -> None:
+    """A flag for every option a registered backend declares (medqa_bench.backends.options): ``--base-url`` for
+    ``base_url``, one group per backend. An option two backends declare has one flag; a flag the parser already has
+    is left out (the option can still be given in a spec file's ``backend_options``)."""
+    import yaml
+
+    from .backends.options import all_declared
+
+    groups: dict[str, Any] = {}
+    for name, owners in all_declared().items():
+        backend, opt = owners[0]
+        if backend not in groups:
+            groups[backend] = p.add_argument_group(f"options of --backend {backend}")
+        default = f" (default {opt.default:g})" if isinstance(opt.default, float) else (
+            f" (default {opt.default})" if opt.default is not None else "")
+        also = f"; also --backend {', '.join(b for b, _ in owners[1:])}" if len(owners) > 1 else ""
+        try:
+            groups[backend].add_argument(opt.flag, dest=_OPTION_DEST + name, metavar=opt.metavar or name.upper(),
+                                         type=opt.type if opt.type in (str, int, float) else yaml.safe_load,
+                                         help=opt.help + default + also)
+        except argparse.ArgumentError:
+            log.debug("backend %s's option %s is not a flag: %s is taken", backend, name, opt.flag)
+
+
+def _backend_options(args: argparse.Namespace, spec) -> dict[str, Any]:
+    """The run spec's ``backend_options`` from the flags, over the spec file's. When ``--backend`` picks another
+    backend than the file's, the file's options left at their defaults go (they were filled in, not given)."""
+    given = {k[len(_OPTION_DEST):]: v for k, v in vars(args).items() if k.startswith(_OPTION_DEST) and v is not None}
+    base = dict(spec.backend_options)
+    if args.backend is not None and args.backend != spec.backend and base:
+        from .backends.options import declared
+
+        defaults = {o.name: o.default for o in declared(spec.backend)}
+        base = {k: v for k, v in base.items() if k not in defaults or v != defaults[k]}
+    return {"backend_options": {**base, **given}} if given or base != spec.backend_options else {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="medqa-bench",
@@ -120,16 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "--backend openai: NAME=served:LORA or NAME=served:LORA@FOLDER (the server's LoRA module LORA; "
                    "FOLDER, its local copy, gives the recorded prompt format and fingerprint)")
     r.add_argument("--no-default-adapter", action="store_true", help="do not add the shipped adapter when none is given")
-    g = r.add_argument_group("served models (--backend openai)")
-    g.add_argument("--base-url", metavar="URL", help="the server's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 "
-                   "(the API key comes from OPENAI_API_KEY or MEDQA_BENCH_API_KEY)")
-    g.add_argument("--served-model", metavar="NAME", help="the base model's name on the server (its /v1/models id); "
-                   "--model still names its tokenizer (for token counts and NLL)")
-    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight at once (default 8)")
-    g.add_argument("--request-timeout", type=float, metavar="SECONDS", help="how long one request may take before it "
-                   "is retried (default 300)")
-    g.add_argument("--retries", type=int, metavar="N", help="retries of a request after a timeout, a dropped "
-                   "connection, 429 or 5xx, with exponential backoff (default 4)")
     _add_data_options(r)
     _add_train_data_options(r)
     r.add_argument("--split", choices=["train", "validation", "test", "all"], help="which split to evaluate (default "
@@ -180,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace a run folder that holds a different run (another "
                    "spec); re-running the same spec replaces its folder without it")
     r.add_argument("--seed", type=int, help="seed of bootstrap CIs and distractor choice (default 0)")
+    _add_backend_options(r)  # last: a backend's option never takes a flag of the command's own
 
     s = sub.add_parser("score", help="re-score a run folder's saved generations (no language model is loaded)")
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -317,9 +349,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = RunSpec.from_file(args.spec) if args.spec else RunSpec()
     ch: dict[str, Any] = {}
-    for flag, key in (("name", "name"), ("model", "model"), ("backend", "backend"), ("base_url", "base_url"),
-                      ("served_model", "served_model"), ("concurrency", "concurrency"),
-                      ("request_timeout", "request_timeout"), ("retries", "retries"), ("split", "split"),
+    for flag, key in (("name", "name"), ("model", "model"), ("backend", "backend"), ("split", "split"),
                       ("limit", "limit"), ("nll_limit", "nll_limit"), ("sample_seed", "sample_seed"), ("prompt_format", "prompt_format"),
                       ("device", "device"), ("dtype", "dtype"), ("quantization", "quantization"), ("max_length", "max_length"),
                       ("out", "output_dir"), ("seed", "seed")):
@@ -386,6 +416,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ch["overwrite"] = True
     ch["data"] = _data_spec(args, spec.data)
     ch.update(_train_data_spec(args, spec))
+    ch.update(_backend_options(args, spec))
     spec = spec.replace(**ch)
     result = run(spec, progress=not args.quiet)
     if not _is_main_process():

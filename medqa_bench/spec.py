@@ -77,11 +77,9 @@ class RunSpec:
     name: str | None = None
     model: str = DEFAULT_MODEL
     backend: str = "transformers"  # what answers: a name of medqa_bench.backends (checked when a run starts)
-    base_url: str | None = None  # backend openai: the server's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1
-    served_model: str | None = None  # backend openai: the base model's name on that server (its /v1/models id)
-    concurrency: int = 8  # backend openai: requests in flight at once
-    request_timeout: float = 300.0  # backend openai: seconds one request may take before it is retried
-    retries: int = 4  # backend openai: retries of a request after a timeout, a dropped connection, 429 or 5xx
+    # the backend's own options, as it declares them (medqa_bench.backends.options), defaults filled in: for openai
+    # base_url, served_model, concurrency, request_timeout, retries; older specs held those at the top level
+    backend_options: dict[str, Any] = field(default_factory=dict)
     adapters: tuple[tuple[str, str], ...] = ()
     default_adapters: bool = True  # with no adapters given, compare the default model with its shipped adapter
     data: DataSpec = DataSpec()
@@ -138,7 +136,7 @@ class RunSpec:
                             "'.'): the run folder is reports/<name>; use --out DIR to write elsewhere")
         if not self.backend.strip():
             raise SpecError("backend must name an inference backend, e.g. transformers (the default)")
-        _check_endpoint(self)
+        _check_backend(self)
         if self.split is not None and self.split not in (*SPLITS, "all"):
             raise SpecError(f"split must be one of {', '.join(SPLITS)}, all; not '{self.split}'")
         if self.train_split not in (*SPLITS, "all"):
@@ -214,6 +212,7 @@ class RunSpec:
             d[key] = list(d[key]) if d[key] is not None else None
         d["plugins"] = list(self.plugins)
         d["analysis"] = dataclasses.asdict(self.analysis)
+        d["backend_options"] = dict(self.backend_options)
         return d
 
     @classmethod
@@ -222,10 +221,13 @@ class RunSpec:
         values are coerced and checked by :meth:`__post_init__`."""
         if not isinstance(d, dict):
             raise SpecError(f"a {DOC} is a mapping of keys to values, not {typed.show(d)}")
+        from .backends.options import from_legacy
+
+        d = from_legacy(d)  # base_url, served_model, ... at the top level: a spec from before backend_options
         typed.check_keys(d, typed.field_types(cls), doc=DOC)
-        d = dict(d)
-        if d.get("data") is None:  # `data:` left empty in a file: the defaults
-            d.pop("data", None)
+        for key in ("data", "backend_options"):
+            if d.get(key) is None:  # `data:` left empty in a file: the defaults
+                d.pop(key, None)
         return cls(**d)
 
     @classmethod
@@ -313,41 +315,19 @@ def _plain_value(key: str, value: Any) -> Any:
     return value
 
 
-#: Backends that load the model in this process: they take no server options.
-IN_PROCESS_BACKENDS = ("transformers",)
-#: Backends that ask an OpenAI-compatible server: they need its URL and the model's served name.
-SERVER_BACKENDS = ("openai",)
+def _check_backend(spec: "RunSpec") -> None:
+    """``backend_options`` checked against the backend's declaration and completed with its defaults, then what else
+    the backend refuses of the spec (its ``check_spec``). A backend no one registered is refused when a run starts
+    ("did you mean …"), unless options are given for it: they cannot be checked."""
+    from .backends import backend_class, backend_registry
+    from .backends.options import resolve_options
 
-
-def _check_endpoint(spec: "RunSpec") -> None:
-    """The server options (``base_url``, ``served_model``) go with a backend that asks a server, and only with one."""
-    given = [flag for flag, value in (("--base-url", spec.base_url), ("--served-model", spec.served_model)) if value]
-    if spec.backend in IN_PROCESS_BACKENDS and given:
-        raise SpecError(f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} a server, but backend "
-                        f"'{spec.backend}' loads the model in this process; add --backend openai to evaluate a served "
-                        "model, or drop them")
-    if spec.backend in SERVER_BACKENDS:
-        missing = [flag for flag, value in (("--base-url", spec.base_url), ("--served-model", spec.served_model))
-                   if not (value or "").strip()]
-        if missing:
-            raise SpecError(f"backend '{spec.backend}' needs {' and '.join(missing)}: the server's API (e.g. "
-                            "--base-url http://127.0.0.1:8000/v1) and the base model's name there (its /v1/models id)")
-        if not re.match(r"https?://[^/\s]+", spec.base_url or ""):
-            raise SpecError(f"base_url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1; not "
-                            f"{spec.base_url!r}")
-        if "@" in (spec.base_url or "").split("://", 1)[1].split("/", 1)[0]:
-            raise SpecError("base_url holds credentials (user:password@host): they would be written into "
-                            "results.json; give the API key in OPENAI_API_KEY (or MEDQA_BENCH_API_KEY) instead")
-        if spec.quantization == "4bit":
-            raise SpecError("quantization '4bit' is chosen by the server, not by the client: serve a quantized model "
-                            "instead, or leave --quantization out (or 'none' to record that the server runs "
-                            "unquantized weights)")
-    if spec.concurrency < 1:
-        raise SpecError(f"concurrency must be a positive number of requests, not {spec.concurrency}")
-    if not spec.request_timeout > 0:
-        raise SpecError(f"request_timeout must be a positive number of seconds, not {spec.request_timeout}")
-    if spec.retries < 0:
-        raise SpecError(f"retries must be >= 0, not {spec.retries}")
+    if spec.backend not in backend_registry() and not spec.backend_options:
+        return
+    object.__setattr__(spec, "backend_options", resolve_options(spec.backend, spec.backend_options))
+    check = getattr(backend_class(spec.backend), "check_spec", None)
+    if check is not None:
+        check(spec)
 
 
 def _check_thresholds(thresholds: dict[str, Any]) -> None:

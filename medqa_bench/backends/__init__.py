@@ -12,6 +12,10 @@ Backends register like metrics (the generic :class:`~medqa_bench.registry.Regist
 group, and :func:`register_backend` in code. ``--backend NAME`` (``RunSpec.backend``) selects one; an unknown name
 answers "did you mean …" with a :class:`~medqa_bench.errors.BackendError` before anything loads.
 
+A backend declares its own options (``options``, a tuple of :class:`~medqa_bench.backends.options.BackendOption`):
+the run spec keeps them in ``backend_options``, checked against the declaration when the spec is made, and the
+``run`` command's flags are made from them. Adding a backend is its file and its registration, nothing else.
+
 >>> backend_class("transformers").capabilities == frozenset({"generate", "nll", "adapters", "next_token"})
 True
 >>> backend_class("transformer")                 # doctest: +IGNORE_EXCEPTION_DETAIL
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence
 
 from ..errors import BackendError
 from ..registry import Registry
+from .options import BackendOption  # noqa: F401 - a backend declares its options with it
 
 if TYPE_CHECKING:
     from ..data import Example
@@ -96,6 +101,10 @@ class Backend(Protocol):
     name: ClassVar[str]
     #: What it can do: a subset of :data:`CAPABILITIES` (and whatever later backends add).
     capabilities: ClassVar[frozenset[str]]
+    #: Its own options (optional; none when absent): ``spec.backend_options`` holds their values, defaults filled in,
+    #: and ``medqa-bench run`` has a flag for each. A classmethod ``check_spec(spec)`` (optional) refuses what else of
+    #: a spec it cannot do, with a :class:`~medqa_bench.errors.SpecError`, when the spec is made.
+    options: ClassVar[tuple[BackendOption, ...]]
     #: Where inference runs ("cpu", "cuda", "cuda:1", ...): sets the automatic ``--limit`` (a sample on a CPU).
     device: str
 

@@ -48,9 +48,10 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import AdapterError, BackendError
+from ..errors import AdapterError, BackendError, SpecError
 from . import GenerationRequest, NLLRequest, OnResult, count_tokens
 from .openai_api import API_KEY_VARIABLES, RequestFailed, ServerAPI, api_key, field, token_logprobs  # noqa: F401 - re-exported
+from .options import BackendOption
 
 if TYPE_CHECKING:
     from ..data import Example
@@ -95,28 +96,67 @@ class ServedAdapter:
         return cls(served.strip(), folder.strip() or None)
 
 
+def _check_base_url(url: str) -> str | None:
+    if not re.match(r"https?://[^/\s]+", url):
+        return f"base_url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1; not {url!r}"
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        return ("base_url holds credentials (user:password@host): they would be written into results.json; give the "
+                "API key in OPENAI_API_KEY (or MEDQA_BENCH_API_KEY) instead")
+    return None
+
+
+#: The options of ``--backend openai`` (``RunSpec.backend_options``; flags ``--base-url`` ...).
+OPTIONS = (
+    BackendOption("base_url", str, None, "the server's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (the API "
+                  "key comes from OPENAI_API_KEY or MEDQA_BENCH_API_KEY)", "URL", _check_base_url, required=True,
+                  about="names a server"),
+    BackendOption("served_model", str, None, "the base model's name on the server (its /v1/models id); --model "
+                  "still names its tokenizer (for token counts and NLL)", "NAME", required=True,
+                  about="names a model on a server"),
+    BackendOption("concurrency", int, 8, "requests in flight at once", "N",
+                  lambda n: None if n >= 1 else f"concurrency must be a positive number of requests, not {n}",
+                  placement=True),
+    BackendOption("request_timeout", float, 300.0, "how long one request may take before it is retried", "SECONDS",
+                  lambda t: None if t > 0 else f"request_timeout must be a positive number of seconds, not {t}",
+                  placement=True),
+    BackendOption("retries", int, 4, "retries of a request after a timeout, a dropped connection, 429 or 5xx, with "
+                  "exponential backoff", "N", lambda n: None if n >= 0 else f"retries must be >= 0, not {n}",
+                  placement=True),
+)
+
+
 class OpenAIBackend:
     """A model served behind an OpenAI-compatible API; see the module docstring.
 
-    ``spec`` gives ``base_url``, ``served_model``, the tokenizer's model (``model``), the request settings
-    (``concurrency``, ``request_timeout``, ``retries``) and the rows to plan; ``adapters`` maps adapter names to
-    ``served:LORA[@FOLDER]``.
+    ``spec`` gives the tokenizer's model (``model``) and the rows to plan, and in ``backend_options`` (:data:`OPTIONS`)
+    ``base_url``, ``served_model`` and the request settings (``concurrency``, ``request_timeout``, ``retries``);
+    ``adapters`` maps adapter names to ``served:LORA[@FOLDER]``.
     """
 
     name = "openai"
+    options = OPTIONS
     #: What it can do with a server that gives prompt log-probabilities; an instance drops "nll" when its does not.
     capabilities = frozenset({"generate", "nll", "adapters", "next_token"})
     #: Its adapters are the server's, so a run adds no shipped adapter folder by default.
     loads_adapter_folders = False
 
+    @classmethod
+    def check_spec(cls, spec: "RunSpec") -> None:
+        """What else of a spec this backend refuses before anything loads (a :class:`SpecError`)."""
+        if spec.quantization == "4bit":
+            raise SpecError("quantization '4bit' is chosen by the server, not by the client: serve a quantized model "
+                            "instead, or leave --quantization out (or 'none' to record that the server runs "
+                            "unquantized weights)")
+
     def __init__(self, spec: "RunSpec", *, adapters: dict[str, str], ranks: Any = None):
-        if not spec.base_url or not spec.served_model:
+        opts = spec.backend_options
+        if not opts.get("base_url") or not opts.get("served_model"):
             raise BackendError("backend 'openai' needs --base-url URL and --served-model NAME")
         if spec.decoding is not None and spec.decoding.no_repeat_ngram_size:
             raise BackendError("--no-repeat-ngram-size is a transformers generation option that OpenAI-compatible "
                                "servers do not take; leave it out with --backend openai")
         self.spec, self.ranks = spec, ranks
-        self.base_url = spec.base_url.rstrip("/")
+        self.base_url, self.served_model = opts["base_url"].rstrip("/"), opts["served_model"]
         self.adapters = {name: ServedAdapter.parse(name, value) for name, value in adapters.items()}
         self.device = "server"  # not CUDA here: the automatic --limit is a CPU's sample
         self.capabilities = type(self).capabilities
@@ -124,8 +164,8 @@ class OpenAIBackend:
         self.limitations: dict[str, str] = {}
         self._tokenizer: Any = None
         self._systems: list[System] | None = None
-        self.api = ServerAPI(self.base_url, timeout=spec.request_timeout, retries=spec.retries,
-                             concurrency=spec.concurrency)
+        self.api = ServerAPI(self.base_url, timeout=opts["request_timeout"], retries=opts["retries"],
+                             concurrency=opts["concurrency"])
         self._models: dict[str, dict[str, Any]] = {}  # /v1/models entries by id
         self._server: dict[str, Any] = {}  # version, system_fingerprint, tokenizer check
         self._infos: dict[str, Any] = {}  # adapter name -> AdapterInfo of its local folder
@@ -148,20 +188,20 @@ class OpenAIBackend:
     def _connect(self) -> None:
         """Ask the server what it serves and check the run's names against it; probe its prompt log-probabilities."""
         what = f"listing the models of {self.base_url}"
-        data = self.api.request("GET", "/models", None, what, retries=min(1, self.spec.retries))
+        data = self.api.request("GET", "/models", None, what, retries=min(1, self.api.retries))
         entries = data.get("data")
         if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str)
                                                     for e in entries):
             raise BackendError(f"{what}: the answer is not an OpenAI model list ({{'data': [{{'id': ...}}, ...]}})")
         self._models = {e["id"]: e for e in entries}
-        self._check_served(self.spec.served_model, "--served-model", "serve it (vLLM: --served-model-name NAME)")
+        self._check_served(self.served_model, "--served-model", "serve it (vLLM: --served-model-name NAME)")
         for name, adapter in self.adapters.items():
             self._check_served(adapter.served, f"adapter '{name}'",
                                f"serve it (vLLM: --enable-lora --lora-modules {adapter.served}=PATH)")
             parent = self._models[adapter.served].get("parent")
-            if parent is not None and parent != self.spec.served_model:
+            if parent is not None and parent != self.served_model:
                 raise BackendError(f"adapter '{name}': the server serves LoRA '{adapter.served}' on '{parent}', not on "
-                                   f"--served-model '{self.spec.served_model}'")
+                                   f"--served-model '{self.served_model}'")
         root = re.sub(r"/v1$", "", self.base_url)
         try:
             self._server["version"] = self.api.request("GET", root + "/version", None, "version", retries=0).get("version")
@@ -189,7 +229,7 @@ class OpenAIBackend:
         local = self.tokenizer(PROBE_TEXT, add_special_tokens=True)["input_ids"]
         try:
             response = self.api.client.with_options(max_retries=0).post(
-                root + "/tokenize", body={"model": self.spec.served_model, "prompt": PROBE_TEXT}, cast_to=httpx.Response)
+                root + "/tokenize", body={"model": self.served_model, "prompt": PROBE_TEXT}, cast_to=httpx.Response)
             served = response.json().get("tokens")
         except (openai.OpenAIError, ValueError, AttributeError):
             served = None
@@ -208,7 +248,7 @@ class OpenAIBackend:
         reason = ""
         for max_tokens in (0, 1):  # 0: nothing generated; some servers want at least 1 (the lists are cut to the ids)
             try:
-                data = self.api.request("POST", "/completions", self._score_body(self.spec.served_model, ids, max_tokens),
+                data = self.api.request("POST", "/completions", self._score_body(self.served_model, ids, max_tokens),
                                         "probing prompt log-probabilities")
                 token_logprobs(data, len(ids))
             except RequestFailed as exc:
@@ -227,7 +267,7 @@ class OpenAIBackend:
                                    f"with echo and logprobs: {reason})")
         log.warning("%s; completion NLL cannot be scored", self.limitations["nll"])
         try:  # its fingerprint, from one generated token
-            data = self.api.request("POST", "/completions", {"model": self.spec.served_model, "prompt": PROBE_TEXT,
+            data = self.api.request("POST", "/completions", {"model": self.served_model, "prompt": PROBE_TEXT,
                                                              "max_tokens": 1, "temperature": 0}, "probing generation")
             self._server["system_fingerprint"] = data.get("system_fingerprint")
         except BackendError:
@@ -239,7 +279,7 @@ class OpenAIBackend:
         ids = self.tokenizer(PROBE_TEXT, add_special_tokens=True)["input_ids"]
         reason = ""
         for by_id in (True, False):
-            body = self._next_token_body(self.spec.served_model, ids, ids[-1:], by_id)
+            body = self._next_token_body(self.served_model, ids, ids[-1:], by_id)
             try:
                 answer = self.api.request("POST", "/completions", body, "probing next-token log-probabilities")
                 top = _top_logprobs(answer)
@@ -296,7 +336,7 @@ class OpenAIBackend:
 
     def served_name(self, system: "System") -> str:
         """The model name a request of ``system`` asks for: the base's, or its adapter's LoRA module."""
-        return self.adapters[system.adapter_name].served if system.adapter_name else self.spec.served_model
+        return self.adapters[system.adapter_name].served if system.adapter_name else self.served_model
 
     def identity(self, system: "System") -> dict[str, Any]:
         served = self.served_name(system)
@@ -323,7 +363,7 @@ class OpenAIBackend:
     def max_length(self) -> int:
         if self.spec.max_length:
             return self.spec.max_length
-        served = self._models.get(self.spec.served_model, {}).get("max_model_len")
+        served = self._models.get(self.served_model, {}).get("max_model_len")
         if isinstance(served, int) and served > 2:
             return served - 1  # the server generates one token even when asked for none
         from transformers import AutoConfig
@@ -332,12 +372,12 @@ class OpenAIBackend:
         return int(getattr(config, "max_position_embeddings", None) or 2048)
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        entry = self._models.get(self.spec.served_model, {})
-        return {self.spec.served_model: {
-            "reference": self.spec.served_model,
+        entry = self._models.get(self.served_model, {})
+        return {self.served_model: {
+            "reference": self.served_model,
             "backend": self.name,
             "base_url": self.base_url,
-            "served_model": self.spec.served_model,
+            "served_model": self.served_model,
             "root": entry.get("root"),
             "max_model_len": entry.get("max_model_len"),
             "server_version": self._server.get("version"),
@@ -389,7 +429,7 @@ class OpenAIBackend:
 
     def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False,
                  on_result: OnResult | None = None) -> list:
-        return self.api.map(requests, self._generate_one, f"generate ({self.spec.served_model})", progress, on_result)
+        return self.api.map(requests, self._generate_one, f"generate ({self.served_model})", progress, on_result)
 
     def _generate_one(self, r: GenerationRequest) -> Any:
         from ..generation import Generation
@@ -434,7 +474,7 @@ class OpenAIBackend:
 
         pairs = encode_pairs(self.tokenizer, [r.prompt for r in requests], [r.completion for r in requests])
         by_request = {id(r): pair for r, pair in zip(requests, pairs)}
-        return self.api.map(requests, lambda r: self._nll_one(r, *by_request[id(r)]), f"nll ({self.spec.served_model})",
+        return self.api.map(requests, lambda r: self._nll_one(r, *by_request[id(r)]), f"nll ({self.served_model})",
                             progress, on_result)
 
     def _nll_one(self, r: NLLRequest, ctx: list[int], cont: list[int]) -> Any:
@@ -456,7 +496,7 @@ class OpenAIBackend:
                             on_result: OnResult | None = None) -> list:
         if "next_token" not in self.capabilities:
             raise BackendError(self.limitations.get("next_token", "the server gives no next-token log-probabilities"))
-        return self.api.map(requests, self._next_token_one, f"next-token log-probabilities ({self.spec.served_model})",
+        return self.api.map(requests, self._next_token_one, f"next-token log-probabilities ({self.served_model})",
                             progress, on_result)
 
     def _next_token_one(self, r: Any) -> Any:

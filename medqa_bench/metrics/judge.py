@@ -205,9 +205,13 @@ class JudgeConfig:
         rows."""
         from ..spec import RunSpec
 
+        from ..backends.options import declared
+
         model = {"model": self.model} if self.model else {}
+        fields, own = dict(self.options), {o.name for o in declared(self.backend)}
+        options = {**fields.pop("backend_options", {}), **{k: fields.pop(k) for k in list(fields) if k in own}}
         return RunSpec(backend=self.backend, device=self.device, cache=self.cache, default_adapters=False,
-                       reference_rows=(), **model, **dict(self.options))
+                       reference_rows=(), backend_options=options, **model, **fields)
 
 
 class Judge:
@@ -351,6 +355,7 @@ def _config(name: str, backend: str, model: str | None, device: str, cache: str 
             options: dict[str, Any]) -> JudgeConfig:
     """The judge's config from the metric's parameters, checked without loading anything."""
     from ..backends import backend_class
+    from ..backends.options import declared
     from ..errors import BackendError
     from ..spec import RunSpec
 
@@ -359,6 +364,7 @@ def _config(name: str, backend: str, model: str | None, device: str, cache: str 
     except BackendError as exc:
         raise MetricError(f"{name}: judge.backend: {exc}") from None
     fields = [f.name for f in dataclasses.fields(RunSpec) if f.name not in _NOT_JUDGE_PARAMS]
+    fields += [o.name for o in declared(str(backend))]  # the backend's own options (base_url, served_model, ...)
     for key in options:
         if key not in fields:
             near = difflib.get_close_matches(key, fields, n=1)

@@ -1,0 +1,101 @@
+"""A new backend is one file plus its registration: its options (``backend_options``) are declared in it, checked
+against its declaration when a spec is made, given as flags made from the declaration, and recorded in results.json.
+Older specs and run folders, which held the openai backend's options at the top level, still read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_runner import medqa
+from test_backends import EchoBackend
+
+from medqa_bench import backends
+from medqa_bench.backends.options import BackendOption
+from medqa_bench.errors import SpecError
+from medqa_bench.generation import Generation
+from medqa_bench.spec import RunSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyBackend(EchoBackend):
+    """Answers every prompt with its one option's text; no NLL."""
+
+    name = "tiny"
+    capabilities = frozenset({"generate"})
+    options = (BackendOption("echo_text", str, "ok", "the text every answer is", "TEXT",
+                             check=lambda t: None if t.strip() else "echo_text must not be empty: give --echo-text TEXT"),)
+
+    def identity(self, system):
+        return {**super().identity(system), "echo_text": self.spec.backend_options["echo_text"]}
+
+    def generate(self, requests, *, progress=False, on_result=None):
+        out = [Generation(self.spec.backend_options["echo_text"], 1, False, "eos") for _ in requests]
+        for i, value in enumerate(out):
+            if on_result:
+                on_result(i, value)
+        return out
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """TinyBackend registered as "tiny" in a fresh registry (the original is put back afterwards)."""
+    monkeypatch.setattr(backends, "_REGISTRY", None)
+    backends.register_backend("tiny", TinyBackend, source="tests/test_backend_seam.py")
+    return TinyBackend
+
+
+def _run(tmp_path: Path, *args: str):
+    return medqa("-q", "run", "--limit", "2", "--no-default-adapter", "--metrics", "exact_match,token_f1",
+                 "--max-new-tokens", "8", "--no-cache", "--no-report", "--out", str(tmp_path / "run"), *args)
+
+
+def test_a_registered_backend_runs_through_the_cli_with_its_own_flag(tiny, tmp_path):
+    proc = _run(tmp_path, "--backend", "tiny", "--echo-text", "hi")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["spec"]["backend"] == "tiny" and results["spec"]["backend_options"] == {"echo_text": "hi"}
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and {s["systems"]["baseline"]["prediction"] for s in samples} == {"hi"}
+    assert "--echo-text TEXT" in medqa("run", "--help").stdout.replace("\n", " ")
+
+    # the option at its default is recorded too: results.json says what ran
+    assert RunSpec(backend="tiny").backend_options == {"echo_text": "ok"}
+
+
+def test_a_backends_option_is_checked_before_anything_loads(tiny, tmp_path):
+    for args, expected in [
+        (("--echo-text", "hi"), "error: --echo-text is an option of backend 'tiny', but backend 'transformers' takes "
+                                "no such option (its options: none); add --backend tiny, or drop it"),
+        (("--backend", "tiny", "--echo-text", " "), "error: echo_text must not be empty: give --echo-text TEXT"),
+        (("--backend", "tiny", "--base-url", "http://127.0.0.1:1/v1"), "error: --base-url names a server, but backend "
+                                                                        "'tiny' takes no such option (its options: "
+                                                                        "echo_text); add --backend openai"),
+    ]:
+        proc = _run(tmp_path, *args)
+        assert proc.returncode == 2 and expected in proc.stderr.strip().splitlines()[-1], proc.stderr
+        assert not (tmp_path / "run").exists()
+    with pytest.raises(SpecError, match=r"backend 'tiny' has no option 'echo_txt'; did you mean 'echo_text'\? "
+                                        r"\(its options: echo_text\)"):
+        RunSpec.from_dict({"backend": "tiny", "backend_options": {"echo_txt": "hi"}})
+    with pytest.raises(SpecError, match="backend_options.echo_text' must be a string"):
+        RunSpec.from_dict({"backend": "tiny", "backend_options": {"echo_text": ["a"]}})
+
+
+def test_older_specs_move_the_server_options_into_backend_options(tmp_path):
+    old = {"backend": "openai", "base_url": "http://127.0.0.1:8000/v1", "served_model": "m", "concurrency": 2,
+           "request_timeout": 300.0, "retries": 4}
+    assert RunSpec.from_dict(old).backend_options == {"base_url": "http://127.0.0.1:8000/v1", "served_model": "m",
+                                                      "concurrency": 2, "request_timeout": 300.0, "retries": 4}
+    (tmp_path / "old.yaml").write_text("backend: transformers\nbase_url: null\nconcurrency: 8\nlimit: 3\n")
+    spec = RunSpec.from_file(tmp_path / "old.yaml")
+    assert spec.backend_options == {} and spec.limit == 3 and "concurrency" not in spec.to_dict()
+    with pytest.raises(SpecError, match="--served-model names a model on a server, but backend 'transformers'"):
+        RunSpec.from_dict({"served_model": "m"})
+    # every committed run folder's spec (written before backend_options) reads
+    recorded = {path: json.loads(path.read_text())["spec"] for path in sorted(ROOT.glob("reports/**/results.json"))}
+    assert len(recorded) >= 10 and sum("concurrency" in spec for spec in recorded.values()) >= 10
+    for path, spec in recorded.items():
+        assert RunSpec.from_dict(spec).backend_options == {}, path
