@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 #: The files a run writes; the rest of a folder is the user's and is carried over when the folder is replaced.
 RUN_FILES = ("results.json", "samples.jsonl", "report.html")
-#: Spec keys that say where and how a run is written (or how hard a server is asked), not what it evaluates.
-PLACEMENT_KEYS = ("name", "output_dir", "cache", "report", "overwrite", "concurrency", "request_timeout", "retries")
+#: Spec keys that say where and how a run is written, not what it evaluates (a backend's options that say how hard it
+#: is asked are declared ``placement`` and left out too: medqa_bench.backends.options.comparable).
+PLACEMENT_KEYS = ("name", "output_dir", "cache", "report", "overwrite")
 
 _held: dict[Path, int] = {}  # lock files this process holds, with their nesting depth
 
@@ -204,13 +205,16 @@ def _differing_keys(recorded: Mapping[str, Any], spec: Mapping[str, Any]) -> lis
 
 
 #: Spec keys added after run folders were first written, with the value a spec without them meant.
-_LATER_KEYS = {"backend": "transformers", "base_url": None, "served_model": None, "validity": None}
+_LATER_KEYS = {"backend": "transformers", "validity": None}
 
 
 def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
     """As results.json holds it: tuples as lists, paths as strings; a key added since (:data:`_LATER_KEYS`) with the
-    value a spec without it meant, so a run folder written before it is still the same run."""
-    return {**_LATER_KEYS, **json.loads(json.dumps(dict(spec), default=str))}
+    value a spec without it meant, and a backend's options as :func:`~medqa_bench.backends.options.comparable` says
+    (older specs held the openai backend's at the top level), so a run folder written before is still the same run."""
+    from .backends.options import comparable
+
+    return comparable({**_LATER_KEYS, **json.loads(json.dumps(dict(spec), default=str))})
 
 
 @contextlib.contextmanager

@@ -99,3 +99,29 @@ def test_older_specs_move_the_server_options_into_backend_options(tmp_path):
     assert len(recorded) >= 10 and sum("concurrency" in spec for spec in recorded.values()) >= 10
     for path, spec in recorded.items():
         assert RunSpec.from_dict(spec).backend_options == {}, path
+
+
+def test_a_run_folder_written_before_backend_options_holds_the_same_run(tmp_path):
+    from medqa_bench import run_folder
+    from medqa_bench.errors import RunError
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    spec = RunSpec(limit=3, default_adapters=False)
+    # results.json's spec as the code before backend_options wrote it: every field, the five at the top level
+    recorded = {k: v for k, v in spec.to_dict().items() if k != "backend_options"}
+    recorded.update(base_url=None, served_model=None, concurrency=8, request_timeout=300.0, retries=4)
+    (folder / "results.json").write_text(json.dumps({"spec": recorded}))
+    run_folder.check_replaceable(folder, spec.to_dict(), overwrite=False)  # the same run: replaced without asking
+    with pytest.raises(RunError, match=r"differs in: seed\)"):
+        run_folder.check_replaceable(folder, spec.replace(seed=spec.seed + 1).to_dict(), overwrite=False)
+
+    # how hard a server is asked is not what a run evaluates; which server is
+    served = RunSpec(backend="openai", backend_options={"base_url": "http://127.0.0.1:8000/v1", "served_model": "m"})
+    (folder / "results.json").write_text(json.dumps({"spec": served.to_dict()}))
+    options = served.backend_options
+    run_folder.check_replaceable(folder, served.replace(backend_options={**options, "concurrency": 1, "retries": 0})
+                                 .to_dict(), overwrite=False)
+    with pytest.raises(RunError, match=r"differs in: backend_options\)"):
+        run_folder.check_replaceable(folder, served.replace(backend_options={**options, "served_model": "n"})
+                                     .to_dict(), overwrite=False)
