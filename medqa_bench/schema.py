@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, TypedDict
 
-SCHEMA_VERSION = "2.4"
+SCHEMA_VERSION = "2.5"
 #: 2.0: systems are rows of three kinds (baseline rows, one per prompt format; adapters, each in its own format;
 #: reference rows that need no model), samples hold a prompt per format, stop reasons, null scores and the leakage
 #: audit, and results hold the budget, the harness's loss definition and the verdict. 1.x run folders are refused.
@@ -36,6 +36,11 @@ SCHEMA_VERSION = "2.4"
 #: recorded by content (``metrics[name].plugin``, :class:`PluginRecord`, with the source kept in the run folder's
 #: ``plugins/``; ``spec.plugins`` holds files by absolute path) and how ``score`` found a plugin metric's code again
 #: (``metrics[name].plugin_check``, :class:`PluginCheck`).
+#: 2.5 (earlier 2.x folders read as before): a backend's options in ``spec.backend_options`` (``{}`` for transformers;
+#: for openai ``base_url``, ``served_model``, ``concurrency``, ``request_timeout``, ``retries``, defaults filled in),
+#: as the backend declares them (medqa_bench.backends.options), instead of those five keys at the top of ``spec``;
+#: a spec or results.json with the top-level keys is read by moving them into ``backend_options``. ``judge`` info
+#: gains ``reused`` (answers this process had judged already), and its counts are the run's own.
 
 
 class SystemSample(TypedDict, total=False):
