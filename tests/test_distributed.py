@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import medqa as medqa_here
 
 from medqa_bench.distributed import nll_batches, shard
 from medqa_bench.inference import token_batches
@@ -41,10 +42,15 @@ TRAIN = ["-q", "train", "smollm2-135m-symptoms", *[a for kv in (
 
 
 def medqa(*args: str, processes: int = 1) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    env.pop("WORLD_SIZE", None)
-    launcher = [sys.executable, *LAUNCH, "--main_process_port", str(_free_port())] if processes > 1 else [sys.executable]
-    proc = subprocess.run([*launcher, "-m", "medqa_bench.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    """Through accelerate's launcher with ``processes`` > 1; the single process in this one (cli_runner)."""
+    if processes == 1:
+        proc = medqa_here(*args, env={"TOKENIZERS_PARALLELISM": "false"}, drop_env=("WORLD_SIZE",))
+    else:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        env.pop("WORLD_SIZE", None)
+        launcher = [sys.executable, *LAUNCH, "--main_process_port", str(_free_port())]
+        proc = subprocess.run([*launcher, "-m", "medqa_bench.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=600)
     if proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}")
     return proc
