@@ -224,8 +224,6 @@ class Judge:
         self.system: Any = None
         self.identity: dict[str, Any] | None = None
         self.judgments: dict[str, Judgment] = {}  # rubric prompt -> its judgment
-        self.computed = 0  # model calls made (cache misses): forward passes or generations
-        self.cache_hits = 0
 
     def _load(self) -> None:
         from ..backends import create_backend
@@ -245,14 +243,13 @@ class Judge:
             return None
         return METHODS[0] if "next_token" in self.backend.capabilities else METHODS[1]
 
-    def judge(self, prompts: Sequence[str], counts: dict[str, int] | None = None) -> list[Judgment]:
+    def judge(self, prompts: Sequence[str], counts: dict[str, int]) -> list[Judgment]:
         """The judgment of each rubric prompt (see :func:`judge_prompt`). ``counts`` (a metric's own: one run's) adds
         this call's model calls (``computed``), cache hits and prompts judged earlier in this process (``reused``)."""
         from ..cache import open_cache
 
         new = [p for p in dict.fromkeys(prompts) if p not in self.judgments]
-        if counts is not None:
-            counts["reused"] += len(set(prompts)) - len(new)
+        counts["reused"] += len(set(prompts)) - len(new)
         if new:
             try:
                 if self.backend is None:
@@ -275,11 +272,8 @@ class Judge:
                     log.warning("judge: no grade token's probability came back for %d of %d answers; their grade is "
                                 "parsed from generated text", len(rest), len(new))
                 found.update(self._parsed(rest, cache))
-                self.computed += cache.misses
-                self.cache_hits += cache.hits
-                if counts is not None:
-                    counts["computed"] += cache.misses
-                    counts["cache_hits"] += cache.hits
+                counts["computed"] += cache.misses
+                counts["cache_hits"] += cache.hits
             except MedQABenchError as exc:
                 raise MetricError(f"judge: {exc}") from exc
             finally:
@@ -320,20 +314,18 @@ class Judge:
         return {p: Judgment(grade=parse_judgment(g.text), method=METHODS[1], text=g.text)
                 for p, g in zip(prompts, gens)}
 
-    def describe(self, judged: Sequence[Judgment] | None = None, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    def describe(self, judged: Sequence[Judgment], counts: dict[str, int]) -> dict[str, Any]:
         """The judge's identity, rubric, method, and the counts of ``judged`` and ``counts`` (one metric's, so one
-        run's; default: everything this process judged): answers judged, by method, model calls, cache hits, answers
-        judged earlier in this process, and the spread of the grade mass."""
-        judged = list(self.judgments.values() if judged is None else judged)
-        if counts is None:
-            counts = {"computed": self.computed, "cache_hits": self.cache_hits, "reused": 0}
+        run's): answers judged, by method, model calls (``computed``), cache hits, answers judged earlier in this
+        process (``reused``), and the spread of the grade mass."""
+        judged = list(judged)
         masses = sorted(j.mass for j in judged if j.mass is not None)
         return {"backend": self.config.backend, "model": self.config.model or DEFAULT_MODEL, "identity": self.identity,
                 "rubric_version": RUBRIC_VERSION, "grades": {str(g): n for g, n in GRADES.items()}, "prefix": PREFIX,
                 "method": self.method, "max_new_tokens": MAX_NEW_TOKENS,
                 "options": {k: v for k, v in self.config.options},
                 "judged": len(judged), "by_method": {m: sum(j.method == m for j in judged) for m in METHODS},
-                "computed": counts["computed"], "cache_hits": counts["cache_hits"], "reused": counts["reused"],
+                **counts,
                 "grade_mass": {"min": masses[0], "median": masses[len(masses) // 2],
                                "mean": math.fsum(masses) / len(masses)} if masses else None}
 
