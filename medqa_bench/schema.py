@@ -14,7 +14,12 @@ version and refuse others.
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from types import UnionType
+from typing import Any, Optional, TypedDict, Union, get_args, get_origin, get_type_hints, is_typeddict
+
+from .errors import RunError
 
 SCHEMA_VERSION = "2.5"
 #: 2.0: systems are rows of three kinds (baseline rows, one per prompt format; adapters, each in its own format;
@@ -79,32 +84,6 @@ class SampleRecord(TypedDict, total=False):
     systems: dict[str, SystemSample]  # every system of the run, by name
 
 
-class _MetricValue(TypedDict):
-    value: float
-    ci_low: float
-    ci_high: float
-    n: int  # items scored
-
-
-class MetricValue(_MetricValue, total=False):  # typing.NotRequired needs Python 3.11; we support 3.10
-    # items a metric that allows missing scores (the LLM judge) could not score: not in value, CI or paired tests
-    n_missing: int
-
-
-class MetricInfo(TypedDict, total=False):
-    name: str
-    higher_is_better: bool
-    signature: str  # everything that changes its value, e.g. "rougeL|stemmer=on|rouge-score=0.1.2"
-    source: str  # "builtin", "entry-point:pkg", "plugin:path.py", "evaluate:path"
-    kind: str  # "reference" | "nll" | "prediction" | "context" (systems with retrieval only)
-    bounds: Optional[list[float]]  # [0, 1] for similarity metrics usable by the confusion analysis
-    allows_missing: bool  # present and True for a metric whose per-item score may be None (not scored)
-    judge: dict[str, Any]  # an LLM judge's identity, rubric version and counts (medqa_bench.metrics.judge)
-    items: str  # 2.3: the items it scored: "all" (every item of samples.jsonl: the NLL metrics) or "generated"
-    plugin: PluginRecord  # 2.4: a metric of a --plugin: where its code came from
-    plugin_check: PluginCheck  # 2.4: written by `score` when it computed a plugin metric again
-
-
 class PluginRecord(TypedDict):
     """``metrics[name].plugin`` (2.4; medqa_bench.metrics.provenance.PluginSource.record): the code a plugin metric's
     scores came from. Nothing loads ``copy`` unless a user names it with ``--plugin``."""
@@ -129,23 +108,6 @@ class PluginCheck(TypedDict):
     note: str  # one sentence, as `score` prints it
 
 
-class SystemInfo(TypedDict, total=False):
-    kind: str  # "baseline" | "adapter" | "reference"
-    prompt_format: Optional[str]  # "chat" | "reference"; None for reference rows
-    format_source: str  # why this format: "the model's chat template", "training metadata", "prompt_format", ...
-    stop_sequences: list[str]  # the stop sequences of its prompt format
-    quantization: str  # language-model rows: "none" | "4bit", the base it ran on
-    quantization_source: str  # why: "default: the unquantized base", "training metadata", "quantization", ...
-    adapter: Optional[dict[str, Any]]  # models.AdapterInfo.to_dict()
-    training_log: Optional[dict[str, Any]]  # analysis.training.read_training_log() of the adapter folder
-    training_eval_loss: Optional[dict[str, Any]]  # {"value", "definition"} from the adapter's training metadata
-    method: str  # reference rows: "retrieval" | "boilerplate" | "question"
-    description: str  # reference rows: what the row is and why it is there
-    settings: dict[str, Any]  # reference rows: library, version and parameters (reference_rows.method_settings)
-    variant_of: str  # a +rag row: the plain row it adds retrieval to
-    retrieval: dict[str, Any]  # a +rag row: rag.run_passages(): method, k, words, label, template, index
-
-
 class MeasuredFigures(TypedDict):
     """A metric of the run whose signature was measured: its figures as the validity file holds them."""
 
@@ -165,32 +127,6 @@ class NotMeasured(TypedDict):
     reason: str  # an nll or context metric, not in the file, or measured with another signature
 
 
-class ValidityFloor(TypedDict):
-    figure: str  # "within_question_spearman"
-    value: float  # 0.3 (medqa_bench.validity.measured.WITHIN_QUESTION_FLOOR)
-    rule: str
-
-
-class PrimaryMetric(TypedDict):
-    metric: Optional[str]  # None: no measured metric of the run passes the robustness suite
-    rule: str  # medqa_bench.validity.schema.PRIMARY_RULE
-    reason: str
-
-
-class RunValidity(TypedDict):
-    """``results["validity"]`` (medqa_bench.validity.measured.run_validity), recomputed by ``score``."""
-
-    source: str  # "bundled" (the package's measured.json) or the validity.json path given with --validity
-    fingerprint: str  # sha256 of that file's bytes
-    created: str  # when the file's measurement was made
-    medqa_bench_version: str  # of the measurement
-    judged_set: dict[str, Any]  # {"name", "fingerprint", "counts"}
-    settings: dict[str, Any]  # good_threshold, related_grade, n_bootstrap, seed, resampled, ci
-    floor: ValidityFloor
-    primary: PrimaryMetric
-    metrics: dict[str, Any]  # metric name -> MeasuredFigures | NotMeasured, every metric of the run
-
-
 class TrainingData(TypedDict):
     """``results["data"]["training"]`` (2.3): the corpus reference rows, the leakage audit and retrieval drew from
     (medqa_bench.training_corpus)."""
@@ -206,24 +142,274 @@ class TrainingData(TypedDict):
     note: Optional[str]  # the line the run said when the adapters' record could not be used (not found, changed)
 
 
-class ResultsFile(TypedDict, total=False):
-    schema_version: str
-    medqa_bench_version: str
-    created: str  # ISO 8601, UTC
-    run_name: str
-    spec: dict[str, Any]  # spec.RunSpec.to_dict()
-    environment: dict[str, Any]  # versions, python, platform, git_commit, hardware
-    model: dict[str, Any]  # the first entry of models (transformers: the first base: reference, fingerprint, dtype, ...)
-    models: dict[str, dict[str, Any]]  # the backend's describe(); transformers: quantization -> LoadedModel.describe()
-    systems: dict[str, SystemInfo]
-    data: dict[str, Any]  # data fingerprint, manifest fingerprint, split, n_items, limit, sample seed, item ids digest,
-    #                        training (2.3: TrainingData); 2.3: n_items counts every item of samples.jsonl (the NLL
-    #                        metrics'), n_generated those every system answered, nll_limit as resolved
-    metrics: dict[str, MetricInfo]
-    results: dict[str, dict[str, MetricValue]]  # system -> metric -> value with 95% bootstrap CI
-    budget: dict[str, Any]  # budget.auto_max_new_tokens() or given_budget(): max_new_tokens and how it was set
-    loss_definition: dict[str, Any]  # what this run's loss is (form, EOS, truncation, quantization, dtype, split)
-    timings: dict[str, float]  # seconds per stage
-    analysis: dict[str, Any]  # analysis.analyze(): comparisons, thresholds, degeneration, leakage, confusion, lengths
-    verdict: dict[str, Any]  # analysis.verdict.build_verdict(): per adapter, improves/regresses/warnings/conditions
-    validity: RunValidity  # 2.2: each metric's validity figures, the floor and the primary metric
+
+# ------------------------------------------------------------------------------------------------ results.json
+# The records below are results.json as its readers (analysis, verdict, report) see it: frozen, every declared field
+# present (a field an older 2.x minor version did not write holds its default), read once by read_results(), which
+# names the dotted key of a value of the wrong type. ``raw`` is the object as the file holds it (its key order and
+# any field a later minor version adds), for the report's provenance tables and for writing a run folder back.
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """``results[system][metric]``: the aggregate with its 95% bootstrap CI."""
+
+    value: Optional[float] = None
+    ci_low: Optional[float] = None
+    ci_high: Optional[float] = None
+    n: Optional[int] = None  # items scored
+    n_missing: Optional[int] = None  # items a metric that allows missing scores (the LLM judge) could not score
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """``metrics[name]``: what a metric is (medqa_bench.metrics.Metric.info())."""
+
+    name: Optional[str] = None
+    higher_is_better: Optional[bool] = None
+    signature: Optional[str] = None  # everything that changes its value, e.g. "rougeL|stemmer=on|rouge-score=0.1.2"
+    source: Optional[str] = None  # "builtin", "entry-point:pkg", "plugin:path.py", "evaluate:path"
+    kind: Optional[str] = None  # "reference" | "nll" | "prediction" | "context" (systems with retrieval only)
+    bounds: Optional[list[float]] = None  # [0, 1] for similarity metrics usable by the confusion analysis
+    allows_missing: bool = False  # True for a metric whose per-item score may be None (not scored)
+    judge: Optional[dict[str, Any]] = None  # an LLM judge's identity, rubric version and counts (metrics.judge)
+    # 2.3: the items it scored: "all" (every item of samples.jsonl: the NLL metrics) or "generated"; before 2.3 the
+    # NLL metrics scored every item and the others the generated ones, which is the default read
+    items: Optional[str] = None
+    plugin: Optional[PluginRecord] = None  # 2.4: a metric of a --plugin: where its code came from
+    plugin_check: Optional[PluginCheck] = None  # 2.4: written by `score` when it computed a plugin metric again
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.items is None:
+            object.__setattr__(self, "items", "all" if self.kind == "nll" else "generated")
+
+    @property
+    def reference_like(self) -> bool:
+        """Scored against references (a metric without a declared kind is taken for one)."""
+        return (self.kind or "reference") == "reference"
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """``systems[name]``: a row of the run, how it was prompted and on which base."""
+
+    kind: Optional[str] = None  # "baseline" | "adapter" | "reference"
+    prompt_format: Optional[str] = None  # "chat" | "reference"; None for reference rows
+    format_source: Optional[str] = None  # why this format: "the model's chat template", "training metadata", ...
+    stop_sequences: Optional[list[str]] = None  # the stop sequences of its prompt format
+    quantization: Optional[str] = None  # language-model rows: "none" | "4bit", the base it ran on
+    quantization_source: Optional[str] = None  # why: "default: the unquantized base", "training metadata", ...
+    adapter: Optional[dict[str, Any]] = None  # models.AdapterInfo.to_dict()
+    training_log: Optional[dict[str, Any]] = None  # analysis.training.read_training_log() of the adapter folder
+    training_eval_loss: Optional[dict[str, Any]] = None  # {"value", "definition"} from the adapter's metadata
+    method: Optional[str] = None  # reference rows: "retrieval" | "boilerplate" | "question"
+    description: Optional[str] = None  # reference rows: what the row is and why it is there
+    settings: Optional[dict[str, Any]] = None  # reference rows: library, version and parameters
+    variant_of: Optional[str] = None  # 2.1, a +rag row: the plain row it adds retrieval to
+    retrieval: Optional[dict[str, Any]] = None  # 2.1, a +rag row: rag.run_passages(): method, k, words, label, ...
+    # a combined report's rows (medqa_bench.report.runs): the run a row comes from, the runs sharing it, and (older
+    # combined reports) an adapter's one baseline
+    run: Optional[str] = None
+    shared_by: Optional[list[str]] = None
+    compared_with: Optional[str] = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """``data``: what was evaluated (the runner's record of the data, the split and the items)."""
+
+    source: Optional[str] = None  # where the data was found
+    fingerprint: Optional[str] = None
+    manifest_fingerprint: Optional[str] = None
+    split: Optional[str] = None
+    split_size: Optional[int] = None
+    train_size: Optional[int] = None
+    training: Optional[TrainingData] = None  # 2.3: the training corpus
+    n_items: Optional[int] = None  # every item of samples.jsonl (2.3: the NLL metrics' items)
+    n_generated: Optional[int] = None  # 2.3: the items every system answered
+    limit: Optional[int] = None
+    nll_limit: Optional[int] = None  # 2.3: as resolved
+    sample_seed: Optional[int] = None
+    item_ids_fingerprint: Optional[str] = None
+    dropped_empty_rows: Optional[int] = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``budget``: the generation budget and how it was set (medqa_bench.budget)."""
+
+    max_new_tokens: Optional[int] = None
+    source: Optional[str] = None  # "auto" | "given"
+    rule: Optional[str] = None
+    n_references: Optional[int] = None
+    references_longer: Optional[int] = None  # references at least as long as the budget
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ValidityFloor:
+    figure: Optional[str] = None  # "within_question_spearman"
+    value: Optional[float] = None  # 0.3 (medqa_bench.validity.measured.WITHIN_QUESTION_FLOOR)
+    rule: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PrimaryMetric:
+    metric: Optional[str] = None  # None: no measured metric of the run passes the robustness suite
+    rule: Optional[str] = None  # medqa_bench.validity.schema.PRIMARY_RULE
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RunValidity:
+    """``validity`` (2.2; medqa_bench.validity.measured.run_validity), recomputed by ``score``."""
+
+    source: Optional[str] = None  # "bundled" (the package's measured.json) or the --validity file's path
+    fingerprint: Optional[str] = None  # sha256 of that file's bytes
+    created: Optional[str] = None  # when the file's measurement was made
+    medqa_bench_version: Optional[str] = None  # of the measurement
+    judged_set: dict[str, Any] = field(default_factory=dict)  # {"name", "fingerprint", "counts"}
+    settings: dict[str, Any] = field(default_factory=dict)  # good_threshold, related_grade, n_bootstrap, seed, ...
+    floor: ValidityFloor = field(default_factory=ValidityFloor)
+    primary: PrimaryMetric = field(default_factory=PrimaryMetric)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> MeasuredFigures | NotMeasured
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Results:
+    """``results.json`` (:func:`read_results`). A combined report's results (medqa_bench.report.runs.join_runs) also
+    hold ``runs``, ``references_differ``, ``signature_conflicts`` and ``validity_differs``."""
+
+    schema_version: Optional[str] = None
+    medqa_bench_version: Optional[str] = None
+    created: Optional[str] = None  # ISO 8601, UTC
+    run_name: Optional[str] = None
+    spec: dict[str, Any] = field(default_factory=dict)  # spec.RunSpec.to_dict()
+    environment: dict[str, Any] = field(default_factory=dict)  # versions, python, platform, git_commit, hardware
+    model: dict[str, Any] = field(default_factory=dict)  # the first entry of models
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # 2.1: the backend's describe()
+    systems: dict[str, SystemInfo] = field(default_factory=dict)
+    budget: Optional[Budget] = None  # budget.auto_max_new_tokens() or given_budget()
+    loss_definition: dict[str, Any] = field(default_factory=dict)  # this run's loss (form, EOS, truncation, ...)
+    data: DataRecord = field(default_factory=DataRecord)
+    cache: dict[str, Any] = field(default_factory=dict)  # {"hits", "misses", "path"}
+    metrics: dict[str, MetricInfo] = field(default_factory=dict)
+    results: dict[str, dict[str, MetricValue]] = field(default_factory=dict)  # system -> metric -> value with CI
+    validity: Optional[RunValidity] = None  # 2.2: None for a run folder written before validity was recorded
+    analysis: Optional[dict[str, Any]] = None  # analysis.analyze()
+    verdict: Optional[dict[str, Any]] = None  # analysis.verdict.build_verdict()
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # combined: each run's facts
+    references_differ: dict[str, int] = field(default_factory=dict)  # combined: runs whose references differ
+    signature_conflicts: list[str] = field(default_factory=list)  # combined: metrics of several signatures
+    validity_differs: bool = False  # combined: the runs record different validity figures
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def primary_metric(self) -> Optional[str]:
+        """The run's primary metric (``validity.primary.metric``); None without one or without validity."""
+        return self.validity.primary.metric if self.validity else None
+
+    def value(self, system: str, metric: str) -> Optional[float]:
+        """``results[system][metric].value``; None where the row or the metric has none."""
+        v = self.results.get(system, {}).get(metric)
+        return v.value if v else None
+
+    def system(self, name: str) -> SystemInfo:
+        """``systems[name]``, or an empty record for a name the run does not declare."""
+        return self.systems.get(name) or SystemInfo()
+
+
+def read_results(d: Mapping[str, Any] | Results) -> Results:
+    """The typed record of a results.json object (any 2.x minor version; fields it lacks hold their defaults).
+
+    A value of the wrong type raises :class:`medqa_bench.errors.RunError` naming its dotted key; keys this package
+    does not declare are kept in ``raw``. A :class:`Results` is returned as it is.
+
+    >>> read_results({"schema_version": "2.0", "metrics": {"loss": {"kind": "nll"}}}).metrics["loss"].items
+    'all'
+    >>> read_results({"systems": {"b": {"kind": 3}}})
+    Traceback (most recent call last):
+    ...
+    medqa_bench.errors.RunError: results.json: 'systems.b.kind' is int 3, not str; the run folder is damaged: re-run the evaluation or restore it
+    """
+    if isinstance(d, Results):
+        return d
+    return _read_record(Results, d, "")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _wrong(where: str, value: Any, expected: str) -> RunError:
+    shown = repr(value) if isinstance(value, (int, float, str, bool)) and len(repr(value)) <= 40 else "…"
+    return RunError(f"results.json: '{where}' is {_kind(value)} {shown}, not {expected}; the run folder is damaged: "
+                    "re-run the evaluation or restore it")
+
+
+_SCALARS = {str: (str,), bool: (bool,), int: (int,), float: (int, float)}
+
+
+def _read_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the type ``hint`` of its declaration (records read as records)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if origin is Union or origin is UnionType:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _read_value(value, inner[0], where)  # declared unions are Optional[X]
+    if is_dataclass(hint):
+        return _read_record(hint, value, where)
+    if is_typeddict(hint) or hint is dict or origin in (dict, Mapping):
+        if not isinstance(value, dict):
+            raise _wrong(where, value, "an object")
+        if len(args) == 2 and args[1] is not Any:
+            return {k: _read_value(v, args[1], f"{where}.{k}") for k, v in value.items()}
+        return value
+    if hint is list or origin is list:
+        if not isinstance(value, list):
+            raise _wrong(where, value, "a list")
+        if args and args[0] is not Any:
+            for i, v in enumerate(value):
+                _read_value(v, args[0], f"{where}[{i}]")
+        return value
+    accepted = _SCALARS.get(hint)
+    if accepted is not None:
+        if isinstance(value, bool) and hint is not bool or not isinstance(value, accepted):
+            raise _wrong(where, value, hint.__name__)
+        return value
+    raise TypeError(f"schema: no reader for {hint!r} ({where})")
+
+
+def _read_record(cls: type, d: Any, where: str):
+    if not isinstance(d, dict):
+        raise _wrong(where or "results", d, "an object")
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name == "raw":
+            continue
+        value = d.get(f.name)
+        if value is None:  # absent, or null: the default (a null where a record is declared reads as absent)
+            continue
+        kwargs[f.name] = _read_value(value, hints[f.name], f"{where}.{f.name}" if where else f.name)
+    if "raw" in hints:
+        kwargs["raw"] = d
+    return cls(**kwargs)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    return _HINTS[cls]
