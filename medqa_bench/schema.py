@@ -1,8 +1,9 @@
-"""The run folder's contract: ``results.json`` and ``samples.jsonl``, declared as typed dictionaries.
+"""The run folder's contract: ``results.json`` (frozen records, read by :func:`read_results`) and ``samples.jsonl``
+(typed dictionaries).
 
 A run folder holds::
 
-    results.json     ResultsFile: spec, provenance, aggregates with CIs, analysis
+    results.json     Results: spec, provenance, aggregates with CIs, analysis (written by medqa_bench.results_record)
     samples.jsonl    one SampleRecord per item
     report.html      rendered from the two files above alone
     cache.sqlite     (optional) generations and NLLs, content-addressed
