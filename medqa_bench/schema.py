@@ -367,9 +367,11 @@ def _read_value(value: Any, hint: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _read_value(value, inner[0], where)  # declared unions are Optional[X]
-    if is_dataclass(hint):
-        return _read_record(hint, value, where)
+    if is_dataclass(hint):  # a null record in a mapping (a row's info) reads as an empty one
+        return _read_record(hint, {} if value is None else value, where)
     if is_typeddict(hint) or hint is dict or origin in (dict, Mapping):
+        if value is None:  # a null object in a mapping (a row's results) reads as an empty one
+            return {}
         if not isinstance(value, dict):
             raise _wrong(where, value, "an object")
         if len(args) == 2 and args[1] is not Any:

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import diagnostics, figures, tables
 from .cells import fmt
+from ..schema import Results, SystemInfo, read_results
 from .contamination import contamination
 from .runs import SEPARATOR, row_prompt_key
 from .validity_view import validity_context
@@ -42,8 +43,8 @@ def script_json(obj: Any) -> str:
     return text
 
 
-def _model_reference(results: dict) -> str:
-    return str((results.get("model") or {}).get("reference") or (results.get("spec") or {}).get("model") or "?")
+def _model_reference(results: Results) -> str:
+    return str(results.model.get("reference") or results.spec.get("model") or "?")
 
 
 def _flatten(d, prefix="") -> list[tuple[str, str]]:
@@ -59,33 +60,26 @@ def _flatten(d, prefix="") -> list[tuple[str, str]]:
     return out
 
 
-def _provenance(run_name: str, results: dict) -> dict:
-    systems = {
-        n: {k: v for k, v in (info or {}).items() if k != "training_log"}
-        for n, info in (results.get("systems") or {}).items()
-    }
-    metrics = {
-        m: {"signature": i.get("signature"), "source": i.get("source")}
-        for m, i in (results.get("metrics") or {}).items()
-    }
+def _provenance(run_name: str, results: Results) -> dict:
+    systems = {n: {k: v for k, v in info.raw.items() if k != "training_log"} for n, info in results.systems.items()}
+    metrics = {m: {"signature": i.signature, "source": i.source} for m, i in results.metrics.items()}
+    run = {"run_name": results.run_name, "created": results.created,
+           "medqa_bench_version": results.medqa_bench_version, "schema_version": results.schema_version}
     tables_ = [
-        (
-            "Run",
-            _flatten({k: results.get(k) for k in ("run_name", "created", "medqa_bench_version", "schema_version")}),
-        ),
-        ("Model", _flatten(results.get("model"))),
+        ("Run", _flatten(run)),
+        ("Model", _flatten(results.model)),
         ("Systems and adapters", _flatten(systems)),
-        ("Data and split", _flatten(results.get("data"))),
-        ("Generation budget", _flatten(results.get("budget"))),
-        ("Loss definition (this run)", _flatten(results.get("loss_definition"))),
+        ("Data and split", _flatten(results.data.raw)),
+        ("Generation budget", _flatten(results.budget.raw if results.budget else None)),
+        ("Loss definition (this run)", _flatten(results.loss_definition)),
         ("Metrics", _flatten(metrics)),
-        ("Environment, versions and hardware", _flatten(results.get("environment"))),
-        ("Timings (seconds)", _flatten(results.get("timings"))),
+        ("Environment, versions and hardware", _flatten(results.environment)),
+        ("Timings (seconds)", _flatten(results.timings)),
     ]
     return {
         "name": run_name,
         "tables": [(t, rows) for t, rows in tables_ if rows],
-        "spec": json.dumps(results.get("spec") or {}, indent=2, ensure_ascii=False),
+        "spec": json.dumps(results.spec, indent=2, ensure_ascii=False),
     }
 
 
@@ -106,43 +100,41 @@ def _comparison_pairs(analysis: dict, default_metric: str | None) -> list[dict]:
     return pairs
 
 
-def _prompt_key(info: dict) -> str:
+def _prompt_key(info: SystemInfo) -> str:
     """Where the explorer finds a row's prompt: :func:`.runs.row_prompt_key`, under ``<run>/`` in a combined report."""
     key = row_prompt_key(info)
     if not key:
         return ""
-    return f"{info['run']}{SEPARATOR}{key}" if info.get("run") else key
+    return f"{info.run}{SEPARATOR}{key}" if info.run else key
 
 
-def _explorer(results: dict, samples: list[dict], analysis: dict) -> dict:
-    metric_infos = results.get("metrics") or {}
-    metrics = [m for m in metric_infos if metric_infos[m].get("kind") != "nll"] or sorted(
+def _explorer(results: Results, samples: list[dict], analysis: dict) -> dict:
+    metric_infos = results.metrics
+    metrics = [m for m, info in metric_infos.items() if info.kind != "nll"] or sorted(
         {m for s in samples for sys in s.get("systems", {}).values() for m in (sys.get("scores") or {})}
     )
     keep = ("prediction", "generated_tokens", "truncated", "stop_reason", "source", "scores", "passages")
     default_metric = analysis.get("similarity_metric") or (metrics[0] if metrics else None)
-    infos = results.get("systems") or {}
     kinds = analysis.get("kinds") or {}
     systems = []
     for n in analysis["systems"]:
-        info = infos.get(n) or {}
-        fmt_name = info.get("prompt_format")
+        info = results.system(n)
         systems.append({
             "name": n,
-            "kind": kinds.get(n) or info.get("kind") or "",
-            "format": fmt_name or "",
+            "kind": kinds.get(n) or info.kind or "",
+            "format": info.prompt_format or "",
             # combined reports keep each run's prompts apart: "<run>/<format>"; a row with retrieval "<format>+rag"
             "prompt_key": _prompt_key(info),
-            "retrieval": (info.get("retrieval") or {}).get("label") or "",
-            "description": info.get("description") or "",
-            "method": info.get("method") or "",
+            "retrieval": (info.retrieval or {}).get("label") or "",
+            "description": info.description or "",
+            "method": info.method or "",
         })
     return {
         "systems": systems,
         "pairs": _comparison_pairs(analysis, default_metric),
         "metrics": metrics,
         "higher_is_better": {
-            m: (metric_infos.get(m) or {}).get("higher_is_better", True) is not False for m in metrics
+            m: m not in metric_infos or metric_infos[m].higher_is_better is not False for m in metrics
         },
         "default_metric": default_metric,
         "leakage_threshold": (analysis.get("leakage") or {}).get("threshold"),
@@ -205,6 +197,7 @@ def render_html(
 
     from ..analysis.verdict import metric_notes
 
+    typed = read_results(results)
     figs = figures.build_figures(results, analysis)
     sections = {}
     for key, title in _SECTIONS.items():
@@ -214,7 +207,7 @@ def render_html(
             if f["section"] == key
         ]
         sections[key] = {"key": key, "title": title, "figures": items}
-    explorer = script_json(_explorer(results, samples, analysis))
+    explorer = script_json(_explorer(typed, samples, analysis))
     nonce = hashlib.sha256(explorer.encode() + json.dumps(analysis, sort_keys=True).encode()).hexdigest()[:32]
     if plotly_mode == "inline":
         plotly_js, plotly_src = get_plotlyjs().replace("</script", "<\\/script"), None
@@ -230,9 +223,9 @@ def render_html(
     own = analysis.get("runs") or {}  # a combined report: each run's own analysis
     nll_counts = {a.get("n_nll_items") or a["n_items"] for a in own.values()}
     return template.render(
-        title=results.get("run_name") or "medqa-bench run",
-        created=results.get("created") or "",
-        model=", ".join(dict.fromkeys(_model_reference(r) for _, r in runs)),
+        title=typed.run_name or "medqa-bench run",
+        created=typed.created or "",
+        model=", ".join(dict.fromkeys(_model_reference(read_results(r)) for _, r in runs)),
         n_items=analysis["n_items"],
         n_nll_items=(analysis.get("n_nll_items") or analysis["n_items"]) if len(nll_counts) <= 1 else None,
         run_labels=list(own),
@@ -256,7 +249,7 @@ def render_html(
         sections=sections,
         n_figures=len(figs),
         explorer_json=Markup(explorer),
-        provenance=[_provenance(name, r) for name, r in runs],
+        provenance=[_provenance(name, read_results(r)) for name, r in runs],
         notes=notes,
         css=Markup(pkg.joinpath("report.css").read_text(encoding="utf-8")),
         js=Markup(pkg.joinpath("report.js").read_text(encoding="utf-8")),

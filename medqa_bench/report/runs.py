@@ -18,7 +18,7 @@ from ..errors import RunError, SpecError
 from ..jsonl import parse_jsonl
 from ..rag import prompt_key
 from ..run_folder import read_results_file
-from ..schema import SCHEMA_VERSION
+from ..schema import SCHEMA_VERSION, Results, SystemInfo, read_results
 
 SEPARATOR = "/"  # combined system names are "<run>/<system>"
 JOINER = "+"  # a row several runs share, not all: "<run>+<run>/<system>"
@@ -124,27 +124,27 @@ def _check_items(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> None
             )
 
 
-def row_prompt_key(info: dict) -> str | None:
+def row_prompt_key(info: SystemInfo) -> str | None:
     """The key of a row's prompts in ``samples.jsonl`` (:func:`medqa_bench.rag.prompt_key`: its format,
     ``<format>+rag`` with retrieval); None for a row without a prompt (a reference row)."""
-    fmt = info.get("prompt_format")
-    return prompt_key(fmt, info.get("retrieval") or None) if fmt else None
+    fmt = info.prompt_format
+    return prompt_key(fmt, info.retrieval or None) if fmt else None
 
 
 def _references(sample: dict) -> list:
     return sample.get("references") or [sample.get("reference")]
 
 
-def _row_key(results: dict, samples: list[dict], system: str) -> str | None:
+def _row_key(results: Results, samples: list[dict], system: str) -> str | None:
     """What a baseline or reference row is and what it gave, item by item, against which references: equal keys,
     the same row."""
-    info = (results.get("systems") or {}).get(system) or {}
-    if info.get("kind") not in _SHAREABLE:
+    info = results.system(system)
+    if info.kind not in _SHAREABLE:
         return None
-    identity = {k: info.get(k) for k in _ROW_KEYS}
-    if info.get("kind") != "reference":  # a reference row has no model: its outputs say what it is
-        identity["model"] = {k: (results.get("model") or {}).get(k) for k in _MODEL_KEYS}
-        identity["decoding"] = (results.get("spec") or {}).get("decoding")
+    identity = {k: getattr(info, k) for k in _ROW_KEYS}
+    if info.kind != "reference":  # a reference row has no model: its outputs say what it is
+        identity["model"] = {k: results.model.get(k) for k in _MODEL_KEYS}
+        identity["decoding"] = results.spec.get("decoding")
     key = row_prompt_key(info)
     outputs = [
         [s["id"], _references(s), (s.get("prompts") or {}).get(key) if key else None,
@@ -155,8 +155,9 @@ def _row_key(results: dict, samples: list[dict], system: str) -> str | None:
 
 
 def _same_values(a: dict, b: dict) -> bool:
-    """Two rows' results agree on every metric both scored (a metric of another definition does not)."""
-    return all(a[m] == b[m] for m in set(a) & set(b))
+    """Two rows' results (``{metric: MetricValue}``) agree on every metric both scored, field for field as the files
+    hold them (a metric of another definition does not)."""
+    return all(a[m].raw == b[m].raw for m in set(a) & set(b))
 
 
 def _differing_references(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> dict[str, int]:
@@ -175,10 +176,11 @@ def _row_names(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple[
     """``names[label][system]``: each row's combined name; rows shared by several runs get one name, the system's own
     when every run shares it, else ``<label>+<label>/<system>``."""
     groups: list[dict] = []  # {"key", "members": [(label, system)], "results"}
-    for label, (results, samples) in zip(labels, runs):
-        for system in results.get("systems") or {}:
+    for label, (raw, samples) in zip(labels, runs):
+        results = read_results(raw)
+        for system in results.systems:
             key = _row_key(results, samples, system)
-            values = (results.get("results") or {}).get(system) or {}
+            values = results.results.get(system, {})
             group = next((g for g in groups if key is not None and g["key"] == key and label not in g["labels"]
                           and _same_values(g["values"], values)), None)
             if group is None:
@@ -211,16 +213,18 @@ def _row_names(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> tuple[
 
 def _renamed(label: str, results: dict, samples: list[dict], names: dict[str, str]) -> tuple[dict, list[dict]]:
     """One run with its rows under their combined names and its prompts keyed ``<label>/<format>``."""
+    typed = read_results(results)
     systems = {}
-    for system, info in (results.get("systems") or {}).items():
-        info = dict(info or {})
+    for system, row in typed.systems.items():
+        info = dict(row.raw)
         for key in ("compared_with", "variant_of"):  # names of other rows of the same run
-            if info.get(key):
-                info[key] = names.get(info[key], f"{label}{SEPARATOR}{info[key]}")
+            if getattr(row, key):
+                info[key] = names.get(getattr(row, key), f"{label}{SEPARATOR}{getattr(row, key)}")
         info["run"] = label
         systems[names[system]] = info
     out = {**results, "systems": systems,
-           "results": {names.get(s, s): v for s, v in (results.get("results") or {}).items()}}
+           "results": {names.get(s, s): {m: v.raw for m, v in per_metric.items()}
+                       for s, per_metric in typed.results.items()}}
     out.pop("analysis", None)
     out.pop("verdict", None)
     renamed = []
@@ -231,20 +235,21 @@ def _renamed(label: str, results: dict, samples: list[dict], names: dict[str, st
     return out, renamed
 
 
-def _run_facts(label: str, folder: str | None, results: dict, samples: list[dict]) -> dict:
+def _run_facts(label: str, folder: str | None, raw: dict, samples: list[dict]) -> dict:
     """What the page says about each run of a combined report."""
+    results = read_results(raw)
     return {
         "label": label,
         "folder": folder,
-        "run_name": results.get("run_name"),
-        "budget": results.get("budget"),
-        "loss_definition": results.get("loss_definition"),
-        "model": results.get("model"),
-        "decoding": (results.get("spec") or {}).get("decoding"),
+        "run_name": results.run_name,
+        "budget": results.budget.raw if results.budget else None,
+        "loss_definition": raw.get("loss_definition"),  # as the file holds them (None when it has none)
+        "model": raw.get("model"),
+        "decoding": results.spec.get("decoding"),
         "n_items": len(_generated_ids(samples)),
         "n_nll_items": len(samples),
-        "metrics": list(results.get("metrics") or {}),
-        "primary": ((results.get("validity") or {}).get("primary") or {}).get("metric"),
+        "metrics": list(results.metrics),
+        "primary": results.primary_metric,
     }
 
 
@@ -259,24 +264,27 @@ def join_runs(labels: list[str], runs: list[tuple[dict, list[dict]]],
     _check_items(labels, runs)
     names, shared = _row_names(labels, runs)
     parts = {label: _renamed(label, r, s, names[label]) for label, (r, s) in zip(labels, runs)}
+    typed = [read_results(r) for r, _ in runs]
     combined: dict = {
         "schema_version": SCHEMA_VERSION,
         "run_name": " + ".join(labels),
-        "spec": runs[0][0].get("spec") or {},
+        "spec": typed[0].spec,
         "systems": {},
         "metrics": {},
         "results": {},
-        "data": runs[0][0].get("data") or {},
+        "data": typed[0].data.raw,
         "runs": {label: _run_facts(label, str(folder) if folder else None, r, s)
                  for label, folder, (r, s) in zip(labels, folders or [None] * len(labels), runs)},
     }
-    for key in ("budget", "loss_definition"):
-        value = agreed([r.get(key) for r, _ in runs])
-        if value:
-            combined[key] = value
+    budget = agreed([t.budget.raw if t.budget else None for t in typed])
+    if budget:
+        combined["budget"] = budget
+    loss_definition = agreed([t.loss_definition for t in typed])
+    if loss_definition:
+        combined["loss_definition"] = loss_definition
     combined["model"] = {
-        "reference": ", ".join(dict.fromkeys(str((r.get("model") or {}).get("reference")) for r, _ in runs)),
-        "quantization": agreed([(r.get("model") or {}).get("quantization") for r, _ in runs]),
+        "reference": ", ".join(dict.fromkeys(str(t.model.get("reference")) for t in typed)),
+        "quantization": agreed([t.model.get("quantization") for t in typed]),
     }
     differ = _differing_references(labels, runs)
     if differ:
@@ -286,18 +294,19 @@ def join_runs(labels: list[str], runs: list[tuple[dict, list[dict]]],
     signatures: dict[str, set] = {}
     for label in labels:
         results = parts[label][0]
+        part = read_results(results)
         for system, info in results["systems"].items():
             if system in shared:
                 info = {**info, "run": shared[system][0], "shared_by": shared[system]}
             combined["systems"].setdefault(system, info)
-            combined["results"][system] = {**((results.get("results") or {}).get(system) or {}),
+            combined["results"][system] = {**{m: v.raw for m, v in part.results.get(system, {}).items()},
                                            **combined["results"].get(system, {})}
-        for metric, info in (results.get("metrics") or {}).items():
-            combined["metrics"].setdefault(metric, info)
-            signatures.setdefault(metric, set()).add(info.get("signature"))
+        for metric, info in part.metrics.items():
+            combined["metrics"].setdefault(metric, info.raw)
+            signatures.setdefault(metric, set()).add(info.signature)
     combined["systems"] = {n: combined["systems"][n] for n in dict.fromkeys(order)}
     combined["signature_conflicts"] = sorted(m for m, s in signatures.items() if len(s) > 1)
-    validity = [r.get("validity") for r, _ in runs]
+    validity = [t.validity.raw if t.validity else None for t in typed]
     if agreed(validity):  # else each run's own report shows its own
         combined["validity"] = validity[0]
     elif any(validity):
