@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .adapter_meta import AdapterMeta, Resolved, as_adapter_meta
 from .inference import CompletionNLL
 
 __all__ = [
@@ -80,13 +81,14 @@ def run_loss_definition(*, split: str, max_length: int, quantization: str, compu
     }
 
 
-def training_eval_loss_info(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+def training_eval_loss_info(meta: AdapterMeta | dict[str, Any] | None) -> dict[str, Any] | None:
     """An adapter's recorded eval loss with its definition (:func:`definition_from_metadata`), or None when its
-    metadata records none."""
-    value = ((meta or {}).get("training") or {}).get("final_eval_loss")
+    metadata (the record, or its file's object) records none."""
+    record = as_adapter_meta(meta)
+    value = record.final_eval_loss if record is not None else None
     if value is None:
         return None
-    definition = definition_from_metadata(meta)
+    definition = definition_from_metadata(record)
     return {"value": value, "definition": {**definition, "formula": FORMULAS.get(definition.get("form"), "")}}
 
 
@@ -119,24 +121,25 @@ def eval_loss_definition(
     return definition
 
 
-def definition_from_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """The definition of an adapter's ``training.final_eval_loss``, from its ``medqa_bench.json``.
+def definition_from_metadata(meta: AdapterMeta | dict[str, Any]) -> dict[str, Any]:
+    """The definition of an adapter's ``training.final_eval_loss``, from its ``medqa_bench.json`` (the record, or the
+    file's object).
 
     Version 2 records it; version 1 adapters recorded Trainer's batch mean (batch size: the recipe's
     ``eval_batch_size``, else its ``batch_size``), over the same tokens.
     """
-    training = meta.get("training") or {}
-    if training.get("eval_loss_definition"):
-        return dict(training["eval_loss_definition"])
-    recipe, resolved = meta.get("recipe") or {}, meta.get("resolved") or {}
-    t = recipe.get("training") or {}
+    record = as_adapter_meta(meta) or AdapterMeta()
+    recorded = record.eval_loss_definition.to_dict() if record.eval_loss_definition is not None else None
+    if recorded:
+        return recorded
+    resolved = record.resolved or Resolved()
     return eval_loss_definition(
-        max_length=(recipe.get("data") or {}).get("max_length"),
-        quantization=resolved.get("quantization"),
-        compute_dtype=resolved.get("compute_dtype"),
-        prompt_format=resolved.get("prompt_format"),
+        max_length=record.recipe_value("data.max_length"),
+        quantization=resolved.quantization,
+        compute_dtype=resolved.compute_dtype,
+        prompt_format=resolved.prompt_format,
         form="batch_mean",
-        batch_size=t.get("eval_batch_size") or t.get("batch_size"),
+        batch_size=record.recipe_value("training.eval_batch_size") or record.recipe_value("training.batch_size"),
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
+from .adapter_meta import AdapterMeta, read_adapter_meta
 from .errors import AdapterError, ModelError
 from .fingerprint import sha256_files, sha256_json
 from .jsonl import read_json_object
@@ -386,7 +387,12 @@ class AdapterInfo:
     fingerprint: str
     base_model: str | None
     config: dict[str, Any]
-    training_meta: dict[str, Any] | None = None
+    meta: AdapterMeta | None = None  # its medqa_bench.json, None when it has none (trained elsewhere)
+
+    @property
+    def training_meta(self) -> dict[str, Any] | None:
+        """Its ``medqa_bench.json`` object as written (``results.json``'s ``systems[..].adapter.training``)."""
+        return self.meta.to_dict() if self.meta is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -423,20 +429,18 @@ def read_adapter(name: str, path: str | os.PathLike) -> AdapterInfo:
     except WeightFileError as exc:
         raise AdapterError(f"adapter '{name}' ({folder}): {exc}; copy or train the adapter again") from None
     weights = [p for p in (safetensors, pickled) if p.exists()]  # both, as fingerprinted before .bin was refused
-    meta_path = folder / "medqa_bench.json"
-    meta = (read_json_object(meta_path, AdapterError, f"adapter '{name}': {meta_path}", "; the folder is damaged")
-            if meta_path.exists() else None)
+    meta = read_adapter_meta(folder, name)
     digest = sha256_files([cfg_path, *weights], folder)
     return AdapterInfo(name, str(folder.resolve()), f"sha256:{digest}", config.get("base_model_name_or_path"), config, meta)
 
 
 def _check_adapter_base(info: AdapterInfo, loaded: LoadedModel) -> None:
     """Refuse an adapter made for another base: by recorded fingerprint when the trainer wrote one."""
-    meta = info.training_meta or {}
-    recorded = (meta.get("base_model") or {}).get("fingerprint")
+    base = info.meta.base_model if info.meta is not None else None
+    recorded = base.fingerprint if base is not None else None
     if recorded and recorded != loaded.source.fingerprint:
         raise AdapterError(
-            f"adapter '{info.name}' was trained on base {meta['base_model'].get('reference')} "
+            f"adapter '{info.name}' was trained on base {base.reference} "
             f"({recorded[:23]}…), not on {loaded.source.reference} ({loaded.source.fingerprint[:23]}…)"
         )
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 
+from .adapter_meta import AdapterMeta, as_adapter_meta
 from .data import PROMPT_FORMATS
 from .errors import SpecError
 from .rag import RagSpec, prompt_key
@@ -161,18 +162,17 @@ def plan_systems(
     return systems
 
 
-def recorded_quantization(training_meta: Mapping[str, Any] | None) -> str | None:
-    """The quantization of the base an adapter was trained on, from its ``medqa_bench.json`` (None when not
-    recorded)."""
-    meta = training_meta or {}
-    q = (meta.get("resolved") or {}).get("quantization") or ((meta.get("recipe") or {}).get("model") or {}).get(
-        "quantization")
+def recorded_quantization(training_meta: AdapterMeta | Mapping[str, Any] | None) -> str | None:
+    """The quantization of the base an adapter was trained on, from its ``medqa_bench.json`` (the record, or the
+    file's object; None when not recorded, or not one this harness loads)."""
+    meta = as_adapter_meta(training_meta)
+    q = meta.quantization if meta is not None else None
     return q if q in ("none", "4bit") else None
 
 
-def recorded_prompt_format(training_meta: Mapping[str, Any] | None) -> str | None:
-    """The prompt format an adapter was trained on, from its ``medqa_bench.json`` (None when not recorded)."""
-    meta = training_meta or {}
-    fmt = (meta.get("resolved") or {}).get("prompt_format") or ((meta.get("recipe") or {}).get("data") or {}).get(
-        "prompt_format")
+def recorded_prompt_format(training_meta: AdapterMeta | Mapping[str, Any] | None) -> str | None:
+    """The prompt format an adapter was trained on, from its ``medqa_bench.json`` (the record, or the file's
+    object; None when not recorded, or not a format of this harness)."""
+    meta = as_adapter_meta(training_meta)
+    fmt = meta.prompt_format if meta is not None else None
     return fmt if fmt in PROMPT_FORMATS else None

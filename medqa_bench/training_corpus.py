@@ -24,15 +24,14 @@ found, its fingerprints, the split, the number of items, the adapters that recor
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import typed
+from .adapter_meta import read_adapter_meta
 from .data import DataSpec, Dataset, Example, load_dataset
-from .errors import DataError, SpecError
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +49,13 @@ class RecordedTrainingData:
     @classmethod
     def read(cls, name: str, folder: Path) -> "RecordedTrainingData | None":
         """The record of the adapter folder ``folder``; None when it has no ``medqa_bench.json`` or the file records
-        no training data (an adapter trained elsewhere). A malformed file is left to the adapter's loader, which
-        refuses it with its own message."""
-        path = folder / "medqa_bench.json"
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        no training data (an adapter trained elsewhere). A damaged file raises :class:`AdapterError`
+        (:func:`medqa_bench.adapter_meta.read_adapter_meta`)."""
+        meta = read_adapter_meta(folder, name)
+        spec = meta.data_spec() if meta is not None else None
+        if spec is None:
             return None
-        data = meta.get("data") if isinstance(meta, dict) else None
-        if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
-            return None
-        where = f"adapter '{name}' metadata ({path}) key"
-        for key in ("fingerprint", "manifest_fingerprint"):
-            if not isinstance(data.get(key), str):
-                raise SpecError(f"{where} 'data.{key}' must be a string, not {typed.show(data.get(key))}")
-        spec = typed.build(DataSpec, data["spec"], doc=f"adapter '{name}' metadata", where="data.spec.")
-        return cls(spec, data["fingerprint"], data["manifest_fingerprint"])
+        return cls(spec, meta.data.fingerprint, meta.data.manifest_fingerprint)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medqa_bench import atomic
+from medqa_bench.adapter_meta import (META_FILE, VERSION, AdapterMeta, BaseModel, Distributed, LossDefinition,
+                                      Resolved, TrainingData, TrainingRun, write_adapter_meta)
 from medqa_bench.errors import DataError, RunError, SpecError
 # the evaluation's seeded draw: a limit names the same items in training and evaluation
 from medqa_bench.items import select_items as limit_examples
@@ -42,14 +44,11 @@ from .recipe import Recipe, load_recipe  # noqa: F401  (re-exported: the CLI imp
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Recipe", "load_recipe", "train", "checkpoint_dir", "last_checkpoint", "sft_records", "META_FILE", "LOG_FILE"]
+__all__ = ["Recipe", "load_recipe", "train", "checkpoint_dir", "last_checkpoint", "sft_records", "adapter_record",
+           "META_FILE", "LOG_FILE"]
 
-META_FILE = "medqa_bench.json"
 LOG_FILE = "training_log.jsonl"
 RECIPE_FILE = "recipe.json"  # in the checkpoint folder: what --resume must match
-# 2: training.final_eval_loss is the harness's corpus loss (medqa_bench.loss), described by
-#    training.eval_loss_definition; version 1 recorded Trainer's mean of batch means
-META_VERSION = 2
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -169,6 +168,70 @@ def peak_memory(device: str) -> tuple[int, str]:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss * (1 if platform.system() == "Darwin" else 1024)), "process_max_rss"
+
+
+def _training_run(recipe: Recipe, trainer: Any, result: Any, clock: Any, log_file: Path, started: float,
+                  resume_step: int, device: str, precision: str, validated: bool) -> TrainingRun:
+    """What a finished run did and measured: from the Trainer's state, the step clock and the training log."""
+    from medqa_bench.loss import eval_loss_definition
+
+    memory, memory_source = peak_memory(device)
+    rows = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    epochs = [r for r in rows if r["type"] == "epoch"]
+    tokens = clock.tokens_end - clock.tokens_start
+    evaluated = [h for h in trainer.state.log_history if "eval_loss" in h]
+    # what final_eval_loss is (medqa_bench.loss.training_eval_loss recomputes it from the adapter folder)
+    definition = eval_loss_definition(
+        max_length=recipe.data.max_length, quantization=recipe.model.quantization,
+        compute_dtype=_DTYPES[precision], prompt_format=recipe.data.prompt_format,
+    ) if validated else None
+    return TrainingRun(
+        global_step=trainer.state.global_step,
+        epochs=float(trainer.state.epoch or 0),
+        resumed_from_step=resume_step or None,
+        wall_time_s=round(time.perf_counter() - started, 3),
+        train_time_s=round(clock.seconds, 3),
+        tokens=tokens,
+        tokens_per_s=round(tokens / clock.seconds, 2) if clock.seconds else None,
+        peak_memory_bytes=memory,
+        peak_memory_source=memory_source,
+        final_train_loss=epochs[-1]["train_loss"] if epochs else result.training_loss,
+        final_eval_loss=epochs[-1]["eval_loss"] if epochs else None,
+        eval_loss_definition=None if definition is None else LossDefinition.from_dict(
+            definition, doc=META_FILE, where="training.eval_loss_definition."),
+        final_eval_items=evaluated[-1].get("eval_items") if evaluated else None,
+        final_eval_tokens=evaluated[-1].get("eval_nll_tokens") if evaluated else None,
+    )
+
+
+def adapter_record(recipe: Recipe, source: Any, dataset: Any, counts: tuple[int, int], device: str, precision: str,
+                   training: TrainingRun, ranks: Any = None, *, versions: dict[str, str | None] | None = None,
+                   hardware: dict[str, Any] | None = None, created: str | None = None) -> AdapterMeta:
+    """The ``medqa_bench.json`` of an adapter trained by ``recipe`` on the base ``source`` (a ModelSource) and the
+    ``dataset`` (the loaded Dataset; ``counts``: its training and validation items as capped), on ``device`` in
+    ``precision``. ``ranks``: the processes of a multi-process run. ``versions``, ``hardware`` and ``created`` are
+    this process's and now, unless given (a test rebuilds a shipped adapter's record)."""
+    t = recipe.training
+    return AdapterMeta(
+        version=VERSION,  # medqa_bench.adapter_meta declares the file and its version history
+        kind="qlora" if recipe.model.quantization == "4bit" else "lora",
+        base_model=BaseModel(reference=source.reference, fingerprint=source.fingerprint),
+        recipe=recipe.to_dict(),
+        recipe_source=recipe.source,
+        resolved=Resolved(device=device, precision=precision, compute_dtype=_DTYPES[precision],
+                          quantization=recipe.model.quantization, prompt_format=recipe.data.prompt_format),
+        data=TrainingData(fingerprint=dataset.manifest.data_fingerprint,
+                          manifest_fingerprint=dataset.manifest.fingerprint, n_train=counts[0], n_validation=counts[1],
+                          spec=recipe.data.spec().to_dict()),
+        seed=recipe.seed,
+        versions=_versions() if versions is None else versions,
+        hardware=_hardware(device) if hardware is None else hardware,
+        training=training,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z") if created is None else created,
+        # Trainer gathers losses and token counts over the processes; the global batch is per device x processes.
+        distributed=None if ranks is None else Distributed(
+            **ranks.describe(), global_batch_size=t.batch_size * t.gradient_accumulation_steps * ranks.world_size),
+    )
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -334,7 +397,6 @@ def train(
     from transformers import PrinterCallback
 
     from medqa_bench.data import load_dataset
-    from medqa_bench.loss import eval_loss_definition
     from medqa_bench.models import load_tokenizer, pick_device, resolve_model
 
     # DDP: each process trains on its own device, cuda:<local rank> (CPU stays CPU).
@@ -389,61 +451,9 @@ def train(
 
     if not main:
         return ranks.wait_for_main()  # the main process writes the adapter folder; return its path
-    memory, memory_source = peak_memory(device)
-    rows = [json.loads(line) for line in (ckpt_root / LOG_FILE).read_text().splitlines() if line.strip()]
-    epochs = [r for r in rows if r["type"] == "epoch"]
-    tokens = clock.tokens_end - clock.tokens_start
-    evaluated = [h for h in trainer.state.log_history if "eval_loss" in h]
-    meta = {
-        "version": META_VERSION,
-        "kind": "qlora" if recipe.model.quantization == "4bit" else "lora",
-        "base_model": {"reference": source.reference, "fingerprint": source.fingerprint},
-        "recipe": recipe.to_dict(),
-        "recipe_source": recipe.source,
-        "resolved": {
-            "device": device,
-            "precision": precision,
-            "compute_dtype": _DTYPES[precision],
-            "quantization": recipe.model.quantization,
-            "prompt_format": recipe.data.prompt_format,
-        },
-        "data": {
-            "fingerprint": dataset.manifest.data_fingerprint,
-            "manifest_fingerprint": dataset.manifest.fingerprint,
-            "n_train": len(train_ex),
-            "n_validation": len(val_ex),
-            "spec": recipe.data.spec().to_dict(),
-        },
-        "seed": recipe.seed,
-        "versions": _versions(),
-        "hardware": _hardware(device),
-        "training": {
-            "global_step": trainer.state.global_step,
-            "epochs": float(trainer.state.epoch or 0),
-            "resumed_from_step": resume_step or None,
-            "wall_time_s": round(time.perf_counter() - started, 3),
-            "train_time_s": round(clock.seconds, 3),
-            "tokens": tokens,
-            "tokens_per_s": round(tokens / clock.seconds, 2) if clock.seconds else None,
-            "peak_memory_bytes": memory,
-            "peak_memory_source": memory_source,
-            "final_train_loss": epochs[-1]["train_loss"] if epochs else result.training_loss,
-            "final_eval_loss": epochs[-1]["eval_loss"] if epochs else None,
-            # what final_eval_loss is (medqa_bench.loss.training_eval_loss recomputes it from this folder), and over
-            # how many items and scored tokens
-            "eval_loss_definition": eval_loss_definition(
-                max_length=recipe.data.max_length, quantization=recipe.model.quantization,
-                compute_dtype=_DTYPES[precision], prompt_format=recipe.data.prompt_format,
-            ) if val_rows else None,
-            "final_eval_items": evaluated[-1].get("eval_items") if evaluated else None,
-            "final_eval_tokens": evaluated[-1].get("eval_nll_tokens") if evaluated else None,
-        },
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if ranks is not None:
-        # Trainer gathers losses and token counts over the processes; the global batch is per device x processes.
-        meta["distributed"] = {**ranks.describe(), "global_batch_size": recipe.training.batch_size
-                               * recipe.training.gradient_accumulation_steps * ranks.world_size}
+    run = _training_run(recipe, trainer, result, clock, ckpt_root / LOG_FILE, started, resume_step, device, precision,
+                        bool(val_rows))
+    meta = adapter_record(recipe, source, dataset, (len(train_ex), len(val_ex)), device, precision, run, ranks)
 
     def write() -> Path:
         try:
@@ -452,7 +462,7 @@ def train(
                 shutil.copyfile(ckpt_root / LOG_FILE, tmp / LOG_FILE)
                 if (ckpt_root / "runs").is_dir():  # TensorBoard's event files (report_to), kept with the adapter
                     shutil.copytree(ckpt_root / "runs", tmp / "runs")
-                atomic.write_json(tmp / META_FILE, meta)
+                write_adapter_meta(tmp, meta)
         except FileExistsError:
             raise RunError(f"adapter folder {out} appeared while training; the run is kept in {ckpt_root} (--resume --overwrite)") from None
         shutil.rmtree(ckpt_root, ignore_errors=True)
