@@ -20,11 +20,13 @@ returns plain JSON, stored by the runner as ``results["analysis"]``:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..errors import MetricError, SpecError
+from ..schema import MetricInfo, Results, read_results
 from . import confusion, lengths, stats
 from .compare import finite
 
@@ -59,7 +61,7 @@ __all__ = [
 
 
 def analyze(
-    results: dict,
+    results: Results | Mapping[str, Any],
     samples: list[dict],
     *,
     similarity_metric: str | None = None,
@@ -72,6 +74,7 @@ def analyze(
     ``similarity_metric`` picks the bounded metric of the confusion and length views (default
     ``embedding_similarity``, else the first metric with bounds [0, 1]); ``thresholds`` is ``{"t", "t_low",
     "t_high"}`` for that metric or ``{metric: {...}}``. The bootstrap is seeded: same inputs, same output.
+    ``results`` is the typed record (:func:`medqa_bench.schema.read_results`) or the dict it is read from.
     """
     if n_bootstrap < 100:
         raise SpecError(f"n_bootstrap={n_bootstrap} is too few for a 95% interval; use at least 100 (default 2000)")
@@ -80,7 +83,8 @@ def analyze(
     from .leakage import leakage
     from .thresholds import resolve_thresholds, spec_thresholds
 
-    spec = results.get("spec") or {}
+    results = read_results(results)
+    spec = results.spec
     spec_analysis = spec.get("analysis") or {}  # spec.AnalysisSpec
     roles = run_roles(results, samples)
     # Items scored by the NLL metrics alone (generated false) have no answers: the views of answers skip them. The
@@ -153,7 +157,7 @@ def analyze(
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def run_roles(results: dict, samples: list[dict]) -> dict[str, Any]:
+def run_roles(results: Results | Mapping[str, Any], samples: list[dict]) -> dict[str, Any]:
     """Who is compared with whom. ``names``: systems in run order; ``kinds``: baseline / adapter / reference;
     ``baselines``: ``{judged row: [baseline rows of its run]}`` for each adapter and each row with retrieval (a
     ``+rag`` row, baseline or adapter, is judged against the plain baseline rows; no row is judged against a ``+rag``
@@ -161,21 +165,23 @@ def run_roles(results: dict, samples: list[dict]) -> dict[str, Any]:
     row}``. A combined report (several run folders) keeps comparisons within each run (``info["run"]``); an adapter's
     ``compared_with`` (older combined reports) names its one baseline.
     """
-    info = results.get("systems") or {}
-    names = list(info) or list(dict.fromkeys(n for s in samples for n in s.get("systems", {})))
+    results = read_results(results)
+    info = {n: results.system(n) for n in results.systems or dict.fromkeys(
+        n for s in samples for n in s.get("systems", {}))}
+    names = list(info)
     kinds = {}
     for n in names:
-        kind = (info.get(n) or {}).get("kind")
+        kind = info[n].kind
         kinds[n] = kind if kind in ("baseline", "adapter", "reference") else ("baseline" if n == "baseline" else "adapter")
-    run_of = {n: (info.get(n) or {}).get("run") for n in names}
-    rag = {n: bool((info.get(n) or {}).get("retrieval")) for n in names}
-    variants = {n: v for n in names if rag[n] and (v := (info.get(n) or {}).get("variant_of")) in names}
+    run_of = {n: info[n].run for n in names}
+    rag = {n: bool(info[n].retrieval) for n in names}
+    variants = {n: v for n in names if rag[n] and (v := info[n].variant_of) in names}
     baselines: dict[str, list[str]] = {}
     references: dict[str, list[str]] = {}
     for n in names:
         same_run = [m for m in names if run_of[m] == run_of[n]]
         if kinds[n] == "adapter" or (rag[n] and kinds[n] == "baseline"):
-            given = (info.get(n) or {}).get("compared_with")
+            given = info[n].compared_with
             bases = [given] if given else [m for m in same_run if kinds[m] == "baseline" and not rag[m]]
             if not bases:
                 all_bases = [m for m in names if kinds[m] == "baseline"]
@@ -186,34 +192,34 @@ def run_roles(results: dict, samples: list[dict]) -> dict[str, Any]:
     return {"names": names, "kinds": kinds, "baselines": baselines, "references": references, "variants": variants}
 
 
-def metric_infos(results: dict, samples: list[dict]) -> dict[str, dict]:
+def metric_infos(results: Results | Mapping[str, Any], samples: list[dict]) -> dict[str, MetricInfo]:
     """``results["metrics"]``: each metric's declaration; for an older or hand-made run without one, the metrics
     its per-item scores name."""
-    infos = dict(results.get("metrics") or {})
+    infos = dict(read_results(results).metrics)
     if not infos:  # older or hand-made runs: metrics known only from the per-item scores
         for s in samples:
             for sys in s.get("systems", {}).values():
                 for m in sys.get("scores") or {}:
-                    infos.setdefault(m, {"name": m, "kind": "reference", "higher_is_better": None})
+                    infos.setdefault(m, MetricInfo(name=m, kind="reference", higher_is_better=None))
     return infos
 
 
-def bounded_metrics(metrics: dict[str, dict]) -> list[str]:
+def bounded_metrics(metrics: dict[str, MetricInfo]) -> list[str]:
     """Metrics declared with bounds [0, 1]: usable as a soft match."""
     out = []
     for name, info in metrics.items():
-        b = info.get("bounds")
+        b = info.bounds
         if b and len(b) == 2 and math.isclose(b[0], 0.0) and math.isclose(b[1], 1.0):
             out.append(name)
     return out
 
 
-def similarity_metrics(metrics: dict[str, dict]) -> list[str]:
+def similarity_metrics(metrics: dict[str, MetricInfo]) -> list[str]:
     """Bounded reference metrics: scored against a distractor too, so the confusion views can use them."""
-    return [m for m in bounded_metrics(metrics) if (metrics[m].get("kind") or "reference") == "reference"]
+    return [m for m in bounded_metrics(metrics) if metrics[m].reference_like]
 
 
-def choose_metric(metrics: dict[str, dict], requested: str | None) -> str | None:
+def choose_metric(metrics: dict[str, MetricInfo], requested: str | None) -> str | None:
     """The similarity metric of the confusion and length views: ``requested`` (a bounded reference metric, else
     :class:`MetricError`), else ``embedding_similarity``, else the first of :data:`DEFAULT_THRESHOLDS`' metrics
     scored, else any bounded reference metric; None when there is none."""

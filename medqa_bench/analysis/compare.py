@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..schema import MetricInfo, Results
 from . import stats
 
 
@@ -42,12 +43,12 @@ def is_perplexity(metric: str) -> bool:
     return "perplex" in metric.lower() or metric.lower() == "ppl"
 
 
-def per_item(samples: list[dict], system: str, metric: str, info: dict) -> dict[str, float]:
+def per_item(samples: list[dict], system: str, metric: str, info: MetricInfo) -> dict[str, float]:
     """``{item id: value}`` of one system on one metric (NLL metrics from the NLL fields), finite values only."""
     out = {}
     for s in samples:
         rec = s.get("systems", {}).get(system) or {}
-        if info.get("kind") == "nll":
+        if info.kind == "nll":
             nll, tok = finite(rec.get("nll_sum")), finite(rec.get("nll_tokens"))
             if nll is not None and tok:
                 out[s["id"]] = math.exp(nll / tok) if is_perplexity(metric) else nll / tok
@@ -58,7 +59,7 @@ def per_item(samples: list[dict], system: str, metric: str, info: dict) -> dict[
     return out
 
 
-def compare(samples: list[dict], a: str, b: str, metrics: dict[str, dict], match_t: dict[str, float], *,
+def compare(samples: list[dict], a: str, b: str, metrics: dict[str, MetricInfo], match_t: dict[str, float], *,
             seed: int, n_bootstrap: int) -> dict[str, dict]:
     """``{metric: row}`` for system ``a`` minus system ``b`` on the items both scored, Holm over the metrics."""
     by_id = {s["id"]: s for s in samples}
@@ -69,20 +70,20 @@ def compare(samples: list[dict], a: str, b: str, metrics: dict[str, dict], match
         if not ids:
             continue
         va, vb = np.array([a_items[i] for i in ids]), np.array([b_items[i] for i in ids])
-        if info.get("kind") == "nll":
+        if info.kind == "nll":
             cols = [[by_id[i]["systems"][sys][f] for i in ids] for sys in (a, b) for f in ("nll_sum", "nll_tokens")]
             boot = stats.paired_bootstrap_corpus(*cols, exponentiate=is_perplexity(m), n_bootstrap=n_bootstrap,
                                                  seed=seed)
         else:
             boot = stats.paired_bootstrap(va, vb, n_bootstrap=n_bootstrap, seed=seed)
-        hib = info.get("higher_is_better")
+        hib = info.higher_is_better
         th = match_t.get(m)
         diff = boot["mean_diff"]
         rows[m] = {
             **boot,
-            "kind": info.get("kind"),
+            "kind": info.kind,
             "higher_is_better": hib,
-            "form": "corpus" if info.get("kind") == "nll" else "mean",
+            "form": "corpus" if info.kind == "nll" else "mean",
             "better": None if hib is None or diff is None or diff == 0 else (diff > 0) == bool(hib),
             "wins": int(np.sum(va > vb)) if hib is not False else int(np.sum(va < vb)),
             "losses": int(np.sum(va < vb)) if hib is not False else int(np.sum(va > vb)),
@@ -112,10 +113,10 @@ def comparison_pairs(roles: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def corpus_value(samples: list[dict], system: str, metric: str, info: dict) -> float | None:
+def corpus_value(samples: list[dict], system: str, metric: str, info: MetricInfo) -> float | None:
     """A system's corpus value from its per-item records: Σ NLL / Σ tokens (exponentiated for perplexity) for NLL
     metrics, else the mean of the per-item scores (the built-in metrics' aggregate)."""
-    if info.get("kind") == "nll":
+    if info.kind == "nll":
         pairs = [((s["systems"].get(system) or {}).get("nll_sum"), (s["systems"].get(system) or {}).get("nll_tokens"))
                  for s in samples]
         pairs = [(a, b) for a, b in pairs if a is not None and b]
@@ -127,13 +128,13 @@ def corpus_value(samples: list[dict], system: str, metric: str, info: dict) -> f
     return float(np.mean(values)) if values else None
 
 
-def strongest_baselines(results: dict, samples: list[dict], roles: dict, metrics: dict[str, dict]) -> dict[str, dict[str, str]]:
+def strongest_baselines(results: Results, samples: list[dict], roles: dict,
+                        metrics: dict[str, MetricInfo]) -> dict[str, dict[str, str]]:
     """``{adapter: {metric: the baseline row with the best corpus value on it}}``; ties go to the first row. The
     values are the run's aggregates (``results["results"]``), or computed from the items when absent."""
-    values = results.get("results") or {}
 
     def value(b: str, m: str) -> float | None:
-        v = finite(((values.get(b) or {}).get(m) or {}).get("value"))
+        v = finite(results.value(b, m))
         return v if v is not None else corpus_value(samples, b, m, metrics[m])
 
     out: dict[str, dict[str, str]] = {}
@@ -144,7 +145,7 @@ def strongest_baselines(results: dict, samples: list[dict], roles: dict, metrics
             scored = [(b, v) for b, v in scored if v is not None]
             if not scored:
                 continue
-            sign = -1.0 if info.get("higher_is_better") is False else 1.0
+            sign = -1.0 if info.higher_is_better is False else 1.0
             out[adapter][m] = max(scored, key=lambda bv: (sign * bv[1], -bases.index(bv[0])))[0]
     return out
 

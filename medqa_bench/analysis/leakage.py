@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..schema import MetricInfo
 from . import compare
 
 
-def leakage(samples: list[dict], systems: list[str], metrics: dict[str, dict], judged_pairs: dict[str, dict],
+def leakage(samples: list[dict], systems: list[str], metrics: dict[str, MetricInfo], judged_pairs: dict[str, dict],
             match_t: dict[str, float], *, seed: int, n_bootstrap: int) -> dict[str, Any] | None:
     """Summary, flagged items, corpus values and judged comparisons on the clean subset; None without an audit."""
     from ..audit import summarize_audit
