@@ -6,6 +6,8 @@ Numbers only come from the validity block and the judged comparisons; nothing is
 
 from __future__ import annotations
 
+from ..schema import RunValidity
+
 
 def _interval(x: dict | None, digits: int = 2) -> str:
     x = x or {}
@@ -28,23 +30,23 @@ def primary_result(primary: str | None, versus: dict[str, list[dict]]) -> dict |
             "p_holm": None}
 
 
-def weak_metrics_warning(adapter: str, versus: dict[str, list[dict]], validity: dict,
+def weak_metrics_warning(adapter: str, versus: dict[str, list[dict]], validity: RunValidity,
                           primary: dict | None) -> dict | None:
     """A warning when every metric on which ``adapter`` differs significantly from its strongest baseline is below
     the validity floor or was not measured against expert grades: the conclusion rests on weak instruments alone."""
     significant = [(r["metric"], outcome) for outcome in ("improves", "regresses") for r in versus[outcome]]
     if not significant:
         return None
-    floor = validity.get("floor") or {}
-    figures = validity.get("metrics") or {}
+    floor = validity.floor
+    figures = validity.metrics  # metric -> schema.MeasuredFigures | schema.NotMeasured
     weak = []
     for metric, outcome in significant:
         entry = figures.get(metric) or {"measured": False, "reason": "no validity figures recorded for it"}
         if entry.get("measured") and entry.get("below_floor") is False:
             return None  # one valid instrument carries the conclusion
         if entry.get("measured"):
-            wq = (entry.get("figures") or {}).get(floor.get("figure", "within_question_spearman"))
-            why = f"within-question Spearman {_interval(wq)} < {floor.get('value')}"
+            wq = (entry.get("figures") or {}).get(floor.figure or "within_question_spearman")
+            why = f"within-question Spearman {_interval(wq)} < {floor.value}"
         else:
             why = "not measured against expert grades: " + str(entry.get("reason") or "")
         weak.append({"metric": metric, "outcome": outcome, "measured": bool(entry.get("measured")), "why": why})
@@ -55,15 +57,15 @@ def weak_metrics_warning(adapter: str, versus: dict[str, list[dict]], validity: 
     return {"code": "weak_metrics", "metrics": [w["metric"] for w in weak], "message":
             f"the conclusion rests only on metrics that agree weakly with expert grades or were not measured against "
             f"them: every metric on which {adapter} differs significantly from its strongest baseline is below the "
-            f"validity floor (within-question Spearman {floor.get('value')}) or unmeasured: {listing}{tail}"}
+            f"validity floor (within-question Spearman {floor.value}) or unmeasured: {listing}{tail}"}
 
 
-def primary_line(validity: dict) -> str:
-    primary = validity.get("primary") or {}
-    where = "the bundled measurement" if validity.get("source") == "bundled" else validity.get("source")
-    if not primary.get("metric"):
-        return f"no primary metric: {primary.get('reason')} (validity figures: {where})"
-    entry = (validity.get("metrics") or {}).get(primary["metric"]) or {}
+def primary_line(validity: RunValidity) -> str:
+    primary = validity.primary
+    where = "the bundled measurement" if validity.source == "bundled" else validity.source
+    if not primary.metric:
+        return f"no primary metric: {primary.reason} (validity figures: {where})"
+    entry = validity.metrics.get(primary.metric) or {}
     wq = (entry.get("figures") or {}).get("within_question_spearman")
-    return (f"primary metric: {primary['metric']}, within-question Spearman with expert grades {_interval(wq)} "
-            f"({primary.get('reason')}; validity figures: {where})")
+    return (f"primary metric: {primary.metric}, within-question Spearman with expert grades {_interval(wq)} "
+            f"({primary.reason}; validity figures: {where})")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import MetricError
+from ..schema import read_results
 from . import analyze, choose_metric, metric_infos, similarity_metrics
 from .thresholds import keyed_thresholds, spec_thresholds
 from .verdict import ALPHA, run_lines
@@ -42,7 +43,7 @@ def common_similarity_metric(parts: dict[str, tuple[dict, list[dict]]], requeste
 
 def _own_metric(results: dict, samples: list[dict], requested: str | None) -> str | None:
     """The similarity metric the run's own analysis chooses (its own report's)."""
-    wanted = requested or ((results.get("spec") or {}).get("analysis") or {}).get("similarity_metric")
+    wanted = requested or (read_results(results).spec.get("analysis") or {}).get("similarity_metric")
     try:
         return choose_metric(metric_infos(results, samples), wanted)
     except MetricError:  # its own analysis refuses it; the shared metric is all it can have here
@@ -57,7 +58,7 @@ def _on_metric(results: dict, samples: list[dict], opts: dict, metric: str) -> t
     opts = {**opts, "similarity_metric": metric}
     if own == metric:
         return results, opts
-    spec = dict(results.get("spec") or {})
+    spec = dict(read_results(results).spec)
     from_spec = spec_thresholds(spec)
     if from_spec:
         spec["analysis"] = {**(spec.get("analysis") or {}), "thresholds": keyed_thresholds(from_spec, own)}
@@ -243,7 +244,7 @@ def combine_verdicts(own: dict[str, tuple[dict, dict]]) -> dict[str, Any]:
     for label, (results, v) in own.items():
         for name, a in (v.get("adapters") or {}).items():
             adapters[name] = {**a, "run": label}
-        for line in run_lines(results.get("validity"), v.get("adapters") or {}):
+        for line in run_lines(read_results(results).validity, v.get("adapters") or {}):
             heads.setdefault(line, []).append(label)
         for w in v.get("warnings") or []:
             warnings.setdefault(w["message"], (w, []))[1].append(label)

@@ -34,8 +34,10 @@ report opens with (:mod:`medqa_bench.analysis.verdict_lines`); several runs' ver
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from ..schema import Budget, Results, read_results
 from .instruments import primary_result, weak_metrics_warning
 from .reach import ci_note, reach, reach_text
 from .verdict_lines import SMALL_SAMPLE, adapter_lines, number, run_lines
@@ -55,10 +57,6 @@ def base_words(quantization: str, article: str = "the") -> str:
     if article == "a" and words == "unquantized":
         article = "the"  # there is one unquantized base
     return f"{article} {words} base"
-
-
-def _value(results: dict, system: str, metric: str) -> float | None:
-    return (((results.get("results") or {}).get(system) or {}).get(metric) or {}).get("value")
 
 
 def _significant(row: dict) -> bool:
@@ -108,9 +106,10 @@ def _against_references(comparisons: dict, adapter: str, kinds: dict[str, str]) 
     return out
 
 
-def metric_notes(results: dict, analysis: dict) -> list[dict]:
+def metric_notes(results: Results | Mapping[str, Any], analysis: dict) -> list[dict]:
     """Metrics on which a reference row scores at least as high as a language-model row: echoing the question
     means the metric measures topic, one fixed answer means it measures genre (register, boilerplate)."""
+    results = read_results(results)
     kinds = analysis.get("kinds") or {}
     # The rows a verdict rests on: the adapters and, per metric, the baseline each is judged against (a broken row,
     # e.g. a baseline that leaves half its answers empty, says nothing about the metric). Without adapters: every
@@ -126,19 +125,18 @@ def metric_notes(results: dict, analysis: dict) -> list[dict]:
     what = {"question": "topic, not content", "boilerplate": "register and boilerplate, not content",
             "retrieval": "closeness to a look-alike training answer"}
     notes = []
-    infos = results.get("metrics") or {}
     for ref in analysis.get("reference_rows") or []:
-        method = ((results.get("systems") or {}).get(ref) or {}).get("method") or ref
-        for m, info in infos.items():
-            if info.get("kind") == "nll":
+        method = results.system(ref).method or ref
+        for m, info in results.metrics.items():
+            if info.kind == "nll":
                 continue
-            rv = _value(results, ref, m)
+            rv = results.value(ref, m)
             if rv is None or rv <= 0:  # nothing given for free (exact match: everyone scores 0)
                 continue
-            hib = info.get("higher_is_better") is not False
+            hib = info.higher_is_better is not False
             compared = [s for s in judged_rows(m) if ref in ((analysis.get("comparisons") or {}).get(s) or {})]
-            below = [s for s in compared if _value(results, s, m) is not None
-                     and ((_value(results, s, m) <= rv) if hib else (_value(results, s, m) >= rv))]
+            below = [s for s in compared if results.value(s, m) is not None
+                     and ((results.value(s, m) <= rv) if hib else (results.value(s, m) >= rv))]
             if below and method in ("question", "boilerplate"):
                 notes.append({
                     "code": f"{method}_row", "metric": m, "reference": ref, "value": rv, "systems": below,
@@ -163,44 +161,44 @@ def _grouped_notes(notes: list[dict]) -> list[dict]:
     return out
 
 
-def _conditions(results: dict, adapter: str, bases: list[str]) -> list[dict]:
-    systems = results.get("systems") or {}
-    a = systems.get(adapter) or {}
+def _conditions(results: Results, adapter: str, bases: list[str]) -> list[dict]:
+    a = results.system(adapter)
     out = []
     for b in bases:
-        info = systems.get(b) or {}
-        if a.get("prompt_format") != info.get("prompt_format"):
+        info = results.system(b)
+        if a.prompt_format != info.prompt_format:
             out.append({"code": "prompt_format", "message":
-                        f"prompt format: {adapter} in '{a.get('prompt_format')}' ({a.get('format_source')}), "
-                        f"{b} in '{info.get('prompt_format')}' ({info.get('format_source')}): each in its own format"})
-        if (a.get("stop_sequences") or []) != (info.get("stop_sequences") or []):
+                        f"prompt format: {adapter} in '{a.prompt_format}' ({a.format_source}), "
+                        f"{b} in '{info.prompt_format}' ({info.format_source}): each in its own format"})
+        if (a.stop_sequences or []) != (info.stop_sequences or []):
             out.append({"code": "stop_sequences", "message":
-                        f"stop sequences: {adapter} {a.get('stop_sequences') or 'none'}, "
-                        f"{b} {info.get('stop_sequences') or 'none'} (each its format's)"})
-    rag = a.get("retrieval") or {}
-    plain = [b for b in bases if not (systems.get(b) or {}).get("retrieval")]
+                        f"stop sequences: {adapter} {a.stop_sequences or 'none'}, "
+                        f"{b} {info.stop_sequences or 'none'} (each its format's)"})
+    rag = a.retrieval or {}
+    plain = [b for b in bases if not results.system(b).retrieval]
     if rag and plain:
         out.append({"code": "retrieval", "message":
                     f"retrieval: {adapter} is given {rag.get('k')} training passages ({rag.get('label')}) in its prompt, "
                     f"{', '.join(plain)} none"})
-    trained = (((a.get("adapter") or {}).get("training") or {}).get("resolved") or {}).get("quantization")
-    evaluated = a.get("quantization") or (results.get("model") or {}).get("quantization")
+    # the adapter's training metadata (models.AdapterInfo) as the run recorded it
+    trained = (((a.adapter or {}).get("training") or {}).get("resolved") or {}).get("quantization")
+    evaluated = a.quantization or results.model.get("quantization")
     if trained and evaluated and trained != evaluated:
         out.append({"code": "quantization", "message":
                     f"quantization: {adapter} was trained on {base_words(trained, 'a')} and is evaluated on "
                     f"{base_words(evaluated, 'a')} (a QLoRA adapter learns against its quantized base's weights)"})
     for b in bases:
-        bq = (systems.get(b) or {}).get("quantization")
+        bq = results.system(b).quantization
         if bq and evaluated and bq != evaluated:
             out.append({"code": "base_quantization", "message":
                         f"base weights: {adapter} runs on {base_words(evaluated)} it was trained on, {b} on "
                         f"{base_words(bq)} (each at its best)"})
-    tel = a.get("training_eval_loss")
-    harness = results.get("loss_definition") or {}
+    tel = a.training_eval_loss
+    harness = results.loss_definition
     if tel and harness.get("form"):  # a run folder written before the definition was recorded has none
         d = tel.get("definition") or {}
         differ = [k for k in ("form", "split", "eos", "quantization", "compute_dtype")
-                  if str(d.get(k)) != str(a.get("quantization") if k == "quantization" else harness.get(k))]
+                  if str(d.get(k)) != str(a.quantization if k == "quantization" else harness.get(k))]
         trunc = d.get("truncation")
         trunc = trunc.get("max_length") if isinstance(trunc, dict) else trunc
         if differ or trunc:
@@ -242,20 +240,22 @@ def _decoding_warning(decoding: dict) -> dict | None:
             "unlearned); a run without it shows what the models do"}
 
 
-def build_verdict(results: dict) -> dict[str, Any]:
-    """The verdict of a scored and analysed run (``results`` with ``analysis``), JSON-ready."""
-    analysis = results.get("analysis") or {}
+def build_verdict(results: Results | Mapping[str, Any]) -> dict[str, Any]:
+    """The verdict of a scored and analysed run (``results`` with ``analysis``: the typed record or its dict),
+    JSON-ready."""
+    results = read_results(results)
+    analysis = results.analysis or {}
     kinds = analysis.get("kinds") or {}
     degeneration = (analysis.get("degeneration") or {}).get("warnings") or []
     notes = metric_notes(results, analysis)
     run_warnings: list[dict] = _grouped_notes(notes)
-    budget = results.get("budget") or {}
-    longer, n_refs = budget.get("references_longer") or 0, budget.get("n_references") or 0
+    budget = results.budget or Budget()
+    longer, n_refs = budget.references_longer or 0, budget.n_references or 0
     if n_refs and longer / n_refs > BUDGET_CUT_SHARE:
         run_warnings.append({"code": "budget", "message":
                              f"{longer} of the evaluated split's {n_refs} references are longer than the "
-                             f"{budget.get('max_new_tokens')}-token budget: even a perfect answer would be cut"})
-    decoding = _decoding_warning((results.get("spec") or {}).get("decoding") or {})
+                             f"{budget.max_new_tokens}-token budget: even a perfect answer would be cut"})
+    decoding = _decoding_warning(results.spec.get("decoding") or {})  # spec.DecodingSpec
     if decoding:
         run_warnings.append(decoding)
     small = _small_sample_warning(results, analysis)
@@ -274,8 +274,8 @@ def build_verdict(results: dict) -> dict[str, Any]:
         if kinds.get(w["system"]) == "baseline" and w["system"] not in (analysis.get("paired") or {}):
             run_warnings.append({"code": w["code"], "system": w["system"], "message": w["message"]})
 
-    validity = results.get("validity")  # None: a run folder written before validity was recorded
-    primary_metric = ((validity or {}).get("primary") or {}).get("metric")
+    validity = results.validity  # None: a run folder written before validity was recorded
+    primary_metric = results.primary_metric
     adapters: dict[str, Any] = {}
     for adapter, judged in (analysis.get("paired") or {}).items():
         strongest = (analysis.get("strongest_baseline") or {}).get(adapter) or {}
@@ -308,7 +308,7 @@ def build_verdict(results: dict) -> dict[str, Any]:
         }
         adapters[adapter]["lines"] = adapter_lines(adapter, adapters[adapter], results)
     verdict = {"version": 1, "alpha": ALPHA, "correction": "holm", "adapters": adapters, "warnings": run_warnings,
-               "primary": (validity or {}).get("primary")}
+               "primary": validity.raw.get("primary") if validity else None}  # as the file holds it
     verdict["lines"] = run_lines(validity, adapters) + [line for a in adapters.values() for line in a["lines"]] + [
         f"warning: {w['message']}" for w in run_warnings]
     return verdict
@@ -337,13 +337,13 @@ def _thresholds_warning(match: dict) -> dict | None:
             f"the soft-match thresholds of {len(metrics)} metric(s) are fallback defaults ({'; '.join(parts)})"}
 
 
-def metric_items(results: dict, analysis: dict) -> dict[str, int]:
-    """The items each metric was scored on: loss and perplexity (``items: "all"``, or an NLL metric of an older run)
-    on every item, the other metrics on the generated ones (``analysis["n_nll_items"]`` and ``["n_items"]``)."""
+def metric_items(results: Results, analysis: dict) -> dict[str, int]:
+    """The items each metric was scored on: loss and perplexity (``items: "all"``, or an NLL metric of an older run:
+    :class:`medqa_bench.schema.MetricInfo`) on every item, the other metrics on the generated ones
+    (``analysis["n_nll_items"]`` and ``["n_items"]``)."""
     generated = analysis.get("n_items") or 0
     every = analysis.get("n_nll_items") or generated
-    return {m: every if info.get("items", "all" if info.get("kind") == "nll" else "generated") == "all" else generated
-            for m, info in (results.get("metrics") or {}).items()}
+    return {m: every if info.items == "all" else generated for m, info in results.metrics.items()}
 
 
 def _and(names: list[str]) -> str:
@@ -359,7 +359,7 @@ def _lowest_floor(paired: dict, metrics: list[str]) -> float | None:
     return None
 
 
-def _small_sample_warning(results: dict, analysis: dict) -> dict | None:
+def _small_sample_warning(results: Results, analysis: dict) -> dict | None:
     """Few items, each metric judged on the items it was scored on: the generation metrics on the generated items,
     loss and perplexity on every item (``--nll-limit``). Where no judged test of a set of metrics can reach
     significance at all, that is what the warning says of them."""

@@ -3,6 +3,7 @@ builds the verdict as data; these read it)."""
 
 from __future__ import annotations
 
+from ..schema import Results, RunValidity
 from .instruments import primary_line
 from .reach import FEW_ITEMS
 
@@ -21,7 +22,7 @@ def p_text(p: float | None) -> str:
     return "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def run_lines(validity: dict | None, adapters: dict) -> list[str]:
+def run_lines(validity: RunValidity | None, adapters: dict) -> list[str]:
     """The sentences about the run as a whole that open its verdict: the primary metric, and a run without adapters
     (:func:`medqa_bench.analysis.runs.combine_verdicts` says them once for the runs they hold for)."""
     return ([primary_line(validity)] if validity else []) + (
@@ -41,7 +42,7 @@ def _cannot_reach(rows: list[dict]) -> str:
                      for why, group in _by_reason(rows, "why_unreachable").items())
 
 
-def adapter_lines(adapter: str, v: dict, results: dict) -> list[str]:
+def adapter_lines(adapter: str, v: dict, results: Results) -> list[str]:
     """The sentences of one adapter's verdict (``v``, as :func:`medqa_bench.analysis.verdict.build_verdict` builds
     it): the primary metric, what improves and regresses, what cannot reach significance and why, CIs that seem to
     disagree with their test, the reference rows it does not beat, the clean subset, its warnings and conditions."""
@@ -55,7 +56,7 @@ def adapter_lines(adapter: str, v: dict, results: dict) -> list[str]:
         said = {"improves": "improves", "regresses": "regresses", "no_difference": "no significant difference"}
         numbers = (f"{'+' if (p['diff'] or 0) > 0 else ''}{number(p['diff'])} [{number(p['ci'][0])}, {number(p['ci'][1])}] "
                    f"vs {p['against']}, p_holm {p_text(p['p_holm'])}")
-        n_items = p.get("n") or (results.get("analysis") or {}).get("n_items") or 0  # the items it was judged on
+        n_items = p.get("n") or (results.analysis or {}).get("n_items") or 0  # the items it was judged on
         if p.get("reachable") is False:
             line = f"{adapter} on the primary metric {p['metric']}: cannot reach significance ({numbers}): " \
                    f"{p['why_unreachable']}"
