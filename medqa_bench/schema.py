@@ -246,9 +246,31 @@ class Budget:
     max_new_tokens: Optional[int] = None
     source: Optional[str] = None  # "auto" | "given"
     rule: Optional[str] = None
+    percentile: Optional[float] = None  # auto: the percentile of the reference lengths it takes
+    percentile_tokens: Optional[int] = None  # auto: that percentile, in tokens
+    capped: Optional[bool] = None  # auto: the percentile was above the cap
     n_references: Optional[int] = None
     references_longer: Optional[int] = None  # references at least as long as the budget
+    auto_would_be: Optional[int] = None  # given: what the automatic budget would have been
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """``runs[label]`` of a combined report's results (medqa_bench.report.runs.join_runs): what the page says about
+    each run."""
+
+    label: Optional[str] = None
+    folder: Optional[str] = None
+    run_name: Optional[str] = None
+    budget: Optional[Budget] = None
+    loss_definition: Optional[dict[str, Any]] = None
+    model: dict[str, Any] = field(default_factory=dict)
+    decoding: Optional[dict[str, Any]] = None
+    n_items: Optional[int] = None  # generated items
+    n_nll_items: Optional[int] = None  # every item (the NLL metrics')
+    metrics: list[str] = field(default_factory=list)
+    primary: Optional[str] = None  # its primary metric
 
 
 @dataclass(frozen=True)
@@ -305,7 +327,7 @@ class Results:
     analysis: Optional[dict[str, Any]] = None  # analysis.analyze()
     verdict: Optional[dict[str, Any]] = None  # analysis.verdict.build_verdict()
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # combined: each run's facts
+    runs: dict[str, RunFacts] = field(default_factory=dict)  # combined: each run's facts
     references_differ: dict[str, int] = field(default_factory=dict)  # combined: runs whose references differ
     signature_conflicts: list[str] = field(default_factory=list)  # combined: metrics of several signatures
     validity_differs: bool = False  # combined: the runs record different validity figures
@@ -342,6 +364,12 @@ def read_results(d: Mapping[str, Any] | Results) -> Results:
     if isinstance(d, Results):
         return d
     return _read_record(Results, d, "")
+
+
+def read_record(cls: type, d: Mapping[str, Any], where: str) -> Any:
+    """One record of results.json (``cls``, e.g. :class:`MetricInfo`) read from its object at the dotted key
+    ``where``, as :func:`read_results` reads it; a record of ``cls`` is returned as it is."""
+    return d if isinstance(d, cls) else _read_record(cls, d, where)
 
 
 def _kind(value: Any) -> str:

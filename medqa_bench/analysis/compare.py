@@ -15,11 +15,12 @@ empty, and in its own chat template beat the adapter on every generation metric)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..schema import MetricInfo, Results
+from ..schema import MetricInfo, Results, read_record
 from . import stats
 
 
@@ -43,8 +44,10 @@ def is_perplexity(metric: str) -> bool:
     return "perplex" in metric.lower() or metric.lower() == "ppl"
 
 
-def per_item(samples: list[dict], system: str, metric: str, info: MetricInfo) -> dict[str, float]:
-    """``{item id: value}`` of one system on one metric (NLL metrics from the NLL fields), finite values only."""
+def per_item(samples: list[dict], system: str, metric: str, info: MetricInfo | Mapping[str, Any]) -> dict[str, float]:
+    """``{item id: value}`` of one system on one metric (NLL metrics from the NLL fields), finite values only;
+    ``info`` is the metric's record (or its results.json object)."""
+    info = read_record(MetricInfo, info, f"metrics.{metric}")
     out = {}
     for s in samples:
         rec = s.get("systems", {}).get(system) or {}
@@ -113,9 +116,12 @@ def comparison_pairs(roles: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def corpus_value(samples: list[dict], system: str, metric: str, info: MetricInfo) -> float | None:
+def corpus_value(samples: list[dict], system: str, metric: str,
+                 info: MetricInfo | Mapping[str, Any]) -> float | None:
     """A system's corpus value from its per-item records: Σ NLL / Σ tokens (exponentiated for perplexity) for NLL
-    metrics, else the mean of the per-item scores (the built-in metrics' aggregate)."""
+    metrics, else the mean of the per-item scores (the built-in metrics' aggregate); ``info`` is the metric's record
+    (or its results.json object)."""
+    info = read_record(MetricInfo, info, f"metrics.{metric}")
     if info.kind == "nll":
         pairs = [((s["systems"].get(system) or {}).get("nll_sum"), (s["systems"].get(system) or {}).get("nll_tokens"))
                  for s in samples]

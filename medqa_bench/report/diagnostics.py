@@ -7,9 +7,11 @@ picks, orders and formats them. Strings stay raw here: the template escapes them
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..analysis.degeneration import WARNING_THRESHOLDS
+from ..schema import Budget, Results, read_results
 from .cells import fmt, fmt_share
 from .tables import metric_names, value
 
@@ -81,43 +83,43 @@ def degeneration(analysis: dict) -> dict | None:
     }
 
 
-def _share_longer(b: dict) -> str | None:
-    n, longer = b.get("n_references") or 0, b.get("references_longer")
+def _share_longer(b: Budget) -> str | None:
+    n, longer = b.n_references or 0, b.references_longer
     return fmt_share(longer / n) if n and longer is not None else None
 
 
-def budget_text(b: dict | None) -> str:
+def budget_text(b: Budget | None) -> str:
     """A run's budget in one phrase, e.g. "64 tokens (auto); 3 of 40 references longer (7.5%)"."""
-    if not b:
+    if b is None or not b.raw:
         return "not recorded"
     share = _share_longer(b)
-    cut = f"; {b.get('references_longer')} of {b.get('n_references')} references longer ({share})" if share else ""
-    return f"{b.get('max_new_tokens')} tokens ({b.get('source') or '?'}){cut}"
+    cut = f"; {b.references_longer} of {b.n_references} references longer ({share})" if share else ""
+    return f"{b.max_new_tokens} tokens ({b.source or '?'}){cut}"
 
 
-def budget(results: dict, runs: list[tuple[str, dict]]) -> list[dict]:
+def budget(results: Results | Mapping[str, Any], runs: list[tuple[str, dict]]) -> list[dict]:
     """How each run's ``max_new_tokens`` was set and how many references it cannot hold."""
     from ..analysis.verdict import BUDGET_CUT_SHARE
 
     out = []
     for name, r in runs:
-        b = r.get("budget")
-        if not b:
+        b = read_results(r).budget
+        if b is None or not b.raw:
             continue
-        n, longer = b.get("n_references") or 0, b.get("references_longer")
+        n, longer = b.n_references or 0, b.references_longer
         out.append({
             "run": name if len(runs) > 1 else None,
-            "max_new_tokens": b.get("max_new_tokens"),
-            "source": b.get("source"),
-            "rule": b.get("rule") or "",
-            "percentile": b.get("percentile"),
-            "percentile_tokens": b.get("percentile_tokens"),
-            "capped": b.get("capped"),
+            "max_new_tokens": b.max_new_tokens,
+            "source": b.source,
+            "rule": b.rule or "",
+            "percentile": b.percentile,
+            "percentile_tokens": b.percentile_tokens,
+            "capped": b.capped,
             "n_references": n,
             "references_longer": longer,
             "share_longer": _share_longer(b) or "–",
             "cuts": bool(n and longer and longer / n > BUDGET_CUT_SHARE),
-            "auto_would_be": b.get("auto_would_be"),
+            "auto_would_be": b.auto_would_be,
         })
     return out
 
@@ -172,9 +174,10 @@ def thresholds(analysis: dict) -> dict | None:
     return {"rows": rows, "rules": list(dict.fromkeys(th.get("rule") for th in match.values() if th.get("rule")))}
 
 
-def leakage(results: dict, analysis: dict) -> dict[str, Any] | None:
+def leakage(results: Results | Mapping[str, Any], analysis: dict) -> dict[str, Any] | None:
     """The leakage audit: definition, counts, flagged items, and each system's headline values on the items that
     are not near-duplicates next to all items."""
+    results = read_results(results)
     leak = analysis.get("leakage")
     if not leak:
         return None
@@ -199,7 +202,7 @@ def leakage(results: dict, analysis: dict) -> dict[str, Any] | None:
         for s in analysis["systems"]:
             cells = []
             for m in metrics:
-                full = (value(results, s, m) or {}).get("value")
+                full = v.value if (v := value(results, s, m)) else None
                 cl = (clean["results"].get(s) or {}).get(m)
                 cells.append({"full": fmt(full), "clean": fmt(cl),
                               "change": fmt(cl - full) if cl is not None and full is not None else "–"})

@@ -7,42 +7,44 @@ Strings stay raw here: the template escapes them.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
+from ..schema import MetricInfo, MetricValue, Results, read_results
 from .cells import BLANK_DELTA, ci, delta, fmt, fmt_p
 
 
-def value(results: dict, system: str, metric: str) -> dict | None:
-    """``results["results"][system][metric]`` (``{"value", "ci_low", "ci_high", "n"}``), or None."""
-    return ((results.get("results") or {}).get(system) or {}).get(metric)
+def value(results: Results, system: str, metric: str) -> MetricValue | None:
+    """``results[system][metric]`` (value, CI, n), or None."""
+    return results.results.get(system, {}).get(metric)
 
 
-def metric_names(results: dict, analysis: dict) -> list[str]:
-    names = list(results.get("metrics") or {})
-    return names or sorted({m for s in analysis["systems"] for m in (results.get("results") or {}).get(s, {})})
+def metric_names(results: Results | Mapping[str, Any], analysis: dict) -> list[str]:
+    results = read_results(results)
+    return list(results.metrics) or sorted({m for s in analysis["systems"] for m in results.results.get(s, {})})
 
 
-def systems_context(results: dict, analysis: dict) -> list[dict]:
+def systems_context(results: Results | Mapping[str, Any], analysis: dict) -> list[dict]:
     """One entry per system, in run order: its kind, prompt format and why, stop sequences, and (reference rows)
     what the row is. The template draws table headers and badges from these."""
-    infos = results.get("systems") or {}
+    results = read_results(results)
     kinds = analysis.get("kinds") or {}
     out = []
     for s in analysis["systems"]:
-        info = infos.get(s) or {}
-        kind = kinds.get(s) or info.get("kind") or ("baseline" if s == "baseline" else "adapter")
-        stops = info.get("stop_sequences")
-        why = info.get("format_source") or "no reason recorded"
+        info = results.system(s)
+        kind = kinds.get(s) or info.kind or ("baseline" if s == "baseline" else "adapter")
+        stops = info.stop_sequences
+        why = info.format_source or "no reason recorded"
         out.append({
             "name": s,
             "kind": kind,
-            "format": info.get("prompt_format"),
-            "format_source": info.get("format_source") or "",
+            "format": info.prompt_format,
+            "format_source": info.format_source or "",
             "stop_sequences": ", ".join(repr(x) for x in stops) if stops else ("none" if stops is not None else ""),
-            "description": info.get("description") or "",
-            "method": info.get("method") or "",
-            "title": info.get("description") or (
-                f"{kind} row, prompt format {info['prompt_format']} ({why})" if info.get("prompt_format")
-                else f"{kind} row"),
+            "description": info.description or "",
+            "method": info.method or "",
+            "title": info.description or (
+                f"{kind} row, prompt format {info.prompt_format} ({why})" if info.prompt_format else f"{kind} row"),
         })
     return out
 
@@ -50,21 +52,20 @@ def systems_context(results: dict, analysis: dict) -> list[dict]:
 # ------------------------------------------------------------------------------------------ summary
 
 
-def summary_tables(results: dict, analysis: dict, notes: list[dict]) -> list[dict]:
+def summary_tables(results: Results | Mapping[str, Any], analysis: dict, notes: list[dict]) -> list[dict]:
     """The summary as tables ``[{"title", "run", "systems", "rows"}]`` (``systems``: :func:`systems_context`'s entries
     of its columns; ``rows``: :func:`headline`'s). One run: one table. A combined report: the rows every run shares
     (the reference rows, a baseline they all answered alike), then one table per run with its other rows (a row that
     some runs share stands in each of theirs), so a table is never wider than one run, however many runs there are.
     A metric note stands in the tables holding the reference row it is about."""
+    results = read_results(results)
     columns = systems_context(results, analysis)
     own = analysis.get("runs") or {}
     if not own:
         return [{"title": None, "run": None, "systems": columns, "rows": headline(results, analysis, notes)["rows"]}]
-    infos = results.get("systems") or {}
-
     def runs_of(name: str) -> list:
-        info = infos.get(name) or {}
-        return info.get("shared_by") or [info.get("run")]
+        info = results.system(name)
+        return info.shared_by or [info.run]
 
     every = [c for c in columns if set(own) <= set(runs_of(c["name"]))]
     groups = [("Rows every run shares", None, every)] if every else []
@@ -84,7 +85,7 @@ def summary_tables(results: dict, analysis: dict, notes: list[dict]) -> list[dic
     return tables
 
 
-def headline(results: dict, analysis: dict, notes: list[dict], systems: list[str] | None = None) -> dict:
+def headline(results: Results, analysis: dict, notes: list[dict], systems: list[str] | None = None) -> dict:
     """Rows of metrics, one cell per system (``systems``, default every row of the analysis); each adapter's delta
     is against the strongest baseline row of that metric (named in the cell); baselines and reference rows get none.
     ``notes``: verdict.metric_notes()."""
@@ -92,10 +93,9 @@ def headline(results: dict, analysis: dict, notes: list[dict], systems: list[str
     kinds = analysis.get("kinds") or {}
     paired = analysis.get("paired") or {}
     strongest = analysis.get("strongest_baseline") or {}
-    metric_infos = results.get("metrics") or {}
     rows = []
     for m in metric_names(results, analysis):
-        info = metric_infos.get(m) or {}
+        info = results.metrics.get(m) or MetricInfo()
         # marked only where there is a choice: an adapter with several baseline rows
         strongest_rows = {per[m] for a, per in strongest.items()
                           if m in per and len((analysis.get("baseline_rows") or {}).get(a) or []) > 1}
@@ -105,8 +105,8 @@ def headline(results: dict, analysis: dict, notes: list[dict], systems: list[str
             cell = {
                 "system": s,
                 "kind": kinds.get(s),
-                "value": fmt(v.get("value")) if v else "–",
-                "ci": f"[{fmt(v.get('ci_low'))}, {fmt(v.get('ci_high'))}]" if v and v.get("ci_low") is not None else "",
+                "value": fmt(v.value) if v else "–",
+                "ci": f"[{fmt(v.ci_low)}, {fmt(v.ci_high)}]" if v and v.ci_low is not None else "",
                 "delta": None,
                 "against": None,
                 "strongest": s in strongest_rows,
@@ -114,25 +114,25 @@ def headline(results: dict, analysis: dict, notes: list[dict], systems: list[str
             row = ((paired.get(s) or {}).get("metrics") or {}).get(m)
             if row is not None:
                 against = row.get("against") or (paired.get(s) or {}).get("baseline")
-                base_v = value(results, against, m) or {}
-                cell["delta"] = delta(row, pct_of=base_v.get("value"))
+                base_v = value(results, against, m)
+                cell["delta"] = delta(row, pct_of=base_v.value if base_v else None)
                 cell["against"] = against
             cells.append(cell)
-        hib = info.get("higher_is_better")
+        hib = info.higher_is_better
         rows.append({
             "metric": m,
             "direction": "↑ higher is better" if hib else "↓ lower is better" if hib is False else "",
-            "signature": info.get("signature") or "",
+            "signature": info.signature or "",
             "notes": [_note(n) for n in notes if n.get("metric") == m] + _missing_notes(results, systems, m),
             "cells": cells,
         })
     return {"rows": rows}
 
 
-def _missing_notes(results: dict, systems: list[str], metric: str) -> list[dict]:
+def _missing_notes(results: Results, systems: list[str], metric: str) -> list[dict]:
     """The items a metric could not score (``n_missing``: an LLM judge's unparseable answers), per row, as a note:
     its values are over the other items."""
-    missing = {s: (value(results, s, metric) or {}).get("n_missing") for s in systems}
+    missing = {s: v.n_missing if (v := value(results, s, metric)) else None for s in systems}
     missing = {s: n for s, n in missing.items() if n}
     if not missing:
         return []
@@ -154,14 +154,14 @@ def _note(note: dict) -> dict:
             "text": f"measures {what}: {short}" if sep else message}
 
 
-def language_modeling(results: dict, analysis: dict) -> list[dict] | None:
+def language_modeling(results: Results | Mapping[str, Any], analysis: dict) -> list[dict] | None:
     """Loss and perplexity of the reference answers per language-model row, each adapter's change against the
     baseline row the analysis compared it with (the strongest on loss)."""
     lm = analysis.get("language_modeling")
     if not lm:
         return None
     kinds = analysis.get("kinds") or {}
-    infos = results.get("systems") or {}
+    results = read_results(results)
     rows = []
     for s in analysis["systems"]:
         v = lm["systems"].get(s)
@@ -171,7 +171,7 @@ def language_modeling(results: dict, analysis: dict) -> list[dict] | None:
         row = {
             "label": "Fine-tuned" if kinds.get(s) == "adapter" else "Baseline",
             "system": s,
-            "format": (infos.get(s) or {}).get("prompt_format") or "",
+            "format": results.system(s).prompt_format or "",
             "loss": fmt(v["loss"], 4),
             "perplexity": fmt(v["perplexity"]),
             "tokens": v["n_tokens"],
@@ -212,21 +212,22 @@ def _show(v) -> str:
     return str(v)
 
 
-def loss_definitions(results: dict, analysis: dict, runs: list[tuple[str, dict]]) -> dict | None:
+def loss_definitions(results: Results | Mapping[str, Any], analysis: dict,
+                     runs: list[tuple[str, dict]]) -> dict | None:
     """The harness's loss definition beside each adapter's training eval loss and its definition, field by field
     (adapters whose training eval loss is the same number, defined alike, share a column: the table does not grow
     with the runs of a combined report); rows where the columns differ are marked, so a reader sees why the numbers
     differ."""
     columns = []
-    harness = [(name, r.get("loss_definition")) for name, r in runs if r.get("loss_definition")]
+    harness = [(name, d) for name, r in runs if (d := read_results(r).loss_definition)]
     distinct = list({repr(sorted(d.items())): (n, d) for n, d in harness}.values())
     lm = (analysis.get("language_modeling") or {}).get("systems") or {}
     for name, d in distinct:
         title = "this run's loss (the table above)" if len(distinct) == 1 else f"run {name}: loss"
         columns.append({"title": title, "kind": "harness", "values": {"value": "per row, above", **d}})
     training: dict[str, dict] = {}  # adapters whose training eval loss is the same number, defined alike: one column
-    for s, info in (results.get("systems") or {}).items():
-        tel = (info or {}).get("training_eval_loss")
+    for s, info in read_results(results).systems.items():
+        tel = info.training_eval_loss
         if not tel:
             continue
         here = (lm.get(s) or {}).get("loss")

@@ -12,11 +12,13 @@ adapters, each read against its own run's analysis.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..analysis.stats import significance_mark
 from ..analysis.verdict import base_words
+from ..schema import Results, RunFacts, read_results
 from .cells import ci, fmt, fmt_p, fmt_signed
 
 OUTCOMES = ("improves", "regresses", "no_difference")
@@ -72,14 +74,13 @@ def _metric_rows(v: dict, analysis: dict, adapter: str) -> list[dict]:
     return rows
 
 
-def _reference_grid(v: dict, analysis: dict, adapter: str, results: dict) -> dict | None:
+def _reference_grid(v: dict, analysis: dict, adapter: str, results: Results) -> dict | None:
     comparisons = (analysis.get("comparisons") or {}).get(adapter) or {}
     # only the reference rows the adapter was compared with (a combined report's other runs have their own)
     refs = {ref: r for ref, r in (v.get("references") or {}).items() if ref in comparisons}
     if not refs:
         return None
     metrics = list(dict.fromkeys(m for r in refs.values() for m in (*r.get("beats", []), *r.get("does_not_beat", []))))
-    infos = results.get("systems") or {}
     rows = []
     for ref, r in refs.items():
         stats = (comparisons.get(ref) or {}).get("metrics") or {}
@@ -97,7 +98,7 @@ def _reference_grid(v: dict, analysis: dict, adapter: str, results: dict) -> dic
                 state, "✗ worse than it" if worse else "✗ not significantly better")
             cells.append({"state": state, "label": label, "diff": fmt_signed(row.get("mean_diff")),
                           "p_holm": fmt_p(row.get("p_holm")), "metric": m})
-        rows.append({"reference": ref, "description": (infos.get(ref) or {}).get("description") or "",
+        rows.append({"reference": ref, "description": results.system(ref).description or "",
                      "cells": cells, "not_beaten": r.get("does_not_beat") or []})
     return {"metrics": metrics, "rows": rows}
 
@@ -144,20 +145,20 @@ def _primary_cell(p: dict | None) -> dict | None:
             "p_holm": fmt_p(p.get("p_holm")), "against": p.get("against") or ""}
 
 
-def verdict_context(results: dict, analysis: dict, verdict: dict | None) -> dict[str, Any]:
+def verdict_context(results: Results | Mapping[str, Any], analysis: dict, verdict: dict | None) -> dict[str, Any]:
     """Template context of the verdict section; ``verdict`` is ``results["verdict"]`` (or one built for this page;
     a combined report's from :func:`medqa_bench.analysis.runs.combine_verdicts`)."""
+    results = read_results(results)
     verdict = verdict or {}
-    infos = results.get("systems") or {}
     adapters = []
     for name, v in (verdict.get("adapters") or {}).items():
         grid = _reference_grid(v, analysis, name, results)
-        info = infos.get(name) or {}
+        info = results.system(name)
         adapters.append({
             "name": name,
             "run": v.get("run"),
-            "format": info.get("prompt_format"),
-            "format_source": info.get("format_source") or "",
+            "format": info.prompt_format,
+            "format_source": info.format_source or "",
             "headline": _headline(v, grid),
             "n_improves": len(v.get("improves") or []),
             "n_regresses": len(v.get("regresses") or []),
@@ -251,33 +252,31 @@ def run_matrix(analysis: dict, verdict: dict) -> dict | None:
     return {"columns": columns, "rows": rows, "one_metric": metrics.pop() if len(metrics) == 1 else None}
 
 
-def runs_context(results: dict, analysis: dict, verdict: dict) -> list[dict]:
+def runs_context(results: Results, analysis: dict, verdict: dict) -> list[dict]:
     """One row per run of a combined report: where it comes from and the facts its statements rest on."""
     from .diagnostics import budget_text, threshold_source_text
 
-    facts = results.get("runs") or {}
-    shared = {n: info.get("shared_by") for n, info in (results.get("systems") or {}).items() if info.get("shared_by")}
+    shared = {n: info.shared_by for n, info in results.systems.items() if info.shared_by}
     out = []
     for r, own in (analysis.get("runs") or {}).items():
-        f = facts.get(r) or {}
+        f = results.runs.get(r) or RunFacts()
         th = own.get("thresholds") or {}
         sim = own.get("similarity_metric")
         primary = (((verdict.get("runs") or {}).get(r) or {}).get("primary") or {}).get("metric")
-        folder = f.get("folder") or ""
+        folder = f.folder or ""
         out.append({
             "run": r,
             "folder": Path(folder).name if folder else "",
             "path": folder,
-            "run_name": f.get("run_name") or "",
-            "model": str((f.get("model") or {}).get("reference") or "?"),
-            "base": base_words((f.get("model") or {}).get("quantization")) if (f.get("model") or {}).get(
-                "quantization") else "",
+            "run_name": f.run_name or "",
+            "model": str(f.model.get("reference") or "?"),
+            "base": base_words(f.model["quantization"]) if f.model.get("quantization") else "",
             "n_items": own.get("n_items"),
             "n_nll_items": own.get("n_nll_items") or own.get("n_items"),
-            "budget": budget_text(f.get("budget")),
+            "budget": budget_text(f.budget),
             "soft_match": (f"{sim}: t = {fmt(th.get('t'))} ({threshold_source_text(th)})" if sim and th else "–"),
             "primary": primary or "–",
-            "metrics": ", ".join(f.get("metrics") or []),
+            "metrics": ", ".join(f.metrics),
             "shared": [n for n, by in shared.items() if r in by],
         })
     return out
