@@ -289,8 +289,11 @@ def compare(old_commit: str, work: Path | None) -> int:
     tree = work / "old-tree"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), old_commit], check=True)
     seconds: dict[str, float] = {}
+    new = "working tree"
     try:
         for label, root in (("old", tree), ("new", REPO)):
+            if label == "new":
+                new = f"working tree at {_head()}"
             run_dir = work / "run"  # one path for both: the spec records it
             shutil.rmtree(run_dir, ignore_errors=True)
             t = time.perf_counter()
@@ -306,7 +309,7 @@ def compare(old_commit: str, work: Path | None) -> int:
     sections: dict[str, int] = {}
     for key in diff:
         sections[key.split(".")[0]] = sections.get(key.split(".")[0], 0) + 1
-    print(json.dumps({"old": old_commit, "new": "working tree", "seconds": seconds, "dropped": VOLATILE,
+    print(json.dumps({"old": old_commit, "new": new, "seconds": seconds, "dropped": VOLATILE,
                       "identical": not diff, "differing_keys_by_section": sections, "differences": diff},
                      indent=2, ensure_ascii=False))
     if not keep:
@@ -314,6 +317,14 @@ def compare(old_commit: str, work: Path | None) -> int:
     else:
         print(f"results kept in {work}/old.json and {work}/new.json", file=sys.stderr)
     return 0 if not diff else 1
+
+
+def _head() -> str:
+    """The working tree's commit, "-dirty" when tracked files differ from it (others may edit while the check runs)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def main(argv: list[str] | None = None) -> int:
