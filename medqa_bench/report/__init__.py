@@ -8,10 +8,13 @@ PosixPath('reports/my-run/report.html')
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .. import atomic
 from ..errors import RunError, SpecError
+from ..schema import Results, read_results
 
 __all__ = ["render_report"]
 
@@ -53,8 +56,8 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
     notes: list[str] = []
     if len(loaded) == 1:
         results, samples = loaded[0]
-        analysis = results.get("analysis")
-        verdict = results.get("verdict")
+        typed = read_results(results)
+        analysis, verdict = typed.analysis, typed.verdict
         if not analysis or analysis.get("version") != ANALYSIS_VERSION:
             analysis = analyze(results, samples, **_analysis_options(results))
             verdict = None
@@ -69,13 +72,14 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
         verdict = combine_verdicts({n: ({**r, "analysis": analysis["runs"][n]},
                                         build_verdict({**r, "analysis": analysis["runs"][n]}))
                                     for n, (r, _) in joined.parts.items()})
-        if results.get("signature_conflicts"):
+        typed = read_results(results)
+        if typed.signature_conflicts:
             notes.append(
                 "Metric signatures differ between runs for "
-                + ", ".join(results["signature_conflicts"])
+                + ", ".join(typed.signature_conflicts)
                 + ": their values are not directly comparable across runs."
             )
-        differ = results.get("references_differ")
+        differ = typed.references_differ
         if differ:
             notes.append(
                 f"The references differ from run {names[0]}'s in "
@@ -97,14 +101,15 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
     return target
 
 
-def _analysis_options(results: dict) -> dict:
+def _analysis_options(results: Results | Mapping[str, Any]) -> dict:
     """The options the runner used, as results.json records them: its analysis block, else the run spec's.
 
     Only thresholds that were given when analysing (source "argument") are passed on: calibrated and default ones
     are recomputed from the samples, and the spec's are read from the spec again, so each keeps its source.
     """
-    stored = results.get("analysis") or {}
-    spec = (results.get("spec") or {}).get("analysis") or {}
+    results = read_results(results)
+    stored = results.analysis or {}
+    spec = results.spec.get("analysis") or {}  # spec.AnalysisSpec
     opts = {"similarity_metric": stored.get("similarity_metric") or spec.get("similarity_metric")}
     keys = ("t", "t_low", "t_high")
     given = {m: {k: th[k] for k in keys if k in th}
