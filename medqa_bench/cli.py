@@ -127,10 +127,15 @@ def _add_backend_options(p: argparse.ArgumentParser) -> None:
             log.debug("backend %s's option %s is not a flag: %s is taken", backend, name, opt.flag)
 
 
+def _given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The backend options given as flags."""
+    return {k[len(_OPTION_DEST):]: v for k, v in vars(args).items() if k.startswith(_OPTION_DEST) and v is not None}
+
+
 def _backend_options(args: argparse.Namespace, spec) -> dict[str, Any]:
     """The run spec's ``backend_options`` from the flags, over the spec file's. When ``--backend`` picks another
     backend than the file's, the file's options left at their defaults go (they were filled in, not given)."""
-    given = {k[len(_OPTION_DEST):]: v for k, v in vars(args).items() if k.startswith(_OPTION_DEST) and v is not None}
+    given = _given_options(args)
     base = dict(spec.backend_options)
     if args.backend is not None and args.backend != spec.backend and base:
         from .backends.options import declared
@@ -307,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Ask the baseline, the adapters and their +rag rows the same question, each in its "
                                    "own prompt format; mark answers and export them as evaluation data.")
     c.add_argument("--model", help="as for run (default smollm2-135m-instruct)")
+    c.add_argument("--backend", metavar="NAME", help="as for run: what answers (default transformers: the model "
+                   "loaded here; openai: a server, with --base-url and --served-model)")
     c.add_argument("--adapter", action="append", metavar="NAME=PATH", help="a PEFT LoRA adapter folder; repeatable")
     c.add_argument("--no-default-adapter", action="store_true", help="do not add the shipped adapter when none is given")
     c.add_argument("--prompt-format", choices=["reference", "chat"], help="ask every system in this format")
@@ -322,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--export-dir", metavar="DIR", help="where exports are written (default chat-exports)")
     c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     c.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    _add_backend_options(c)
     return p
 
 
@@ -547,12 +555,22 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .chat import ChatOptions, launch
+    from .chat import launch
+
+    launch(chat_options(args), host=args.host, port=args.port, progress=not args.quiet)
+    return 0
+
+
+def chat_options(args: argparse.Namespace):
+    """The chat's :class:`~medqa_bench.chat.ChatOptions` from its flags."""
+    from .chat import ChatOptions
 
     ch: dict[str, Any] = {"data": _data_spec(args)}
-    for flag in ("model", "prompt_format", "quantization", "device", "dtype", "max_new_tokens", "cache", "export_dir"):
+    for flag in ("model", "backend", "prompt_format", "quantization", "device", "dtype", "max_new_tokens", "cache",
+                 "export_dir"):
         if getattr(args, flag) is not None:
             ch[flag] = getattr(args, flag)
+    ch["backend_options"] = _given_options(args)
     if args.adapter:
         ch["adapters"] = tuple(_parse_assignments(args.adapter, "--adapter"))
     if args.no_default_adapter:
@@ -560,8 +578,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.baseline_formats:
         ch["baseline_formats"] = tuple(x.strip() for x in args.baseline_formats.split(",") if x.strip())
     ch["rag"] = None if args.rag.strip() in ("", "none") else args.rag.strip()
-    launch(ChatOptions(**ch), host=args.host, port=args.port, progress=not args.quiet)
-    return 0
+    return ChatOptions(**ch)
 
 
 COMMANDS = {"run": cmd_run, "score": cmd_score, "check": cmd_check, "report": cmd_report, "train": cmd_train,

@@ -220,6 +220,16 @@ def finish_generation(tokenizer: Any, tokens: Sequence[int], eos: Sequence[int],
     return Generation(text=text, generated_tokens=len(kept), truncated=True, stop_reason="length")
 
 
+def before_stop(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop sequence it holds (all of it when none): what a streamed answer shows.
+
+    >>> before_stop("Fever.###Question", ["###"])
+    'Fever.'
+    """
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=None)
+    return text if cut is None else text[:cut]
+
+
 class StopSequences:
     """A ``transformers`` stopping criterion that ends each row on its own stop sequences.
 

@@ -24,7 +24,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from . import atomic
 from .errors import RunError
@@ -169,10 +169,13 @@ def identity(spec: Mapping[str, Any]) -> str:
 
 
 def check_replaceable(folder: str | os.PathLike, spec: Mapping[str, Any], *, overwrite: bool,
-                      own_files: Iterable[str | os.PathLike] = ()) -> None:
+                      own_files: Iterable[str | os.PathLike] = (),
+                      comparable: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     """A :class:`RunError` unless a run of ``spec`` may replace ``folder``: it is absent or empty, holds the same run
     (or an unfinished one), or holds another run and ``overwrite`` is set. A folder holding files a run does not
-    write (``own_files``: the run's cache when it lives there) and no results.json is never replaced."""
+    write (``own_files``: the run's cache when it lives there) and no results.json is never replaced. ``comparable``
+    puts a recorded spec and ``spec`` in the form they are compared in (the runner's:
+    :func:`medqa_bench.backends.options.comparable`, which knows older specs and each backend's options)."""
     folder = Path(folder)
     if not folder.is_dir():
         return
@@ -188,7 +191,7 @@ def check_replaceable(folder: str | os.PathLike, spec: Mapping[str, Any], *, ove
         return  # empty, or what an unfinished run left
     try:
         recorded = json.loads(results.read_text(encoding="utf-8"))["spec"]
-        differs = _differing_keys(recorded, spec)
+        differs = _differing_keys(recorded, spec, comparable or (lambda d: d))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         differs = ["(its results.json cannot be read)"]
     if not differs or overwrite:
@@ -197,8 +200,9 @@ def check_replaceable(folder: str | os.PathLike, spec: Mapping[str, Any], *, ove
                    "replace it, or choose another --out or --name")
 
 
-def _differing_keys(recorded: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
-    old, new = _plain(recorded), _plain(spec)
+def _differing_keys(recorded: Mapping[str, Any], spec: Mapping[str, Any],
+                    comparable: Callable[[dict[str, Any]], dict[str, Any]]) -> list[str]:
+    old, new = comparable(_plain(recorded)), comparable(_plain(spec))
     if identity(old) == identity(new):
         return []
     return sorted(k for k in set(old) | set(new) if k not in PLACEMENT_KEYS and old.get(k) != new.get(k))
@@ -210,11 +214,8 @@ _LATER_KEYS = {"backend": "transformers", "validity": None}
 
 def _plain(spec: Mapping[str, Any]) -> dict[str, Any]:
     """As results.json holds it: tuples as lists, paths as strings; a key added since (:data:`_LATER_KEYS`) with the
-    value a spec without it meant, and a backend's options as :func:`~medqa_bench.backends.options.comparable` says
-    (older specs held the openai backend's at the top level), so a run folder written before is still the same run."""
-    from .backends.options import comparable
-
-    return comparable({**_LATER_KEYS, **json.loads(json.dumps(dict(spec), default=str))})
+    value a spec without it meant, so a run folder written before is still the same run."""
+    return {**_LATER_KEYS, **json.loads(json.dumps(dict(spec), default=str))}
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The evaluation run: items -> backend -> samples -> scores -> analysis -> run folder.
+"""The evaluation run: plan -> infer -> score -> analyze -> write.
 
 ``run(spec)`` writes a run folder (results.json, samples.jsonl, report.html); ``score(run_dir)`` re-scores saved
 generations without loading the language model. Both return the run folder's path.
@@ -7,77 +7,36 @@ generations without loading the language model. Both return the run folder's pat
 from __future__ import annotations
 
 import logging
-import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, atomic, distributed, run_folder
 from .backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
-from .cache import InferenceCache, check_cache, open_cache
+from .backends.options import comparable
+from .cache import InferenceCache, open_cache
 from .data import Example
 from .errors import AdapterError, RunError
 from .fingerprint import sha256_json
 from .inference import CompletionNLL
-from .items import select_item_sets, select_items
 from .loss import run_loss_definition
-from .models import DEFAULT_MODEL, AdapterInfo
 from .paths import default_dataset
+from .planning import RunPlan, plan_run
 from .provenance import environment
 from .rag import run_passages
 from .schema import SCHEMA_VERSION
 from .spec import RunSpec
 from .systems import System
-from .training_corpus import RunData
 
 if TYPE_CHECKING:
     from .validity.measured import ValiditySource
 
 log = logging.getLogger(__name__)
 
-#: The default model's shipped adapter (data/adapters/): the recipe sweep's choice on the validation split
-#: (trainers/recipes/smollm2-135m-symptoms-all-linear.yaml; README, Results). The reference recipe's adapter,
-#: the default until then, is shipped beside it as smollm2-135m-symptoms-qlora.
-DEFAULT_ADAPTER = "smollm2-135m-symptoms-all-linear-qlora"
 #: Items on which each adapter must change the log-probabilities, checked before any generation.
 ADAPTER_CHECK_ITEMS = 4
-
-
-def shipped_adapter() -> Path | None:
-    from .paths import shipped_adapters_dir
-
-    folder = shipped_adapters_dir() / DEFAULT_ADAPTER
-    return folder if (folder / "adapter_config.json").exists() else None
-
-
-def _log_items(pool: list[Example], items: list[Example], generated: list[Example], spec: RunSpec) -> None:
-    if len(generated) < len(pool):
-        log.info("evaluating a seeded sample of %d of %d %s items (--limit 0 evaluates all)", len(generated), len(pool),
-                 spec.split)
-    else:
-        log.info("evaluating all %d %s items", len(generated), spec.split)
-    if len(items) > len(generated):
-        log.info("loss and perplexity on %d items: the %d generated and %d more (one forward pass an item; "
-                 "--nll-limit N sets how many)", len(items), len(generated), len(items) - len(generated))
-
-
-def run_adapters(spec: RunSpec) -> dict[str, str]:
-    """The adapters a run of ``spec`` evaluates: its own, or the shipped adapter of the default model."""
-    if spec.adapters:
-        return dict(spec.adapters)
-    if spec.default_adapters and spec.model == DEFAULT_MODEL and _loads_adapter_folders(spec.backend):
-        folder = shipped_adapter()
-        if folder is not None:
-            return {DEFAULT_ADAPTER: str(folder)}
-    return {}
-
-
-def _loads_adapter_folders(backend: str) -> bool:
-    """Whether the backend attaches adapter folders itself (a served model's adapters are the server's, named)."""
-    from .backends import backend_class
-
-    return getattr(backend_class(backend), "loads_adapter_folders", True)
 
 
 def _cache_for(spec: RunSpec) -> InferenceCache:
@@ -98,37 +57,13 @@ def check_adapters_change_model(adapter_nlls: dict[str, list[CompletionNLL]], ba
             )
 
 
-def _budget(spec: RunSpec, backend: Backend, pool: list[Example]) -> tuple[RunSpec, dict[str, Any]]:
-    """The run's generation budget: the user's, or the automatic one (medqa_bench.budget) from the evaluated split."""
-    from dataclasses import replace
-
-    from .budget import auto_max_new_tokens, given_budget
-
-    lengths = backend.count_tokens([e.answer for e in pool])
-    if spec.decoding.max_new_tokens is not None:
-        return spec, given_budget(spec.decoding.max_new_tokens, lengths)
-    info = auto_max_new_tokens(lengths)
-    return spec.replace(decoding=replace(spec.decoding, max_new_tokens=info["max_new_tokens"])), info
-
-
-def plan_run_systems(spec: RunSpec, tokenizer) -> tuple[list[System], dict[str, AdapterInfo]]:
-    """The run's systems and its adapters' identities, as a run of ``spec`` plans them with the transformers backend
-    (:func:`medqa_bench.backends.transformers.plan_run_systems`); no weights are loaded."""
-    from .backends.transformers import plan_run_systems as plan
-
-    return plan(spec, tokenizer, run_adapters(spec))
-
-
 def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     """Evaluate every system of ``spec`` on the same items; write and return the run folder.
 
-    The flow: the evaluated data and the training corpus (medqa_bench.training_corpus: ``--train-data``, the adapters'
-    recorded training data, or the train split; no model) -> the backend (``spec.backend``, nothing loaded) -> systems
-    (the backend's plan: tokenizer and adapter metadata, no weights) -> items (the ``limit`` sample, generated, within
-    the ``nll_limit`` sample, scored by the NLL metrics) -> reference rows and the leakage audit (training corpus, no
-    model) -> the backend loaded, behind the cache: NLL of every item and generations of the generated ones, for every
-    language-model system -> samples -> scores (each metric on the items it applies to) -> analysis and verdict -> run
-    folder.
+    The flow is a straight line: plan (:func:`medqa_bench.planning.plan_run`: data, training corpus, items, rows,
+    metrics, budget; no weights) -> infer (the backend, behind the cache: NLL of every item and generations of the
+    generated ones, for every language-model row; reference rows and the leakage audit from the training corpus) ->
+    score (each metric on the items it applies to) -> analyze (analysis and verdict) -> write (the run folder).
 
     Under ``accelerate launch`` (several processes) the items are sharded across the processes and rank 0 writes
     the same run folder a single process would; every process returns its path (see medqa_bench.distributed).
@@ -136,99 +71,109 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     The run folder is checked before any work (writable, not a file) and locked until the run ends; before the model
     loads, a folder holding a different run stops the run unless ``spec.overwrite`` (see medqa_bench.run_folder).
     """
-    from .training_corpus import plan_data
-    from .validity.measured import read_validity_source
-
     spec = spec or RunSpec()
     t0 = time.perf_counter()
-    validity = read_validity_source(spec.validity)  # a bad --validity file fails before anything loads
-    check_cache(spec.cache)  # so does a --cache that names a folder or a file that is not a SQLite cache
-    # the items and the training corpus, data only; the training corpus the adapters name also names the run folder
-    data = plan_data(spec, run_adapters(spec))
+    ranks = distributed.launched(spec.device)  # None unless launched with WORLD_SIZE > 1 (nothing imported then)
+    backend = create_backend(spec, ranks=ranks)  # nothing loaded; an unknown name fails
+    plan = plan_run(spec, backend, ranks=ranks)
     timings = {"data_s": time.perf_counter() - t0}
-    if distributed.world_size() > 1 and os.environ.get("RANK", "0") != "0":
-        return _run(data, validity, timings, progress)  # only the process that writes the run folder holds its lock
-    with run_folder.lock(data.spec.output_path):
-        return _run(data, validity, timings, progress)
+    if ranks is not None and not ranks.is_main:
+        return _run(plan, backend, ranks, timings, progress)  # only the process that writes the folder holds its lock
+    with run_folder.lock(plan.spec.output_path):
+        return _run(plan, backend, ranks, timings, progress)
 
 
-def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], progress: bool) -> Path:
+def _run(plan: RunPlan, backend: Backend, ranks, timings: dict[str, float], progress: bool) -> Path:
+    t0 = time.perf_counter() - timings["data_s"]
+    spec = plan.spec
+    progress = progress and (ranks is None or ranks.is_main)
+    run_folder.check_replaceable(spec.output_path, spec.to_dict(), overwrite=spec.overwrite,
+                                 own_files=[spec.cache] if spec.cache not in (None, "default") else [],
+                                 comparable=comparable)
+    t = time.perf_counter()
+    context = _context(plan, ranks)  # reference rows, passages and the leakage audit: the training corpus, no model
+    timings["reference_rows_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    backend.load(plan.lm_systems)  # weights loaded and adapters attached, or a server connected and checked
+    timings["load_s"] = time.perf_counter() - t
+    check_capabilities(backend, plan.lm_systems, nll_metrics=plan.nll_metrics)  # what a connected server can do
+    outputs = _infer(plan, backend, ranks, context, progress, timings)
+    if ranks is not None and not ranks.is_main:
+        backend.close()
+        return ranks.wait_for_main()  # rank 0 scores and writes the run folder; return its path
+    samples = _samples(plan, backend, outputs, context)
+    results = _results(plan, backend, ranks, outputs, context)
+    backend.close()
+    from .metrics.provenance import plugin_copies
+
+    out_dir = spec.output_path
+    timings["inference_total_s"] = time.perf_counter() - t0
+    files = plugin_copies(plan.metrics)
+    metrics = list(plan.metrics)
+    if ranks is not None:  # the others wait in wait_for_main() above; a failure here is passed on to them
+        return ranks.main_only(lambda: _score_and_write(out_dir, results, samples, metrics, spec, timings, progress,
+                                                        plan.validity, files))
+    return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress, plan.validity, files)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the rows are given or measured against besides the model: reference rows' answers, +rag passages (and
+    how they were retrieved) and the leakage audit's overlaps."""
+
+    answers: dict[str, list[Any]]
+    passages: list | None
+    retrieval: dict[str, Any] | None
+    overlap: list | None
+
+
+def _context(plan: RunPlan, ranks) -> _Context:
+    """Reference rows and audits that need no model: the training corpus only. Drawn from the evaluated data, a
+    training item with an evaluated item's id is that item and never its own candidate; from another file, ids say
+    nothing. The corpus's passage index is built once per training fingerprint (rank 0 first)."""
     from .audit import audit_items
     from .reference_rows import reference_answers
 
-    t0 = time.perf_counter() - timings["data_s"]
-    spec, dataset, pool, corpus = data.spec, data.dataset, data.pool, data.corpus  # pool: never empty (plan_data)
-    ranks = distributed.launched(spec.device)  # None unless launched with WORLD_SIZE > 1 (nothing imported then)
-    progress = progress and (ranks is None or ranks.is_main)
-    backend = create_backend(spec, adapters=run_adapters(spec), ranks=ranks)  # nothing loaded; an unknown name fails
-    spec = spec.resolved_for(backend.device)
-
-    # ---- items: data only
-    train = corpus.items
-
-    from .metrics import resolve_metrics  # resolve before the model loads: a typo fails in a second, not minutes
-    from .metrics.provenance import absolute_plugin_spec, plugin_copies
-
-    # a plugin file is recorded by its absolute path (its metrics' infos: also its fingerprint and a copy), so the
-    # run folder can be re-scored from any directory
-    spec = spec.replace(plugins=tuple(absolute_plugin_spec(p) for p in spec.plugins))
-    metrics = resolve_metrics(list(spec.metrics) if spec.metrics else None, plugins=spec.plugins, params=spec.metric_params)
-
-    # ---- systems: the backend's plan (tokenizer and adapter metadata, no weights)
-    systems = backend.systems()
-    lm_systems = [s for s in systems if s.generates]
-    check_capabilities(backend, lm_systems, nll_metrics=[m.name for m in metrics if m.kind == "nll"])
-    # A backend without completion NLL (a server without prompt log-probabilities) runs when no NLL metric is asked
-    # for: its rows' nll fields are None, and the adapter check, which compares NLLs, cannot run.
-    scores_nll = "nll" in backend.capabilities
-    # The NLL metrics (one forward pass an item) score more items than generation (up to max_new_tokens decoding
-    # steps an answer) when nll_limit says so: each metric is tested on the items it scored.
-    if scores_nll and any(m.kind == "nll" for m in metrics) and lm_systems:
-        items, generated = select_item_sets(pool, spec.limit or 0, spec.nll_limit or 0, spec.sample_seed)
-    else:
-        items = select_items(pool, spec.limit or 0, spec.sample_seed)
-        generated = [True] * len(items)
-        spec = spec.replace(nll_limit=spec.limit)  # recorded as what ran: no item is scored by NLL alone
-    gen_items = [e for e, g in zip(items, generated) if g]
-    _log_items(pool, items, gen_items, spec)
-    spec, budget = _budget(spec, backend, pool)
-    # results.json records the systems that ran, so the spec it holds reproduces them
-    plain = [s for s in lm_systems if s.retrieval is None]  # a +rag row comes back from spec.rag
-    spec = spec.replace(adapters=tuple((s.name, s.adapter) for s in plain if s.kind == "adapter"),
-                        baseline_formats=tuple(s.prompt_format for s in plain if s.kind == "baseline"),
-                        reference_rows=tuple(s.method for s in systems if s.kind == "reference"))
-    run_folder.check_replaceable(spec.output_path, spec.to_dict(), overwrite=spec.overwrite,
-                                 own_files=[spec.cache] if spec.cache not in (None, "default") else [])
-
-    # ---- rows and audits that need no model: the training corpus only. Drawn from the evaluated data, a training
-    # item with an evaluated item's id is that item and never its own candidate; from another file, ids say nothing.
-    t = time.perf_counter()
-    own = corpus.own_split
+    spec, train, own, items = plan.spec, plan.data.corpus.items, plan.data.corpus.own_split, list(plan.items)
+    gen_items = plan.generated_items
     answers = {s.name: reference_answers(s.method, gen_items, train, exclude_same_id=own)
-               for s in systems if not s.generates}
-    passages, retrieval_info = None, None
-    rag = next((s.retrieval for s in lm_systems if s.retrieval is not None), None)
-    if rag is not None:  # the corpus's index, built once per training fingerprint (rank 0 first)
-        passages, retrieval_info = (run_passages(rag, items, train, spec.cache, exclude_same_id=own) if ranks is None
-                                    else ranks.main_first(lambda: run_passages(rag, items, train, spec.cache,
-                                                                               exclude_same_id=own)))
+               for s in plan.systems if not s.generates}
+    passages, retrieval = None, None
+    rag = next((s.retrieval for s in plan.lm_systems if s.retrieval is not None), None)
+    if rag is not None:
+        passages, retrieval = (run_passages(rag, items, train, spec.cache, exclude_same_id=own) if ranks is None
+                               else ranks.main_first(lambda: run_passages(rag, items, train, spec.cache,
+                                                                          exclude_same_id=own)))
     overlap = (audit_items(items, train, exclude_same_id=own) if train and not (own and spec.split == "train")
                else None)
-    timings["reference_rows_s"] = time.perf_counter() - t
+    return _Context(answers, passages, retrieval, overlap)
 
-    # ---- the backend: weights loaded, adapters attached
-    t = time.perf_counter()
-    backend.load(lm_systems)
-    timings["load_s"] = time.perf_counter() - t
 
-    prompts = _prompts(backend, items, lm_systems, passages)
+@dataclass(frozen=True)
+class _Outputs:
+    """What the backend answered: each row's prompts, NLLs (None without NLL) and generations; the cache's use."""
+
+    prompts: dict[str, list[str]]
+    nlls: dict[str, list[Any]]
+    gens: dict[str, list[Any]]
+    cache: dict[str, Any]
+
+
+def _infer(plan: RunPlan, backend: Backend, ranks, context: _Context, progress: bool,
+           timings: dict[str, float]) -> _Outputs:
+    """NLL of every item and generations of the generated ones, for every language-model row, behind the run's
+    cache and, under a launch, sharded across the processes; each adapter checked to change the model."""
+    spec, lm_systems, items = plan.spec, plan.lm_systems, list(plan.items)
+    prompts = _prompts(backend, items, lm_systems, context.passages)
     completions = {f: [e.completion(f) for e in items] for f in sorted({s.prompt_format for s in lm_systems})}
     # Multi-process: rank 0 creates the SQLite file (WAL, schema) before the other writers open it.
     cache = _cache_for(spec) if ranks is None else ranks.main_first(lambda: _cache_for(spec))
     try:
         inference = wrap(backend, cache, ranks)  # cached, and sharded across the ranks of a launch
         t = time.perf_counter()
-        if scores_nll:
+        # A backend without completion NLL (a server without prompt log-probabilities) runs when no NLL metric is
+        # asked for: its rows' nll fields are None, and the adapter check, which compares NLLs, cannot run.
+        if "nll" in backend.capabilities:
             nlls = _per_system(lm_systems, inference.completion_nll(
                 [NLLRequest(s, p, c) for s in lm_systems
                  for p, c in zip(prompts[s.prompt_key], completions[s.prompt_format])], progress=progress))
@@ -242,18 +187,19 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
         t = time.perf_counter()
         gens = _per_system(lm_systems, inference.generate(
             [GenerationRequest(s, p, spec.decoding) for s in lm_systems
-             for p, g in zip(prompts[s.prompt_key], generated) if g], progress=progress))
+             for p, g in zip(prompts[s.prompt_key], plan.generated) if g], progress=progress))
         timings["generate_s"] = time.perf_counter() - t
-        cache_stats = {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path) if cache.path else None}
+        stats = {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path) if cache.path else None}
     finally:
         cache.close()
-    if ranks is not None and not ranks.is_main:
-        backend.close()
-        return ranks.wait_for_main()  # rank 0 scores and writes the run folder; return its path
+    return _Outputs(prompts, nlls, gens, stats)
 
-    # ---- samples
-    samples = _samples(items, generated, systems, backend, prompts, nlls, gens, answers, passages, overlap, train)
+
+def _results(plan: RunPlan, backend: Backend, ranks, outputs: _Outputs, context: _Context) -> dict[str, Any]:
+    """results.json before scoring: provenance, the rows, the budget, the loss definition, the data and the cache."""
+    spec, dataset, corpus = plan.spec, plan.data.dataset, plan.data.corpus
     models = backend.describe()
+    lm_systems = plan.lm_systems
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "medqa_bench_version": __version__,
@@ -263,39 +209,32 @@ def _run(data: RunData, validity: ValiditySource, timings: dict[str, float], pro
         "environment": environment(),
         "model": next(iter(models.values())),
         "models": models,
-        "systems": _system_infos(systems, backend, spec, retrieval_info),
-        "budget": budget,
-        "loss_definition": run_loss_definition(split=spec.split, **backend.loss_settings()),
+        "systems": _system_infos(plan, backend, context.retrieval),
+        "budget": dict(plan.budget),
+        "loss_definition": run_loss_definition(
+            split=spec.split, max_length=backend.max_length, compute_dtype=backend.compute_dtype,
+            quantization="/".join(dict.fromkeys(s.quantization for s in lm_systems))),
         "data": {
             "source": spec.data.path or str(default_dataset()),  # where the fetched MedQuAD was found
             "fingerprint": dataset.manifest.data_fingerprint,
             "manifest_fingerprint": dataset.manifest.fingerprint,
             "split": spec.split,
-            "split_size": len(pool),
-            "train_size": len(train),
+            "split_size": len(plan.data.pool),
+            "train_size": len(corpus.items),
             "training": corpus.record,  # where the training corpus came from (medqa_bench.training_corpus)
-            "n_items": len(items),  # every item of samples.jsonl: the NLL metrics' items
-            "n_generated": len(gen_items),  # the items every system answered: the other metrics' items
+            "n_items": len(plan.items),  # every item of samples.jsonl: the NLL metrics' items
+            "n_generated": len(plan.generated_items),  # the items every system answered: the other metrics' items
             "limit": spec.limit,
             "nll_limit": spec.nll_limit,
             "sample_seed": spec.sample_seed,
-            "item_ids_fingerprint": "sha256:" + sha256_json([e.id for e in items]),
+            "item_ids_fingerprint": "sha256:" + sha256_json([e.id for e in plan.items]),
             "dropped_empty_rows": dataset.report.dropped_empty,
         },
-        "cache": cache_stats,
+        "cache": outputs.cache,
     }
     if ranks is not None:
         results["environment"]["distributed"] = ranks.describe()
-    backend.close()
-
-    # ---- scores, analysis, run folder
-    out_dir = spec.output_path
-    timings["inference_total_s"] = time.perf_counter() - t0
-    files = plugin_copies(metrics)
-    if ranks is not None:  # the others wait in wait_for_main() above; a failure here is passed on to them
-        return ranks.main_only(lambda: _score_and_write(out_dir, results, samples, metrics, spec, timings, progress,
-                                                        validity, files))
-    return _score_and_write(out_dir, results, samples, metrics, spec, timings, progress, validity, files)
+    return results
 
 
 def _prompts(backend: Backend, items: list[Example], lm_systems: list[System], passages) -> dict[str, list[str]]:
@@ -317,8 +256,7 @@ def _per_system(lm_systems: list[System], values: list) -> dict[str, list]:
     return {s.name: values[k * n:(k + 1) * n] for k, s in enumerate(lm_systems)}
 
 
-def _samples(items, generated, systems, backend: Backend, prompts, nlls, gens, answers, passages, overlap,
-             train: list[Example]) -> list[dict[str, Any]]:
+def _samples(plan: RunPlan, backend: Backend, outputs: _Outputs, context: _Context) -> list[dict[str, Any]]:
     """samples.jsonl: per item its prompts, references and every system's answer (with NLL for a language model);
     a near-duplicate of a training item also the training texts it nearly repeats (the report's contamination).
 
@@ -326,6 +264,9 @@ def _samples(items, generated, systems, backend: Backend, prompts, nlls, gens, a
     fields (no prediction; no reference row: they answer for generation metrics only)."""
     from .audit import nearest_training_texts
 
+    items, generated, systems, train = plan.items, plan.generated, plan.systems, plan.data.corpus.items
+    prompts, nlls, gens = outputs.prompts, outputs.nlls, outputs.gens
+    answers, passages, overlap = context.answers, context.passages, context.overlap
     train_by_id = {t.id: t for t in reversed(train)}  # ids are unique in a Dataset; with repeats the first wins
     ref_tokens = backend.count_tokens([e.answer for e in items])
     samples = []
@@ -382,23 +323,29 @@ def _check_adapters(inference: Backend, lm_systems, nlls, prompts, completions) 
     check_adapters_change_model({a.name: nlls[a.name] for a in adapters}, base_nlls, n)
 
 
-def _system_infos(systems: list[System], backend: Backend, spec: RunSpec,
-                  retrieval: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def _system_infos(plan: RunPlan, backend: Backend, retrieval: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``results["systems"]``: each row's kind, prompt format and quantization (and why), stop sequences and
-    provenance (the backend's: an adapter's identity and training log); a +rag row also its plain row
-    (``variant_of``) and ``retrieval`` (medqa_bench.rag.run_passages)."""
+    provenance (what the backend adds of a row, e.g. a served model's name; an adapter's identity and training log,
+    from the plan); a +rag row also its plain row (``variant_of``) and ``retrieval`` (medqa_bench.rag.run_passages)."""
+    from .analysis.training import read_training_log
+    from .loss import training_eval_loss_info
     from .reference_rows import describe_reference_row, method_settings
 
     out: dict[str, dict[str, Any]] = {}
-    for s in systems:
+    for s in plan.systems:
         info: dict[str, Any] = {"kind": s.kind, "prompt_format": s.prompt_format, "format_source": s.format_source}
         if s.generates:
-            info["stop_sequences"] = list(spec.decoding.stop_sequences(s.prompt_format))
+            info["stop_sequences"] = list(plan.spec.decoding.stop_sequences(s.prompt_format))
             info.update(quantization=s.quantization, quantization_source=s.quantization_source)
         if s.retrieval is not None:
             info.update(variant_of=s.variant_of, retrieval=retrieval)
         if s.generates:
-            info.update(backend.describe_system(s))
+            describe_row = getattr(backend, "describe_row", None)  # optional: what only the backend knows of a row
+            info.update(describe_row(s) if describe_row is not None else {})
+            adapter = plan.adapters.get(s.adapter_name) if s.adapter_name else None
+            if adapter is not None:
+                info.update(adapter=adapter.to_dict(), training_log=read_training_log(adapter.path),
+                            training_eval_loss=training_eval_loss_info(adapter.training_meta))
         else:
             info.update(method=s.method, description=describe_reference_row(s.method), settings=method_settings(s.method))
         out[s.name] = info
@@ -521,7 +468,7 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
             spec = spec.replace(validity=None if validity == "bundled" else validity)
         source = read_validity_source(spec.validity)
         if out_dir.resolve() != run_dir.resolve():
-            run_folder.check_replaceable(out_dir, spec.to_dict(), overwrite=overwrite)
+            run_folder.check_replaceable(out_dir, spec.to_dict(), overwrite=overwrite, comparable=comparable)
         computed = {m.name for m in resolved}
         files = plugin_copies(resolved, {n: i for n, i in (results.get("metrics") or {}).items() if n not in computed},
                               run_dir)

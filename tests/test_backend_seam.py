@@ -12,7 +12,7 @@ from cli_runner import medqa
 from test_backends import EchoBackend
 
 from medqa_bench import backends
-from medqa_bench.backends.options import BackendOption
+from medqa_bench.backends.options import BackendOption, comparable
 from medqa_bench.errors import SpecError
 from medqa_bench.generation import Generation
 from medqa_bench.spec import RunSpec
@@ -49,7 +49,8 @@ def tiny(monkeypatch):
 
 def _run(tmp_path: Path, *args: str):
     return medqa("-q", "run", "--limit", "2", "--no-default-adapter", "--metrics", "exact_match,token_f1",
-                 "--max-new-tokens", "8", "--no-cache", "--no-report", "--out", str(tmp_path / "run"), *args)
+                 "--max-new-tokens", "8", "--no-cache", "--no-report", "--baseline-formats", "reference",
+                 "--reference-rows", "question", "--out", str(tmp_path / "run"), *args)
 
 
 def test_a_registered_backend_runs_through_the_cli_with_its_own_flag(tiny, tmp_path):
@@ -112,16 +113,18 @@ def test_a_run_folder_written_before_backend_options_holds_the_same_run(tmp_path
     recorded = {k: v for k, v in spec.to_dict().items() if k != "backend_options"}
     recorded.update(base_url=None, served_model=None, concurrency=8, request_timeout=300.0, retries=4)
     (folder / "results.json").write_text(json.dumps({"spec": recorded}))
-    run_folder.check_replaceable(folder, spec.to_dict(), overwrite=False)  # the same run: replaced without asking
+    # the same run: replaced without asking
+    run_folder.check_replaceable(folder, spec.to_dict(), overwrite=False, comparable=comparable)
     with pytest.raises(RunError, match=r"differs in: seed\)"):
-        run_folder.check_replaceable(folder, spec.replace(seed=spec.seed + 1).to_dict(), overwrite=False)
+        run_folder.check_replaceable(folder, spec.replace(seed=spec.seed + 1).to_dict(), overwrite=False,
+                                     comparable=comparable)
 
     # how hard a server is asked is not what a run evaluates; which server is
     served = RunSpec(backend="openai", backend_options={"base_url": "http://127.0.0.1:8000/v1", "served_model": "m"})
     (folder / "results.json").write_text(json.dumps({"spec": served.to_dict()}))
     options = served.backend_options
     run_folder.check_replaceable(folder, served.replace(backend_options={**options, "concurrency": 1, "retries": 0})
-                                 .to_dict(), overwrite=False)
+                                 .to_dict(), overwrite=False, comparable=comparable)
     with pytest.raises(RunError, match=r"differs in: backend_options\)"):
         run_folder.check_replaceable(folder, served.replace(backend_options={**options, "served_model": "n"})
-                                     .to_dict(), overwrite=False)
+                                     .to_dict(), overwrite=False, comparable=comparable)

@@ -16,7 +16,7 @@ from medqa_bench.errors import BackendError
 from medqa_bench.generation import DecodingParams, Generation
 from medqa_bench.inference import CompletionNLL
 from medqa_bench.rag import RagSpec
-from medqa_bench.systems import System, plan_systems
+from medqa_bench.systems import System
 
 
 class EchoBackend:
@@ -27,12 +27,8 @@ class EchoBackend:
     capabilities = frozenset({"generate", "nll"})
     calls: list[tuple[str, int]] = []  # (kind, number of requests) of every generate / completion_nll call
 
-    def __init__(self, spec, *, adapters, ranks=None):
+    def __init__(self, spec, *, ranks=None):
         self.spec, self.device, self.loaded = spec, "cpu", False
-
-    def systems(self):
-        return plan_systems(baseline_formats=("reference",), prompt_format=None, adapters={}, adapter_formats={},
-                            reference_rows=("question",), has_chat_template=False)
 
     def load(self, systems):
         self.loaded = True
@@ -45,11 +41,7 @@ class EchoBackend:
     def describe(self):
         return {"echo": {"reference": "echo", "fingerprint": "echo-v1"}}
 
-    def describe_system(self, system):
-        return {}
-
-    def loss_settings(self):
-        return {"max_length": self.max_length, "quantization": "none", "compute_dtype": "none"}
+    compute_dtype = "none"
 
     def render(self, example, system, passages=None):
         return example.prompt(system.prompt_format)
@@ -86,7 +78,7 @@ class EchoBackend:
 @pytest.fixture
 def echo_backend(monkeypatch):
     """EchoBackend registered as "echo" in a fresh registry (the original is put back afterwards); loading the
-    transformers model fails the test."""
+    transformers model fails the test (the planner reads the model's tokenizer only)."""
     from medqa_bench import models
 
     def no_model(*a, **k):
@@ -94,7 +86,6 @@ def echo_backend(monkeypatch):
 
     monkeypatch.setattr(backends, "_REGISTRY", None)
     monkeypatch.setattr(models, "load_base", no_model)
-    monkeypatch.setattr(models, "load_tokenizer", no_model)
     backends.register_backend("echo", EchoBackend, source="tests/test_backends.py")
     EchoBackend.calls = []
     return EchoBackend
@@ -142,7 +133,8 @@ def test_any_backend_runs_through_the_runner_and_the_cache(tmp_path, echo_backen
     from medqa_bench.spec import RunSpec
 
     spec = RunSpec(backend="echo", limit=3, metrics=("loss", "perplexity", "exact_match", "rougeL"), report=False,
-                   cache=str(tmp_path / "cache.sqlite"), output_dir=str(tmp_path / "one"), default_adapters=False)
+                   cache=str(tmp_path / "cache.sqlite"), output_dir=str(tmp_path / "one"), default_adapters=False,
+                   baseline_formats=("reference",), reference_rows=("question",))
     first = api.run(spec, progress=False)
     results, samples = first.results, first.samples
     assert results["spec"]["backend"] == "echo" and results["model"] == {"reference": "echo", "fingerprint": "echo-v1"}
@@ -211,7 +203,7 @@ def test_transformers_backend_keeps_the_identity_and_cache_keys(monkeypatch):
     from medqa_bench.spec import RunSpec
 
     monkeypatch.setattr(medqa_bench, "CODE_VERSION", "inference-4")
-    backend = TransformersBackend(RunSpec(device="cpu", max_length=8192), adapters={})
+    backend = TransformersBackend(RunSpec(device="cpu", max_length=8192))
     backend.bases = {"4bit": _loaded()}
     assert backend.identity(ROWS["ft"][0]) == {"model": "gguf-sha256:m", "adapter": "sha256:f", "quantization": "4bit",
                                                "dtype": "float32", "device": "cuda", "prompt_format": "reference"}
@@ -231,7 +223,7 @@ def test_transformers_backend_identity_of_the_loaded_model(default_model):
     from medqa_bench.backends.transformers import TransformersBackend
     from medqa_bench.spec import RunSpec
 
-    backend = TransformersBackend(RunSpec(device="cpu"), adapters={})
+    backend = TransformersBackend(RunSpec(device="cpu"))
     backend.bases = {"none": default_model}
     row = System("baseline", "baseline", "chat", "x", "none")
     assert backend.identity(row) == {"model": default_model.source.fingerprint, "adapter": None, "quantization": "none",
@@ -240,8 +232,7 @@ def test_transformers_backend_identity_of_the_loaded_model(default_model):
     assert backend.max_length == default_model.model.config.max_position_embeddings
     example = SimpleNamespace(prompt=lambda fmt, tok: f"{fmt}:{tok is backend.tokenizer}")
     assert backend.render(example, row) == "chat:True"
-    assert backend.loss_settings() == {"max_length": backend.max_length, "quantization": "none",
-                                       "compute_dtype": "float32"}
+    assert backend.compute_dtype == "float32"
 
 
 def test_a_backend_without_nll_runs_unless_an_nll_metric_is_asked():

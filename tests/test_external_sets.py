@@ -155,7 +155,7 @@ def _spec(files, **kw):
 def test_shipped_adapter_names_medquad_train_split(files, symptoms, caplog):
     """The shipped adapter records MedQuAD symptoms, grouped split seed 42: rebuilt from those options, its
     fingerprints match, and its train split is the corpus of an external file."""
-    from medqa_bench.runner import run_adapters
+    from medqa_bench.planning import run_adapters
     from medqa_bench.spec import RunSpec
     from medqa_bench.training_corpus import plan_data
 

@@ -500,3 +500,36 @@ def test_medqa_bench_api_key_wins_over_openai_api_key(monkeypatch):
     assert api_key() == "sk-medqa"
     monkeypatch.delenv("MEDQA_BENCH_API_KEY")
     assert api_key() == "sk-openai"
+
+
+def test_the_chat_asks_a_served_model_through_the_backend_seam(vllm_server, monkeypatch, tmp_path):
+    """``medqa-bench chat --backend openai``: the chat plans its rows as a run does and asks the server through the
+    openai backend; each row answers what the in-process transformers backend answers (greedy, float32, both rows
+    on the unquantized base)."""
+    from medqa_bench.chat import ChatOptions
+    from medqa_bench.chat.session import ChatSession
+    from medqa_bench.cli import build_parser, chat_options
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.delenv("MEDQA_BENCH_API_KEY", raising=False)
+    args = build_parser().parse_args(["chat", "--backend", "openai", "--base-url", vllm_server, "--served-model",
+                                      SERVED, "--concurrency", "1", "--adapter", f"ft=served:{LORA}@{ADAPTER}",
+                                      "--rag", "none", "--max-new-tokens", "16", "--device", "cpu"])
+    options = chat_options(args)
+    assert options.backend == "openai" and options.backend_options == {"base_url": vllm_server, "served_model": SERVED,
+                                                                       "concurrency": 1}
+    served = ChatSession(options, progress=False)
+    assert served.backend.name == "openai" and served.names == ["baseline", "ft"]
+    assert [served.system(n).prompt_format for n in served.names] == ["chat", "reference"]  # ft: its training format
+    local = ChatSession(ChatOptions(adapters=(("ft", str(ADAPTER)),), quantization="none", dtype="float32", rag=None,
+                                    max_new_tokens=16, device="cpu", cache=str(tmp_path / "cache.sqlite")),
+                        progress=False)
+    question = "What are the symptoms of influenza?"
+    a, b = served.new_turn(question, "symptoms", served.names), local.new_turn(question, "symptoms", local.names)
+    for name in served.names:
+        assert served.prompt(name, a) == local.prompt(name, b)
+        shown = list(served.stream(name, a))
+        streamed = list(local.stream(name, b))
+        assert len(shown) == 1 and len(streamed) > 1  # the openai backend does not stream: the answer comes whole
+        assert shown[-1] == streamed[-1] == a.answers[name] == b.answers[name] and a.answers[name], name
+    served.backend.close()

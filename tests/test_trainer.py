@@ -195,7 +195,7 @@ def test_default_adapter_is_the_sweeps_validation_choice_with_its_recipe_committ
     import hashlib
     from pathlib import Path
 
-    from medqa_bench.runner import DEFAULT_ADAPTER, run_adapters, shipped_adapter
+    from medqa_bench.planning import DEFAULT_ADAPTER, run_adapters, shipped_adapter
     from medqa_bench.spec import RunSpec
 
     root = Path(__file__).resolve().parents[1]

@@ -296,7 +296,7 @@ def _chosen() -> tuple[str, str]:
     if (SWEEP / "selection.json").exists():
         chosen = json.loads((SWEEP / "selection.json").read_text())["chosen"]
         return chosen, _adapter_path(chosen)
-    from medqa_bench.runner import shipped_adapter
+    from medqa_bench.planning import shipped_adapter
 
     committed = Path(__file__).resolve().parents[1] / "results" / "sweep" / "selection.json"
     return json.loads(committed.read_text())["chosen"], str(shipped_adapter())

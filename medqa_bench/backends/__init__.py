@@ -1,9 +1,9 @@
 """Inference backends: what answers a run's language-model rows, behind one small protocol.
 
-A backend serves the run's language-model systems (:class:`~medqa_bench.systems.System`): it plans them from the spec
-and what it knows of its model, says who each one is for the cache key, renders prompts, generates and scores
-completion NLLs. The runner sees nothing else of it, in the manner of lm-evaluation-harness's ``LM``
-(``lm_eval/api/model.py``). Caching and multi-process sharding wrap any backend
+A backend serves the run's language-model systems (:class:`~medqa_bench.systems.System`), which the planning stage
+(:mod:`medqa_bench.planning`) decided: it loads them, says who each one is for the cache key, renders prompts,
+counts tokens, generates and scores completion NLLs. It plans nothing. The runner sees nothing else of it, in the
+manner of lm-evaluation-harness's ``LM`` (``lm_eval/api/model.py``). Caching and multi-process sharding wrap any backend
 (:class:`~medqa_bench.backends.caching.CachingBackend`, :class:`~medqa_bench.backends.sharding.ShardedBackend`;
 :func:`wrap` puts them together), so a backend computes and never looks anything up.
 
@@ -16,7 +16,7 @@ A backend declares its own options (``options``, a tuple of :class:`~medqa_bench
 the run spec keeps them in ``backend_options``, checked against the declaration when the spec is made, and the
 ``run`` command's flags are made from them. Adding a backend is its file and its registration, nothing else.
 
->>> backend_class("transformers").capabilities == frozenset({"generate", "nll", "adapters", "next_token"})
+>>> backend_class("transformers").capabilities == frozenset({"generate", "nll", "adapters", "next_token", "stream"})
 True
 >>> backend_class("transformer")                 # doctest: +IGNORE_EXCEPTION_DETAIL
 Traceback (most recent call last):
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Protocol, Sequence
 
 from ..errors import BackendError
 from ..registry import Registry
@@ -39,14 +39,14 @@ if TYPE_CHECKING:
     from ..generation import DecodingParams, Generation
     from ..inference import CompletionNLL
     from ..rag import Passage
-    from ..spec import RunSpec
     from ..systems import System
 
 #: What a backend can be asked for. A run needs "generate" and "nll" for its language-model rows and "adapters" for
 #: adapter rows; the runner refuses a backend without them before anything loads. "next_token" (optional, a method
 #: outside the protocol's required members): :meth:`Backend.next_token_logprobs`, which the LLM judge reads its grade
-#: from (medqa_bench.metrics.judge); a backend without it is judged from generated text.
-CAPABILITIES = ("generate", "nll", "adapters", "next_token")
+#: from (medqa_bench.metrics.judge); a backend without it is judged from generated text. "stream" (optional):
+#: :meth:`Backend.stream`, an answer as it grows (the chat); a backend without it shows each answer whole.
+CAPABILITIES = ("generate", "nll", "adapters", "next_token", "stream")
 
 
 @dataclass(frozen=True)
@@ -93,28 +93,36 @@ OnResult = Callable[[int, Any], None]
 
 
 class Backend(Protocol):
-    """The protocol a backend class meets. It is built as ``cls(spec, adapters=..., ranks=...)``: ``adapters`` maps
-    the run's adapter names to what the backend knows them by (a folder here, a served name elsewhere); ``ranks`` is
-    the process group under a multi-process launch (None alone). Building one loads nothing."""
+    """The protocol a backend class meets. It is built as ``cls(spec, ranks=...)``: ``spec`` is the run spec
+    (:class:`medqa_bench.spec.RunSpec`: the model, device, dtype, batch size, NLL context and the backend's own
+    ``backend_options``); ``ranks`` is the process group under a multi-process launch (None alone). Building one
+    loads nothing and connects to nothing.
+
+    What a backend declares of itself is read by the planning stage before anything loads: ``name``,
+    ``capabilities``, ``options`` and, optionally, ``check_spec``, ``loads_adapter_folders`` and
+    ``served_quantization`` (below)."""
 
     #: The registry name.
     name: ClassVar[str]
-    #: What it can do: a subset of :data:`CAPABILITIES` (and whatever later backends add).
+    #: What it can do: a subset of :data:`CAPABILITIES` (and whatever later backends add). An instance may lose one
+    #: when it loads (a server without prompt log-probabilities loses "nll"); the runner checks again then.
     capabilities: ClassVar[frozenset[str]]
     #: Its own options (optional; none when absent): ``spec.backend_options`` holds their values, defaults filled in,
     #: and ``medqa-bench run`` has a flag for each. A classmethod ``check_spec(spec)`` (optional) refuses what else of
-    #: a spec it cannot do, with a :class:`~medqa_bench.errors.SpecError`, when the spec is made.
+    #: a spec it cannot do (an adapter reference it cannot load, say), with a :class:`~medqa_bench.errors.SpecError`
+    #: or :class:`~medqa_bench.errors.AdapterError`, when the spec is made.
     options: ClassVar[tuple[BackendOption, ...]]
-    #: Where inference runs ("cpu", "cuda", "cuda:1", ...): sets the automatic ``--limit`` (a sample on a CPU).
+    #: Optional. False: its adapters are a server's, named; the planner then adds no shipped adapter folder by default.
+    loads_adapter_folders: ClassVar[bool]
+    #: Optional. Where a server chooses the weights: (the quantization its rows record, why, why when the user names
+    #: one). None or absent: the planner puts each row on its base (medqa_bench.systems.plan_systems).
+    served_quantization: ClassVar[tuple[str, str, str] | None]
+    #: Where inference runs ("cpu", "cuda", "cuda:1", "server", ...): sets the automatic ``--limit`` (a sample on a CPU).
     device: str
 
-    def systems(self) -> "list[System]":
-        """The run's rows, planned from the spec and what the backend knows of its model (a chat template, each
-        adapter's recorded prompt format and base), without loading weights. The rows with ``generates`` are the
-        ones it serves; the spec's reference rows, which need no model, come after them."""
-
     def load(self, systems: "Sequence[System]") -> None:
-        """Make the language-model ``systems`` ready to answer: load weights, attach adapters, connect."""
+        """Make the language-model ``systems`` ready to answer: load weights, attach adapters, or connect to a
+        server and check that it serves them."""
 
     def identity(self, system: "System") -> dict[str, Any]:
         """What the system's outputs depend on besides the item (weights and adapter fingerprints, or URL + model +
@@ -124,22 +132,20 @@ class Backend(Protocol):
     def max_length(self) -> int:
         """The context completion NLL is scored in, in tokens: part of an NLL's cache key. After :meth:`load`."""
 
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype its NLL is computed in (``results["loss_definition"]``). After :meth:`load`."""
+
     def describe(self) -> dict[str, dict[str, Any]]:
         """Provenance of what answered (``results["models"]``), one entry per model it loaded or serves; the first
-        is ``results["model"]``."""
-
-    def describe_system(self, system: "System") -> dict[str, Any]:
-        """Provenance of one row for ``results["systems"][name]`` (an adapter's identity and training log)."""
-
-    def loss_settings(self) -> dict[str, Any]:
-        """``max_length``, ``quantization`` and ``compute_dtype`` of its NLL, for :func:`medqa_bench.loss.
-        run_loss_definition`."""
+        is ``results["model"]``. After :meth:`load`. A backend may also have ``describe_row(system)`` (optional):
+        what only it knows of one row (a served model's name), for ``results["systems"][name]``."""
 
     def render(self, example: "Example", system: "System", passages: "Sequence[Passage] | None" = None) -> str:
         """The prompt ``system`` is given for ``example`` in its own format (with ``passages`` when it retrieves)."""
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens in each text, as the model counts them (the budget, the references' lengths)."""
+        """Tokens in each text, as the model counts them (the references' and answers' lengths)."""
 
     def generate(self, requests: Sequence[GenerationRequest], *, progress: bool = False,
                  on_result: OnResult | None = None) -> "list[Generation]":
@@ -153,6 +159,10 @@ class Backend(Protocol):
                             on_result: OnResult | None = None) -> list[NextTokenLogprobs]:
         """One :class:`NextTokenLogprobs` per request, in order; only a backend with the "next_token" capability
         has it (it is not among the members a backend class must have)."""
+
+    def stream(self, request: GenerationRequest) -> "Iterator[str]":
+        """Optional ("stream" capability): the answer to one request as it grows, the whole text so far at each
+        step, the last one the answer :meth:`generate` gives (the chat shows it token by token)."""
 
     def batches(self, kind: str, requests: Sequence[Any]) -> list[list[int]]:
         """The whole batches (positions in ``requests``, one system's) the backend forms for ``kind`` ("generate" or
@@ -172,8 +182,7 @@ BUILTINS: dict[str, str] = {
 }
 DEFAULT_BACKEND = "transformers"
 ENTRY_POINT_GROUP = "medqa_bench.backends"
-_MEMBERS = ("systems", "load", "identity", "describe", "describe_system", "loss_settings", "render", "count_tokens",
-            "generate", "completion_nll", "batches", "close")
+_MEMBERS = ("load", "identity", "describe", "render", "count_tokens", "generate", "completion_nll", "batches", "close")
 
 _REGISTRY: Registry | None = None
 
@@ -211,9 +220,10 @@ def backend_class(name: str) -> type:
     return backend_registry().get(name)
 
 
-def create_backend(spec: "RunSpec", *, adapters: dict[str, str], ranks: "ProcessGroup | None" = None) -> Backend:
-    """The spec's backend (``spec.backend``), built; nothing is loaded yet."""
-    return backend_class(spec.backend)(spec, adapters=adapters, ranks=ranks)
+def create_backend(spec: Any, *, ranks: "ProcessGroup | None" = None) -> Backend:
+    """The backend of ``spec`` (a :class:`medqa_bench.spec.RunSpec`; ``spec.backend`` names it), built; nothing is
+    loaded yet."""
+    return backend_class(spec.backend)(spec, ranks=ranks)
 
 
 def check_capabilities(backend: Backend, systems: "Sequence[System]", nll_metrics: Sequence[str] = ()) -> None:

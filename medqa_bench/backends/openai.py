@@ -56,7 +56,6 @@ from .options import BackendOption
 if TYPE_CHECKING:
     from ..data import Example
     from ..rag import Passage
-    from ..spec import RunSpec
     from ..systems import System
 
 log = logging.getLogger(__name__)
@@ -139,16 +138,22 @@ class OpenAIBackend:
     capabilities = frozenset({"generate", "nll", "adapters", "next_token"})
     #: Its adapters are the server's, so a run adds no shipped adapter folder by default.
     loads_adapter_folders = False
+    #: The server chooses the weights: every row records this quantization, and why.
+    served_quantization = ("served", "the server's weights, whatever it loaded",
+                           "the user's (the server's weights are not checked)")
 
     @classmethod
-    def check_spec(cls, spec: "RunSpec") -> None:
-        """What else of a spec this backend refuses before anything loads (a :class:`SpecError`)."""
+    def check_spec(cls, spec: Any) -> None:
+        """What else of a spec this backend refuses before anything loads (a :class:`SpecError`, or an
+        :class:`AdapterError` for an adapter that is not ``served:LORA[@FOLDER]``)."""
         if spec.quantization == "4bit":
             raise SpecError("quantization '4bit' is chosen by the server, not by the client: serve a quantized model "
                             "instead, or leave --quantization out (or 'none' to record that the server runs "
                             "unquantized weights)")
+        for name, value in spec.adapters:
+            ServedAdapter.parse(name, value)
 
-    def __init__(self, spec: "RunSpec", *, adapters: dict[str, str], ranks: Any = None):
+    def __init__(self, spec: Any, *, ranks: Any = None):
         opts = spec.backend_options
         if not opts.get("base_url") or not opts.get("served_model"):
             raise BackendError("backend 'openai' needs --base-url URL and --served-model NAME")
@@ -157,13 +162,12 @@ class OpenAIBackend:
                                "servers do not take; leave it out with --backend openai")
         self.spec, self.ranks = spec, ranks
         self.base_url, self.served_model = opts["base_url"].rstrip("/"), opts["served_model"]
-        self.adapters = {name: ServedAdapter.parse(name, value) for name, value in adapters.items()}
+        self.adapters: dict[str, ServedAdapter] = {}  # the rows' adapters (load), by adapter name
         self.device = "server"  # not CUDA here: the automatic --limit is a CPU's sample
         self.capabilities = type(self).capabilities
         #: Why a capability is missing (the runner's refusal quotes it).
         self.limitations: dict[str, str] = {}
         self._tokenizer: Any = None
-        self._systems: list[System] | None = None
         self.api = ServerAPI(self.base_url, timeout=opts["request_timeout"], retries=opts["retries"],
                              concurrency=opts["concurrency"])
         self._models: dict[str, dict[str, Any]] = {}  # /v1/models entries by id
@@ -301,35 +305,15 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------------------------------------ the rows
 
-    def systems(self) -> "list[System]":
-        if self._systems is None:
-            from dataclasses import replace
-
-            from ..models import read_adapter
-            from ..rag import RagSpec
-            from ..reference_rows import REFERENCE_ROWS
-            from ..systems import plan_systems, recorded_prompt_format
-
-            self._infos = {n: read_adapter(n, a.folder) for n, a in self.adapters.items() if a.folder}
-            self._connect()
-            q = self.spec.quantization or "served"
-            systems = plan_systems(
-                baseline_formats=self.spec.baseline_formats,
-                prompt_format=self.spec.prompt_format,
-                adapters={n: _adapter_value(a) for n, a in self.adapters.items()},
-                adapter_formats={n: recorded_prompt_format(i.training_meta) for n, i in self._infos.items()},
-                reference_rows=REFERENCE_ROWS if self.spec.reference_rows is None else self.spec.reference_rows,
-                has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
-                quantization=q,
-                rag=RagSpec.parse(self.spec.rag) if self.spec.rag else None,
-            )
-            why = ("the user's (the server's weights are not checked)" if self.spec.quantization else
-                   "the server's weights, whatever it loaded")
-            self._systems = [replace(s, quantization_source=why) if s.generates else s for s in systems]
-        return list(self._systems)
-
     def load(self, systems: "Sequence[System]") -> None:
-        self.systems()  # connected and checked there
+        """Read each adapter's local folder (its fingerprint, for the cache key), then connect: the server must
+        serve the base model and every adapter, on that base, and give the local tokenizer's ids."""
+        from ..models import read_adapter
+
+        self.adapters = {s.adapter_name: ServedAdapter.parse(s.adapter_name, s.adapter) for s in systems
+                         if s.kind == "adapter"}
+        self._infos = {n: read_adapter(n, a.folder) for n, a in self.adapters.items() if a.folder}
+        self._connect()
 
     def close(self) -> None:
         self.api.close()
@@ -390,22 +374,14 @@ class OpenAIBackend:
                                    if "next_token" in self.capabilities else None,
         }}
 
-    def describe_system(self, system: "System") -> dict[str, Any]:
+    def describe_row(self, system: "System") -> dict[str, Any]:
+        """What the server serves a row as: the model name its requests ask for, and the server's root and parent."""
         served = self.served_name(system)
         entry = self._models.get(served, {})
-        out: dict[str, Any] = {"served_as": {"model": served, "root": entry.get("root"), "parent": entry.get("parent")}}
-        info = self._infos.get(system.adapter_name) if system.adapter_name else None
-        if info is not None:
-            from ..analysis.training import read_training_log
-            from ..loss import training_eval_loss_info
+        return {"served_as": {"model": served, "root": entry.get("root"), "parent": entry.get("parent")}}
 
-            out.update(adapter=info.to_dict(), training_log=read_training_log(info.path),
-                       training_eval_loss=training_eval_loss_info(info.training_meta))
-        return out
-
-    def loss_settings(self) -> dict[str, Any]:
-        return {"max_length": self.max_length, "quantization": self.spec.quantization or "served",
-                "compute_dtype": "the server's"}
+    #: NLL is computed in whatever dtype the server runs.
+    compute_dtype = "the server's"
 
     # ------------------------------------------------------------------------------------------ text
 
@@ -543,8 +519,3 @@ def _top_logprobs(data: dict[str, Any]) -> dict[str, float]:
     if bad != "ok":
         raise BackendError(f"{what}: a log-probability is {bad!r}, not a number <= 0")
     return top
-
-
-def _adapter_value(adapter: ServedAdapter) -> str:
-    """How the spec records a served adapter: ``served:LORA[@FOLDER]``."""
-    return SERVED_PREFIX + adapter.served + (f"@{adapter.folder}" if adapter.folder else "")

@@ -13,15 +13,14 @@ keep serving.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import GenerationRequest, NextTokenRequest, NLLRequest, OnResult, by_system, count_tokens
 
 if TYPE_CHECKING:
     from ..data import Example
-    from ..models import AdapterInfo, LoadedModel
+    from ..models import LoadedModel
     from ..rag import Passage
-    from ..spec import RunSpec
     from ..systems import System
 
 
@@ -44,54 +43,33 @@ def identity(loaded: "LoadedModel", system: "System") -> dict[str, Any]:
     return out
 
 
-def plan_run_systems(spec: "RunSpec", tokenizer: Any, adapters: dict[str, str]
-                     ) -> "tuple[list[System], dict[str, AdapterInfo]]":
-    """The run's systems and its adapters' identities, from the spec, the tokenizer and the adapter folders' files
-    (no weights are loaded: a bad adapter or format fails before the model loads)."""
-    from ..models import read_adapter
-    from ..rag import RagSpec
-    from ..reference_rows import REFERENCE_ROWS
-    from ..systems import plan_systems, recorded_prompt_format, recorded_quantization
-
-    for name, path in adapters.items():
-        if str(path).startswith("served:"):
-            from ..errors import AdapterError
-
-            raise AdapterError(f"adapter '{name}' is a served LoRA module ({path}): evaluate it with --backend openai "
-                               "--base-url URL --served-model NAME")
-    infos = {name: read_adapter(name, path) for name, path in adapters.items()}
-    systems = plan_systems(
-        baseline_formats=spec.baseline_formats,
-        prompt_format=spec.prompt_format,
-        adapters=adapters,
-        adapter_formats={name: recorded_prompt_format(info.training_meta) for name, info in infos.items()},
-        reference_rows=REFERENCE_ROWS if spec.reference_rows is None else spec.reference_rows,
-        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
-        quantization=spec.quantization,
-        adapter_quantizations={name: recorded_quantization(info.training_meta) for name, info in infos.items()},
-        rag=RagSpec.parse(spec.rag) if spec.rag else None,
-    )
-    return systems, infos
-
-
 class TransformersBackend:
     """Models loaded with transformers, adapters attached with PEFT; see the module docstring.
 
-    ``spec`` gives the model, device, dtype, quantization, batch size, NLL context and the rows to plan; ``adapters``
-    maps adapter names to their folders.
+    ``spec`` (a :class:`medqa_bench.spec.RunSpec`) gives the model, device, dtype, batch size and NLL context; the
+    rows it loads (each on its base, with its adapter folder) come from the plan, in :meth:`load`.
     """
 
     name = "transformers"
-    capabilities = frozenset({"generate", "nll", "adapters", "next_token"})
+    capabilities = frozenset({"generate", "nll", "adapters", "next_token", "stream"})
 
-    def __init__(self, spec: "RunSpec", *, adapters: dict[str, str], ranks: Any = None):
+    @classmethod
+    def check_spec(cls, spec: Any) -> None:
+        """An adapter is a folder here: a served LoRA module (``served:LORA``) belongs to ``--backend openai``."""
+        for name, path in spec.adapters:
+            if str(path).startswith("served:"):
+                from ..errors import AdapterError
+
+                raise AdapterError(f"adapter '{name}' is a served LoRA module ({path}): evaluate it with --backend "
+                                   "openai --base-url URL --served-model NAME")
+
+    def __init__(self, spec: Any, *, ranks: Any = None):
         from ..models import pick_device
 
-        self.spec, self.adapters, self.ranks = spec, dict(adapters), ranks
+        self.spec, self.ranks = spec, ranks
         self.device = pick_device(spec.device) if ranks is None else ranks.device
         self.bases: dict[str, LoadedModel] = {}  # quantization -> the base loaded for it, adapters attached
         self._tokenizer: Any = None
-        self._systems: list[System] | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -103,11 +81,6 @@ class TransformersBackend:
                 self.ranks.main_first(lambda: resolve_model(self.spec.model))
             self._tokenizer = load_tokenizer(resolve_model(self.spec.model))
         return self._tokenizer
-
-    def systems(self) -> "list[System]":
-        if self._systems is None:
-            self._systems, _ = plan_run_systems(self.spec, self.tokenizer, self.adapters)
-        return list(self._systems)
 
     def load(self, systems: "Sequence[System]") -> None:
         from ..models import attach_adapters, load_base
@@ -137,19 +110,9 @@ class TransformersBackend:
     def describe(self) -> dict[str, dict[str, Any]]:
         return {q: b.describe() for q, b in self.bases.items()}
 
-    def describe_system(self, system: "System") -> dict[str, Any]:
-        if system.kind != "adapter":
-            return {}
-        from ..analysis.training import read_training_log
-        from ..loss import training_eval_loss_info
-
-        adapter = self.bases[system.quantization].adapters[system.adapter_name]
-        return {"adapter": adapter.to_dict(), "training_log": read_training_log(adapter.path),
-                "training_eval_loss": training_eval_loss_info(adapter.training_meta)}
-
-    def loss_settings(self) -> dict[str, Any]:
-        first = next(iter(self.bases.values()))
-        return {"max_length": self.max_length, "quantization": "/".join(self.bases), "compute_dtype": first.dtype}
+    @property
+    def compute_dtype(self) -> str:
+        return next(iter(self.bases.values())).dtype
 
     # ------------------------------------------------------------------------------------------ text
 
@@ -229,6 +192,57 @@ class TransformersBackend:
                 for i, value in zip(positions, values):
                     out[i] = value
         return out
+
+    def stream(self, request: GenerationRequest) -> Iterator[str]:
+        """The answer to one request as it grows (transformers' ``TextIteratorStreamer``): greedy, ended by EOS, the
+        format's stop sequences (cut before them, as :meth:`generate` cuts) or ``max_new_tokens``; the last text is
+        the whole answer, stripped."""
+        import threading
+
+        import torch
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        from ..generation import StopSequences, before_stop, eos_token_ids
+        from ..models import system_active
+
+        system, decoding = request.system, request.decoding
+        loaded = self.bases[system.quantization]
+        tokenizer = loaded.tokenizer
+        stops = tuple(decoding.stop_sequences(system.prompt_format))
+        with system_active(loaded, system.adapter_name or "baseline") as model:
+            device = next(model.parameters()).device
+            ids = tokenizer(request.prompt, add_special_tokens=True, return_tensors="pt")["input_ids"]
+            streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            eos = eos_token_ids(model, tokenizer)
+            kwargs: dict[str, Any] = {
+                "input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+                "max_new_tokens": decoding.max_new_tokens, "do_sample": False, "temperature": None,
+                "top_p": None, "top_k": None, "eos_token_id": eos,
+                "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
+                "streamer": streamer,
+            }
+            if stops:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([StopSequences(tokenizer, [stops], ids.shape[1])])
+            failure: list[BaseException] = []
+
+            def work():
+                try:
+                    with torch.inference_mode():
+                        model.generate(**kwargs)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                    failure.append(exc)
+                    streamer.end()
+
+            thread = threading.Thread(target=work, daemon=True)
+            thread.start()
+            text = ""
+            for piece in streamer:
+                text += piece
+                yield before_stop(text, stops)
+            thread.join()
+            if failure:
+                raise failure[0]
+        yield before_stop(text, stops).strip()
 
     def batches(self, kind: str, requests: Sequence[Any]) -> list[list[int]]:
         from ..distributed import generation_batches, nll_batches

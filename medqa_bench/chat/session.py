@@ -1,11 +1,13 @@
 """The chat's models and conversation, without the web page: what ``medqa-bench chat`` serves and the tests drive.
 
-A :class:`ChatSession` plans its rows exactly as a run does (:func:`medqa_bench.runner.plan_run_systems`: the
-baseline in the model's chat template, each adapter in the format of its training metadata and on the base it was
-trained on, a ``+rag`` row of each with ``rag``), loads each base once and attaches the adapters to it, and keeps the
-training split's passage index when retrieval is on. A question is put to each chosen row in that row's own prompt
-(:func:`medqa_bench.data.format_prompt`, :func:`medqa_bench.rag.rag_prompt`) and answered greedily, streamed token by
-token, ended by EOS, the format's stop sequences (cut before them, as in a run) or ``max_new_tokens``.
+A :class:`ChatSession` plans its rows exactly as a run does (:func:`medqa_bench.planning.plan_rows`: the baseline in
+the model's chat template, each adapter in the format of its training metadata and on the base it was trained on, a
+``+rag`` row of each with ``rag``) and hands them to a backend that infers, as a run does (``backend``: the
+transformers backend loads each base once and attaches the adapters to it; ``--backend openai`` asks a server). It
+keeps the training split's passage index when retrieval is on. A question is put to each chosen row in that row's own
+prompt (the backend's :meth:`~medqa_bench.backends.Backend.render`) and answered greedily, ended by EOS, the format's
+stop sequences (cut before them, as in a run) or ``max_new_tokens``: streamed token by token where the backend can
+(the "stream" capability), else shown whole when it is done.
 
 **Export.** A reviewer marks answers ``correct`` or ``wrong`` and may type a reference answer of their own.
 :func:`export_records` turns the conversation into rows that ``medqa-bench run --data FILE`` reads with the default
@@ -38,10 +40,13 @@ DEFAULT_MAX_NEW_TOKENS = 256
 @dataclass(frozen=True)
 class ChatOptions:
     """What the chat loads and how it answers. The model, adapter and format options are a run's
-    (:class:`medqa_bench.spec.RunSpec`); ``rag`` defaults to ``bm25:k=3`` so every row can be asked with and without
-    passages (``None``: no +rag rows); ``cache`` is where the passage index is kept (as a run's ``cache``)."""
+    (:class:`medqa_bench.spec.RunSpec`), and so are ``backend`` and its ``backend_options``; ``rag`` defaults to
+    ``bm25:k=3`` so every row can be asked with and without passages (``None``: no +rag rows); ``cache`` is where the
+    passage index is kept (as a run's ``cache``)."""
 
     model: str = DEFAULT_MODEL
+    backend: str = "transformers"
+    backend_options: dict[str, Any] = field(default_factory=dict)
     adapters: tuple[tuple[str, str], ...] = ()
     default_adapters: bool = True
     prompt_format: str | None = None
@@ -61,7 +66,8 @@ class ChatOptions:
 
         if self.max_new_tokens < 1:
             raise SpecError(f"max_new_tokens must be a positive number of tokens, not {self.max_new_tokens}")
-        return RunSpec(model=self.model, adapters=tuple(self.adapters), default_adapters=self.default_adapters,
+        return RunSpec(model=self.model, backend=self.backend, backend_options=dict(self.backend_options),
+                       adapters=tuple(self.adapters), default_adapters=self.default_adapters,
                        prompt_format=self.prompt_format, baseline_formats=self.baseline_formats,
                        quantization=self.quantization, rag=self.rag, reference_rows=(), data=self.data,
                        device=self.device, dtype=self.dtype, cache=self.cache)
@@ -118,32 +124,29 @@ def write_export(turns: Sequence[ChatTurn], folder: str | Path, name: str) -> tu
 
 
 class ChatSession:
-    """The loaded bases with their adapters, the rows on offer and, with retrieval, the training split's index."""
+    """The rows on offer, the backend that answers them (loaded) and, with retrieval, the training split's index."""
 
     def __init__(self, options: ChatOptions = ChatOptions(), *, progress: bool = True):
+        from ..backends import check_capabilities, create_backend
         from ..data import load_dataset
-        from ..models import attach_adapters, load_base, load_tokenizer, pick_device, resolve_model
+        from ..planning import load_run_tokenizer, plan_rows, run_adapters
         from ..rag import cache_folder, load_or_build_index
-        from ..runner import plan_run_systems
 
         self.options = options
         spec = options.run_spec()
-        self.device = pick_device(spec.device)
-        systems, _ = plan_run_systems(spec, load_tokenizer(resolve_model(spec.model)))
+        backend = create_backend(spec)  # nothing loaded: a bad backend name or option fails first
+        adapters = run_adapters(spec, type(backend))
+        systems, _ = plan_rows(spec, type(backend), load_run_tokenizer(spec), adapters)
         self.systems = [s for s in systems if s.generates]
+        check_capabilities(backend, self.systems)
         self.rag = next((s.retrieval for s in self.systems if s.retrieval is not None), None)
         self.index = None
         if self.rag is not None:
             train = load_dataset(spec.data).split("train")
             self.index = load_or_build_index(self.rag.method, train, cache_folder(spec.cache))
-        # As a run loads them: one base per quantization the rows need, each adapter attached to the base it was
-        # trained on, under its plain row's name (a +rag row shares it).
-        self.bases = {}
-        for q in dict.fromkeys(s.quantization for s in self.systems):
-            self.bases[q] = load_base(spec.model, quantization=q, device=self.device, dtype=spec.dtype,
-                                      dequantize_once=True)
-            attach_adapters(self.bases[q], {s.adapter_name: s.adapter for s in self.systems
-                                            if s.kind == "adapter" and s.quantization == q})
+        backend.load(self.systems)  # as a run loads them: one base per quantization, or the server checked
+        check_capabilities(backend, self.systems)
+        self.backend, self.device = backend, backend.device
         self._lock = threading.Lock()  # one generation at a time: the active adapter is the model's, not a thread's
         self.started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self._turns = 0
@@ -186,65 +189,27 @@ class ChatSession:
 
     def prompt(self, name: str, turn: ChatTurn) -> str:
         """The prompt ``name`` is given for ``turn``: its own format, with the turn's passages if it retrieves."""
-        from ..rag import Passage, rag_prompt
+        from ..rag import Passage
 
         s = self.system(name)
-        loaded = self.bases[s.quantization]
-        example = self._example(turn)
-        if s.retrieval is not None:
-            return rag_prompt(example, s.prompt_format, loaded.tokenizer, [Passage(**p) for p in turn.passages or []])
-        return example.prompt(s.prompt_format, loaded.tokenizer)
+        passages = [Passage(**p) for p in turn.passages or []] if s.retrieval is not None else None
+        return self.backend.render(self._example(turn), s, passages)
 
     def stream(self, name: str, turn: ChatTurn) -> Iterator[str]:
-        """``name``'s answer to ``turn`` as it grows (the whole text so far at each step); the last one is kept in
-        ``turn.answers``."""
-        import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
-
-        from ..generation import DecodingParams, StopSequences, eos_token_ids
-        from ..models import system_active
+        """``name``'s answer to ``turn`` as it grows (the whole text so far at each step; one step where the backend
+        does not stream); the last one is kept in ``turn.answers``."""
+        from ..backends import GenerationRequest
+        from ..generation import DecodingParams
 
         s = self.system(name)
-        loaded = self.bases[s.quantization]
-        tokenizer = loaded.tokenizer
-        prompt = self.prompt(name, turn)
-        stops = tuple(DecodingParams(max_new_tokens=self.options.max_new_tokens).stop_sequences(s.prompt_format))
-        with self._lock, system_active(loaded, s.adapter_name or "baseline") as model:
-            ids = tokenizer(prompt, add_special_tokens=True, return_tensors="pt")["input_ids"]
-            streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            eos = eos_token_ids(model, tokenizer)
-            kwargs: dict[str, Any] = {
-                "input_ids": ids.to(next(model.parameters()).device),
-                "attention_mask": torch.ones_like(ids).to(next(model.parameters()).device),
-                "max_new_tokens": self.options.max_new_tokens, "do_sample": False, "temperature": None,
-                "top_p": None, "top_k": None, "eos_token_id": eos,
-                "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
-                "streamer": streamer,
-            }
-            if stops:
-                kwargs["stopping_criteria"] = StoppingCriteriaList([StopSequences(tokenizer, [stops], ids.shape[1])])
-            failure: list[BaseException] = []
-
-            def work():
-                try:
-                    with torch.inference_mode():
-                        model.generate(**kwargs)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller below
-                    failure.append(exc)
-                    streamer.end()
-
-            thread = threading.Thread(target=work, daemon=True)
-            thread.start()
-            text = ""
-            for piece in streamer:
-                text += piece
-                shown = _before_stop(text, stops)
-                turn.answers[name] = shown
-                yield shown
-            thread.join()
-            if failure:
-                raise failure[0]
-        turn.answers[name] = _before_stop(text, stops).strip()
+        request = GenerationRequest(s, self.prompt(name, turn), DecodingParams(max_new_tokens=self.options.max_new_tokens))
+        with self._lock:
+            if "stream" in self.backend.capabilities:
+                for text in self.backend.stream(request):
+                    turn.answers[name] = text
+                    yield text
+                return
+            turn.answers[name] = self.backend.generate([request])[0].text
         yield turn.answers[name]
 
     def export(self, turns: Sequence[ChatTurn], folder: str | Path | None = None) -> tuple[Path, int]:
@@ -254,8 +219,3 @@ class ChatSession:
             raise SpecError("nothing to export yet: ask a question first")
         return write_export(turns, folder or self.options.export_dir, turns[0].id)
 
-
-def _before_stop(text: str, stops: Sequence[str]) -> str:
-    """The text before the first stop sequence it holds (all of it when none)."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=None)
-    return text if cut is None else text[:cut]

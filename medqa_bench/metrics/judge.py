@@ -226,13 +226,18 @@ class Judge:
         self.judgments: dict[str, Judgment] = {}  # rubric prompt -> its judgment
 
     def _load(self) -> None:
-        from ..backends import create_backend
+        from ..backends import check_capabilities, create_backend
+        from ..models import load_tokenizer, resolve_model
+        from ..rows import plan_rows
 
-        backend = create_backend(self.config.run_spec(), adapters={})
-        rows = [s for s in backend.systems() if s.generates]
+        spec = self.config.run_spec()
+        backend = create_backend(spec)
+        rows = [s for s in plan_rows(spec, type(backend), load_tokenizer(resolve_model(spec.model)), {})[0]
+                if s.generates]
         if not rows:
             raise MetricError(f"judge: backend '{self.config.backend}' plans no language-model row to judge with")
         backend.load(rows[:1])
+        check_capabilities(backend, rows[:1])
         self.backend, self.system, self.identity = backend, rows[0], backend.identity(rows[0])
 
     @property
