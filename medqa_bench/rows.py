@@ -46,11 +46,11 @@ def plan_rows(spec: Any, backend: type, tokenizer: Any,
         baseline_formats=spec.baseline_formats,
         prompt_format=spec.prompt_format,
         adapters=adapters,
-        adapter_formats={name: recorded_prompt_format(info.training_meta) for name, info in infos.items()},
+        adapter_formats={name: recorded_prompt_format(info.meta) for name, info in infos.items()},
         reference_rows=REFERENCE_ROWS if spec.reference_rows is None else spec.reference_rows,
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
         quantization=(spec.quantization or served[0]) if served else spec.quantization,
-        adapter_quantizations=None if served else {name: recorded_quantization(info.training_meta)
+        adapter_quantizations=None if served else {name: recorded_quantization(info.meta)
                                                    for name, info in infos.items()},
         rag=RagSpec.parse(spec.rag) if spec.rag else None,
     )

@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, atomic, distributed, run_folder
+from . import atomic, distributed, run_folder
 from .backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
 from .backends.options import comparable
 from .cache import InferenceCache, open_cache
@@ -196,45 +195,43 @@ def _infer(plan: RunPlan, backend: Backend, ranks, context: _Context, progress: 
 
 
 def _results(plan: RunPlan, backend: Backend, ranks, outputs: _Outputs, context: _Context) -> dict[str, Any]:
-    """results.json before scoring: provenance, the rows, the budget, the loss definition, the data and the cache."""
+    """results.json before scoring (its one writer, :func:`medqa_bench.results_record.build_results`): provenance,
+    the rows, the budget, the loss definition, the data and the cache."""
+    from .results_record import build_results
+    from .schema import DataRecord
+
     spec, dataset, corpus = plan.spec, plan.data.dataset, plan.data.corpus
-    models = backend.describe()
-    lm_systems = plan.lm_systems
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "medqa_bench_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_name": spec.run_name,
-        "spec": spec.to_dict(),
-        "environment": environment(),
-        "model": next(iter(models.values())),
-        "models": models,
-        "systems": _system_infos(plan, backend, context.retrieval),
-        "budget": dict(plan.budget),
-        "loss_definition": run_loss_definition(
-            split=spec.split, max_length=backend.max_length, compute_dtype=backend.compute_dtype,
-            quantization="/".join(dict.fromkeys(s.quantization for s in lm_systems))),
-        "data": {
-            "source": spec.data.path or str(default_dataset()),  # where the fetched MedQuAD was found
-            "fingerprint": dataset.manifest.data_fingerprint,
-            "manifest_fingerprint": dataset.manifest.fingerprint,
-            "split": spec.split,
-            "split_size": len(plan.data.pool),
-            "train_size": len(corpus.items),
-            "training": corpus.record,  # where the training corpus came from (medqa_bench.training_corpus)
-            "n_items": len(plan.items),  # every item of samples.jsonl: the NLL metrics' items
-            "n_generated": len(plan.generated_items),  # the items every system answered: the other metrics' items
-            "limit": spec.limit,
-            "nll_limit": spec.nll_limit,
-            "sample_seed": spec.sample_seed,
-            "item_ids_fingerprint": "sha256:" + sha256_json([e.id for e in plan.items]),
-            "dropped_empty_rows": dataset.report.dropped_empty,
-        },
-        "cache": outputs.cache,
-    }
+    env = environment()
     if ranks is not None:
-        results["environment"]["distributed"] = ranks.describe()
-    return results
+        env["distributed"] = ranks.describe()
+    return build_results(
+        run_name=spec.run_name,
+        spec=spec.to_dict(),
+        environment=env,
+        models=backend.describe(),  # "model" is its first entry
+        systems=_system_infos(plan, backend, context.retrieval),
+        budget=dict(plan.budget),
+        loss_definition=run_loss_definition(
+            split=spec.split, max_length=backend.max_length, compute_dtype=backend.compute_dtype,
+            quantization="/".join(dict.fromkeys(s.quantization for s in plan.lm_systems))),
+        data=DataRecord(
+            source=spec.data.path or str(default_dataset()),  # where the fetched MedQuAD was found
+            fingerprint=dataset.manifest.data_fingerprint,
+            manifest_fingerprint=dataset.manifest.fingerprint,
+            split=spec.split,
+            split_size=len(plan.data.pool),
+            train_size=len(corpus.items),
+            training=corpus.record,  # where the training corpus came from (medqa_bench.training_corpus)
+            n_items=len(plan.items),  # every item of samples.jsonl: the NLL metrics' items
+            n_generated=len(plan.generated_items),  # the items every system answered: the other metrics' items
+            limit=spec.limit,
+            nll_limit=spec.nll_limit,
+            sample_seed=spec.sample_seed,
+            item_ids_fingerprint="sha256:" + sha256_json([e.id for e in plan.items]),
+            dropped_empty_rows=dataset.report.dropped_empty,
+        ),
+        cache=outputs.cache,
+    )
 
 
 def _prompts(backend: Backend, items: list[Example], lm_systems: list[System], passages) -> dict[str, list[str]]:
@@ -345,7 +342,7 @@ def _system_infos(plan: RunPlan, backend: Backend, retrieval: dict[str, Any] | N
             adapter = plan.adapters.get(s.adapter_name) if s.adapter_name else None
             if adapter is not None:
                 info.update(adapter=adapter.to_dict(), training_log=read_training_log(adapter.path),
-                            training_eval_loss=training_eval_loss_info(adapter.training_meta))
+                            training_eval_loss=training_eval_loss_info(adapter.meta))
         else:
             info.update(method=s.method, description=describe_reference_row(s.method), settings=method_settings(s.method))
         out[s.name] = info
@@ -356,6 +353,7 @@ def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, ti
                      validity: ValiditySource, files: dict[str, bytes] | None = None) -> Path:
     from .analysis import analyze
     from .metrics.scoring import score_item_sets
+    from .results_record import with_sections
     from .validity.measured import run_validity
 
     systems = list(results["systems"])
@@ -364,18 +362,22 @@ def _score_and_write(out_dir: Path, results, samples, metrics, spec: RunSpec, ti
                                           seed=spec.seed, progress=progress)
     timings["score_s"] = time.perf_counter() - t
     # `score` keeps the metrics it does not compute again: merge, the new values last
-    results["metrics"] = {**(results.get("metrics") or {}), **metric_info}
-    results["results"] = {s: {**(results.get("results") or {}).get(s, {}), **scored.get(s, {})} for s in systems}
-    # after scoring: a judge's signature (its model) is known only once it has scored
-    results["validity"] = run_validity(results["metrics"], validity)
+    merged = {**(results.get("metrics") or {}), **metric_info}
+    results = with_sections(
+        results, metrics=merged,
+        results={s: {**(results.get("results") or {}).get(s, {}), **scored.get(s, {})} for s in systems},
+        validity=run_validity(merged, validity))  # after scoring: a judge's signature is known only once it has scored
     t = time.perf_counter()
-    results["analysis"] = analyze(results, samples, similarity_metric=spec.analysis.similarity_metric,
-                                  thresholds=spec.analysis.thresholds or None, seed=spec.analysis.seed)
+    results = with_sections(results, analysis=analyze(results, samples,
+                                                      similarity_metric=spec.analysis.similarity_metric,
+                                                      thresholds=spec.analysis.thresholds or None,
+                                                      seed=spec.analysis.seed))
     from .analysis.verdict import build_verdict
 
-    results["verdict"] = build_verdict(results)
+    results = with_sections(results, verdict=build_verdict(results))
     timings["analysis_s"] = time.perf_counter() - t
-    results["timings"] = {**results.get("timings", {}), **{k: round(v, 3) for k, v in timings.items()}}
+    results = with_sections(results, timings={**results.get("timings", {}),
+                                              **{k: round(v, 3) for k, v in timings.items()}})
     # The three files are written into a sibling folder that replaces the run folder in one rename: a failure (a
     # full disk, a failing report) leaves the earlier run folder as it was.
     with run_folder.staged(out_dir) as tmp:

@@ -222,14 +222,19 @@ def _user_file(folder: Path, measured: dict, **changes) -> Path:
 ])
 def test_a_bad_validity_file_is_refused_in_one_line_before_anything_loads(tmp_path, monkeypatch, capsys, content,
                                                                            message):
-    import medqa_bench.runner as runner
-    import medqa_bench.training_corpus as training_corpus
+    import medqa_bench.models as models
+    import medqa_bench.planning as planning
+    from medqa_bench.backends.transformers import TransformersBackend
 
     def refuse(*args, **kwargs):
-        raise AssertionError("the data or the backend was loaded before --validity was checked")
+        raise AssertionError("the data, the tokenizer or the model was loaded before --validity was checked")
 
-    monkeypatch.setattr(runner, "create_backend", refuse)
-    monkeypatch.setattr(training_corpus, "plan_data", refuse)
+    # the backend is built first (it loads nothing, and picks no device until asked); the data, the model's
+    # tokenizer, the device and the weights all come after the check
+    monkeypatch.setattr(planning, "plan_data", refuse)
+    monkeypatch.setattr(models, "load_tokenizer", refuse)
+    monkeypatch.setattr(models, "pick_device", refuse)
+    monkeypatch.setattr(TransformersBackend, "load", refuse)
     path = tmp_path / "mine.json"
     if content is not None:
         path.write_text(content, encoding="utf-8")

@@ -64,12 +64,20 @@ class TransformersBackend:
                                    "openai --base-url URL --served-model NAME")
 
     def __init__(self, spec: Any, *, ranks: Any = None):
-        from ..models import pick_device
-
         self.spec, self.ranks = spec, ranks
-        self.device = pick_device(spec.device) if ranks is None else ranks.device
         self.bases: dict[str, LoadedModel] = {}  # quantization -> the base loaded for it, adapters attached
         self._tokenizer: Any = None
+        self._device: str | None = None
+
+    @property
+    def device(self) -> str:
+        """Where the rows run: the spec's device ("auto": CUDA where there is one), or the launch's. Picked when first
+        asked (it imports torch), so building the backend costs nothing."""
+        if self._device is None:
+            from ..models import pick_device
+
+            self._device = pick_device(self.spec.device) if self.ranks is None else self.ranks.device
+        return self._device
 
     @property
     def tokenizer(self) -> Any:
