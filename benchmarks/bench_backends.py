@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 
 def start_server(log: Path) -> tuple[subprocess.Popen, str]:
-    from medqa_bench.models import DEFAULT_MODEL, resolve_model
+    from medqa_bench.inference.models import DEFAULT_MODEL, resolve_model
 
     python = VENV / "bin" / "python"
     if not python.exists():

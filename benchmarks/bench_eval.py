@@ -25,7 +25,7 @@ def reference_nll(model, tok, prompts, completions, batch_size, device):
     import torch
     import torch.nn.functional as F
 
-    from medqa_bench.inference import encode_pair
+    from medqa_bench.inference.nll import encode_pair
 
     out = []
     with torch.inference_mode():
@@ -64,7 +64,7 @@ def reference_generate(model, tok, prompts, batch_size, max_new_tokens, device):
 
 
 def peak(device):
-    from medqa_bench.provenance import peak_memory_bytes
+    from medqa_bench.storage.provenance import peak_memory_bytes
 
     return peak_memory_bytes(device) / 2**30
 
@@ -83,10 +83,10 @@ def main() -> None:
 
     import torch
 
-    from medqa_bench.data import load_dataset
-    from medqa_bench.generation import DecodingParams, generate
-    from medqa_bench.inference import completion_nll, encode_pair
-    from medqa_bench.models import load_base
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.generation import DecodingParams, generate
+    from medqa_bench.inference.nll import completion_nll, encode_pair
+    from medqa_bench.inference.models import load_base
 
     lm = load_base(args.model, device=args.device, dtype=args.dtype)
     model, tok, device = lm.model, lm.tokenizer, lm.device

@@ -8,7 +8,7 @@ quantised. The items are the bundled MedQuAD symptoms items (all splits, --items
 - **NLL**: ``medqa_bench.inference.completion_nll`` with ``batch_size="auto"`` beside the plain batched loop of
   ``bench_eval.py`` (fixed batches, full-vocabulary float32 log-softmax). MFU = 2 x parameters x input tokens
   (prompt and completion) / seconds / the card's bf16 matmul rate, measured here on 8192^3 products.
-- **Generation**: ``medqa_bench.generation.generate``, greedy, ``--max-new-tokens``, at batch 64 with the dynamic
+- **Generation**: ``medqa_bench.inference.generation.generate``, greedy, ``--max-new-tokens``, at batch 64 with the dynamic
   and with the static KV cache (compiled by transformers; the first call, which compiles, is not timed) and at
   ``batch_size="auto"``; beside plain ``model.generate`` at batch 64. New tokens count what each item generated up
   to and including its EOS (padding after it is not counted).
@@ -71,10 +71,10 @@ def main() -> None:
 
     from bench_eval import reference_generate, reference_nll
     from bench_train import build_random_llama_1b
-    from medqa_bench.data import DataSpec, load_dataset
-    from medqa_bench.generation import DecodingParams, generate
-    from medqa_bench.inference import completion_nll, encode_pair
-    from medqa_bench.models import load_base
+    from medqa_bench.data.dataset import DataSpec, load_dataset
+    from medqa_bench.inference.generation import DecodingParams, generate
+    from medqa_bench.inference.nll import completion_nll, encode_pair
+    from medqa_bench.inference.models import load_base
 
     folder = args.model or str(build_random_llama_1b(Path(args.workdir) / "random-llama-3.2-1b-arch", args.tokenizer))
     lm = load_base(folder, device="cuda", dtype="bfloat16")

@@ -52,9 +52,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from medqa_bench.data import load_dataset
-    from medqa_bench.inference import completion_nll, encode_pair
-    from medqa_bench.models import load_base, resolve_model
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.nll import completion_nll, encode_pair
+    from medqa_bench.inference.models import load_base, resolve_model
 
     folder = resolve_model(args.model).location
     ours_lm = load_base(args.model, device=args.device, dtype=args.dtype)

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from medqa_bench.data import DataSpec, load_dataset  # noqa: E402
+from medqa_bench.data.dataset import DataSpec, load_dataset  # noqa: E402
 from medqa_bench.metrics import BUILTINS, resolve_metrics  # noqa: E402
 from medqa_bench.metrics.scoring import score_samples  # noqa: E402
 

@@ -61,7 +61,7 @@ def build_random_llama_1b(folder: Path, tokenizer_dir: str | None = None) -> Pat
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from medqa_bench.models import load_tokenizer, resolve_model
+    from medqa_bench.inference.models import load_tokenizer, resolve_model
 
     if tokenizer_dir:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
@@ -84,7 +84,7 @@ def build_random_llama_1b(folder: Path, tokenizer_dir: str | None = None) -> Pat
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
-    from medqa_bench import atomic
+    from medqa_bench.storage import atomic
 
     with atomic.directory(folder, overwrite=True) as tmp:  # a half-written folder never looks complete
         model.save_pretrained(tmp)
@@ -218,8 +218,8 @@ def run_trl(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from medqa_bench.data import load_dataset
-    from medqa_bench.models import load_tokenizer, nf4_config, resolve_model
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.models import load_tokenizer, nf4_config, resolve_model
     from trainers.qlora import limit_examples, load_recipe, sft_records
 
     options = spec["options"]

@@ -19,8 +19,8 @@ def main() -> None:
     ap.add_argument("--max-length", default="512,1024")
     args = ap.parse_args()
 
-    from medqa_bench.data import DataSpec, SplitOptions, load_dataset
-    from medqa_bench.models import load_tokenizer, resolve_model
+    from medqa_bench.data.dataset import DataSpec, SplitOptions, load_dataset
+    from medqa_bench.inference.models import load_tokenizer, resolve_model
     from trainers.qlora import sft_records
 
     tokenizer = load_tokenizer(resolve_model())

@@ -19,8 +19,8 @@ import random
 def main() -> None:
     import numpy as np
 
-    from medqa_bench import rag
-    from medqa_bench.data import load_dataset
+    from medqa_bench.data import rag
+    from medqa_bench.data.dataset import load_dataset
     from medqa_bench.metrics.embedding import EmbeddingSimilarity, default_model_path
     from medqa_bench.metrics.grounding import sentences
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def batch_loss(precision: str, device: str, n: int, compiled: bool, emulate_casts: bool = False) -> float:
     import torch
 
-    from medqa_bench.data import load_dataset
-    from medqa_bench.models import load_tokenizer, resolve_model
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.models import load_tokenizer, resolve_model
     from trainers import speedups
     from trainers.qlora import _build_trainer, limit_examples, load_recipe, sft_records
 

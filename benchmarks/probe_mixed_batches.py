@@ -1,7 +1,7 @@
 """Milliseconds a decoding step with PEFT's mixed-adapter batches against one adapter set active.
 
 A run of several LoRA adapters on one base generates them in mixed batches (``adapter_names``, see
-medqa_bench/backends/transformers.py): one decoding step serves every system. PEFT then selects each adapter's rows
+medqa_bench/inference/backends/transformers.py): one decoding step serves every system. PEFT then selects each adapter's rows
 in every LoRA layer at every step, host work that a step with one adapter active does not do. This probe times a
 greedy step (48 new tokens, every row forced to generate all of them) of the default model, float32, with three
 adapters loaded, four ways: the base alone, one adapter active, mixed batches naming one adapter, and mixed batches
@@ -32,7 +32,7 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medqa_bench.models import resolve_model
+    from medqa_bench.inference.models import resolve_model
 
     torch.manual_seed(0)
     path = resolve_model().location

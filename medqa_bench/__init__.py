@@ -25,3 +25,59 @@ def _drop_optional_kernel_notice() -> None:
 
 
 _drop_optional_kernel_notice()
+
+#: Where each module was before the package was grouped into stages (data, planning, inference, storage): the old
+#: dotted names keep importing, as the same module objects (so a monkeypatch of one is a patch of the other).
+MOVED = {
+    **{f"medqa_bench.{m}": f"medqa_bench.storage.{m}"
+       for m in ("atomic", "cache", "run_folder", "fingerprint", "jsonl", "paths", "provenance")},
+    **{f"medqa_bench.{m}": f"medqa_bench.data.{m}"
+       for m in ("medquad", "readers", "fetch", "items", "training_corpus", "reference_rows", "audit", "rag",
+                 "retrieval", "encoders", "adapter_meta")},
+    **{f"medqa_bench.{m}": f"medqa_bench.inference.{m}"
+       for m in ("models", "weight_files", "generation", "loss", "distributed", "systems", "rows", "backends")},
+    "medqa_bench.budget": "medqa_bench.planning.budget",
+}
+
+
+class _MovedModules:
+    """A meta-path finder: ``import medqa_bench.models`` gives ``medqa_bench.inference.models`` (see :data:`MOVED`);
+    submodules of a moved package too (``medqa_bench.backends.openai``)."""
+
+    @staticmethod
+    def _target(name: str) -> str | None:
+        for old, new in MOVED.items():
+            if name == old or name.startswith(old + "."):
+                return new + name[len(old):]
+        return None
+
+    def find_spec(self, name, path=None, target=None):
+        new = self._target(name)
+        if new is None:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(name, _MovedLoader(new))
+
+
+class _MovedLoader:
+    def __init__(self, new: str):
+        self.new = new
+
+    def create_module(self, spec):
+        import importlib
+
+        return importlib.import_module(self.new)
+
+    def exec_module(self, module):
+        pass
+
+
+def _install_moved_modules() -> None:
+    import sys
+
+    if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
+        sys.meta_path.insert(0, _MovedModules())
+
+
+_install_moved_modules()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import DataSpec, answer_length_percentiles, load_dataset, prompt_completion_records
+from .data.dataset import DataSpec, answer_length_percentiles, load_dataset, prompt_completion_records
 from .spec import RunSpec
 
 __all__ = ["RunSpec", "DataSpec", "Results", "run", "score", "load_results", "prepare_data", "data_stats"]
@@ -159,7 +159,7 @@ def score(run_dir: str | Path, *, metrics: list[str] | None = None, plugins: tup
 def prepare_data(spec: DataSpec | None = None, out: str | Path = "data/prepared", *, overwrite: bool = False) -> Path:
     """Write ``symptom_qa.jsonl`` (all items, reference prompt/completion), ``{train,validation,test}.jsonl`` and
     ``manifest.json`` into ``out``, atomically."""
-    from . import atomic
+    from .storage import atomic
 
     ds = load_dataset(spec)
     with atomic.directory(out, overwrite=overwrite) as tmp:

@@ -53,7 +53,7 @@ def _train_data_spec(args: argparse.Namespace, spec) -> dict[str, Any]:
     """The run spec's ``train_data``/``train_split`` from the --train-* flags (over the spec file's)."""
     from dataclasses import replace
 
-    from .data import ColumnMap, DataSpec
+    from .data.dataset import ColumnMap, DataSpec
 
     flags = {role: getattr(args, f"train_{role}_column") for role in ("question", "answer", "qtype", "focus", "id")}
     flags = {k: v for k, v in flags.items() if v}
@@ -70,7 +70,7 @@ def _train_data_spec(args: argparse.Namespace, spec) -> dict[str, Any]:
 def _data_spec(args: argparse.Namespace, base=None):
     from dataclasses import replace
 
-    from .data import ColumnMap, DataSpec, SplitOptions
+    from .data.dataset import ColumnMap, DataSpec, SplitOptions
 
     spec = base or DataSpec()
     cols = {k: getattr(args, f"{k}_column") for k in ("question", "answer", "qtype", "focus", "id") if getattr(args, f"{k}_column", None)}
@@ -104,12 +104,12 @@ _OPTION_DEST = "backend_option."
 
 
 def _add_backend_options(p: argparse.ArgumentParser) -> None:
-    """A flag for every option a registered backend declares (medqa_bench.backends.options): ``--base-url`` for
+    """A flag for every option a registered backend declares (medqa_bench.inference.backends.options): ``--base-url`` for
     ``base_url``, one group per backend. An option two backends declare has one flag; a flag the parser already has
     is left out (the option can still be given in a spec file's ``backend_options``)."""
     import yaml
 
-    from .backends.options import all_declared
+    from .inference.backends.options import all_declared
 
     groups: dict[str, Any] = {}
     for name, owners in all_declared().items():
@@ -138,7 +138,7 @@ def _backend_options(args: argparse.Namespace, spec) -> dict[str, Any]:
     given = _given_options(args)
     base = dict(spec.backend_options)
     if args.backend is not None and args.backend != spec.backend and base:
-        from .backends.options import declared
+        from .inference.backends.options import declared
 
         defaults = {o.name: o.default for o in declared(spec.backend)}
         base = {k: v for k, v in base.items() if k not in defaults or v != defaults[k]}
@@ -352,7 +352,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .api import run
-    from .generation import DecodingParams
+    from .inference.generation import DecodingParams
     from .spec import AnalysisSpec, RunSpec
 
     spec = RunSpec.from_file(args.spec) if args.spec else RunSpec()
@@ -475,7 +475,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import contextlib
 
     from .report import render_report
-    from .run_folder import lock
+    from .storage.run_folder import lock
 
     dirs = [Path(d) for d in args.run_dirs]
     # writing into a run folder: not while a run is replacing it
@@ -504,7 +504,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     elif args.data_command == "stats":
         print(data_stats(_data_spec(args)))
     elif args.data_command == "fetch":
-        from .fetch import DATASETS, fetch
+        from .data.fetch import DATASETS, fetch
 
         if args.url and args.dataset == "all":
             raise SpecError("--url names one download: give it with `data fetch medquad` or `data fetch medquad-judged`")

@@ -1,5 +1,5 @@
 """One generic registry of named, lazily loaded objects: metrics (:mod:`medqa_bench.metrics.registry`) and inference
-backends (:mod:`medqa_bench.backends`) both use it.
+backends (:mod:`medqa_bench.inference.backends`) both use it.
 
 In the manner of lm-evaluation-harness's ``lm_eval/api/registry.py``: entries are lazy (``"module:attr"`` strings or
 loaders), so nothing heavy is imported until an entry is used; what an entry loads to is checked; a second entry under a

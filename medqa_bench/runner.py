@@ -12,22 +12,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import atomic, distributed, run_folder
-from .backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
-from .backends.options import comparable
-from .cache import InferenceCache, open_cache
-from .data import Example
+from .storage import atomic, run_folder
+from .inference import distributed
+from .inference.backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
+from .inference.backends.options import comparable
+from .storage.cache import InferenceCache, open_cache
+from .data.dataset import Example
 from .errors import AdapterError, RunError
-from .fingerprint import sha256_json
-from .inference import CompletionNLL
-from .loss import run_loss_definition
-from .paths import default_dataset
-from .planning import RunPlan, plan_run
-from .provenance import environment
-from .rag import run_passages
+from .storage.fingerprint import sha256_json
+from .inference.nll import CompletionNLL
+from .inference.loss import run_loss_definition
+from .storage.paths import default_dataset
+from .planning.plan import RunPlan, plan_run
+from .storage.provenance import environment
+from .data.rag import run_passages
 from .schema import SCHEMA_VERSION
 from .spec import RunSpec
-from .systems import System
+from .inference.systems import System
 
 if TYPE_CHECKING:
     from .validity.measured import ValiditySource
@@ -65,10 +66,10 @@ def run(spec: RunSpec | None = None, *, progress: bool = True) -> Path:
     score (each metric on the items it applies to) -> analyze (analysis and verdict) -> write (the run folder).
 
     Under ``accelerate launch`` (several processes) the items are sharded across the processes and rank 0 writes
-    the same run folder a single process would; every process returns its path (see medqa_bench.distributed).
+    the same run folder a single process would; every process returns its path (see medqa_bench.inference.distributed).
 
     The run folder is checked before any work (writable, not a file) and locked until the run ends; before the model
-    loads, a folder holding a different run stops the run unless ``spec.overwrite`` (see medqa_bench.run_folder).
+    loads, a folder holding a different run stops the run unless ``spec.overwrite`` (see medqa_bench.storage.run_folder).
     """
     spec = spec or RunSpec()
     t0 = time.perf_counter()
@@ -130,8 +131,8 @@ def _context(plan: RunPlan, ranks) -> _Context:
     """Reference rows and audits that need no model: the training corpus only. Drawn from the evaluated data, a
     training item with an evaluated item's id is that item and never its own candidate; from another file, ids say
     nothing. The corpus's passage index is built once per training fingerprint (rank 0 first)."""
-    from .audit import audit_items
-    from .reference_rows import reference_answers
+    from .data.audit import audit_items
+    from .data.reference_rows import reference_answers
 
     spec, train, own, items = plan.spec, plan.data.corpus.items, plan.data.corpus.own_split, list(plan.items)
     gen_items = plan.generated_items
@@ -221,7 +222,7 @@ def _results(plan: RunPlan, backend: Backend, ranks, outputs: _Outputs, context:
             split=spec.split,
             split_size=len(plan.data.pool),
             train_size=len(corpus.items),
-            training=corpus.record,  # where the training corpus came from (medqa_bench.training_corpus)
+            training=corpus.record,  # where the training corpus came from (medqa_bench.data.training_corpus)
             n_items=len(plan.items),  # every item of samples.jsonl: the NLL metrics' items
             n_generated=len(plan.generated_items),  # the items every system answered: the other metrics' items
             limit=spec.limit,
@@ -259,7 +260,7 @@ def _samples(plan: RunPlan, backend: Backend, outputs: _Outputs, context: _Conte
 
     An item scored by the NLL metrics alone has ``generated: false`` and, per language-model row, only its NLL
     fields (no prediction; no reference row: they answer for generation metrics only)."""
-    from .audit import nearest_training_texts
+    from .data.audit import nearest_training_texts
 
     items, generated, systems, train = plan.items, plan.generated, plan.systems, plan.data.corpus.items
     prompts, nlls, gens = outputs.prompts, outputs.nlls, outputs.gens
@@ -323,10 +324,10 @@ def _check_adapters(inference: Backend, lm_systems, nlls, prompts, completions) 
 def _system_infos(plan: RunPlan, backend: Backend, retrieval: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """``results["systems"]``: each row's kind, prompt format and quantization (and why), stop sequences and
     provenance (what the backend adds of a row, e.g. a served model's name; an adapter's identity and training log,
-    from the plan); a +rag row also its plain row (``variant_of``) and ``retrieval`` (medqa_bench.rag.run_passages)."""
+    from the plan); a +rag row also its plain row (``variant_of``) and ``retrieval`` (medqa_bench.data.rag.run_passages)."""
     from .analysis.training import read_training_log
-    from .loss import training_eval_loss_info
-    from .reference_rows import describe_reference_row, method_settings
+    from .inference.loss import training_eval_loss_info
+    from .data.reference_rows import describe_reference_row, method_settings
 
     out: dict[str, dict[str, Any]] = {}
     for s in plan.systems:

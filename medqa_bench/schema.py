@@ -44,7 +44,7 @@ SCHEMA_VERSION = "2.5"
 #: (``metrics[name].plugin_check``, :class:`PluginCheck`).
 #: 2.5 (earlier 2.x folders read as before): a backend's options in ``spec.backend_options`` (``{}`` for transformers;
 #: for openai ``base_url``, ``served_model``, ``concurrency``, ``request_timeout``, ``retries``, defaults filled in),
-#: as the backend declares them (medqa_bench.backends.options), instead of those five keys at the top of ``spec``;
+#: as the backend declares them (medqa_bench.inference.backends.options), instead of those five keys at the top of ``spec``;
 #: a spec or results.json with the top-level keys is read by moving them into ``backend_options``. ``judge`` info
 #: gains ``reused`` (answers this process had judged already), and its counts are the run's own.
 
@@ -130,7 +130,7 @@ class NotMeasured(TypedDict):
 
 class TrainingData(TypedDict):
     """``results["data"]["training"]`` (2.3): the corpus reference rows, the leakage audit and retrieval drew from
-    (medqa_bench.training_corpus)."""
+    (medqa_bench.data.training_corpus)."""
 
     source: str  # "given" (--train-data), "adapters" (the adapters' recorded training data), "evaluated" (its train split)
     path: str  # where it was read
@@ -241,7 +241,7 @@ class DataRecord:
 
 @dataclass(frozen=True)
 class Budget:
-    """``budget``: the generation budget and how it was set (medqa_bench.budget)."""
+    """``budget``: the generation budget and how it was set (medqa_bench.planning.budget)."""
 
     max_new_tokens: Optional[int] = None
     source: Optional[str] = None  # "auto" | "given"

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from . import typed
-from .data import PROMPT_FORMATS, SPLITS, DataSpec
+from .data.dataset import PROMPT_FORMATS, SPLITS, DataSpec
 from .errors import SpecError
-from .generation import DecodingParams
-from .models import DEFAULT_MODEL
+from .inference.generation import DecodingParams
+from .inference.models import DEFAULT_MODEL
 
 #: Items evaluated by default on a CPU, so a first run ends in minutes; ``limit: 0`` evaluates the full split. A CPU
 #: evaluates fewer items rather than cutting answers short: the budget is the same as on a GPU.
@@ -76,8 +76,8 @@ class RunSpec:
 
     name: str | None = None
     model: str = DEFAULT_MODEL
-    backend: str = "transformers"  # what answers: a name of medqa_bench.backends (checked when a run starts)
-    # the backend's own options, as it declares them (medqa_bench.backends.options), defaults filled in: for openai
+    backend: str = "transformers"  # what answers: a name of medqa_bench.inference.backends (checked when a run starts)
+    # the backend's own options, as it declares them (medqa_bench.inference.backends.options), defaults filled in: for openai
     # base_url, served_model, concurrency, request_timeout, retries; older specs held those at the top level
     backend_options: dict[str, Any] = field(default_factory=dict)
     adapters: tuple[tuple[str, str], ...] = ()
@@ -87,7 +87,7 @@ class RunSpec:
     split: str | None = None
     # The training corpus that reference rows, the leakage audit and +rag passages draw from (--train-data); None: the
     # adapters' recorded training data when the evaluated data is another file, else the evaluated data's train
-    # split (medqa_bench.training_corpus)
+    # split (medqa_bench.data.training_corpus)
     train_data: DataSpec | None = None
     train_split: str = "all"  # which split of train_data is the corpus: all (every item of it), train, ...
     limit: int | None = None
@@ -98,8 +98,8 @@ class RunSpec:
     prompt_format: str | None = None  # None: every system in its own format; else this format for every LM system
     baseline_formats: tuple[str, ...] | None = None  # None: the chat template when the model has one, else reference
     reference_rows: tuple[str, ...] | None = None  # None: retrieval, boilerplate, question; (): none
-    rag: str | None = None  # "bm25:k=3" or "dense:k=3": a +rag row of every LM row (medqa_bench.rag); None: none
-    decoding: DecodingParams | None = None  # None: defaults with the automatic budget (see medqa_bench.budget)
+    rag: str | None = None  # "bm25:k=3" or "dense:k=3": a +rag row of every LM row (medqa_bench.data.rag); None: none
+    decoding: DecodingParams | None = None  # None: defaults with the automatic budget (see medqa_bench.planning.budget)
     batch_size: int | str = "auto"
     device: str = "auto"
     dtype: str = "auto"
@@ -116,7 +116,7 @@ class RunSpec:
     cache: str | None = "default"  # "default": the user cache; None: no cache; else a path
     report: bool = True
     seed: int = 0
-    overwrite: bool = False  # replace a run folder that holds a different run (see medqa_bench.run_folder)
+    overwrite: bool = False  # replace a run folder that holds a different run (see medqa_bench.storage.run_folder)
 
     def __post_init__(self):
         # One coercion for a file, a dict and keyword arguments, so the Python API takes what a spec file takes: a
@@ -167,7 +167,7 @@ class RunSpec:
             if fmt not in PROMPT_FORMATS:
                 raise SpecError(f"baseline_formats: '{fmt}' is not a prompt format; choose from {', '.join(PROMPT_FORMATS)}")
         if self.reference_rows:
-            from .reference_rows import REFERENCE_ROWS
+            from .data.reference_rows import REFERENCE_ROWS
 
             for row in self.reference_rows:
                 if row not in REFERENCE_ROWS:
@@ -177,7 +177,7 @@ class RunSpec:
         if self.decoding is not None and self.decoding.max_new_tokens is not None and self.decoding.max_new_tokens < 1:
             raise SpecError(f"max_new_tokens must be a positive number of tokens, not {self.decoding.max_new_tokens}")
         if self.rag is not None:
-            from .rag import RagSpec
+            from .data.rag import RagSpec
 
             RagSpec.parse(self.rag)  # raises SpecError naming what is wrong
         if self.quantization is not None and self.quantization not in ("none", "4bit"):
@@ -221,7 +221,7 @@ class RunSpec:
         values are coerced and checked by :meth:`__post_init__`."""
         if not isinstance(d, dict):
             raise SpecError(f"a {DOC} is a mapping of keys to values, not {typed.show(d)}")
-        from .backends.options import from_legacy
+        from .inference.backends.options import from_legacy
 
         d = from_legacy(d)  # base_url, served_model, ... at the top level: a spec from before backend_options
         typed.check_keys(d, typed.field_types(cls), doc=DOC)
@@ -319,8 +319,8 @@ def _check_backend(spec: "RunSpec") -> None:
     """``backend_options`` checked against the backend's declaration and completed with its defaults, then what else
     the backend refuses of the spec (its ``check_spec``). A backend no one registered is refused when a run starts
     ("did you mean …"), unless options are given for it: they cannot be checked."""
-    from .backends import backend_class, backend_registry
-    from .backends.options import resolve_options
+    from .inference.backends import backend_class, backend_registry
+    from .inference.backends.options import resolve_options
 
     if spec.backend not in backend_registry() and not spec.backend_options:
         return

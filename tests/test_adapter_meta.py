@@ -1,4 +1,4 @@
-"""An adapter's medqa_bench.json as one typed record (medqa_bench.adapter_meta): the trainer's one writer and the one
+"""An adapter's medqa_bench.json as one typed record (medqa_bench.data.adapter_meta): the trainer's one writer and the one
 reader, on the shipped adapters' files (versions 1 and 2), hand-made and damaged files; no model is loaded."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import shutil
 import pytest
 
 from cli_runner import medqa
-from medqa_bench.adapter_meta import (META_FILE, AdapterMeta, TrainingRun, as_adapter_meta, read_adapter_meta,
-                                      write_adapter_meta)
+from medqa_bench.data.adapter_meta import (META_FILE, AdapterMeta, TrainingRun, as_adapter_meta, read_adapter_meta,
+    write_adapter_meta)
 from medqa_bench.errors import AdapterError
-from medqa_bench.paths import shipped_adapters_dir
+from medqa_bench.storage.paths import shipped_adapters_dir
 
 V1, V2 = "smollm2-135m-symptoms-qlora", "smollm2-135m-symptoms-all-linear-qlora"
 
@@ -23,7 +23,7 @@ def _shipped(name: str):
 
 
 def test_shipped_files_read_and_write_back_byte_for_byte(tmp_path):
-    from medqa_bench.models import read_adapter
+    from medqa_bench.inference.models import read_adapter
 
     for name, version in ((V1, 1), (V2, 2)):
         written = (_shipped(name) / META_FILE).read_bytes()
@@ -41,9 +41,9 @@ def test_shipped_files_read_and_write_back_byte_for_byte(tmp_path):
 def test_trainer_record_of_the_shipped_inputs_is_the_shipped_file(tmp_path):
     """trainers.qlora.adapter_record, given the recipe, base and data the shipped version-2 adapter was trained with
     (and what that run measured), writes the shipped file's bytes; a multi-process run adds `distributed` last."""
-    from medqa_bench.data import load_dataset
-    from medqa_bench.distributed import ProcessGroup
-    from medqa_bench.models import resolve_model
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.distributed import ProcessGroup
+    from medqa_bench.inference.models import resolve_model
     from trainers.qlora import adapter_record, load_recipe
 
     shipped = _shipped(V2) / META_FILE
@@ -70,8 +70,8 @@ def test_trainer_record_of_the_shipped_inputs_is_the_shipped_file(tmp_path):
 
 
 def test_version_1_and_hand_made_files_read_as_written(tmp_path):
-    from medqa_bench.loss import definition_from_metadata, training_eval_loss_info
-    from medqa_bench.systems import recorded_prompt_format, recorded_quantization
+    from medqa_bench.inference.loss import definition_from_metadata, training_eval_loss_info
+    from medqa_bench.inference.systems import recorded_prompt_format, recorded_quantization
 
     old = read_adapter_meta(_shipped(V1))
     assert old.eval_loss_definition is None and old.training.final_eval_items is None
@@ -114,7 +114,7 @@ def test_version_1_and_hand_made_files_read_as_written(tmp_path):
      "key 'data.spec.split.seed' must be an integer, not 'x'"),
 ])
 def test_a_bad_field_is_refused_with_its_dotted_key(tmp_path, content, message):
-    from medqa_bench.models import read_adapter
+    from medqa_bench.inference.models import read_adapter
 
     folder = tmp_path / "x"
     folder.mkdir()
@@ -131,7 +131,7 @@ def test_a_bad_field_is_refused_with_its_dotted_key(tmp_path, content, message):
 
 
 def test_the_module_examples_run():
-    from medqa_bench import adapter_meta
+    from medqa_bench.data import adapter_meta
 
     assert doctest.testmod(adapter_meta).failed == 0
 

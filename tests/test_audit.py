@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from medqa_bench.audit import NEAR_DUPLICATE_THRESHOLD, audit_items, normalize_text, summarize_audit
-from medqa_bench.data import Example
+from medqa_bench.data.audit import NEAR_DUPLICATE_THRESHOLD, audit_items, normalize_text, summarize_audit
+from medqa_bench.data.dataset import Example
 
 ANSWERS = [
     "Gout attacks start suddenly at night with intense pain, redness and swelling of the big toe joint; the joint "

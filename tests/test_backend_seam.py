@@ -11,10 +11,10 @@ import pytest
 from cli_runner import medqa
 from test_backends import EchoBackend
 
-from medqa_bench import backends
-from medqa_bench.backends.options import BackendOption, comparable
+from medqa_bench.inference import backends
+from medqa_bench.inference.backends.options import BackendOption, comparable
 from medqa_bench.errors import SpecError
-from medqa_bench.generation import Generation
+from medqa_bench.inference.generation import Generation
 from medqa_bench.spec import RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_older_specs_move_the_server_options_into_backend_options(tmp_path):
 
 
 def test_a_run_folder_written_before_backend_options_holds_the_same_run(tmp_path):
-    from medqa_bench import run_folder
+    from medqa_bench.storage import run_folder
     from medqa_bench.errors import RunError
 
     folder = tmp_path / "run"

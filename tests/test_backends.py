@@ -10,13 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from medqa_bench import backends
-from medqa_bench.backends import GenerationRequest, NLLRequest
+from medqa_bench.inference import backends
+from medqa_bench.inference.backends import GenerationRequest, NLLRequest
 from medqa_bench.errors import BackendError
-from medqa_bench.generation import DecodingParams, Generation
-from medqa_bench.inference import CompletionNLL
-from medqa_bench.rag import RagSpec
-from medqa_bench.systems import System
+from medqa_bench.inference.generation import DecodingParams, Generation
+from medqa_bench.inference.nll import CompletionNLL
+from medqa_bench.data.rag import RagSpec
+from medqa_bench.inference.systems import System
 
 
 class EchoBackend:
@@ -79,7 +79,7 @@ class EchoBackend:
 def echo_backend(monkeypatch):
     """EchoBackend registered as "echo" in a fresh registry (the original is put back afterwards); loading the
     transformers model fails the test (the planner reads the model's tokenizer only)."""
-    from medqa_bench import models
+    from medqa_bench.inference import models
 
     def no_model(*a, **k):
         raise AssertionError("the echo backend must not load a transformers model")
@@ -92,7 +92,7 @@ def echo_backend(monkeypatch):
 
 
 def test_registry_finds_builtins_and_answers_did_you_mean(echo_backend):
-    from medqa_bench.backends.transformers import TransformersBackend
+    from medqa_bench.inference.backends.transformers import TransformersBackend
 
     assert backends.backend_class("transformers") is TransformersBackend
     assert backends.backend_class("echo") is EchoBackend
@@ -198,8 +198,8 @@ class _RecordingCache:
 
 def test_transformers_backend_keeps_the_identity_and_cache_keys(monkeypatch):
     import medqa_bench
-    from medqa_bench.backends.caching import CachingBackend
-    from medqa_bench.backends.transformers import TransformersBackend
+    from medqa_bench.inference.backends.caching import CachingBackend
+    from medqa_bench.inference.backends.transformers import TransformersBackend
     from medqa_bench.spec import RunSpec
 
     monkeypatch.setattr(medqa_bench, "CODE_VERSION", "inference-4")
@@ -220,7 +220,7 @@ def test_transformers_backend_keeps_the_identity_and_cache_keys(monkeypatch):
 
 
 def test_transformers_backend_identity_of_the_loaded_model(default_model):
-    from medqa_bench.backends.transformers import TransformersBackend
+    from medqa_bench.inference.backends.transformers import TransformersBackend
     from medqa_bench.spec import RunSpec
 
     backend = TransformersBackend(RunSpec(device="cpu"))

@@ -33,7 +33,7 @@ DISEASES = ["gout", "asthma", "measles", "anemia", "migraine", "psoriasis", "ric
 
 
 def test_export_rows_are_run_data_items(tmp_path):
-    from medqa_bench.data import DataSpec, load_dataset
+    from medqa_bench.data.dataset import DataSpec, load_dataset
 
     turns = [
         ChatTurn("chat-1", "What are the symptoms of gout?", "symptoms",

@@ -7,14 +7,8 @@ import json
 
 import pytest
 
-from medqa_bench.data import (
-    REFERENCE_TEMPLATE,
-    ColumnMap,
-    DataSpec,
-    SplitOptions,
-    load_dataset,
-    normalize_question,
-)
+from medqa_bench.data.dataset import (REFERENCE_TEMPLATE, ColumnMap, DataSpec, SplitOptions, load_dataset,
+    normalize_question)
 from medqa_bench.errors import DataError
 
 
@@ -110,7 +104,7 @@ def test_list_column_gives_several_references(tmp_path):
 def test_hf_dataset(tmp_path):
     import datasets
 
-    from medqa_bench.data import load_dataset as load
+    from medqa_bench.data.dataset import load_dataset as load
 
     hf = datasets.Dataset.from_dict({"Question": [f"Q{i}?" for i in range(10)], "Answer": [f"A{i}" for i in range(10)],
                                      "qtype": ["symptoms"] * 10})
@@ -157,7 +151,7 @@ def test_chat_prompt_has_one_bos_when_the_tokenizer_adds_it(tmp_path, default_mo
     tokenizer that adds no BOS gets the template's text unchanged."""
     from transformers import AutoTokenizer
 
-    from medqa_bench.data import Example
+    from medqa_bench.data.dataset import Example
 
     default_model.tokenizer.save_pretrained(tmp_path / "tok")
     adds_bos = AutoTokenizer.from_pretrained(tmp_path / "tok", add_bos_token=True)
@@ -289,7 +283,7 @@ def test_random_manifest_from_before_row_splits_still_loads(tmp_path):
 
 
 def test_split_examples_refuses_random():
-    from medqa_bench.data import Example, split_examples
+    from medqa_bench.data.dataset import Example, split_examples
 
     with pytest.raises(DataError, match="rows before merging"):
         split_examples([Example(id="a", question="q", answer="a")], SplitOptions(strategy="random"))

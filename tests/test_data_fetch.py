@@ -19,8 +19,8 @@ import pytest
 
 from medqa_bench.cli import main
 from medqa_bench.errors import DataError
-from medqa_bench.fetch import JUDGED_ZIP, fetch
-from medqa_bench.medquad import COLUMNS, MEDQUAD_SHA256, convert_medquad
+from medqa_bench.data.fetch import JUDGED_ZIP, fetch
+from medqa_bench.data.medquad import COLUMNS, MEDQUAD_SHA256, convert_medquad
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -292,7 +292,7 @@ def test_without_data_one_line_says_how_to_fetch_it(data_dir, tmp_path, monkeypa
 @needs_shared
 def test_shipped_adapters_match_the_fetched_data(data_dir):
     """Each shipped adapter's recorded data fingerprint and split manifest are what the fetched file gives."""
-    from medqa_bench.data import DataSpec, load_dataset
+    from medqa_bench.data.dataset import DataSpec, load_dataset
 
     fetch("medquad", source=SHARED / "medquad.csv.gz", progress=False)
     files = sorted((ROOT / "data" / "adapters").glob("*/medqa_bench.json"))

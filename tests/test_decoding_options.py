@@ -23,7 +23,7 @@ def _new_tokens(default_model, text: str) -> list[int]:
 
 
 def test_options_change_greedy_generation_of_the_default_model(default_model):
-    from medqa_bench.generation import DecodingParams, generate
+    from medqa_bench.inference.generation import DecodingParams, generate
 
     def answer(**options):
         d = DecodingParams(max_new_tokens=24, **options)

@@ -6,14 +6,8 @@ import json
 
 import pytest
 
-from medqa_bench.analysis.degeneration import (
-    WARNING_THRESHOLDS,
-    degeneration_stats,
-    degeneration_warnings,
-    stop_reason,
-    text_repetition,
-    words,
-)
+from medqa_bench.analysis.degeneration import (WARNING_THRESHOLDS, degeneration_stats, degeneration_warnings,
+    stop_reason, text_repetition, words)
 
 
 def _sample(i, ref, **systems):

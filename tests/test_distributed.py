@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from cli_runner import medqa as medqa_here
 
-from medqa_bench.distributed import nll_batches, shard
-from medqa_bench.inference import token_batches
+from medqa_bench.inference.distributed import nll_batches, shard
+from medqa_bench.inference.nll import token_batches
 
 pytestmark = pytest.mark.slow
 
@@ -103,8 +103,8 @@ def test_nll_plan_keeps_long_sequences_alone(default_model):
 def test_nll_plan_is_completion_nlls_own_batches(default_model, monkeypatch):
     """Under batch_size="auto" on CPU the plan dealt to the ranks is the batches completion_nll itself forms
     (token budget and padding limit), so a rank rebuilds exactly the single-process batches."""
-    import medqa_bench.inference as inference
-    from medqa_bench.data import load_dataset
+    import medqa_bench.inference.nll as inference
+    from medqa_bench.data.dataset import load_dataset
 
     model, tok = default_model.model, default_model.tokenizer
     items = load_dataset().split("test")[:12]
@@ -188,7 +188,7 @@ def test_the_two_writers_cache_is_the_single_process_cache(runs):
 
 
 def _writer(path: str, tag: str, n: int, start) -> None:
-    from medqa_bench.cache import InferenceCache
+    from medqa_bench.storage.cache import InferenceCache
 
     start.wait()
     cache = InferenceCache(path)  # both open (and set WAL on) a file that did not exist
@@ -199,7 +199,7 @@ def _writer(path: str, tag: str, n: int, start) -> None:
 
 
 def test_two_writers_share_one_cache(tmp_path):
-    from medqa_bench.cache import InferenceCache
+    from medqa_bench.storage.cache import InferenceCache
 
     path = str(tmp_path / "cache.sqlite")
     ctx = multiprocessing.get_context("spawn")
@@ -217,7 +217,7 @@ def test_two_writers_share_one_cache(tmp_path):
 
 
 def _opener(path: str, start) -> None:
-    from medqa_bench.cache import InferenceCache
+    from medqa_bench.storage.cache import InferenceCache
 
     start.wait()
     cache = InferenceCache(path)
@@ -280,9 +280,9 @@ def test_ddp_trains_the_single_process_adapter(adapters):
 def test_two_processes_record_the_harness_loss_of_the_whole_split(adapters):
     """DDP (2 processes, gloo, CPU): each process scores its shard, the sums and counts are gathered, and the item
     accelerate repeats to even out the last batch (3 items, 2 processes x batch 2) is not counted twice."""
-    from medqa_bench.data import load_dataset
-    from medqa_bench.loss import training_eval_loss
-    from medqa_bench.models import attach_adapters, load_base
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.loss import training_eval_loss
+    from medqa_bench.inference.models import attach_adapters, load_base
     from trainers.qlora import limit_examples, load_recipe
 
     two = adapters / "two"

@@ -109,7 +109,7 @@ def test_train_data_gives_reference_rows_audit_and_contamination(files, lora_ada
 @pytest.fixture(scope="module")
 def trained_on_file(files, lora_adapter):
     """The test adapter with training metadata saying it was trained on the training file's train split."""
-    from medqa_bench.data import ColumnMap, DataSpec, load_dataset
+    from medqa_bench.data.dataset import ColumnMap, DataSpec, load_dataset
 
     folder = files["root"] / "adapter"
     shutil.copytree(lora_adapter, folder)
@@ -145,7 +145,7 @@ def test_adapters_training_data_is_the_default(files, trained_on_file):
 
 
 def _spec(files, **kw):
-    from medqa_bench.data import ColumnMap, DataSpec
+    from medqa_bench.data.dataset import ColumnMap, DataSpec
     from medqa_bench.spec import RunSpec
 
     data = DataSpec(path=str(files["foreign"]), qtype="all", columns=ColumnMap(question="ask", answer="reply", id="ref"))
@@ -155,12 +155,12 @@ def _spec(files, **kw):
 def test_shipped_adapter_names_medquad_train_split(files, symptoms, caplog):
     """The shipped adapter records MedQuAD symptoms, grouped split seed 42: rebuilt from those options, its
     fingerprints match, and its train split is the corpus of an external file."""
-    from medqa_bench.planning import run_adapters
+    from medqa_bench.planning.plan import run_adapters
     from medqa_bench.spec import RunSpec
-    from medqa_bench.training_corpus import plan_data
+    from medqa_bench.data.training_corpus import plan_data
 
     spec = _spec(files)
-    with caplog.at_level(logging.INFO, logger="medqa_bench.training_corpus"):
+    with caplog.at_level(logging.INFO, logger="medqa_bench.data.training_corpus"):
         data = plan_data(spec, run_adapters(spec))
     assert data.corpus.source == "adapters" and [e.id for e in data.corpus.items] == [e.id for e in symptoms.split("train")]
     assert data.spec.split == "all" and len(data.pool) == 6 and data.spec.run_name.endswith("-all-all")
@@ -178,7 +178,7 @@ def test_shipped_adapter_names_medquad_train_split(files, symptoms, caplog):
 
 
 def test_changed_or_missing_training_data_is_said_in_one_line(files, trained_on_file, caplog, tmp_path):
-    from medqa_bench.training_corpus import plan_data
+    from medqa_bench.data.training_corpus import plan_data
 
     folder, _ = trained_on_file
     changed = tmp_path / "changed"
@@ -192,14 +192,14 @@ def test_changed_or_missing_training_data_is_said_in_one_line(files, trained_on_
     (missing / "medqa_bench.json").write_text(json.dumps(meta))
     for adapter, words in ((changed, "is not the file they were trained on"), (missing, "is not found")):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="medqa_bench.training_corpus"):
+        with caplog.at_level(logging.WARNING, logger="medqa_bench.data.training_corpus"):
             data = plan_data(_spec(files, split="all"), {"ft": str(adapter)})
         said = [r.message for r in caplog.records]
         assert len(said) == 1 and words in said[0] and "--train-data" in said[0]
         assert data.corpus.source == "evaluated" and data.corpus.record["note"] == said[0]
     # adapters that disagree
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="medqa_bench.training_corpus"):
+    with caplog.at_level(logging.WARNING, logger="medqa_bench.data.training_corpus"):
         plan_data(_spec(files, split="all"), {"a": str(folder), "b": str(changed)})
     assert len(caplog.records) == 1 and "trained on different data" in caplog.records[0].message
 

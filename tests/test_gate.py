@@ -12,16 +12,10 @@ from pathlib import Path
 import pytest
 from conftest_report import make_records
 
-from medqa_bench import atomic
+from medqa_bench.storage import atomic
 from medqa_bench.analysis import analyze
-from medqa_bench.analysis.gate import (
-    CONDITIONS,
-    DEFAULT_CONDITIONS,
-    EXIT_FAILED,
-    check_results,
-    check_run,
-    parse_conditions,
-)
+from medqa_bench.analysis.gate import (CONDITIONS, DEFAULT_CONDITIONS, EXIT_FAILED, check_results, check_run,
+    parse_conditions)
 from medqa_bench.analysis.verdict import build_verdict
 from medqa_bench.cli import main
 from medqa_bench.errors import RunError, SpecError

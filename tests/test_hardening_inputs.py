@@ -201,7 +201,7 @@ def test_pickled_adapter_is_refused_with_a_conversion_that_works(tmp_path, earli
     # the command the message gives converts the file, and the adapter then reads
     command = line.split("convert it to adapter_model.safetensors: ", 1)[1]
     subprocess.run(shlex.split(command.replace("python", shlex.quote(sys.executable), 1)), check=True)
-    from medqa_bench.models import read_adapter
+    from medqa_bench.inference.models import read_adapter
 
     assert read_adapter("ft", adapter).config["peft_type"] == "LORA"
 

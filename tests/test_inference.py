@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from medqa_bench.errors import AdapterError
-from medqa_bench.generation import DecodingParams, generate
-from medqa_bench.inference import completion_nll, encode_pair
-from medqa_bench.models import attach_adapters, load_base, read_adapter, system_active
+from medqa_bench.inference.generation import DecodingParams, generate
+from medqa_bench.inference.nll import completion_nll, encode_pair
+from medqa_bench.inference.models import attach_adapters, load_base, read_adapter, system_active
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_adapter_of_another_base_is_refused(tmp_path, lora_adapter):
 
 
 def _pairs(tok, prompts, completions):
-    from medqa_bench.inference import encode_pair
+    from medqa_bench.inference.nll import encode_pair
 
     pairs = [encode_pair(tok, p, c) for p, c in zip(prompts, completions)]
     return [a + b for a, b in pairs], [len(a) for a, _ in pairs]
@@ -132,7 +132,7 @@ def _pairs(tok, prompts, completions):
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_lm_head_on_scored_positions_equals_full_logits(default_model, items, padding_side):
-    from medqa_bench.inference import _score_sequences
+    from medqa_bench.inference.nll import _score_sequences
 
     model, tok = default_model.model, default_model.tokenizer
     seqs, starts = _pairs(tok, *items)
@@ -145,7 +145,7 @@ def test_lm_head_on_scored_positions_equals_full_logits(default_model, items, pa
 
 
 def test_lm_head_on_scored_positions_runs_only_those_rows(default_model, items):
-    from medqa_bench.inference import _score_sequences
+    from medqa_bench.inference.nll import _score_sequences
 
     model, tok = default_model.model, default_model.tokenizer
     seqs, starts = _pairs(tok, *items)
@@ -164,7 +164,7 @@ def test_lm_head_on_scored_positions_with_peft_adapters(lora_adapter, items):
     (the baseline): the scored-positions path equals the full-logits path and the model's own loss."""
     from peft import LoraConfig, get_peft_model
 
-    from medqa_bench.inference import _score_sequences, encode_pair
+    from medqa_bench.inference.nll import _score_sequences, encode_pair
 
     loaded = load_base("smollm2-135m-instruct", device="cpu", dtype="float32")
     attach_adapters(loaded, {"ft": lora_adapter})
@@ -215,7 +215,7 @@ def test_fused_nll_rows_equal_cross_entropy(dtype):
     import torch
     import torch.nn.functional as F
 
-    from medqa_bench.inference import _nll_rows, _token_nll
+    from medqa_bench.inference.nll import _nll_rows, _token_nll
 
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(300, 5000, generator=g) * 4).to(getattr(torch, dtype))
@@ -226,7 +226,7 @@ def test_fused_nll_rows_equal_cross_entropy(dtype):
 
 
 def test_cpu_nll_batches_keep_padding_small():
-    from medqa_bench.inference import token_batches
+    from medqa_bench.inference.nll import token_batches
 
     lengths = [1000, 980, 700, 690, 120, 118, 117, 30, 29, 28, 27]
     batches = token_batches(lengths, "auto", 512, max_padding=0.1)
@@ -241,7 +241,7 @@ def test_cpu_nll_batches_keep_padding_small():
 
 
 def test_encode_pairs_equals_encode_pair(default_model, symptoms):
-    from medqa_bench.inference import encode_pairs
+    from medqa_bench.inference.nll import encode_pairs
 
     tok = default_model.tokenizer
     ex = symptoms.split("test")[:40]

@@ -1,4 +1,4 @@
-"""One seeded draw of items for the evaluation and the trainer (medqa_bench.items, issue 33 item 5): the committed
+"""One seeded draw of items for the evaluation and the trainer (medqa_bench.data.items, issue 33 item 5): the committed
 runs' items are what it selects, and its draws are those the runner's ``select_items`` / ``select_item_sets`` and the
 trainer's ``limit_examples`` made before they were one function (run folders, cache keys and adapter manifests
 record them)."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medqa_bench.items import select_item_sets, select_items
+from medqa_bench.data.items import select_item_sets, select_items
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 
@@ -43,7 +43,7 @@ def test_the_committed_sample_is_what_the_draw_selects():
     spec = json.loads((folder / "results.json").read_text(encoding="utf-8"))["spec"]
     with lzma.open(folder / "samples.jsonl.xz", "rt", encoding="utf-8") as fh:
         recorded = [json.loads(line)["id"] for line in fh if line.strip()]
-    from medqa_bench.data import DataSpec, load_dataset
+    from medqa_bench.data.dataset import DataSpec, load_dataset
 
     pool = load_dataset(DataSpec.from_dict(spec["data"])).split(spec["split"])
     assert len(recorded) == spec["limit"] == 200 < len(pool)

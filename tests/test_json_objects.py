@@ -1,4 +1,4 @@
-"""One reader of a file that holds one JSON object (medqa_bench.jsonl.read_json_object): adapter metadata and a run
+"""One reader of a file that holds one JSON object (medqa_bench.storage.jsonl.read_json_object): adapter metadata and a run
 folder's results.json refuse damage the same way, each with its own error type and way out."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from medqa_bench.errors import AdapterError, RunError
-from medqa_bench.jsonl import read_json_object
-from medqa_bench.models import read_adapter
-from medqa_bench.run_folder import read_results_file
+from medqa_bench.storage.jsonl import read_json_object
+from medqa_bench.inference.models import read_adapter
+from medqa_bench.storage.run_folder import read_results_file
 
 
 def test_damaged_json_objects_are_refused_with_the_callers_error(tmp_path):

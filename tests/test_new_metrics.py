@@ -102,7 +102,7 @@ def test_idf_token_f1_pairwise_equals_score(corpus):
 
 
 def test_bm25_weights_equal_bm25s_scores():
-    from medqa_bench.retrieval import BM25Index
+    from medqa_bench.data.retrieval import BM25Index
 
     stats = TermStatistics.from_documents(DOCS, bm25_tokens)
     index = BM25Index.build(DOCS, ids=[str(i) for i in range(len(DOCS))])
@@ -152,7 +152,7 @@ def test_signatures_name_the_corpus_and_parameters(corpus, tmp_path):
 
 def test_the_corpus_is_the_training_split(tmp_path):
     # A word only in one validation/test answer has df 0: the statistics count training answers alone.
-    from medqa_bench.data import DataSpec, SplitOptions, load_dataset
+    from medqa_bench.data.dataset import DataSpec, SplitOptions, load_dataset
     from medqa_bench.metrics.idf import resolve_corpus
 
     answers = [f"answer number{i} common" for i in range(30)]

@@ -58,9 +58,10 @@ def test_each_metric_on_the_items_it_scored(nll_run):
 
 
 def test_the_generated_items_are_the_limit_sample_and_rescoring_keeps_the_sets(nll_run, short_symptoms, monkeypatch):
-    from medqa_bench import api, models
-    from medqa_bench.data import DataSpec, load_dataset
-    from medqa_bench.items import select_item_sets, select_items
+    from medqa_bench import api
+    from medqa_bench.inference import models
+    from medqa_bench.data.dataset import DataSpec, load_dataset
+    from medqa_bench.data.items import select_item_sets, select_items
 
     results, samples = _read(nll_run)
     pool = load_dataset(DataSpec(path=str(short_symptoms))).split("test")

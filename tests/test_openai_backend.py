@@ -74,7 +74,7 @@ def vllm_server(tmp_path_factory):
     if not python.exists():
         pytest.fail(f"no vLLM environment at {VENV}: run `bash scripts/vllm-env.sh` (or `bash scripts/vllm-env.sh DIR` and set "
                     "MEDQA_BENCH_VLLM_VENV=DIR)")
-    from medqa_bench.models import DEFAULT_MODEL, resolve_model
+    from medqa_bench.inference.models import DEFAULT_MODEL, resolve_model
 
     folder = resolve_model(DEFAULT_MODEL).location
     port = _free_port()
@@ -162,7 +162,7 @@ def _assert_no_secret(*texts_or_folders) -> None:
 
 def _first_difference(a: str, b: str) -> str:
     """Where two generations part: the first differing token and the text before it."""
-    from medqa_bench.models import DEFAULT_MODEL, load_tokenizer, resolve_model
+    from medqa_bench.inference.models import DEFAULT_MODEL, load_tokenizer, resolve_model
 
     tok = load_tokenizer(resolve_model(DEFAULT_MODEL))
     x, y = tok(a, add_special_tokens=False)["input_ids"], tok(b, add_special_tokens=False)["input_ids"]
@@ -493,7 +493,7 @@ def test_concurrency_is_bounded_and_the_key_is_sent_but_never_written(stub, tmp_
 
 
 def test_medqa_bench_api_key_wins_over_openai_api_key(monkeypatch):
-    from medqa_bench.backends.openai import api_key
+    from medqa_bench.inference.backends.openai import api_key
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
     monkeypatch.setenv("MEDQA_BENCH_API_KEY", "sk-medqa")

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from medqa_bench import atomic, run_folder
-from medqa_bench.cache import InferenceCache
-from medqa_bench.data import ColumnMap, DataSpec, load_dataset
+from medqa_bench.storage import atomic, run_folder
+from medqa_bench.storage.cache import InferenceCache
+from medqa_bench.data.dataset import ColumnMap, DataSpec, load_dataset
 from medqa_bench.errors import DataError, RunError
 from medqa_bench.spec import RunSpec
-from medqa_bench.training_corpus import plan_data
+from medqa_bench.data.training_corpus import plan_data
 from test_run import cli
 
 DISEASES = ("asthma", "gout", "flu", "measles", "anemia", "migraine", "psoriasis", "rickets", "scurvy", "tetanus",
@@ -275,7 +275,7 @@ def test_a_cache_folder_stops_the_cli_before_anything_loads(tmp_path):
 
 def test_a_cache_file_that_is_not_a_cache_stops_the_run_before_the_model_is_looked_for(tmp_path):
     """In-process ``run``: the model named does not exist, so an error about anything else comes before the model."""
-    from medqa_bench.cache import check_cache
+    from medqa_bench.storage.cache import check_cache
     from medqa_bench.runner import run
 
     own = tmp_path / "answers.csv"

@@ -29,7 +29,7 @@ import pytest
 from conftest_report import make_records
 from test_openai_backend import MODELS, SERVED, Stub, _no_echo
 
-from medqa_bench import atomic
+from medqa_bench.storage import atomic
 from medqa_bench.analysis.verdict import ALPHA
 from medqa_bench.api import load_results, score
 from medqa_bench.cli import main

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 from cli_runner import medqa
 
-from medqa_bench import rag
-from medqa_bench.data import DataSpec, Example, load_dataset
+from medqa_bench.data import rag
+from medqa_bench.data.dataset import DataSpec, Example, load_dataset
 from medqa_bench.errors import MetricError, SpecError
-from medqa_bench.rag import RagSpec, build_index, load_or_build_index, retrieve
+from medqa_bench.data.rag import RagSpec, build_index, load_or_build_index, retrieve
 
 TRAIN = [
     Example("t1", "What are the symptoms of gout?", "Painful, swollen and red joints, often the big toe."),
@@ -175,8 +175,8 @@ def test_rag_spec_parse_and_errors():
 
 
 def test_plan_adds_a_rag_row_of_every_language_model_row():
-    from medqa_bench.backends.transformers import identity
-    from medqa_bench.systems import plan_systems
+    from medqa_bench.inference.backends.transformers import identity
+    from medqa_bench.inference.systems import plan_systems
 
     systems = plan_systems(baseline_formats=None, prompt_format=None, adapters={"ft": "/a"},
                            adapter_formats={"ft": "reference"}, reference_rows=("question",), has_chat_template=True,

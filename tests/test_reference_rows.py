@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from medqa_bench.data import Example
+from medqa_bench.data.dataset import Example
 from medqa_bench.errors import SpecError
-from medqa_bench.reference_rows import (
-    REFERENCE_ROWS,
-    ReferenceAnswer,
-    describe_reference_row,
-    reference_answers,
-    typicality,
-)
-from medqa_bench.retrieval import BM25Index
+from medqa_bench.data.reference_rows import (REFERENCE_ROWS, ReferenceAnswer, describe_reference_row,
+    reference_answers, typicality)
+from medqa_bench.data.retrieval import BM25Index
 
 TRAIN = [
     Example("t1", "What are the symptoms of gout?", "Sudden severe pain and swelling in the big toe joint."),
@@ -134,7 +129,7 @@ def test_bm25_is_deterministic_and_described():
 
 
 def test_reference_rows_record_their_settings():
-    from medqa_bench.reference_rows import method_settings
+    from medqa_bench.data.reference_rows import method_settings
 
     r = method_settings("retrieval")
     assert r["library"] == "bm25s" and r["version"] and (r["k1"], r["b"]) == (1.5, 0.75) and "n_documents" not in r

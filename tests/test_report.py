@@ -10,7 +10,7 @@ import re
 import pytest
 from conftest_report import XSS, XSS_PAYLOADS, make_records, make_run
 
-from medqa_bench import atomic
+from medqa_bench.storage import atomic
 from medqa_bench.analysis import analyze
 from medqa_bench.errors import RunError, SpecError
 from medqa_bench.report import render_report

@@ -29,8 +29,8 @@ def _value(d: dict, system: str, metric: str) -> float:
 
 @pytest.fixture(scope="module")
 def shipped_fingerprint() -> str:
-    from medqa_bench.models import read_adapter
-    from medqa_bench.planning import shipped_adapter
+    from medqa_bench.inference.models import read_adapter
+    from medqa_bench.planning.plan import shipped_adapter
 
     return read_adapter("default", shipped_adapter()).fingerprint
 

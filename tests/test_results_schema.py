@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest_report import make_records
-from medqa_bench import atomic
+from medqa_bench.storage import atomic
 from medqa_bench.errors import RunError
 from medqa_bench.results_record import SECTIONS, build_results, record_dict, with_sections
 from medqa_bench.schema import SCHEMA_VERSION, DataRecord, MetricInfo, Results, SystemInfo, read_results

@@ -14,7 +14,7 @@ import sys
 PROBE = """
 import json, os, sys
 {before}
-from medqa_bench.retrieval import BM25Index
+from medqa_bench.data.retrieval import BM25Index
 hits = BM25Index.build(["gout causes joint pain", "asthma narrows the airways"], ids=["a", "b"]).search(["airways"], k=1)
 imported = "jax" in sys.modules
 import bm25s.selection

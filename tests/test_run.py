@@ -192,7 +192,8 @@ def test_resume_after_kill_9(tmp_path, lora_adapter, small_run, short_symptoms):
 def test_score_rescores_without_the_language_model(small_run, monkeypatch):
     import shutil
 
-    from medqa_bench import api, models
+    from medqa_bench import api
+    from medqa_bench.inference import models
 
     run = small_run / "rescored"
     shutil.copytree(small_run / "run", run)

@@ -14,20 +14,15 @@ from pathlib import Path
 import pytest
 from conftest_report import make_records
 
-from medqa_bench import atomic
+from medqa_bench.storage import atomic
 from medqa_bench.analysis.verdict import build_verdict
 from medqa_bench.cli import main
 from medqa_bench.errors import DataError
 from medqa_bench.metrics import DEFAULT_METRICS, resolve_metrics
 from medqa_bench.schema import SCHEMA_VERSION
 from medqa_bench.validity import choose_primary
-from medqa_bench.validity.measured import (
-    WITHIN_QUESTION_FLOOR,
-    bundled_path,
-    compact,
-    read_validity_source,
-    run_validity,
-)
+from medqa_bench.validity.measured import (WITHIN_QUESTION_FLOOR, bundled_path, compact, read_validity_source,
+    run_validity)
 
 ROOT = Path(__file__).resolve().parents[1]
 JUDGED = ROOT.parent / "shared" / "data" / "medquad-judged"
@@ -222,9 +217,9 @@ def _user_file(folder: Path, measured: dict, **changes) -> Path:
 ])
 def test_a_bad_validity_file_is_refused_in_one_line_before_anything_loads(tmp_path, monkeypatch, capsys, content,
                                                                            message):
-    import medqa_bench.models as models
-    import medqa_bench.planning as planning
-    from medqa_bench.backends.transformers import TransformersBackend
+    import medqa_bench.inference.models as models
+    import medqa_bench.planning.plan as planning
+    from medqa_bench.inference.backends.transformers import TransformersBackend
 
     def refuse(*args, **kwargs):
         raise AssertionError("the data, the tokenizer or the model was loaded before --validity was checked")

@@ -3,7 +3,7 @@ alone or every type, and no question or focus crosses from train to evaluation (
 
 from __future__ import annotations
 
-from medqa_bench.data import DataSpec, Example, SplitOptions, load_dataset, normalize_question, split_examples
+from medqa_bench.data.dataset import DataSpec, Example, SplitOptions, load_dataset, normalize_question, split_examples
 
 
 def _content(examples, qtype=None):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from medqa_bench.budget import AUTO_CAP, AUTO_FLOOR, auto_max_new_tokens, given_budget, nearest_rank
+from medqa_bench.planning.budget import AUTO_CAP, AUTO_FLOOR, auto_max_new_tokens, given_budget, nearest_rank
 from medqa_bench.errors import SpecError
-from medqa_bench.generation import DEFAULT_STOP_SEQUENCES, DecodingParams, StopSequences, finish_generation, generate
+from medqa_bench.inference.generation import (DEFAULT_STOP_SEQUENCES, DecodingParams, StopSequences, finish_generation,
+    generate)
 from medqa_bench.spec import RunSpec
-from medqa_bench.systems import plan_systems, recorded_prompt_format
+from medqa_bench.inference.systems import plan_systems, recorded_prompt_format
 
 
 def _plan(**kw):

@@ -8,13 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from medqa_bench.analysis.thresholds import (
-    MIN_NULL_PAIRS,
-    RULE,
-    calibrate,
-    null_scores,
-    resolve_thresholds,
-)
+from medqa_bench.analysis.thresholds import MIN_NULL_PAIRS, RULE, calibrate, null_scores, resolve_thresholds
 from medqa_bench.errors import SpecError
 
 DEFAULTS = {"t": 0.30, "t_low": 0.20, "t_high": 0.45}

@@ -17,7 +17,7 @@ import math
 
 import pytest
 
-from medqa_bench.data import resolve_qtype
+from medqa_bench.data.dataset import resolve_qtype
 from medqa_bench.errors import RunError, SpecError
 from trainers.qlora import LOG_FILE, META_FILE, checkpoint_dir, last_checkpoint, load_recipe, train
 
@@ -195,7 +195,7 @@ def test_default_adapter_is_the_sweeps_validation_choice_with_its_recipe_committ
     import hashlib
     from pathlib import Path
 
-    from medqa_bench.planning import DEFAULT_ADAPTER, run_adapters, shipped_adapter
+    from medqa_bench.planning.plan import DEFAULT_ADAPTER, run_adapters, shipped_adapter
     from medqa_bench.spec import RunSpec
 
     root = Path(__file__).resolve().parents[1]
@@ -250,7 +250,7 @@ def test_unknown_target_module_lists_the_models_modules(tmp_path):
 
 
 def test_eos_ends_every_completion_and_is_not_masked(trained):
-    from medqa_bench.models import load_tokenizer, resolve_model
+    from medqa_bench.inference.models import load_tokenizer, resolve_model
 
     _, batch, _ = trained
     tok = load_tokenizer(resolve_model("smollm2-135m-instruct"))
@@ -300,8 +300,8 @@ def test_adapter_is_a_peft_folder_with_trained_lora_b(trained):
 
 
 def test_metadata_is_complete(trained):
-    from medqa_bench.data import load_dataset
-    from medqa_bench.models import resolve_model
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.models import resolve_model
 
     out, _, _ = trained
     meta = json.loads((out / META_FILE).read_text())
@@ -329,7 +329,7 @@ def test_metadata_is_complete(trained):
 def test_adapter_changes_the_base_outputs(trained):
     import torch
 
-    from medqa_bench.models import attach_adapters, load_base, system_active
+    from medqa_bench.inference.models import attach_adapters, load_base, system_active
 
     out, _, _ = trained
     loaded = attach_adapters(load_base("smollm2-135m-instruct", device="cpu"), {"ft": out})
@@ -528,8 +528,8 @@ def test_logits_once_trains_as_trls_head_does(switch_runs):
 
 def _trainer_and_batch(workdir, tmp_path, extra=()):
     """The real trainer on the CPU in fp32, built from the test recipe plus ``extra``, and its batch of 3 examples."""
-    from medqa_bench.data import load_dataset
-    from medqa_bench.models import load_tokenizer, resolve_model
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.models import load_tokenizer, resolve_model
     from trainers.qlora import _build_trainer, limit_examples, sft_records
 
     _, data = workdir

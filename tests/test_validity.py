@@ -18,7 +18,7 @@ import pytest
 from medqa_bench.errors import DataError, SpecError
 from medqa_bench.metrics import Metric, resolve_metrics
 from medqa_bench.validity import (JudgedCandidate, JudgedSet, bundled_judged_set, load_validity, read_judged_file,
-                                  validate, write_validity)
+    validate, write_validity)
 from medqa_bench.validity import robustness as rb
 from medqa_bench.validity import schema
 from medqa_bench.validity import stats as S

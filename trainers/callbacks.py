@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from medqa_bench import atomic
+from medqa_bench.storage import atomic
 
 
 class TrainingLog(TrainerCallback):

@@ -13,7 +13,7 @@ up to rounding; what goes away is the work on padding (22% of a random batch of 
     -> ``LeanSFTTrainer.compute_loss``      TRL's fused, chunked LM head on the scored positions, without the per-step
                                             device-to-host reads of TRL's metrics
     -> ``LeanSFTTrainer.evaluation_loop``   the validation loss of padded and padding-free batches alike, as the
-                                            harness defines it (``medqa_bench.loss``: sum NLL / sum tokens)
+                                            harness defines it (``medqa_bench.inference.loss``: sum NLL / sum tokens)
 
 >>> collate = padding_free_collator(pad_token_id=0)
 >>> batch = collate([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [-100, 5]}])
@@ -158,7 +158,7 @@ def _lean_trainer_class():
         label smoothing, DFT, MoE auxiliary losses, returned outputs) is left to TRL's method. Trainer's own waits
         (its NaN check of each loss, its blocking batch copies) are turned off in ``trainers.qlora._overlap_options``.
 
-        Its evaluation reports the harness's corpus loss (:meth:`evaluation_loop`, :mod:`medqa_bench.loss`), so the
+        Its evaluation reports the harness's corpus loss (:meth:`evaluation_loop`, :mod:`medqa_bench.inference.loss`), so the
         recorded validation loss is the number the harness recomputes from the saved adapter.
         """
 
@@ -200,11 +200,11 @@ def _lean_trainer_class():
 
         def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                             metric_key_prefix="eval"):
-            """The validation loss as the harness defines it (:mod:`medqa_bench.loss`): sum NLL / sum scored tokens over
+            """The validation loss as the harness defines it (:mod:`medqa_bench.inference.loss`): sum NLL / sum scored tokens over
             the whole split, not Trainer's mean of each batch's token mean.
 
             Each batch (padded, padding-free, with or without ``scored_positions``) is scored by
-            :func:`medqa_bench.loss.sequence_nll`, the harness's own LM-head gather and float32 log-softmax, per
+            :func:`medqa_bench.inference.loss.sequence_nll`, the harness's own LM-head gather and float32 log-softmax, per
             sequence; the per-sequence sums and counts are gathered over the processes as Trainer gathers its losses
             (``gather_for_metrics``, which drops the samples repeated to even out the last batches) and added in
             float64. Metrics: ``<prefix>_loss``, ``<prefix>_nll_tokens`` (scored tokens) and ``<prefix>_items``.
@@ -219,7 +219,7 @@ def _lean_trainer_class():
                                                ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
             from transformers.trainer_utils import EvalLoopOutput
 
-            from medqa_bench.loss import sequence_nll
+            from medqa_bench.inference.loss import sequence_nll
 
             model = self._wrap_model(self.model, training=False)
             if len(self.accelerator._models) == 0 and model is self.model:

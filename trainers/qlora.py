@@ -9,7 +9,7 @@ The pipeline, in order::
     -> load_base(..., quantization="4bit")     NF4 + double quantization, compute dtype = the precision
     -> SFTTrainer(peft_config=LoraConfig)      completion-only loss, EOS appended, eval every epoch
                                                (trainers.packing: padding-free rows; no per-step device reads;
-                                               the validation loss is the harness's, medqa_bench.loss)
+                                               the validation loss is the harness's, medqa_bench.inference.loss)
     -> atomic.directory(out)                   adapter + training_log.jsonl + medqa_bench.json, in one rename
 
 >>> from trainers.qlora import load_recipe, train                                          # doctest: +SKIP
@@ -33,12 +33,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from medqa_bench import atomic
-from medqa_bench.adapter_meta import (META_FILE, VERSION, AdapterMeta, BaseModel, Distributed, LossDefinition,
-                                      Resolved, TrainingData, TrainingRun, write_adapter_meta)
+from medqa_bench.storage import atomic
+from medqa_bench.data.adapter_meta import (META_FILE, VERSION, AdapterMeta, BaseModel, Distributed, LossDefinition,
+    Resolved, TrainingData, TrainingRun, write_adapter_meta)
 from medqa_bench.errors import DataError, RunError, SpecError
 # the evaluation's seeded draw: a limit names the same items in training and evaluation
-from medqa_bench.items import select_items as limit_examples
+from medqa_bench.data.items import select_items as limit_examples
 
 from .recipe import Recipe, load_recipe  # noqa: F401  (re-exported: the CLI imports both from here)
 
@@ -120,7 +120,7 @@ def sft_records(examples: Sequence[Any], fmt: str, tokenizer: Any) -> list[dict[
     TRL appends the EOS token to each completion and masks the prompt out of the loss. The prompt text is the
     harness's, unchanged, and TRL tokenises it as the harness does (``tokenizer(text)``, special tokens added).
     """
-    from medqa_bench.data import prompt_completion_records
+    from medqa_bench.data.dataset import prompt_completion_records
 
     rows = prompt_completion_records(examples, fmt, tokenizer)
     return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
@@ -173,14 +173,14 @@ def peak_memory(device: str) -> tuple[int, str]:
 def _training_run(recipe: Recipe, trainer: Any, result: Any, clock: Any, log_file: Path, started: float,
                   resume_step: int, device: str, precision: str, validated: bool) -> TrainingRun:
     """What a finished run did and measured: from the Trainer's state, the step clock and the training log."""
-    from medqa_bench.loss import eval_loss_definition
+    from medqa_bench.inference.loss import eval_loss_definition
 
     memory, memory_source = peak_memory(device)
     rows = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
     epochs = [r for r in rows if r["type"] == "epoch"]
     tokens = clock.tokens_end - clock.tokens_start
     evaluated = [h for h in trainer.state.log_history if "eval_loss" in h]
-    # what final_eval_loss is (medqa_bench.loss.training_eval_loss recomputes it from the adapter folder)
+    # what final_eval_loss is (medqa_bench.inference.loss.training_eval_loss recomputes it from the adapter folder)
     definition = eval_loss_definition(
         max_length=recipe.data.max_length, quantization=recipe.model.quantization,
         compute_dtype=_DTYPES[precision], prompt_format=recipe.data.prompt_format,
@@ -213,7 +213,7 @@ def adapter_record(recipe: Recipe, source: Any, dataset: Any, counts: tuple[int,
     this process's and now, unless given (a test rebuilds a shipped adapter's record)."""
     t = recipe.training
     return AdapterMeta(
-        version=VERSION,  # medqa_bench.adapter_meta declares the file and its version history
+        version=VERSION,  # medqa_bench.data.adapter_meta declares the file and its version history
         kind="qlora" if recipe.model.quantization == "4bit" else "lora",
         base_model=BaseModel(reference=source.reference, fingerprint=source.fingerprint),
         recipe=recipe.to_dict(),
@@ -376,7 +376,7 @@ def train(
     an existing adapter folder (and discards an interrupted run's checkpoints). ``callbacks`` are extra
     ``transformers.TrainerCallback`` objects. Raises SpecError, DataError, ModelError or RunError; never prints.
     """
-    from medqa_bench import distributed
+    from medqa_bench.inference import distributed
 
     from .callbacks import report_to
 
@@ -396,8 +396,8 @@ def train(
     import torch
     from transformers import PrinterCallback
 
-    from medqa_bench.data import load_dataset
-    from medqa_bench.models import load_tokenizer, pick_device, resolve_model
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.models import load_tokenizer, pick_device, resolve_model
 
     # DDP: each process trains on its own device, cuda:<local rank> (CPU stays CPU).
     device = pick_device(recipe.training.device) if ranks is None else ranks.device
@@ -477,7 +477,7 @@ def _build_trainer(recipe, source, device, precision, tokenizer, train_rows, val
     from peft import LoraConfig
     from transformers import set_seed
 
-    from medqa_bench.models import load_base
+    from medqa_bench.inference.models import load_base
 
     from . import lm_head, packing, speedups
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from medqa_bench import typed
-from medqa_bench.data import PROMPT_FORMATS, ColumnMap, DataSpec, SplitOptions
+from medqa_bench.data.dataset import PROMPT_FORMATS, ColumnMap, DataSpec, SplitOptions
 from medqa_bench.errors import SpecError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"

@@ -31,8 +31,8 @@ __all__ = ["COMPILE_OPTIONS", "cache_dequantized_weights", "compile_decoder_laye
 
 
 def cache_dequantized_weights(model: Any) -> int:
-    """:func:`medqa_bench.models.cache_dequantized_weights` (one implementation, shared with the harness)."""
-    from medqa_bench.models import cache_dequantized_weights as cache
+    """:func:`medqa_bench.inference.models.cache_dequantized_weights` (one implementation, shared with the harness)."""
+    from medqa_bench.inference.models import cache_dequantized_weights as cache
 
     return cache(model)
 

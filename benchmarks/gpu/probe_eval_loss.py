@@ -13,10 +13,10 @@ import json
 import sys
 import time
 
-from medqa_bench.data import load_dataset
-from medqa_bench.inference import completion_nll
-from medqa_bench.loss import batch_mean_loss, corpus_loss, training_eval_loss
-from medqa_bench.models import attach_adapters, load_base, system_active
+from medqa_bench.data.dataset import load_dataset
+from medqa_bench.inference.nll import completion_nll
+from medqa_bench.inference.loss import batch_mean_loss, corpus_loss, training_eval_loss
+from medqa_bench.inference.models import attach_adapters, load_base, system_active
 
 ADAPTER = sys.argv[1] if len(sys.argv) > 1 else "data/adapters/smollm2-135m-symptoms-qlora"
 meta = json.load(open(f"{ADAPTER}/medqa_bench.json"))

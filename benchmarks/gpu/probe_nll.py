@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_gpu_eval import matmul_rate, timed  # noqa: E402
 from bench_train import build_random_llama_1b  # noqa: E402
 
-from medqa_bench import inference  # noqa: E402
-from medqa_bench.data import DataSpec, load_dataset  # noqa: E402
-from medqa_bench.models import load_base  # noqa: E402
+from medqa_bench.inference import nll as inference  # noqa: E402
+from medqa_bench.data.dataset import DataSpec, load_dataset  # noqa: E402
+from medqa_bench.inference.models import load_base  # noqa: E402
 
 
 def main() -> None:

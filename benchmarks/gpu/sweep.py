@@ -36,7 +36,7 @@ the runs that finished.
 Session 25 (H200, all eight trainings at once, compile off): every training finished within 326 s (s05, one epoch:
 152 s; s08, one epoch of every type: 299 s; the 3-epoch rows 253-326 s). Its validation phase ran out of GPU memory
 twice: bm25s, imported by the leakage audit, ran a JAX top-k at import and JAX took 105 GiB of the GPU in the first
-process (medqa_bench.retrieval now keeps JAX on the CPU); then eleven evaluations at a fixed batch of 96, 20-30 GiB
+process (medqa_bench.data.retrieval now keeps JAX on the CPU); then eleven evaluations at a fixed batch of 96, 20-30 GiB
 each in their NLL pass, did not fit beside each other, and the session's device time ended before the combined run did.
 Validation became one run with every system (the automatic batch, the GPU to itself); the test runs two at a time.
 
@@ -52,7 +52,7 @@ the shipped adapter's took 355 s, and the four pairs had not finished 1,390 s la
 101-124 GiB in use, when the device time ran out. Processes that share one GPU take turns on it: at the baseline
 rows' rate (81 s of generation a system, alone) the nine adapters one after another would have needed about 730 s.
 PEFT's mixed-adapter batches (a run of
-several adapters generates them in one batch; medqa_bench.generation) add Python work per LoRA layer and step (the
+several adapters generates them in one batch; medqa_bench.inference.generation) add Python work per LoRA layer and step (the
 headline run, three systems in mixed batches, spent 287 s generating 3 x 266 answers; not profiled). So validation is
 now one adapter per run (no mixed batches), two runs at a time, the automatic batch (every item of the split in one
 batch), and a pack after every run; the test runs likewise.
@@ -199,7 +199,7 @@ def train() -> None:
              + [x for o in COMMON + overrides + (smoke if SMOKE else []) for x in ("--set", o)],
              SWEEP / "logs" / f"{n}.train.log") for n, (_, overrides) in CONFIGS.items() if n != "s00-shipped"]
     # the GGUF is converted to a checkpoint once, before eleven processes would all convert it at the same time
-    subprocess.check_call([sys.executable, "-c", "from medqa_bench.models import resolve_model; resolve_model()"],
+    subprocess.check_call([sys.executable, "-c", "from medqa_bench.inference.models import resolve_model; resolve_model()"],
                           env=_env())
     results = _parallel(jobs, workers=len(jobs))  # trainings fill the GPU's matrix units better side by side
     times = {Path(log).name.split(".")[0]: {"rc": rc, "seconds": round(s, 1)} for (_, log), (rc, s) in zip(jobs, results)}
@@ -296,7 +296,7 @@ def _chosen() -> tuple[str, str]:
     if (SWEEP / "selection.json").exists():
         chosen = json.loads((SWEEP / "selection.json").read_text())["chosen"]
         return chosen, _adapter_path(chosen)
-    from medqa_bench.planning import shipped_adapter
+    from medqa_bench.planning.plan import shipped_adapter
 
     committed = Path(__file__).resolve().parents[1] / "results" / "sweep" / "selection.json"
     return json.loads(committed.read_text())["chosen"], str(shipped_adapter())
@@ -329,7 +329,7 @@ def test() -> None:
     chosen, path = _chosen()
     meta = json.loads((Path(path) / "medqa_bench.json").read_text())
     trained_types = meta["recipe"]["data"]["qtype"]
-    from medqa_bench.data import DataSpec, load_dataset
+    from medqa_bench.data.dataset import DataSpec, load_dataset
 
     every = sorted({e.qtype for e in load_dataset(DataSpec(qtype="all")).split("test")})
     other = "all" if trained_types == "all" else ",".join(t for t in every if t not in trained_types.split(","))

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import RunError, SpecError
-from ..run_folder import read_results_file
+from ..storage.run_folder import read_results_file
 from .degeneration import WARNING_THRESHOLDS, degeneration_found, degeneration_label, degeneration_value
 
 EXIT_PASSED = 0

@@ -1,7 +1,7 @@
 """The leakage audit in the analysis: how many evaluated items nearly repeat a training item, and what the headline
 metrics are without them.
 
-The per-item audit (:func:`medqa_bench.audit.audit_items`, run by the runner, which holds the training split) is
+The per-item audit (:func:`medqa_bench.data.audit.audit_items`, run by the runner, which holds the training split) is
 stored in each sample as ``train_overlap``. Here it is summarised, and every system's corpus values and the judged
 comparisons are recomputed on the **clean subset**: the items that are not near-duplicates of a training item. A
 gain that holds only on near-duplicates is recall of training text, not medicine.
@@ -18,7 +18,7 @@ from . import compare
 def leakage(samples: list[dict], systems: list[str], metrics: dict[str, MetricInfo], judged_pairs: dict[str, dict],
             match_t: dict[str, float], *, seed: int, n_bootstrap: int) -> dict[str, Any] | None:
     """Summary, flagged items, corpus values and judged comparisons on the clean subset; None without an audit."""
-    from ..audit import summarize_audit
+    from ..data.audit import summarize_audit
 
     records = [{"id": s["id"], **s["train_overlap"]} for s in samples if s.get("train_overlap")]
     if not records:

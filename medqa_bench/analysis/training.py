@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from ..errors import RunError
-from ..jsonl import parse_jsonl
+from ..storage.jsonl import parse_jsonl
 
 _STEP_KEYS = ("step", "epoch", "loss", "learning_rate", "tokens")
 

@@ -24,7 +24,7 @@ Per adapter, against the **strongest baseline** of each metric (:mod:`medqa_benc
   Spearman below the recorded floor) or was not measured against them (loss and perplexity never are: they are not
   answer-quality metrics).
 
-A row with retrieval (``baseline+rag``, ``<adapter>+rag``; :mod:`medqa_bench.rag`) gets a verdict of its own, judged
+A row with retrieval (``baseline+rag``, ``<adapter>+rag``; :mod:`medqa_bench.data.rag`) gets a verdict of its own, judged
 against the plain baseline rows as an adapter is.
 
 The same holds as run-level ``notes`` for a run without adapters. ``lines`` are the sentences the CLI prints and the
@@ -207,7 +207,7 @@ def _conditions(results: Results, adapter: str, bases: list[str]) -> list[dict]:
                         f"the {d.get('split')} split with EOS scored, cut to {trunc} tokens, on "
                         f"{base_words(d.get('quantization'), 'a')} in {d.get('compute_dtype')}; this run's loss is the "
                         f"{harness.get('form')} form over the {harness.get('split')} split without EOS or truncation: "
-                        "not comparable number for number (medqa_bench.loss.training_eval_loss recomputes the training "
+                        "not comparable number for number (medqa_bench.inference.loss.training_eval_loss recomputes the training "
                         "number)"})
     return out
 

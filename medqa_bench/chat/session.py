@@ -5,7 +5,7 @@ the model's chat template, each adapter in the format of its training metadata a
 ``+rag`` row of each with ``rag``) and hands them to a backend that infers, as a run does (``backend``: the
 transformers backend loads each base once and attaches the adapters to it; ``--backend openai`` asks a server). It
 keeps the training split's passage index when retrieval is on. A question is put to each chosen row in that row's own
-prompt (the backend's :meth:`~medqa_bench.backends.Backend.render`) and answered greedily, ended by EOS, the format's
+prompt (the backend's :meth:`~medqa_bench.inference.backends.Backend.render`) and answered greedily, ended by EOS, the format's
 stop sequences (cut before them, as in a run) or ``max_new_tokens``: streamed token by token where the backend can
 (the "stream" capability), else shown whole when it is done.
 
@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..data import DataSpec, Example
+from ..data.dataset import DataSpec, Example
 from ..errors import SpecError
-from ..models import DEFAULT_MODEL
+from ..inference.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def export_records(turns: Sequence[ChatTurn]) -> list[dict[str, Any]]:
 
 def write_export(turns: Sequence[ChatTurn], folder: str | Path, name: str) -> tuple[Path, int]:
     """Write :func:`export_records` as ``<folder>/<name>.jsonl`` (atomically); the path and the number of rows."""
-    from .. import atomic
+    from ..storage import atomic
 
     rows = export_records(turns)
     path = Path(folder) / f"{name}.jsonl"
@@ -127,10 +127,10 @@ class ChatSession:
     """The rows on offer, the backend that answers them (loaded) and, with retrieval, the training split's index."""
 
     def __init__(self, options: ChatOptions = ChatOptions(), *, progress: bool = True):
-        from ..backends import check_capabilities, create_backend
-        from ..data import load_dataset
-        from ..planning import load_run_tokenizer, plan_rows, run_adapters
-        from ..rag import cache_folder, load_or_build_index
+        from ..inference.backends import check_capabilities, create_backend
+        from ..data.dataset import load_dataset
+        from ..planning.plan import load_run_tokenizer, plan_rows, run_adapters
+        from ..data.rag import cache_folder, load_or_build_index
 
         self.options = options
         spec = options.run_spec()
@@ -179,7 +179,7 @@ class ChatSession:
         turn = ChatTurn(f"chat-{self.started}-{self._turns}", question, (qtype or "").strip(),
                         systems={n: self.describe(n) for n in names})
         if self.index is not None and any(self.system(n).retrieval is not None for n in names):
-            from ..rag import retrieve
+            from ..data.rag import retrieve
 
             turn.passages = [p.to_dict() for p in retrieve(self.rag, self.index, [self._example(turn)])[0]]
         return turn
@@ -189,7 +189,7 @@ class ChatSession:
 
     def prompt(self, name: str, turn: ChatTurn) -> str:
         """The prompt ``name`` is given for ``turn``: its own format, with the turn's passages if it retrieves."""
-        from ..rag import Passage
+        from ..data.rag import Passage
 
         s = self.system(name)
         passages = [Passage(**p) for p in turn.passages or []] if s.retrieval is not None else None
@@ -198,8 +198,8 @@ class ChatSession:
     def stream(self, name: str, turn: ChatTurn) -> Iterator[str]:
         """``name``'s answer to ``turn`` as it grows (the whole text so far at each step; one step where the backend
         does not stream); the last one is kept in ``turn.answers``."""
-        from ..backends import GenerationRequest
-        from ..generation import DecodingParams
+        from ..inference.backends import GenerationRequest
+        from ..inference.generation import DecodingParams
 
         s = self.system(name)
         request = GenerationRequest(s, self.prompt(name, turn), DecodingParams(max_new_tokens=self.options.max_new_tokens))

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from .base import KINDS, Metric
-from .registry import BUILTINS, DEFAULT_METRICS, ENTRY_POINT_GROUP, Registry, list_metrics, metric_registry, resolve_metrics
+from .registry import (BUILTINS, DEFAULT_METRICS, ENTRY_POINT_GROUP, Registry, list_metrics, metric_registry,
+    resolve_metrics)
 
 __all__ = [
     "BUILTINS",

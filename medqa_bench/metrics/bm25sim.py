@@ -1,6 +1,6 @@
 """BM25 similarity: how much of each text's BM25 weight the other text's words cover, in [0, 1].
 
-Words are the project's BM25 tokens (:mod:`medqa_bench.retrieval`: lower case, the pattern ``\\b\\w\\w+\\b``, Lucene's
+Words are the project's BM25 tokens (:mod:`medqa_bench.data.retrieval`: lower case, the pattern ``\\b\\w\\w+\\b``, Lucene's
 33 English stop words removed, no stemmer); IDF and the mean document length come from the training corpus of
 :mod:`medqa_bench.metrics.idf` (MedQuAD's training answers by default, ``corpus=PATH`` otherwise). A text ``d`` gives
 each of its words the Lucene BM25 weight::
@@ -40,18 +40,18 @@ from .idf import IDF_FORMULA, TermStatistics, resolve_corpus
 
 CITATION = "Robertson and Zaragoza, The Probabilistic Relevance Framework: BM25 and Beyond, 2009."
 FORMS = ("f1", "recall")
-_WORD = re.compile(r"(?u)\b\w\w+\b")  # medqa_bench.retrieval.TOKEN_PATTERN
+_WORD = re.compile(r"(?u)\b\w\w+\b")  # medqa_bench.data.retrieval.TOKEN_PATTERN
 
 
 @functools.lru_cache(maxsize=1)
 def _stopwords() -> frozenset[str]:
-    from ..retrieval import _bm25s  # bm25s imported as the retriever imports it (JAX kept off the GPU)
+    from ..data.retrieval import _bm25s  # bm25s imported as the retriever imports it (JAX kept off the GPU)
 
     return frozenset(_bm25s().stopwords.STOPWORDS_EN)
 
 
 def bm25_tokens(text: str) -> list[str]:
-    """The tokens ``medqa_bench.retrieval.BM25Index`` indexes: lower case, ``\\b\\w\\w+\\b``, stop words dropped."""
+    """The tokens ``medqa_bench.data.retrieval.BM25Index`` indexes: lower case, ``\\b\\w\\w+\\b``, stop words dropped."""
     stop = _stopwords()
     return [w for w in _WORD.findall(text.lower()) if w not in stop]
 

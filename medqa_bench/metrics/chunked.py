@@ -38,14 +38,8 @@ from typing import Any, Sequence
 
 from ..errors import MetricError
 from .base import Metric
-from .embedding import (
-    CITATION as SBERT_CITATION,
-    _load_meanpool,
-    default_model_path,
-    folder_max_seq_length,
-    meanpool_pipeline,
-    model_fingerprint,
-)
+from .embedding import (CITATION as SBERT_CITATION, _load_meanpool, default_model_path, folder_max_seq_length,
+    meanpool_pipeline, model_fingerprint)
 
 #: (folder, chunk_length, overlap, device) -> text -> (chunk hidden-state sums, chunk piece counts)
 _CHUNKS: dict[tuple[str, int, int, str], dict[str, tuple[Any, Any]]] = {}

@@ -18,7 +18,7 @@ percentile 0.22, Pearson r 0.75) and the corpus mean drops from 0.50 to 0.43. An
 the signature.
 
 The encoding itself (the folder's tokenizer and model, the two encoders that give one set of values, the text →
-vector cache) is :mod:`medqa_bench.encoders`, which dense retrieval shares; its names are re-exported here.
+vector cache) is :mod:`medqa_bench.data.encoders`, which dense retrieval shares; its names are re-exported here.
 ``EmbeddingSimilarity.encoded`` counts the texts sent to the model and ``EmbeddingSimilarity.encoder`` names the
 encoder used.
 """
@@ -29,16 +29,8 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
-from ..encoders import (  # noqa: F401  (re-exported: chunked, grounding and the tests import them from here)
-    SentenceEncoder,
-    _load_meanpool,
-    default_model_path,
-    encode_meanpool,
-    folder_max_seq_length,
-    meanpool_length,
-    meanpool_pipeline,
-    model_fingerprint,
-)
+from ..data.encoders import (SentenceEncoder, _load_meanpool, default_model_path, encode_meanpool,
+    folder_max_seq_length, meanpool_length, meanpool_pipeline, model_fingerprint)
 from ..errors import MetricError
 from .base import Metric
 

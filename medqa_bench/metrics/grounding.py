@@ -1,7 +1,7 @@
 """Grounding metrics of retrieval-augmented systems: how much the passages cover, how much the answer rests on them.
 
 Both are metrics of kind ``"context"``: they score only the systems whose sample records hold ``passages`` (the
-rows with retrieval, :mod:`medqa_bench.rag`); other rows get no value for them (not applicable, like loss for a
+rows with retrieval, :mod:`medqa_bench.data.rag`); other rows get no value for them (not applicable, like loss for a
 reference row), and a run without retrieval records neither. A ``context`` metric's ``score(predictions,
 references, items)`` gets, per pair, the system's prediction, the item's FIRST reference, and in
 ``items[k]["passages"]`` the texts of the passages that system was given (best first, as in the prompt). Plugins can

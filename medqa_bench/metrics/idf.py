@@ -1,7 +1,7 @@
 """Term statistics of a training corpus, and the IDF-weighted token F1 that uses them.
 
 **The corpus.** A metric that weights words by how rare they are needs documents to count them in. By default they
-are the training answers of the fetched MedQuAD (:func:`medqa_bench.paths.default_dataset`): every question type,
+are the training answers of the fetched MedQuAD (:func:`medqa_bench.storage.paths.default_dataset`): every question type,
 split as ``--qtype all --split-strategy grouped-by-qtype`` splits it (seed 42, 80/10/10), so no validation or test
 item of any question type, the default run's symptoms test items included, is among the documents; each distinct
 reference answer of a training item is one document (6,147 of them). ``corpus=PATH`` takes the training split of
@@ -13,7 +13,7 @@ No grade and no judged answer goes into the statistics by construction; but the 
 MedQuAD answers, and about 270 of its 2,479 are also training documents (each adds 1 to the document frequency of its
 words, out of ~6,000 documents).
 
-**IDF** is Lucene's BM25 form, the one ``bm25s`` and :mod:`medqa_bench.retrieval` use, for every metric here::
+**IDF** is Lucene's BM25 form, the one ``bm25s`` and :mod:`medqa_bench.data.retrieval` use, for every metric here::
 
     idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
 
@@ -104,7 +104,7 @@ _STATISTICS: dict[tuple[str, str, str], TermStatistics] = {}
 
 @functools.lru_cache(maxsize=4)
 def _documents(path: str, fingerprint: str) -> tuple[str, ...]:
-    from ..data import DataSpec, SplitOptions, load_dataset
+    from ..data.dataset import DataSpec, SplitOptions, load_dataset
 
     dataset = load_dataset(DataSpec(path=path, qtype="all", split=SplitOptions(strategy="grouped-by-qtype")))
     docs = dict.fromkeys(ref for ex in dataset.split("train") for ref in ex.references)
@@ -115,7 +115,7 @@ def _documents(path: str, fingerprint: str) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=8)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    from ..fingerprint import sha256_file
+    from ..storage.fingerprint import sha256_file
 
     return sha256_file(path)
 
@@ -123,7 +123,7 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 def resolve_corpus(corpus: str | os.PathLike | None, metric: str) -> Corpus:
     """The corpus a metric's ``corpus`` parameter names (None: the fetched MedQuAD), or a :class:`MetricError`."""
     from ..errors import DataError
-    from ..paths import default_dataset
+    from ..storage.paths import default_dataset
 
     if corpus is None:
         try:

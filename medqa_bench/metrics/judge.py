@@ -18,7 +18,7 @@ a number in [1, 4] for every answer, even when the model would not have written 
 much of the model's next token was a grade at all: a low mass says the judge hardly meant any grade) and the
 **method** that gave it.
 
-**Backends.** A backend with the "next_token" capability (:meth:`medqa_bench.backends.Backend.next_token_logprobs`)
+**Backends.** A backend with the "next_token" capability (:meth:`medqa_bench.inference.backends.Backend.next_token_logprobs`)
 gives the probabilities: the transformers backend in process (one forward pass a prompt, batched, the LM head on the
 last position only) and the openai backend against a server whose ``/v1/completions`` returns log-probabilities of a
 generated token (vLLM asked for the digits by token id, so each comes back whatever its rank; another server gives
@@ -38,7 +38,7 @@ a generation) of the judge model on a prompt that quotes the question, the refer
 :data:`MAX_CHARS` characters.
 
 **Any backend judges.** The judge is a run spec of its own, built from the metric parameters and served by
-:func:`medqa_bench.backends.create_backend` behind the inference cache (:func:`medqa_bench.backends.wrap`):
+:func:`medqa_bench.inference.backends.create_backend` behind the inference cache (:func:`medqa_bench.inference.backends.wrap`):
 ``--metric-param judge.backend=NAME`` (default ``transformers``), ``judge.model=REF`` (default the default model),
 ``judge.device`` (default ``auto``), ``judge.cache`` (default ``default``: the user's inference cache, the one runs
 use; a path; or ``none``); any other ``judge.KEY`` that is a run-spec field naming how a model is served (``dtype``,
@@ -49,7 +49,7 @@ generations are cached like generations, keyed by the judge's identity, the exac
 the decoding): scoring a run again costs no model call.
 
 **Signature.** The rubric version, the judge's backend and model, the method, and after it has loaded a digest of its
-:meth:`~medqa_bench.backends.Backend.identity` (weights fingerprint and the rest). The full identity and the counts of
+:meth:`~medqa_bench.inference.backends.Backend.identity` (weights fingerprint and the rest). The full identity and the counts of
 answers judged, by method, from the cache, unscored, with the grade mass's spread, are in the metric's info
 (``judge``).
 """
@@ -64,7 +64,7 @@ import re
 from typing import Any, Optional, Sequence
 
 from ..errors import MedQABenchError, MetricError
-from ..models import DEFAULT_MODEL
+from ..inference.models import DEFAULT_MODEL
 from .base import Metric
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class JudgeConfig:
         rows."""
         from ..spec import RunSpec
 
-        from ..backends.options import declared
+        from ..inference.backends.options import declared
 
         model = {"model": self.model} if self.model else {}
         fields, own = dict(self.options), {o.name for o in declared(self.backend)}
@@ -226,9 +226,9 @@ class Judge:
         self.judgments: dict[str, Judgment] = {}  # rubric prompt -> its judgment
 
     def _load(self) -> None:
-        from ..backends import check_capabilities, create_backend
-        from ..models import load_tokenizer, resolve_model
-        from ..rows import plan_rows
+        from ..inference.backends import check_capabilities, create_backend
+        from ..inference.models import load_tokenizer, resolve_model
+        from ..inference.rows import plan_rows
 
         spec = self.config.run_spec()
         backend = create_backend(spec)
@@ -251,7 +251,7 @@ class Judge:
     def judge(self, prompts: Sequence[str], counts: dict[str, int]) -> list[Judgment]:
         """The judgment of each rubric prompt (see :func:`judge_prompt`). ``counts`` (a metric's own: one run's) adds
         this call's model calls (``computed``), cache hits and prompts judged earlier in this process (``reused``)."""
-        from ..cache import open_cache
+        from ..storage.cache import open_cache
 
         new = [p for p in dict.fromkeys(prompts) if p not in self.judgments]
         counts["reused"] += len(set(prompts)) - len(new)
@@ -287,13 +287,13 @@ class Judge:
         return [self.judgments[p] for p in prompts]
 
     def _rendered(self, prompts: Sequence[str]) -> list[str]:
-        from ..data import Example
+        from ..data.dataset import Example
 
         return [self.backend.render(Example(id="judge", question=p, answer=""), self.system) for p in prompts]
 
     def _probabilities(self, prompts: Sequence[str], cache: Any) -> dict[str, Judgment]:
         """The expected grade of each prompt whose grade tokens' probabilities came back."""
-        from ..backends import NextTokenRequest, wrap
+        from ..inference.backends import NextTokenRequest, wrap
 
         tokens = tuple(str(g) for g in GRADES)
         requests = [NextTokenRequest(self.system, r + ("" if r.endswith(("\n", " ")) else " ") + PREFIX, tokens)
@@ -310,8 +310,8 @@ class Judge:
         """The grade parsed from a greedy generation after the generation prompt, for each prompt."""
         if not prompts:
             return {}
-        from ..backends import GenerationRequest, wrap
-        from ..generation import DecodingParams
+        from ..inference.backends import GenerationRequest, wrap
+        from ..inference.generation import DecodingParams
 
         decoding = DecodingParams(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         requests = [GenerationRequest(self.system, r, decoding) for r in self._rendered(prompts)]
@@ -351,8 +351,8 @@ def shared_judge(config: JudgeConfig) -> Judge:
 def _config(name: str, backend: str, model: str | None, device: str, cache: str | None,
             options: dict[str, Any]) -> JudgeConfig:
     """The judge's config from the metric's parameters, checked without loading anything."""
-    from ..backends import backend_class
-    from ..backends.options import declared
+    from ..inference.backends import backend_class
+    from ..inference.backends.options import declared
     from ..errors import BackendError
     from ..spec import RunSpec
 
@@ -409,7 +409,7 @@ def judge_grade(backend: str = "transformers", model: str | None = None, device:
     static += "".join(f"|{k}={v}" for k, v in config.options)
 
     def details() -> dict[str, Any]:
-        from ..fingerprint import sha256_json
+        from ..storage.fingerprint import sha256_json
 
         if judge.identity is None:  # not loaded: no judgment made in this process
             return {}

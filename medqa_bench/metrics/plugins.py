@@ -59,7 +59,7 @@ from types import ModuleType
 from typing import Any, Collection
 
 from ..errors import MetricError
-from ..fingerprint import sha256_bytes, sha256_file, sha256_files
+from ..storage.fingerprint import sha256_bytes, sha256_file, sha256_files
 from ..registry import Registry, import_attr
 from .base import Metric
 from .provenance import PluginSource, signature_source

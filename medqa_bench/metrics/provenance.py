@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import MetricError
-from ..fingerprint import sha256_file
+from ..storage.fingerprint import sha256_file
 from .base import Metric
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class PluginSource:
     """Where one ``--plugin`` value's code came from: ``kind`` "file", "module" or "evaluate", the resolved absolute
     ``path`` of its source (a module: its file, if it has one), the ``sha256`` of that source (a file: of the bytes
-    that were executed; an evaluate folder: of its .py files, :func:`~medqa_bench.fingerprint.sha256_files`) and the
+    that were executed; an evaluate folder: of its .py files, :func:`~medqa_bench.storage.fingerprint.sha256_files`) and the
     ``metrics`` it registered. ``text``: a file plugin's bytes as they were read, hashed and executed, which the run
     folder keeps a copy of."""
 

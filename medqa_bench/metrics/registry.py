@@ -26,7 +26,7 @@ from ..registry import Registry
 from .base import Metric
 from .plugins import ENTRY_POINT_GROUP, load_entry_points, load_plugin  # noqa: F401 - ENTRY_POINT_GROUP: __init__'s
 from .provenance import (PluginSource, absolute_plugin_spec, find_recorded_plugin, plugin_check, recorded_plugin,
-                         same_signature, signature_source, stamp_provenance)
+    same_signature, signature_source, stamp_provenance)
 
 log = logging.getLogger(__name__)
 

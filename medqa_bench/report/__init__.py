@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import atomic
+from ..storage import atomic
 from ..errors import RunError, SpecError
 from ..schema import Results, read_results
 

@@ -3,7 +3,7 @@ training corpus, each beside the training item it repeats and the similarity.
 
 Shown when the run's training corpus is another file than the evaluated one (``results["data"]["training"]["source"]``
 is ``given``, ``--train-data``, or ``adapters``, the adapters' recorded training data): there, a near-duplicate is an
-outside question the model may have learned the answer to. The numbers are the leakage audit's (medqa_bench.audit,
+outside question the model may have learned the answer to. The numbers are the leakage audit's (medqa_bench.data.audit,
 stored per item in ``samples.jsonl`` as ``train_overlap``, with the training texts of a near-duplicate in
 ``train_overlap.nearest``); this module only picks, orders and formats them. Strings stay raw: the template escapes.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..audit import NEAR_DUPLICATE_THRESHOLD, SIDES
+from ..data.audit import NEAR_DUPLICATE_THRESHOLD, SIDES
 from .cells import fmt
 
 #: How the report names where the training corpus came from.

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from ..analysis.runs import agreed
 from ..errors import RunError, SpecError
-from ..jsonl import parse_jsonl
-from ..rag import prompt_key
-from ..run_folder import read_results_file
+from ..storage.jsonl import parse_jsonl
+from ..data.rag import prompt_key
+from ..storage.run_folder import read_results_file
 from ..schema import SCHEMA_VERSION, Results, SystemInfo, read_results
 
 SEPARATOR = "/"  # combined system names are "<run>/<system>"
@@ -125,7 +125,7 @@ def _check_items(labels: list[str], runs: list[tuple[dict, list[dict]]]) -> None
 
 
 def row_prompt_key(info: SystemInfo) -> str | None:
-    """The key of a row's prompts in ``samples.jsonl`` (:func:`medqa_bench.rag.prompt_key`: its format,
+    """The key of a row's prompts in ``samples.jsonl`` (:func:`medqa_bench.data.rag.prompt_key`: its format,
     ``<format>+rag`` with retrieval); None for a row without a prompt (a reference row)."""
     fmt = info.prompt_format
     return prompt_key(fmt, info.retrieval or None) if fmt else None

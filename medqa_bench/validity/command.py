@@ -81,7 +81,7 @@ def _check_options(options: ValidateOptions) -> None:
 
 def run_validate(options: ValidateOptions, *, progress: bool = True) -> tuple[Validity, Path]:
     """Validate, write ``validity.json`` and ``validity.html`` into the output folder; return the record and folder."""
-    from .. import atomic
+    from ..storage import atomic
     from ..metrics import resolve_metrics
     from .judged import bundled_judged_set, read_judged_file
     from .page import render_validity_html

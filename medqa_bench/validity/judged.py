@@ -107,9 +107,9 @@ def medquad_question(text: str) -> str:
 
 def bundled_judged_set(folder: str | Path | None = None) -> JudgedSet:
     """The leave-one-out judged set of the module docstring, from ``folder`` (default :func:`paths.judged_dir`)."""
-    from ..fingerprint import sha256_files
-    from ..paths import judged_dir
-    from ..readers import load_table
+    from ..storage.fingerprint import sha256_files
+    from ..storage.paths import judged_dir
+    from ..data.readers import load_table
 
     folder = Path(folder) if folder is not None else judged_dir()
     qrels_path, answers_path = folder / "qrels.txt", folder / "answers.csv.gz"
@@ -208,7 +208,7 @@ def read_judged_file(path: str | Path, *, group_column: str = "question_id", que
     reference, a question with a single candidate, no candidate with grade ≥ ``good_threshold``, or
     none below it.
     """
-    from ..readers import load_table
+    from ..data.readers import load_table
 
     names = [reference_column] if isinstance(reference_column, str) else list(reference_column)
     refs_cols = [c.strip() for name in names for c in name.split(",") if c.strip()]

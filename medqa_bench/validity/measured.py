@@ -117,7 +117,7 @@ def compact(data: Mapping[str, Any]) -> MeasuredValidity:
 
 def write_measured(path: str | Path, data: Mapping[str, Any]) -> Path:
     """Write the compact form of ``data`` (a validity.json's content) as ``measured.json``, atomically."""
-    from .. import atomic
+    from ..storage import atomic
 
     path = Path(path)
     atomic.write_text(path, json.dumps(compact(data), indent=1, ensure_ascii=False, allow_nan=False) + "\n")

@@ -6,7 +6,7 @@ against the same references as the good answer and averaged the same way:
 - ``question``: the question echoed (on the bundled set, the proxy question of :mod:`.judged`);
 - ``boilerplate``: one fixed answer for every question, the judged text most typical of the whole set: the one
   whose TF-IDF vector is nearest the centroid of all distinct candidate and reference texts
-  (:func:`medqa_bench.reference_rows.typicality`, the run's boilerplate reference row applied to the judged texts);
+  (:func:`medqa_bench.data.reference_rows.typicality`, the run's boilerplate reference row applied to the judged texts);
   the question it belongs to gets the runner-up that is none of its own texts;
 - ``other_reference``: another question's reference, the same one for every good candidate of a question, drawn
   from the seed and the question id (not from the order of the set);
@@ -86,7 +86,7 @@ def most_typical(texts: Sequence[str]) -> list[int]:
     """Indices of ``texts`` from the most typical (TF-IDF cosine with the centroid) down, ties by position."""
     import numpy as np
 
-    from ..reference_rows import typicality
+    from ..data.reference_rows import typicality
 
     return [int(k) for k in np.argsort(-np.asarray(typicality(texts)), kind="stable")]
 

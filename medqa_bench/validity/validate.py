@@ -259,7 +259,7 @@ def _weakest(row: MetricValidity) -> str:
 
 def write_validity(path: str | Path, data: Validity) -> Path:
     """Write ``validity.json`` atomically (a reader sees the old file or the new one)."""
-    from .. import atomic
+    from ..storage import atomic
 
     path = Path(path)
     atomic.write_json(path, data)
