@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from .storage import atomic, run_folder
 from .inference import distributed
-from .inference.backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend, wrap
+from .inference.backends import Backend, GenerationRequest, NLLRequest, check_capabilities, create_backend
+from .inference.backends.caching import wrap
 from .inference.backends.options import comparable
 from .storage.cache import InferenceCache, open_cache
 from .data.dataset import Example

@@ -38,7 +38,7 @@ a generation) of the judge model on a prompt that quotes the question, the refer
 :data:`MAX_CHARS` characters.
 
 **Any backend judges.** The judge is a run spec of its own, built from the metric parameters and served by
-:func:`medqa_bench.inference.backends.create_backend` behind the inference cache (:func:`medqa_bench.inference.backends.wrap`):
+:func:`medqa_bench.inference.backends.create_backend` behind the inference cache (:func:`medqa_bench.inference.backends.caching.wrap`):
 ``--metric-param judge.backend=NAME`` (default ``transformers``), ``judge.model=REF`` (default the default model),
 ``judge.device`` (default ``auto``), ``judge.cache`` (default ``default``: the user's inference cache, the one runs
 use; a path; or ``none``); any other ``judge.KEY`` that is a run-spec field naming how a model is served (``dtype``,
@@ -293,7 +293,8 @@ class Judge:
 
     def _probabilities(self, prompts: Sequence[str], cache: Any) -> dict[str, Judgment]:
         """The expected grade of each prompt whose grade tokens' probabilities came back."""
-        from ..inference.backends import NextTokenRequest, wrap
+        from ..inference.backends import NextTokenRequest
+        from ..inference.backends.caching import wrap
 
         tokens = tuple(str(g) for g in GRADES)
         requests = [NextTokenRequest(self.system, r + ("" if r.endswith(("\n", " ")) else " ") + PREFIX, tokens)
@@ -310,7 +311,8 @@ class Judge:
         """The grade parsed from a greedy generation after the generation prompt, for each prompt."""
         if not prompts:
             return {}
-        from ..inference.backends import GenerationRequest, wrap
+        from ..inference.backends import GenerationRequest
+        from ..inference.backends.caching import wrap
         from ..inference.generation import DecodingParams
 
         decoding = DecodingParams(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)

@@ -5,7 +5,7 @@ A backend serves the run's language-model systems (:class:`~medqa_bench.inferenc
 counts tokens, generates and scores completion NLLs. It plans nothing. The runner sees nothing else of it, in the
 manner of lm-evaluation-harness's ``LM`` (``lm_eval/api/model.py``). Caching and multi-process sharding wrap any backend
 (:class:`~medqa_bench.inference.backends.caching.CachingBackend`, :class:`~medqa_bench.inference.backends.sharding.ShardedBackend`;
-:func:`wrap` puts them together), so a backend computes and never looks anything up.
+:func:`~medqa_bench.inference.backends.caching.wrap` puts them together), so a backend computes and never looks anything up.
 
 Backends register like metrics (the generic :class:`~medqa_bench.registry.Registry`): lazy ``"module:attr"`` entries
 (nothing heavy is imported until a run picks one), installed packages through the ``medqa_bench.inference.backends`` entry-point

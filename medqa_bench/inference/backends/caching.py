@@ -20,6 +20,14 @@ from ..nll import CompletionNLL
 from . import Backend, GenerationRequest, NextTokenLogprobs, NextTokenRequest, NLLRequest, OnResult
 
 
+def wrap(backend: Backend, cache: InferenceCache, ranks: Any = None) -> Backend:
+    """``backend`` behind the run's cache and, under a multi-process launch (``ranks``), sharded across the processes
+    (:class:`~medqa_bench.inference.backends.sharding.ShardedBackend`)."""
+    from .sharding import ShardedBackend
+
+    return CachingBackend(backend if ranks is None else ShardedBackend(backend, ranks), cache, ranks)
+
+
 class CachingBackend:
     """``backend`` behind ``cache``: the same protocol, its :meth:`generate` and :meth:`completion_nll` computing only
     what the cache lacks; every other member is the backend's own."""
