@@ -16,6 +16,11 @@ from .nll import _progress, attention_kernels, default_token_budget, token_batch
 #: Why a generation ended: the model's end of turn, a stop sequence, or the token budget.
 STOP_REASONS = ("eos", "stop", "length")
 
+#: How :func:`generate` decodes: transformers' ``model.generate`` ("generate"), the slot engine of
+#: :mod:`medqa_bench.inference.decoder` on today's batches ("slots", exact mode) or with finished rows' slots refilled
+#: ("refill"), or "auto": "slots" where it applies (see :func:`resolve_engine`), else "generate".
+ENGINES = ("generate", "slots", "refill", "auto")
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -99,6 +104,23 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return sorted(set(int(i) for i in ids))
 
 
+def resolve_engine(engine: str, device: Any, decoding: "DecodingParams", *, adapter_names: Any = None,
+                   cache_implementation: str | None = None) -> str:
+    """The engine that runs: "auto" is "slots" on CUDA for greedy decoding without repetition penalty, n-gram
+    blocking, mixed adapters or a requested cache implementation, else "generate". An explicit "slots"/"refill" that
+    cannot run these settings is refused."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    plain = not decoding.do_sample and decoding.repetition_penalty == 1.0 and not decoding.no_repeat_ngram_size
+    if engine == "auto":
+        cuda = getattr(device, "type", str(device).split(":")[0]) == "cuda"
+        return "slots" if cuda and plain and adapter_names is None and cache_implementation is None else "generate"
+    if engine != "generate" and (not plain or adapter_names is not None):
+        raise ValueError(f"engine {engine!r} decodes greedily, one system at a time: no sampling, repetition_penalty, "
+                         "no_repeat_ngram_size or adapter_names; use engine='generate'")
+    return engine
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -112,6 +134,8 @@ def generate(
     cache_implementation: str | None = None,
     adapter_names: Sequence[str] | None = None,
     stop_sequences: Sequence[Sequence[str]] | None = None,
+    engine: str = "generate",
+    stats: dict[str, Any] | None = None,
 ) -> list[Generation]:
     """Greedy (or seeded sampled) generation with left padding, stopping at EOS, in length-sorted batches.
 
@@ -126,6 +150,10 @@ def generate(
     ``adapter_names`` (one per prompt; ``"__base__"`` for the base alone) runs several systems of a PEFT model in
     the same batches (PEFT's mixed-adapter batches): a decoding step reads the weights once for all of them, which
     is what bounds generation on a CPU.
+
+    ``engine`` (:data:`ENGINES`, :func:`resolve_engine`): "slots" and "refill" decode on the slot cache of
+    :mod:`medqa_bench.inference.decoder` (a captured decoding step on CUDA); ``cache_implementation`` does not apply
+    to them. ``stats``, when given, receives the slot engine's step and padding counts.
     """
     import torch
 
@@ -134,6 +162,19 @@ def generate(
     if stop_sequences is not None and len(stop_sequences) != len(prompts):
         raise ValueError("stop_sequences needs one entry per prompt")
     device = next(model.parameters()).device
+    engine = resolve_engine(engine, device, decoding, adapter_names=adapter_names,
+                            cache_implementation=cache_implementation)
+    if engine != "generate":
+        from .decoder import generate_slots
+
+        bar = _progress(len(prompts), desc, progress)
+        results, counts = generate_slots(model, tokenizer, prompts, decoding, batch_size=batch_size,
+                                         stop_sequences=stop_sequences, refill=engine == "refill",
+                                         on_result=on_result, progress=bar.update)
+        bar.close()
+        if stats is not None:
+            stats.update(counts.to_dict())
+        return results
     eos = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"] if prompts else []

@@ -9,10 +9,17 @@ each decoding step reads the base weights once for every row instead of once per
 
 A row's cache identity (:func:`identity`) is the one the harness has always keyed its cache by, so existing caches
 keep serving.
+
+The environment variable ``MEDQA_BENCH_ENGINE`` (for GPU experiments; unset: "generate") picks the engine of
+:func:`medqa_bench.inference.generation.generate` (:data:`~medqa_bench.inference.generation.ENGINES`): "slots" or
+"refill" decode on the slot cache (a captured decoding step on CUDA), one system at a time (no mixed-adapter
+batches); "auto" does so on CUDA for greedy decoding. The engine is not part of a row's identity, as the batch size
+is not: "slots" is meant to give today's texts.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import GenerationRequest, NextTokenRequest, NLLRequest, OnResult, by_system, count_tokens
@@ -172,9 +179,10 @@ class TransformersBackend:
                  on_result: OnResult | None = None) -> list:
         """Each base's requests: in mixed-adapter batches when they are of several rows with LoRA adapters, else
         row after row, each with its own prompt format's stop sequences."""
-        from ..generation import generate
+        from ..generation import generate, resolve_engine
         from ..models import system_active
 
+        engine = os.environ.get("MEDQA_BENCH_ENGINE", "") or "generate"
         out: list[Any] = [None] * len(requests)
         by_base: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
@@ -182,7 +190,8 @@ class TransformersBackend:
         for q, on_base in by_base.items():
             loaded, first = self.bases[q], requests[on_base[0]]
             mixed = (len({requests[i].system for i in on_base}) > 1 and _lora_only(loaded)
-                     and all(requests[i].decoding == first.decoding for i in on_base))
+                     and all(requests[i].decoding == first.decoding for i in on_base)
+                     and resolve_engine(engine, next(loaded.model.parameters()).device, first.decoding) == "generate")
             groups = [(None, on_base)] if mixed else by_system([requests[i] for i in on_base])
             for system, part in groups:
                 positions = on_base if mixed else [on_base[j] for j in part]
@@ -196,7 +205,7 @@ class TransformersBackend:
                 else:
                     with system_active(loaded, system.adapter_name or "baseline") as model:
                         values = generate(model, loaded.tokenizer, [r.prompt for r in reqs], reqs[0].decoding,
-                                          desc=f"generate {system.name}", **common)
+                                          desc=f"generate {system.name}", engine=engine, **common)
                 for i, value in zip(positions, values):
                     out[i] = value
         return out
