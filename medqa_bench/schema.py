@@ -304,6 +304,112 @@ class RunValidity:
 
 
 @dataclass(frozen=True)
+class Degeneration:
+    """``analysis.degeneration`` (medqa_bench.analysis.degeneration)."""
+
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> empty, truncated, repetition, lengths ...
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # {"code", "system", "value", "threshold", "message"}
+
+
+@dataclass(frozen=True)
+class Leakage:
+    """``analysis.leakage`` (medqa_bench.analysis.leakage; medqa_bench.data.audit.summarize_audit): the near-duplicates
+    of training items and the headline on the items without them."""
+
+    threshold: Optional[float] = None
+    definition: Optional[str] = None
+    ran: bool = True  # False: there was no training split to compare with
+    n_items: Optional[int] = None
+    n_near_duplicates: Optional[int] = None
+    by: dict[str, int] = field(default_factory=dict)  # "reference" | "question" | "both" -> items flagged
+    histogram: dict[str, Any] = field(default_factory=dict)  # {"edges", "reference", "question"}
+    note: Optional[str] = None
+    items: list[dict[str, Any]] = field(default_factory=list)  # the flagged items, most similar first
+    clean: dict[str, Any] = field(default_factory=dict)  # {"n_items", "results": corpus values, "judged": adapter -> rows}
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """``analysis`` (medqa_bench.analysis.analyze; a combined report's: medqa_bench.analysis.runs.combine_analyses,
+    with ``combined`` and each run's own under ``runs``). The blocks of statistics stay objects (``raw`` is the whole
+    object as written)."""
+
+    version: Optional[int] = None  # medqa_bench.analysis.ANALYSIS_VERSION
+    combined: bool = False
+    similarity_metric: Optional[str] = None  # the bounded metric of the confusion and length views; None: none
+    bounded_metrics: list[str] = field(default_factory=list)
+    thresholds: Optional[dict[str, Any]] = None  # the similarity metric's {"t", "t_low", "t_high", "source", ...}
+    match_thresholds: dict[str, dict[str, Any]] = field(default_factory=dict)  # every bounded metric's
+    systems: list[str] = field(default_factory=list)  # in run order
+    kinds: dict[str, str] = field(default_factory=dict)  # system -> "baseline" | "adapter" | "reference"
+    baselines: dict[str, str] = field(default_factory=dict)  # judged row -> the one baseline its views use
+    baseline_rows: dict[str, list[str]] = field(default_factory=dict)  # judged row -> the baseline rows of its run
+    reference_rows: list[str] = field(default_factory=list)
+    seed: Optional[int] = None
+    n_bootstrap: Optional[int] = None
+    n_items: Optional[int] = None  # the generated items
+    n_nll_items: Optional[int] = None  # every item (the NLL metrics'); absent before 2.3
+    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)  # a -> b -> {"metrics": {metric: row}}
+    strongest_baseline: dict[str, dict[str, str]] = field(default_factory=dict)  # judged row -> metric -> baseline
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # judged row -> {"baseline", "metrics": {m: row}}
+    confusion: Optional[dict[str, Any]] = None  # None: no similarity metric
+    language_modeling: Optional[dict[str, Any]] = None  # {"systems", "changes"}; None: no NLL scored
+    lengths: dict[str, Any] = field(default_factory=dict)  # {"edges", "diff_edges", "reference", "systems", ...}
+    degeneration: Degeneration = field(default_factory=Degeneration)
+    leakage: Optional[Leakage] = None  # None: no audit
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # combined: each run's own analysis (an object)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class AdapterVerdict:
+    """``verdict.adapters[name]``: one judged row (an adapter, a ``+rag`` row) against its strongest baselines."""
+
+    strongest_baseline: dict[str, str] = field(default_factory=dict)  # metric -> baseline row
+    improves: list[dict[str, Any]] = field(default_factory=list)  # judged rows {"metric", "against", "diff", "ci", ...}
+    regresses: list[dict[str, Any]] = field(default_factory=list)
+    no_difference: list[dict[str, Any]] = field(default_factory=list)
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)  # ref row -> {"beats", "worse_than", ...}
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # {"code", "message", ...}
+    conditions: list[dict[str, Any]] = field(default_factory=list)  # {"code", "message"}
+    clean_subset: Optional[dict[str, Any]] = None  # the verdict on the items without near-duplicates
+    primary: Optional[dict[str, Any]] = None  # 2.2: its result on the primary metric
+    lines: list[str] = field(default_factory=list)
+    run: Optional[str] = None  # combined: the run it comes from
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def outcome_rows(self, outcome: str) -> list[dict[str, Any]]:
+        """The rows of ``outcome`` ("improves", "regresses" or "no_difference")."""
+        return {"improves": self.improves, "regresses": self.regresses, "no_difference": self.no_difference}[outcome]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``verdict`` (medqa_bench.analysis.verdict.build_verdict; a combined report's: analysis.runs.combine_verdicts)."""
+
+    version: Optional[int] = None
+    alpha: Optional[float] = None
+    correction: Optional[str] = None  # "holm"
+    adapters: dict[str, AdapterVerdict] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # run-level {"code", "message", ...}
+    primary: Optional[dict[str, Any]] = None  # 2.2: validity.primary as the file holds it
+    lines: list[str] = field(default_factory=list)  # the sentences the CLI prints and the report opens with
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # combined: {label: {"primary"}}
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def read_analysis(d: Mapping[str, Any] | Analysis) -> Analysis:
+    """The typed record of an ``analysis`` object (as analyze() returns it or results.json holds it)."""
+    return read_record(Analysis, d, "analysis")
+
+
+def read_verdict(d: Mapping[str, Any] | Verdict) -> Verdict:
+    """The typed record of a ``verdict`` object (as build_verdict() returns it or results.json holds it)."""
+    return read_record(Verdict, d, "verdict")
+
+
+@dataclass(frozen=True)
 class Results:
     """``results.json`` (:func:`read_results`). A combined report's results (medqa_bench.report.runs.join_runs) also
     hold ``runs``, ``references_differ``, ``signature_conflicts`` and ``validity_differs``."""
@@ -324,8 +430,8 @@ class Results:
     metrics: dict[str, MetricInfo] = field(default_factory=dict)
     results: dict[str, dict[str, MetricValue]] = field(default_factory=dict)  # system -> metric -> value with CI
     validity: Optional[RunValidity] = None  # 2.2: None for a run folder written before validity was recorded
-    analysis: Optional[dict[str, Any]] = None  # analysis.analyze()
-    verdict: Optional[dict[str, Any]] = None  # analysis.verdict.build_verdict()
+    analysis: Optional[Analysis] = None  # analysis.analyze(); None: not analysed
+    verdict: Optional[Verdict] = None  # analysis.verdict.build_verdict(); None: not judged
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     runs: dict[str, RunFacts] = field(default_factory=dict)  # combined: each run's facts
     references_differ: dict[str, int] = field(default_factory=dict)  # combined: runs whose references differ

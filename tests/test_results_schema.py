@@ -16,7 +16,8 @@ from conftest_report import make_records
 from medqa_bench.storage import atomic
 from medqa_bench.errors import RunError
 from medqa_bench.results_record import SECTIONS, build_results, record_dict, with_sections
-from medqa_bench.schema import SCHEMA_VERSION, DataRecord, MetricInfo, Results, SystemInfo, read_results
+from medqa_bench.schema import (SCHEMA_VERSION, AdapterVerdict, Analysis, DataRecord, Leakage, MetricInfo, Results,
+                                 SystemInfo, Verdict, read_analysis, read_results, read_verdict)
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 COMMITTED = sorted(REPORTS.glob("**/results.json"))
@@ -77,6 +78,15 @@ def test_every_committed_run_folder_reads(path):
     for name, info in r.metrics.items():
         assert info.items == ("all" if d["metrics"][name]["kind"] == "nll" else "generated")
     assert read_results(r) is r
+    # the analysis and the verdict, as 2.0 and 2.1 wrote them (no n_nll_items, no primary)
+    a, v = r.analysis, r.verdict
+    assert a.raw is d["analysis"] and a.systems == d["analysis"]["systems"] and a.kinds == d["analysis"]["kinds"]
+    assert a.n_nll_items is None and a.n_items == d["analysis"]["n_items"] and a.combined is False
+    assert isinstance(a.leakage, Leakage) and a.leakage.clean == d["analysis"]["leakage"]["clean"]
+    assert a.degeneration.warnings == d["analysis"]["degeneration"]["warnings"]
+    assert v.lines == d["verdict"]["lines"] and v.primary is None and list(v.adapters) == list(d["verdict"]["adapters"])
+    for name, adapter in v.adapters.items():
+        assert adapter.primary is None and adapter.improves == d["verdict"]["adapters"][name]["improves"]
 
 
 def test_hand_made_runs_of_this_version_read():
@@ -85,7 +95,11 @@ def test_hand_made_runs_of_this_version_read():
     assert r.schema_version == SCHEMA_VERSION and r.primary_metric == "fuzzy"
     assert r.validity.floor.figure == results["validity"]["floor"]["figure"]
     assert r.system("qlora-medquad").kind == "adapter" and r.system("nothing") == SystemInfo()
-    assert r.analysis == results["analysis"] and r.verdict == results["verdict"]
+    assert r.analysis.raw is results["analysis"] and r.verdict.raw is results["verdict"]
+    assert r.analysis.paired == results["analysis"]["paired"] and r.analysis.n_nll_items == 8
+    adapter = r.verdict.adapters["qlora-medquad"]
+    assert isinstance(adapter, AdapterVerdict) and adapter.lines == results["verdict"]["adapters"]["qlora-medquad"]["lines"]
+    assert adapter.primary["metric"] == "fuzzy" and r.verdict.primary == results["verdict"]["primary"]
     # a minimal, older or hand-made file: every field a reader asks for is there, with its default
     bare = read_results({"schema_version": "2.0"})
     assert bare == Results(schema_version="2.0") and bare.data == DataRecord() and bare.budget is None
@@ -105,6 +119,10 @@ def test_hand_made_runs_of_this_version_read():
     ({"validity": {"primary": {"metric": ["fuzzy"]}}}, "validity.primary.metric", "list …, not str"),
     ({"systems": {"a": {"stop_sequences": "###"}}}, "systems.a.stop_sequences", "str '###', not a list"),
     ({"analysis": "done"}, "analysis", "not an object"),
+    ({"analysis": {"kinds": {"a": 1}}}, "analysis.kinds.a", "int 1, not str"),
+    ({"analysis": {"leakage": {"n_near_duplicates": "2"}}}, "analysis.leakage.n_near_duplicates", "str '2'"),
+    ({"verdict": {"adapters": {"a": {"lines": "x"}}}}, "verdict.adapters.a.lines", "str 'x', not a list"),
+    ({"verdict": {"warnings": {}}}, "verdict.warnings", "dict …, not a list"),
 ])
 def test_a_wrong_type_names_its_dotted_key(change, key, shown):
     with pytest.raises(RunError, match="results.json: '" + key.replace("[", r"\[").replace("]", r"\]") + "' is") as exc:
@@ -112,3 +130,14 @@ def test_a_wrong_type_names_its_dotted_key(change, key, shown):
     assert shown in str(exc.value) and "the run folder is damaged" in str(exc.value)
     with pytest.raises(RunError, match="'results' is list"):
         read_results([])
+
+
+def test_analysis_and_verdict_read_alone():
+    """read_analysis / read_verdict: the record of an object analyze() or build_verdict() returns, defaults for what an
+    older or hand-made one lacks (a run without a leakage audit, a verdict without adapters)."""
+    bare = read_analysis({"version": 3})
+    assert bare == Analysis(version=3) and bare.leakage is None and bare.degeneration.warnings == []
+    assert read_analysis(bare) is bare and read_verdict({}) == Verdict() and read_verdict({}).adapters == {}
+    assert read_verdict({"adapters": {"a": None}}).adapters["a"] == AdapterVerdict()
+    with pytest.raises(RunError, match="'analysis.paired' is list"):
+        read_analysis({"paired": []})

@@ -35,7 +35,10 @@ from __future__ import annotations
 import re
 import statistics
 from collections import Counter
-from typing import Iterable, Optional
+from collections.abc import Mapping
+from typing import Any, Iterable, Optional
+
+from ..schema import Results, read_results
 
 __all__ = [
     "WARNING_THRESHOLDS",
@@ -252,8 +255,8 @@ def degeneration_label(code: str, value: float | None) -> str:
     return word if value is None else f"{word} {degeneration_value(code, value)}"
 
 
-def degeneration_found(results: dict, system: str) -> list[dict]:
+def degeneration_found(results: Results | Mapping[str, Any], system: str) -> list[dict]:
     """The degeneration warnings of ``system`` as the analysis recorded them (``code``, ``value``, ``threshold``,
     ``message``): the verdict's own copies lack the values in run folders written before it kept them."""
-    return [w for w in ((results.get("analysis") or {}).get("degeneration") or {}).get("warnings") or []
-            if w.get("system") == system]
+    analysis = read_results(results).analysis
+    return [w for w in (analysis.degeneration.warnings if analysis else []) if w.get("system") == system]

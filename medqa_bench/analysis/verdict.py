@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..schema import Budget, Results, read_results
+from ..schema import Analysis, Budget, Results, read_analysis, read_results
 from .instruments import primary_result, weak_metrics_warning
 from .reach import ci_note, reach, reach_text
 from .verdict_lines import SMALL_SAMPLE, adapter_lines, number, run_lines
@@ -106,26 +106,26 @@ def _against_references(comparisons: dict, adapter: str, kinds: dict[str, str]) 
     return out
 
 
-def metric_notes(results: Results | Mapping[str, Any], analysis: dict) -> list[dict]:
+def metric_notes(results: Results | Mapping[str, Any], analysis: Analysis | Mapping[str, Any]) -> list[dict]:
     """Metrics on which a reference row scores at least as high as a language-model row: echoing the question
     means the metric measures topic, one fixed answer means it measures genre (register, boilerplate)."""
-    results = read_results(results)
-    kinds = analysis.get("kinds") or {}
+    results, analysis = read_results(results), read_analysis(analysis)
+    kinds = analysis.kinds
     # The rows a verdict rests on: the adapters and, per metric, the baseline each is judged against (a broken row,
     # e.g. a baseline that leaves half its answers empty, says nothing about the metric). Without adapters: every
     # baseline row.
-    strongest = analysis.get("strongest_baseline") or {}
-    adapters = [s for s in analysis.get("systems", []) if kinds.get(s) == "adapter"]
+    strongest = analysis.strongest_baseline
+    adapters = [s for s in analysis.systems if kinds.get(s) == "adapter"]
 
     def judged_rows(metric: str) -> list[str]:
         if not adapters:
-            return [s for s in analysis.get("systems", []) if kinds.get(s) == "baseline"]
+            return [s for s in analysis.systems if kinds.get(s) == "baseline"]
         return list(dict.fromkeys(adapters + [strongest[a][metric] for a in adapters if metric in strongest.get(a, {})]))
 
     what = {"question": "topic, not content", "boilerplate": "register and boilerplate, not content",
             "retrieval": "closeness to a look-alike training answer"}
     notes = []
-    for ref in analysis.get("reference_rows") or []:
+    for ref in analysis.reference_rows:
         method = results.system(ref).method or ref
         for m, info in results.metrics.items():
             if info.kind == "nll":
@@ -134,7 +134,7 @@ def metric_notes(results: Results | Mapping[str, Any], analysis: dict) -> list[d
             if rv is None or rv <= 0:  # nothing given for free (exact match: everyone scores 0)
                 continue
             hib = info.higher_is_better is not False
-            compared = [s for s in judged_rows(m) if ref in ((analysis.get("comparisons") or {}).get(s) or {})]
+            compared = [s for s in judged_rows(m) if ref in analysis.comparisons.get(s, {})]
             below = [s for s in compared if results.value(s, m) is not None
                      and ((results.value(s, m) <= rv) if hib else (results.value(s, m) >= rv))]
             if below and method in ("question", "boilerplate"):
@@ -212,11 +212,12 @@ def _conditions(results: Results, adapter: str, bases: list[str]) -> list[dict]:
     return out
 
 
-def _clean_subset(analysis: dict, adapter: str, full: dict[str, list[dict]]) -> dict | None:
-    leak = analysis.get("leakage") or {}
-    clean = leak.get("clean") or {}
+def _clean_subset(analysis: Analysis, adapter: str, full: dict[str, list[dict]]) -> dict | None:
+    if analysis.leakage is None:
+        return None
+    clean = analysis.leakage.clean
     judged = (clean.get("judged") or {}).get(adapter)
-    if not leak.get("n_near_duplicates") or judged is None:
+    if not analysis.leakage.n_near_duplicates or judged is None:
         return None
     now = _against_strongest(judged)
     before = {k: {r["metric"] for r in v} for k, v in full.items()}
@@ -244,9 +245,9 @@ def build_verdict(results: Results | Mapping[str, Any]) -> dict[str, Any]:
     """The verdict of a scored and analysed run (``results`` with ``analysis``: the typed record or its dict),
     JSON-ready."""
     results = read_results(results)
-    analysis = results.analysis or {}
-    kinds = analysis.get("kinds") or {}
-    degeneration = (analysis.get("degeneration") or {}).get("warnings") or []
+    analysis = results.analysis or Analysis()
+    kinds = analysis.kinds
+    degeneration = analysis.degeneration.warnings
     notes = metric_notes(results, analysis)
     run_warnings: list[dict] = _grouped_notes(notes)
     budget = results.budget or Budget()
@@ -261,27 +262,27 @@ def build_verdict(results: Results | Mapping[str, Any]) -> dict[str, Any]:
     small = _small_sample_warning(results, analysis)
     if small:
         run_warnings.append(small)
-    fallback = _thresholds_warning(analysis.get("match_thresholds") or {})
+    fallback = _thresholds_warning(analysis.match_thresholds)
     if fallback:
         run_warnings.append(fallback)
-    leak = analysis.get("leakage") or {}
-    if leak.get("n_near_duplicates"):
+    leak = analysis.leakage
+    if leak is not None and leak.n_near_duplicates:
         run_warnings.append({"code": "leakage", "message":
-                             f"{leak['n_near_duplicates']} of {leak.get('n_items')} items nearly repeat a training item "
-                             f"(reference or question similarity ≥ {leak.get('threshold')}); the verdict is also given "
-                             f"on the {(leak.get('clean') or {}).get('n_items')} items without them"})
+                             f"{leak.n_near_duplicates} of {leak.n_items} items nearly repeat a training item "
+                             f"(reference or question similarity ≥ {leak.threshold}); the verdict is also given "
+                             f"on the {leak.clean.get('n_items')} items without them"})
     for w in degeneration:  # a judged row (an adapter, a +rag row) has its own in its verdict
-        if kinds.get(w["system"]) == "baseline" and w["system"] not in (analysis.get("paired") or {}):
+        if kinds.get(w["system"]) == "baseline" and w["system"] not in analysis.paired:
             run_warnings.append({"code": w["code"], "system": w["system"], "message": w["message"]})
 
     validity = results.validity  # None: a run folder written before validity was recorded
     primary_metric = results.primary_metric
     adapters: dict[str, Any] = {}
-    for adapter, judged in (analysis.get("paired") or {}).items():
-        strongest = (analysis.get("strongest_baseline") or {}).get(adapter) or {}
+    for adapter, judged in analysis.paired.items():
+        strongest = analysis.strongest_baseline.get(adapter) or {}
         bases = list(dict.fromkeys(strongest.values()))
         versus = _against_strongest(judged)
-        refs = _against_references(analysis.get("comparisons") or {}, adapter, kinds)
+        refs = _against_references(analysis.comparisons, adapter, kinds)
         warnings = [{k: w[k] for k in ("code", "system", "value", "threshold", "message") if k in w}
                     for w in degeneration if w["system"] == adapter]
         clean = _clean_subset(analysis, adapter, versus)
@@ -337,12 +338,12 @@ def _thresholds_warning(match: dict) -> dict | None:
             f"the soft-match thresholds of {len(metrics)} metric(s) are fallback defaults ({'; '.join(parts)})"}
 
 
-def metric_items(results: Results, analysis: dict) -> dict[str, int]:
+def metric_items(results: Results, analysis: Analysis) -> dict[str, int]:
     """The items each metric was scored on: loss and perplexity (``items: "all"``, or an NLL metric of an older run:
     :class:`medqa_bench.schema.MetricInfo`) on every item, the other metrics on the generated ones
-    (``analysis["n_nll_items"]`` and ``["n_items"]``)."""
-    generated = analysis.get("n_items") or 0
-    every = analysis.get("n_nll_items") or generated
+    (``analysis.n_nll_items`` and ``n_items``)."""
+    generated = analysis.n_items or 0
+    every = analysis.n_nll_items or generated
     return {m: every if info.items == "all" else generated for m, info in results.metrics.items()}
 
 
@@ -359,11 +360,11 @@ def _lowest_floor(paired: dict, metrics: list[str]) -> float | None:
     return None
 
 
-def _small_sample_warning(results: Results, analysis: dict) -> dict | None:
+def _small_sample_warning(results: Results, analysis: Analysis) -> dict | None:
     """Few items, each metric judged on the items it was scored on: the generation metrics on the generated items,
     loss and perplexity on every item (``--nll-limit``). Where no judged test of a set of metrics can reach
     significance at all, that is what the warning says of them."""
-    n_items, paired = analysis.get("n_items") or 0, analysis.get("paired") or {}
+    n_items, paired = analysis.n_items or 0, analysis.paired
     items = metric_items(results, analysis)
     by_n: dict[int, list[str]] = {}
     for m, n in items.items():

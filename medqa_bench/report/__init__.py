@@ -14,7 +14,7 @@ from typing import Any
 
 from ..storage import atomic
 from ..errors import RunError, SpecError
-from ..schema import Results, read_results
+from ..schema import Analysis, Results, read_analysis, read_results
 
 __all__ = ["render_report"]
 
@@ -57,11 +57,13 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
     if len(loaded) == 1:
         results, samples = loaded[0]
         typed = read_results(results)
-        analysis, verdict = typed.analysis, typed.verdict
-        if not analysis or analysis.get("version") != ANALYSIS_VERSION:
-            analysis = analyze(results, samples, **_analysis_options(results))
+        stored, judged = typed.analysis, typed.verdict
+        if stored is None or not stored.raw or stored.version != ANALYSIS_VERSION:
+            analysis = analyze(results, samples, **_analysis_options(typed))
             verdict = None
             notes.append("The analysis was computed while rendering (results.json held none of this version).")
+        else:
+            analysis, verdict = dict(stored.raw), dict(judged.raw) if judged else None
         if not verdict:  # reads the analysis only: no statistics of its own
             verdict = build_verdict({**results, "analysis": analysis})
     else:
@@ -87,9 +89,10 @@ def render_report(run_dirs: list[Path], out: Path | None = None, *, plotly: str 
                 + " (another answer column or data file?): no row is shared with it, each run is scored against its "
                 f"own references, and the item explorer shows run {names[0]}'s."
             )
-    if analysis.get("similarity_metric") is None:
+    typed_analysis = read_analysis(analysis)
+    if typed_analysis.similarity_metric is None:
         notes.append("No metric with bounds [0, 1] was scored, so the confusion matrices are omitted."
-                     if len(loaded) == 1 or not analysis.get("bounded_metrics") else
+                     if len(loaded) == 1 or not typed_analysis.bounded_metrics else
                      "The runs share no bounded similarity metric analysed alike, so the confusion matrices are "
                      "omitted (each run's own report has them).")
 
@@ -108,19 +111,19 @@ def _analysis_options(results: Results | Mapping[str, Any]) -> dict:
     are recomputed from the samples, and the spec's are read from the spec again, so each keeps its source.
     """
     results = read_results(results)
-    stored = results.analysis or {}
+    stored = results.analysis or Analysis()
     spec = results.spec.get("analysis") or {}  # spec.AnalysisSpec
-    opts = {"similarity_metric": stored.get("similarity_metric") or spec.get("similarity_metric")}
+    opts = {"similarity_metric": stored.similarity_metric or spec.get("similarity_metric")}
     keys = ("t", "t_low", "t_high")
     given = {m: {k: th[k] for k in keys if k in th}
-             for m, th in (stored.get("match_thresholds") or {}).items() if th.get("source") == "argument"}
-    th = stored.get("thresholds") or {}
-    if not given and th.get("source") == "argument" and stored.get("similarity_metric"):
-        given = {stored["similarity_metric"]: {k: th[k] for k in keys if k in th}}
+             for m, th in stored.match_thresholds.items() if th.get("source") == "argument"}
+    th = stored.thresholds or {}
+    if not given and th.get("source") == "argument" and stored.similarity_metric:
+        given = {stored.similarity_metric: {k: th[k] for k in keys if k in th}}
     if given:
         opts["thresholds"] = given
-    for key in ("seed", "n_bootstrap"):
-        value = stored.get(key, spec.get(key))
+    for key in ("seed", "n_bootstrap"):  # a key the analysis holds (even as null) is its; else the spec's
+        value = stored.raw[key] if key in stored.raw else spec.get(key)
         if value is not None:
             opts[key] = value
     return opts
