@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from .. import schema
 from ..errors import RunError, SpecError
+from ..schema import AdapterVerdict, Results
 from ..storage.run_folder import read_results_file
 from .degeneration import WARNING_THRESHOLDS, degeneration_found, degeneration_label, degeneration_value
 
@@ -88,19 +91,19 @@ def _older(version: str, than: str) -> bool:
     return parts(version) < parts(than)
 
 
-def _primary(results: dict, name: str, v: dict) -> str | None:
-    verdict = results.get("verdict") or {}
-    if "primary" not in verdict or results.get("validity") is None:
-        version = str(results.get("schema_version") or "")
+def _primary(results: Results, name: str, v: AdapterVerdict) -> str | None:
+    verdict = results.verdict
+    if "primary" not in verdict.raw or results.validity is None:  # a verdict written before 2.2 has no primary key
+        version = str(results.schema_version or "")
         why = (f"its results.json (schema {version}) was written before the primary metric was recorded"
                if _older(version, "2.2") else "its results.json records no validity figures, so no primary metric")
         return (f"{name} cannot be checked on the primary metric: {why}; `medqa-bench score RUN_DIR` records it "
                 "(no language model loaded), or leave 'primary' out of --conditions")
-    primary = verdict.get("primary") or {}
+    primary = verdict.primary or {}
     if not primary.get("metric"):
         return (f"{name} cannot be checked on the primary metric: the run has none ({primary.get('reason')}); "
                 "leave 'primary' out of --conditions")
-    p = v.get("primary") or {}
+    p = v.primary or {}
     metric = primary["metric"]
     outcome = p.get("outcome")
     if outcome == "improves":
@@ -116,8 +119,8 @@ def _primary(results: dict, name: str, v: dict) -> str | None:
     return f"{name} was not compared on the primary metric {metric} (no paired scores of it)"
 
 
-def _regression(results: dict, name: str, v: dict) -> str | None:
-    rows = v.get("regresses") or []
+def _regression(results: Results, name: str, v: AdapterVerdict) -> str | None:
+    rows = v.regresses
     if not rows:
         return None
     listing = "; ".join(f"{r['metric']} {_numbers(r)}" for r in rows)
@@ -125,8 +128,8 @@ def _regression(results: dict, name: str, v: dict) -> str | None:
             f"metric{'s' if len(rows) != 1 else ''}: {listing}")
 
 
-def _degeneration(results: dict, name: str, v: dict) -> str | None:
-    found = [w for w in v.get("warnings") or [] if w.get("code") in WARNING_THRESHOLDS]
+def _degeneration(results: Results, name: str, v: AdapterVerdict) -> str | None:
+    found = [w for w in v.warnings if w.get("code") in WARNING_THRESHOLDS]
     if not found:
         return None
     recorded = {w.get("code"): w for w in degeneration_found(results, name)}
@@ -140,20 +143,20 @@ def _degeneration(results: dict, name: str, v: dict) -> str | None:
     return f"{name}'s answers degenerate: {'; '.join(labels)}"
 
 
-def _leakage(results: dict, name: str, v: dict) -> str | None:
-    changed = (v.get("clean_subset") or {}).get("changed") or []
+def _leakage(results: Results, name: str, v: AdapterVerdict) -> str | None:
+    changed = (v.clean_subset or {}).get("changed") or []
     if not changed:
         return None
     return (f"{name}: without the items that nearly repeat a training item the verdict changes on "
             f"{', '.join(changed)}")
 
 
-def _weak_metrics(results: dict, name: str, v: dict) -> str | None:
-    weak = next((w for w in v.get("warnings") or [] if w.get("code") == "weak_metrics"), None)
+def _weak_metrics(results: Results, name: str, v: AdapterVerdict) -> str | None:
+    weak = next((w for w in v.warnings if w.get("code") == "weak_metrics"), None)
     return f"{name}: {weak['message']}" if weak else None
 
 
-CONDITIONS: dict[str, Callable[[dict, str, dict], str | None]] = {
+CONDITIONS: dict[str, Callable[[Results, str, AdapterVerdict], str | None]] = {
     "primary": _primary, "regression": _regression, "degeneration": _degeneration, "leakage": _leakage,
     "weak_metrics": _weak_metrics,
 }
@@ -180,8 +183,9 @@ def parse_conditions(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def read_results(run_dir: str | Path) -> dict:
-    """``results.json`` of a run folder, checked for what the gate reads: the schema's major version, a verdict."""
+def read_results(run_dir: str | Path) -> Results:
+    """``results.json`` of a run folder as its typed record, checked for what the gate reads: the schema's major
+    version, a verdict."""
     folder = Path(run_dir)
     path = folder / "results.json"
     if not folder.is_dir():
@@ -191,20 +195,21 @@ def read_results(run_dir: str | Path) -> dict:
     results = read_results_file(path)
     if not isinstance(results.get("verdict"), dict) or not isinstance(results["verdict"].get("adapters"), dict):
         raise RunError(f"{path} holds no verdict; `medqa-bench score {folder}` analyses the run again")
-    return results
+    return schema.read_results(results)
 
 
-def judged_adapters(results: dict) -> list[str]:
+def judged_adapters(results: Results | Mapping[str, Any]) -> list[str]:
     """The verdict's rows of kind ``adapter`` (a ``+rag`` baseline row is judged too, but is no adapter)."""
-    kinds = (results.get("analysis") or {}).get("kinds") or {}
-    systems = results.get("systems") or {}
-    return [name for name in results["verdict"]["adapters"]
-            if (kinds.get(name) or (systems.get(name) or {}).get("kind")) == "adapter"]
+    results = schema.read_results(results)
+    kinds = results.analysis.kinds if results.analysis else {}
+    return [name for name in results.verdict.adapters if (kinds.get(name) or results.system(name).kind) == "adapter"]
 
 
-def check_results(results: dict, conditions: tuple[str, ...] = DEFAULT_CONDITIONS,
+def check_results(results: Results | Mapping[str, Any], conditions: tuple[str, ...] = DEFAULT_CONDITIONS,
                   adapters: tuple[str, ...] | None = None) -> tuple[tuple[str, ...], list[Failure]]:
-    """``(the adapters checked, the failures)`` of a loaded ``results.json``."""
+    """``(the adapters checked, the failures)`` of a loaded ``results.json`` (its typed record or its object, holding
+    a verdict)."""
+    results = schema.read_results(results)
     known = judged_adapters(results)
     for name in adapters or ():
         if name not in known:
@@ -213,7 +218,7 @@ def check_results(results: dict, conditions: tuple[str, ...] = DEFAULT_CONDITION
     chosen = tuple(adapters) if adapters else tuple(known)
     if not chosen:
         return chosen, [Failure("adapters", None, "the run evaluated no adapter: there is nothing to let through")]
-    verdicts = results["verdict"]["adapters"]
+    verdicts = results.verdict.adapters
     failures = []
     for condition in conditions:
         for name in chosen:
