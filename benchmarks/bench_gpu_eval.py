@@ -9,8 +9,10 @@ quantised. The items are the bundled MedQuAD symptoms items (all splits, --items
   ``bench_eval.py`` (fixed batches, full-vocabulary float32 log-softmax). MFU = 2 x parameters x input tokens
   (prompt and completion) / seconds / the card's bf16 matmul rate, measured here on 8192^3 products.
 - **Generation**: ``medqa_bench.inference.generation.generate``, greedy, ``--max-new-tokens``, at batch 64 with the dynamic
-  and with the static KV cache (compiled by transformers; the first call, which compiles, is not timed) and at
-  ``batch_size="auto"``; beside plain ``model.generate`` at batch 64. New tokens count what each item generated up
+  and with the static KV cache (compiled by transformers; the first call, which compiles, is not timed), at
+  ``batch_size="auto"``, and with the slot engine (``engine="slots"``: today's batches on a slot cache with a
+  captured decoding step; ``engine="refill"``: finished rows' slots take the next items; issue 34); beside plain
+  ``model.generate`` at batch 64. New tokens count what each item generated up
   to and including its EOS (padding after it is not counted).
 
 Targets (the performance issue): NLL MFU >= 40%; generation >= 10,000 new tokens/s at batch >= 64.
@@ -100,14 +102,16 @@ def main() -> None:
     g = min(args.gen_items, len(items)) if not args.skip_generation else 0
     gp = prompts[:g]
     dec = DecodingParams(max_new_tokens=args.max_new_tokens)
-    variants = [(64, {}), (64, {"cache_implementation": "static"}), ("auto", {})] if g else []
+    variants = [(64, {}), (64, {"cache_implementation": "static"}), ("auto", {}),
+                (64, {"engine": "slots"}), (64, {"engine": "refill"})] if g else []
     if g:
         reference_generate(model, tok, gp[:64], 64, 8, "cuda")  # warm-up
         ref_new, ref_gt, ref_gmem = timed(lambda: reference_generate(model, tok, gp, 64, args.max_new_tokens, "cuda"))
         ref_rate = ref_new / ref_gt
         rows.append(("generation", "plain model.generate", 64, ref_gt, ref_rate, ref_gmem, "", 1.0))
     for batch, extra in variants:
-        label = "medqa-bench" + (f" ({extra['cache_implementation']} cache)" if extra else "")
+        label = "medqa-bench" + (f" ({extra['cache_implementation']} cache)" if "cache_implementation" in extra else
+                                  f" ({extra['engine']} engine)" if extra else "")
         try:
             generate(model, tok, gp[:batch if isinstance(batch, int) else 64], dec, batch_size=batch, progress=False, **extra)  # compiles
             gens, s, mem = timed(lambda: generate(model, tok, gp, dec, batch_size=batch, progress=False, **extra))

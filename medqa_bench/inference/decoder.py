@@ -223,7 +223,10 @@ class StepRunner:
             with torch.cuda.graph(graph, pool=self.pool):
                 self._window()
         except Exception as e:  # anything in the forward that syncs the host breaks capture
-            torch.cuda.synchronize()
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # a broken capture may leave an error pending; the restore below reports real trouble
+                pass
             sc.pos.copy_(saved[0])
             sc.cur.copy_(saved[1])
             self.use_graphs = False
