@@ -19,8 +19,11 @@ Above the verdict, :func:`summary_table` gives each metric's value and CI per sy
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from ..schema import AdapterVerdict, MetricValue, Results, Verdict, read_results, read_verdict
 from ..analysis.degeneration import WARNING_THRESHOLDS, degeneration_found, degeneration_label
 
 MAX_FINDINGS = 5
@@ -73,25 +76,25 @@ def _top(rows: list[dict], *, other: bool = False, shown: int = 3) -> str:
     return f"{noun}: {', '.join(each)}{more}{vs} (p_holm {p})"
 
 
-def _adapter_findings(name: str, v: dict) -> tuple[list[str], list[str]]:
+def _adapter_findings(name: str, v: AdapterVerdict) -> tuple[list[str], list[str]]:
     """(first, later): the findings of one adapter that lead (its primary result, regressions, improvements) and
     those that fill spare lines (the reference rows it is significantly worse than)."""
-    lines = v.get("lines") or []
-    p = v.get("primary")
+    lines = v.lines
+    p = v.primary
     first = [line for line in lines if line.startswith(f"{name} on the primary metric")][:1]
     pm = (p or {}).get("metric")
-    regresses = [r for r in v.get("regresses") or [] if r["metric"] != pm]
-    improves = [r for r in v.get("improves") or [] if r["metric"] != pm]
+    regresses = [r for r in v.regresses if r["metric"] != pm]
+    improves = [r for r in v.improves if r["metric"] != pm]
     other = bool(first)
     if regresses:
         first.append(f"{name} is worse than its strongest baseline on {_top(regresses, other=other)}")
     if improves:
         first.append(f"{name} beats its strongest baseline on {_top(improves, other=other)}")
-    if not v.get("improves") and not v.get("regresses") and not p:
+    if not v.improves and not v.regresses and not p:
         first += [line for line in lines if line.startswith((f"{name} cannot reach significance on any metric",
                                                               f"{name} shows no significant difference"))][:1]
     later = []
-    for ref, r in (v.get("references") or {}).items():
+    for ref, r in v.references.items():
         if r.get("worse_than"):
             later.append(f"{name} is significantly worse than the {ref} reference row on {len(r['worse_than'])} "
                          f"metric{'s' if len(r['worse_than']) != 1 else ''} ({', '.join(r['worse_than'][:3])}"
@@ -99,9 +102,9 @@ def _adapter_findings(name: str, v: dict) -> tuple[list[str], list[str]]:
     return first, later
 
 
-def _top_warning(verdict: dict) -> str | None:
-    found = [("adapter", w) for v in (verdict.get("adapters") or {}).values() for w in v.get("warnings") or []]
-    found += [("run", w) for w in verdict.get("warnings") or []]
+def _top_warning(verdict: Verdict) -> str | None:
+    found = [("adapter", w) for v in verdict.adapters.values() for w in v.warnings]
+    found += [("run", w) for w in verdict.warnings]
     ranked = [(_PRIORITY.index((scope, w.get("code"))) if (scope, w.get("code")) in _PRIORITY else len(_PRIORITY), i, w)
               for i, (scope, w) in enumerate(found) if w.get("code") != "small_sample" or w.get("unreachable")]
     if not ranked:
@@ -109,15 +112,17 @@ def _top_warning(verdict: dict) -> str | None:
     return f"warning: {min(ranked, key=lambda t: t[:2])[2]['message']}"
 
 
-def findings(verdict: dict) -> tuple[list[str], int]:
-    """At most :data:`MAX_FINDINGS` lines, and how many findings did not fit."""
+def findings(verdict: Verdict | Mapping[str, Any]) -> tuple[list[str], int]:
+    """At most :data:`MAX_FINDINGS` lines, and how many findings did not fit (``verdict``: the typed record or its
+    object)."""
+    verdict = read_verdict(verdict)
     first, later = [], []
-    for name, v in (verdict.get("adapters") or {}).items():
+    for name, v in verdict.adapters.items():
         f, lt = _adapter_findings(name, v)
         first += f
         later += lt
-    if not verdict.get("adapters"):
-        first += [line for line in verdict.get("lines") or [] if line.startswith("no adapter")]
+    if not verdict.adapters:
+        first += [line for line in verdict.lines if line.startswith("no adapter")]
     warning = _top_warning(verdict)
     room = MAX_FINDINGS - (1 if warning else 0)
     lead = (first + later)[:room]
@@ -128,7 +133,7 @@ def _cut(text: str) -> str:
     return text if len(text) <= _DETAIL else text[:_DETAIL - 1].rstrip(" ,;") + "…"
 
 
-def _degeneration_detail(results: dict, items: list[dict]) -> str:
+def _degeneration_detail(results: Results, items: list[dict]) -> str:
     by_system: dict[str, list[str]] = {}
     for w in items:
         system = w["system"]
@@ -140,7 +145,7 @@ def _degeneration_detail(results: dict, items: list[dict]) -> str:
     return "; ".join(f"{s} {', '.join(labels)}" for s, labels in by_system.items())
 
 
-def _detail(kind: str, items: list[dict], results: dict) -> str:
+def _detail(kind: str, items: list[dict], results: Results) -> str:
     if kind == "degeneration":
         return _degeneration_detail(results, items)
     if kind == "thresholds":
@@ -158,31 +163,32 @@ def _detail(kind: str, items: list[dict], results: dict) -> str:
     return "; ".join(w["message"] for w in items)
 
 
-def warning_groups(results: dict) -> list[tuple[str, int, str]]:
+def warning_groups(results: Results | Mapping[str, Any]) -> list[tuple[str, int, str]]:
     """``(kind, count, detail)`` of every warning and unequal condition of the verdict, in order of first appearance
     (an adapter's own first)."""
-    verdict = results.get("verdict") or {}
+    results = read_results(results)
+    verdict = results.verdict or Verdict()
     groups: dict[str, list[dict]] = {}
-    for name, v in (verdict.get("adapters") or {}).items():
-        for w in v.get("warnings") or []:
+    for name, v in verdict.adapters.items():
+        for w in v.warnings:
             groups.setdefault(_kind(w["code"]), []).append({"system": name, **w})
-    for w in verdict.get("warnings") or []:
+    for w in verdict.warnings:
         groups.setdefault(_kind(w["code"]), []).append(w)
-    for v in (verdict.get("adapters") or {}).values():
-        for c in v.get("conditions") or []:
+    for v in verdict.adapters.values():
+        for c in v.conditions:
             groups.setdefault("conditions", []).append(c)
     return [(kind, len(items), _cut(_detail(kind, items, results))) for kind, items in groups.items()]
 
 
-def _cell(aggregate: dict | None) -> str:
-    if not aggregate:
+def _cell(aggregate: MetricValue | None) -> str:
+    if aggregate is None or not aggregate.raw:  # absent, null or an empty object
         return "-"
-    text = (f"{aggregate['value']:.4f} [{aggregate['ci_low']:.4f}, {aggregate['ci_high']:.4f}]"
-            if aggregate["value"] is not None else "none scored")
-    return text + (f" ({aggregate['n_missing']} unscored)" if aggregate.get("n_missing") else "")
+    text = (f"{aggregate.value:.4f} [{aggregate.ci_low:.4f}, {aggregate.ci_high:.4f}]"
+            if aggregate.value is not None else "none scored")
+    return text + (f" ({aggregate.n_missing} unscored)" if aggregate.n_missing else "")
 
 
-def summary_table(results: dict) -> list[str]:
+def summary_table(results: Results | Mapping[str, Any]) -> list[str]:
     """The headline table: a head line of system names, then one line per metric, ``value [CI]`` per system. Names
     are never cut (an adapter's folder name tells runs apart): each column is as wide as its name or its widest cell,
     and the metric column as its longest metric name.
@@ -194,10 +200,9 @@ def summary_table(results: dict) -> list[str]:
     metric                 baseline  qlora-r16-alpha32-lr2e-4-symptoms-3-epochs
     rougeL  0.2500 [0.1000, 0.4000]                     0.2500 [0.1000, 0.4000]
     """
-    systems = list(results.get("systems") or [])
-    res = results.get("results") or {}
-    metrics = list(results.get("metrics") or {})
-    cells = {m: [_cell((res.get(s) or {}).get(m)) for s in systems] for m in metrics}
+    results = read_results(results)
+    systems, metrics = list(results.systems), list(results.metrics)
+    cells = {m: [_cell(results.results.get(s, {}).get(m)) for s in systems] for m in metrics}
     first = max([len("metric"), *map(len, metrics)])
     widths = [max([len(s), *(len(cells[m][k]) for m in metrics)]) for k, s in enumerate(systems)]
 
@@ -207,10 +212,10 @@ def summary_table(results: dict) -> list[str]:
     return [line("metric", systems)] + [line(m, cells[m]) for m in metrics]
 
 
-def verdict_brief(results: dict, run_dir: str | Path | None = None) -> list[str]:
+def verdict_brief(results: Results | Mapping[str, Any], run_dir: str | Path | None = None) -> list[str]:
     """The terminal's verdict: findings, warnings by kind, and where the full verdict is."""
-    verdict = results.get("verdict") or {}
-    lead, more = findings(verdict)
+    results = read_results(results)
+    lead, more = findings(results.verdict or Verdict())
     out = ["verdict:"] + [f"  - {line}" for line in lead]
     groups = warning_groups(results)
     if groups:
