@@ -8,8 +8,10 @@ escapes them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from ..schema import Results, read_results
 from .cells import fmt
 
 #: Where the README explains the figures, the robustness suite, the primary rule and the floor.
@@ -59,16 +61,16 @@ def _badge(name: str, entry: dict, primary: str | None) -> dict[str, Any]:
                      f"{topic['text']} (95% CIs); robustness suite {'passed' if entry.get('passes_robustness') else 'failed'}"}
 
 
-def validity_context(results: dict, metrics: list[str]) -> dict[str, Any]:
+def validity_context(results: Results | Mapping[str, Any], metrics: list[str]) -> dict[str, Any]:
     """Template context: ``recorded`` False with a note for an older run folder; else the section's rows (the run's
     metrics in table order) and ``badges`` by metric for the headline table."""
-    v = results.get("validity")
-    if not v:
-        note = DIFFERENT if results.get("validity_differs") else NOT_RECORDED
+    results = read_results(results)
+    v = results.validity
+    if v is None or not v.raw:  # absent, null or an empty object
+        note = DIFFERENT if results.validity_differs else NOT_RECORDED
         return {"recorded": False, "note": note, "badges": {}, "rows": []}
-    entries = v.get("metrics") or {}
-    primary = (v.get("primary") or {}).get("metric")
-    floor = v.get("floor") or {}
+    entries = v.metrics  # name -> schema.MeasuredFigures | schema.NotMeasured
+    primary = v.primary.metric
     rows, badges = [], {}
     for m in [m for m in metrics if m in entries] + [m for m in entries if m not in metrics]:
         entry = entries[m]
@@ -79,21 +81,19 @@ def validity_context(results: dict, metrics: list[str]) -> dict[str, Any]:
             row["robustness"] = {"weakest": _weakest(entry.get("robustness") or {}),
                                  "passes": bool(entry.get("passes_robustness"))}
         rows.append(row)
-    judged = v.get("judged_set") or {}
+    judged = v.judged_set
     counts = judged.get("counts") or {}
-    settings = v.get("settings") or {}
     return {
         "recorded": True,
-        "source": "the bundled measurement (medqa_bench/validity/measured.json)" if v.get("source") == "bundled"
-        else v.get("source") or "",
-        "fingerprint": v.get("fingerprint") or "",
-        "created": v.get("created") or "",
+        "source": "the bundled measurement (medqa_bench/validity/measured.json)" if v.source == "bundled"
+        else v.source or "",
+        "fingerprint": v.fingerprint or "",
+        "created": v.created or "",
         "judged": f"{judged.get('name') or 'judged set'}: {counts.get('candidates', '?')} graded answers to "
-                  f"{counts.get('questions', '?')} questions; 95% CIs from {settings.get('n_bootstrap', '?')} "
+                  f"{counts.get('questions', '?')} questions; 95% CIs from {v.settings.get('n_bootstrap', '?')} "
                   f"resamples of questions",
-        "floor": {"value": floor.get("value"), "rule": floor.get("rule") or ""},
-        "primary": {"metric": primary, "reason": (v.get("primary") or {}).get("reason") or "",
-                    "rule": (v.get("primary") or {}).get("rule") or ""},
+        "floor": {"value": v.floor.value, "rule": v.floor.rule or ""},
+        "primary": {"metric": primary, "reason": v.primary.reason or "", "rule": v.primary.rule or ""},
         "columns": [title for _, title in _COLUMNS],
         "rows": rows,
         "badges": badges,
