@@ -10,9 +10,11 @@ stored per item in ``samples.jsonl`` as ``train_overlap``, with the training tex
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..data.audit import NEAR_DUPLICATE_THRESHOLD, SIDES
+from ..schema import Analysis, Results, read_analysis, read_results
 from .cells import fmt
 
 #: How the report names where the training corpus came from.
@@ -24,13 +26,15 @@ SOURCE_TEXT = {
 REFERENCE_CHARS = 400
 
 
-def contamination(results: dict, samples: list[dict], analysis: dict) -> dict[str, Any] | None:
+def contamination(results: Results | Mapping[str, Any], samples: list[dict],
+                  analysis: Analysis | Mapping[str, Any]) -> dict[str, Any] | None:
     """Template context for the section; None when the run's training corpus is the evaluated data's own split (the
     leakage audit section covers that) or was not recorded (folders before schema 2.3)."""
-    training = (results.get("data") or {}).get("training") or {}
+    training = read_results(results).data.training or {}  # schema.TrainingData
     if training.get("source") not in SOURCE_TEXT:
         return None
-    threshold = (analysis.get("leakage") or {}).get("threshold") or NEAR_DUPLICATE_THRESHOLD
+    leakage = read_analysis(analysis).leakage
+    threshold = (leakage.threshold if leakage else None) or NEAR_DUPLICATE_THRESHOLD
     audited = [s for s in samples if s.get("train_overlap")]
     rows = []
     for s in audited:
