@@ -8,15 +8,20 @@ generated nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
+from ..schema import Analysis, Leakage, Results, read_analysis, read_results
 from . import confusion_figures as cf
 from .plotting import LAYOUT, grid, label, plotly_modules, system_styles
 
 
-def build_figures(results: dict, analysis: dict) -> list[dict]:
-    """``[{"id", "section", "title", "caption", "figure"}]`` with ``figure`` a plotly Figure, in page order."""
-    systems = analysis["systems"]
-    kinds = analysis.get("kinds") or {}
+def build_figures(results: Results | Mapping[str, Any], analysis: Analysis | Mapping[str, Any]) -> list[dict]:
+    """``[{"id", "section", "title", "caption", "figure"}]`` with ``figure`` a plotly Figure, in page order
+    (``results`` and ``analysis``: the typed records or their objects)."""
+    results, analysis = read_results(results), read_analysis(analysis)
+    systems = analysis.systems
+    kinds = analysis.kinds
     styles = system_styles(systems, kinds)
     colors = {s: st["color"] for s, st in styles.items()}
     models = [s for s in systems if kinds.get(s) != "reference"]
@@ -45,8 +50,8 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
         "Bars: corpus value per system; whiskers: 95% CI. Grey hatched bars: reference rows (no model).",
         _metric_bars(results, systems, styles),
     )
-    leak = analysis.get("leakage")
-    if leak and leak.get("ran", True) and leak.get("histogram"):
+    leak = analysis.leakage
+    if leak is not None and leak.ran and leak.histogram:
         add(
             "leakage-histogram",
             "leakage",
@@ -55,7 +60,7 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
             "the line marks the near-duplicate threshold.",
             _leakage_hist(leak),
         )
-    conf = analysis.get("confusion")
+    conf = analysis.confusion
     if conf:
         m = conf["metric"]  # page titles are escaped by the template, not here
         # a combined report whose runs calibrated different thresholds: each row graded at its own run's, said where
@@ -107,7 +112,7 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
                 "Rows: the item's qtype; columns: qtype of the most similar reference, or 'below t'." + own,
                 cf.qtype(conf, systems, styles),
             )
-    lengths = analysis.get("lengths") or {}
+    lengths = analysis.lengths
     if lengths.get("systems") and models:
         graded = bool(conf)
         for grade in ("wrong", "partial") if graded else ("all",):
@@ -132,7 +137,7 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
             "Share of predictions that hit the generation limit, of all and of wrong ones (model rows).",
             _truncation(lengths, models, colors),
         )
-    logs = {n: (results.get("systems") or {}).get(n, {}).get("training_log") for n in systems}
+    logs = {n: results.system(n).training_log for n in systems}
     logs = {n: v for n, v in logs.items() if v}
     if logs:
         add(
@@ -152,27 +157,25 @@ def build_figures(results: dict, analysis: dict) -> list[dict]:
     return out
 
 
-def _metric_bars(results, systems, styles):
+def _metric_bars(results: Results, systems, styles):
     go, make_subplots = plotly_modules()
-    scored = {m for s in systems for m in (results.get("results") or {}).get(s, {})}
-    metrics = [m for m in results.get("metrics") or {} if m in scored] + sorted(
-        scored - set(results.get("metrics") or {})
-    )
+    scored = {m for s in systems for m in results.results.get(s, {})}
+    metrics = [m for m in results.metrics if m in scored] + sorted(scored - set(results.metrics))
     if not metrics:
         return None
     rows, cols = grid(len(metrics), 4)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[label(m) for m in metrics], vertical_spacing=0.18)
     for k, m in enumerate(metrics):
         for s in systems:
-            v = (results["results"].get(s) or {}).get(m)
-            if not v or v.get("value") is None:
+            v = results.results.get(s, {}).get(m)
+            if v is None or v.value is None:
                 continue
-            lo, hi = v.get("ci_low"), v.get("ci_high")
+            lo, hi = v.ci_low, v.ci_high
             st = styles[s]
             fig.add_trace(
                 go.Bar(
                     x=[label(s)],
-                    y=[v["value"]],
+                    y=[v.value],
                     name=st["name"],
                     marker_color=st["color"],
                     marker_pattern_shape=st["pattern"],
@@ -183,8 +186,8 @@ def _metric_bars(results, systems, styles):
                     error_y=dict(
                         type="data",
                         symmetric=False,
-                        array=[(hi - v["value"]) if hi is not None else 0],
-                        arrayminus=[(v["value"] - lo) if lo is not None else 0],
+                        array=[(hi - v.value) if hi is not None else 0],
+                        arrayminus=[(v.value - lo) if lo is not None else 0],
                     ),
                     hovertemplate=f"{st['name']}<br>{label(m)} = %{{y:.4g}}<extra></extra>",
                 ),
@@ -202,9 +205,9 @@ def _metric_bars(results, systems, styles):
     return fig
 
 
-def _leakage_hist(leak):
+def _leakage_hist(leak: Leakage):
     go, _ = plotly_modules()
-    h = leak["histogram"]
+    h = leak.histogram  # {"edges", "reference", "question"}
     edges = h.get("edges") or []
     if len(edges) < 2:
         return None
@@ -215,25 +218,25 @@ def _leakage_hist(leak):
         if h.get(side):
             fig.add_trace(go.Bar(x=x, y=h[side], name=name, marker_color=color,
                                  hovertemplate=f"{name}<br>%{{x:.2f}}: %{{y}} items<extra></extra>"))
-    if leak.get("threshold") is not None:
-        fig.add_vline(x=leak["threshold"], line=dict(color="#D55E00", dash="dot"),
-                      annotation_text=f"near-duplicate ≥ {leak['threshold']:g}")
+    if leak.threshold is not None:
+        fig.add_vline(x=leak.threshold, line=dict(color="#D55E00", dash="dot"),
+                      annotation_text=f"near-duplicate ≥ {leak.threshold:g}")
     fig.update_layout(barmode="group", bargap=0.08, xaxis_title="highest similarity to a training item",
                       yaxis_title="items", height=360, xaxis=dict(range=[edges[0], edges[-1]]))
     return fig
 
 
-def _sweep(conf, systems, styles, analysis):
+def _sweep(conf, systems, styles, analysis: Analysis):
     """The threshold sweep, marked at t; in a combined report whose runs calibrated different thresholds, at each
     run's t."""
-    runs = analysis.get("runs") or {}
-    th = analysis.get("thresholds")
+    runs = analysis.runs
+    th = analysis.thresholds
     fig = cf.sweep(conf, systems, styles, th["t"] if th else 0.0)
     if not th:  # the runs differ: drop the mark at 0 and mark each run's own t
         fig.layout.shapes, fig.layout.annotations = (), ()
         marks: dict[float, list[str]] = {}
         for run, a in runs.items():
-            t = (a.get("thresholds") or {}).get("t")
+            t = (read_analysis(a).thresholds or {}).get("t")
             if t is not None:
                 marks.setdefault(round(t, 4), []).append(run)
         for t, labels in marks.items():
