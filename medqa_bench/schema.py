@@ -330,6 +330,28 @@ class Leakage:
 
 
 @dataclass(frozen=True)
+class Graded:
+    """``analysis.confusion.graded``: each row's items by grade (wrong, partial, correct) and the judged rows' moves."""
+
+    labels: list[str] = field(default_factory=list)  # medqa_bench.analysis.confusion.GRADES
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # system -> grade -> items
+    transitions: dict[str, Any] = field(default_factory=dict)  # judged row -> {"baseline", "matrix", ...} or None
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """``analysis.confusion`` (medqa_bench.analysis.confusion, on the similarity metric); None without one."""
+
+    metric: Optional[str] = None
+    own_vs_other: dict[str, Any] = field(default_factory=dict)  # system -> {"t", "matrix", "f1", "roc", "sweep", ...}
+    graded: Graded = field(default_factory=Graded)
+    qtype: Optional[dict[str, Any]] = None  # system -> {"matrix", "rows", "columns", "accuracy", "n"}; None: one qtype
+    # combined report whose runs calibrated different thresholds: row -> {"run", "t", "t_low", "t_high", "differs"}
+    row_thresholds: Optional[dict[str, dict[str, Any]]] = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Analysis:
     """``analysis`` (medqa_bench.analysis.analyze; a combined report's: medqa_bench.analysis.runs.combine_analyses,
     with ``combined`` and each run's own under ``runs``). The blocks of statistics stay objects (``raw`` is the whole
@@ -353,7 +375,7 @@ class Analysis:
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)  # a -> b -> {"metrics": {metric: row}}
     strongest_baseline: dict[str, dict[str, str]] = field(default_factory=dict)  # judged row -> metric -> baseline
     paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # judged row -> {"baseline", "metrics": {m: row}}
-    confusion: Optional[dict[str, Any]] = None  # None: no similarity metric
+    confusion: Optional[Confusion] = None  # None: no similarity metric
     language_modeling: Optional[dict[str, Any]] = None  # {"systems", "changes"}; None: no NLL scored
     lengths: dict[str, Any] = field(default_factory=dict)  # {"edges", "diff_edges", "reference", "systems", ...}
     degeneration: Degeneration = field(default_factory=Degeneration)

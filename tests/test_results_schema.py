@@ -84,6 +84,8 @@ def test_every_committed_run_folder_reads(path):
     assert a.n_nll_items is None and a.n_items == d["analysis"]["n_items"] and a.combined is False
     assert isinstance(a.leakage, Leakage) and a.leakage.clean == d["analysis"]["leakage"]["clean"]
     assert a.degeneration.warnings == d["analysis"]["degeneration"]["warnings"]
+    assert a.confusion.metric == d["analysis"]["confusion"]["metric"] and a.confusion.row_thresholds is None
+    assert a.confusion.graded.transitions == d["analysis"]["confusion"]["graded"]["transitions"]
     assert v.lines == d["verdict"]["lines"] and v.primary is None and list(v.adapters) == list(d["verdict"]["adapters"])
     for name, adapter in v.adapters.items():
         assert adapter.primary is None and adapter.improves == d["verdict"]["adapters"][name]["improves"]
@@ -123,6 +125,7 @@ def test_hand_made_runs_of_this_version_read():
     ({"analysis": {"leakage": {"n_near_duplicates": "2"}}}, "analysis.leakage.n_near_duplicates", "str '2'"),
     ({"verdict": {"adapters": {"a": {"lines": "x"}}}}, "verdict.adapters.a.lines", "str 'x', not a list"),
     ({"verdict": {"warnings": {}}}, "verdict.warnings", "dict …, not a list"),
+    ({"analysis": {"confusion": {"graded": {"labels": "wrong"}}}}, "analysis.confusion.graded.labels", "not a list"),
 ])
 def test_a_wrong_type_names_its_dotted_key(change, key, shown):
     with pytest.raises(RunError, match="results.json: '" + key.replace("[", r"\[").replace("]", r"\]") + "' is") as exc:

@@ -1,20 +1,21 @@
 """Figures of the soft-thresholded confusion analysis: own-vs-other, ROC, sweep, graded, transitions, qtype.
 
-In a combined report whose runs calibrated different thresholds (``conf["row_thresholds"]``), each row was graded at
+In a combined report whose runs calibrated different thresholds (``conf.row_thresholds``), each row was graded at
 its own run's, and every view says which apply to which row: beside the row's name, or in its panel's title.
 """
 
 from __future__ import annotations
 
+from ..schema import Confusion
 from .plotting import GRADE_COLORS, heatmaps, label, plotly_modules
 
 REFERENCE_SCALE = [[0.0, "#f7f7f7"], [1.0, "#9a9a9a"]]  # reference rows' panels: light greys, text stays legible
 
 
-def row_thresholds(conf: dict, system: str) -> dict | None:
+def row_thresholds(conf: Confusion, system: str) -> dict | None:
     """The thresholds a combined report's row was graded at, where its runs' differ: ``{"run", "t", "t_low",
     "t_high", "differs"}`` (:func:`medqa_bench.analysis.runs.combine_analyses`); None otherwise."""
-    return (conf.get("row_thresholds") or {}).get(system)
+    return conf.row_thresholds.get(system) if conf.row_thresholds else None
 
 
 def _whose(row: dict) -> str:
@@ -23,7 +24,7 @@ def _whose(row: dict) -> str:
     return f"run {label(row['run'])}'s" + (f"; {others} differ" if others else "")
 
 
-def _t_text(conf: dict, system: str) -> str:
+def _t_text(conf: Confusion, system: str) -> str:
     """" · t=0.41 (run r16's)" for a row matched at its own run's t."""
     row = row_thresholds(conf, system)
     return f" · t={row['t']:.2f} ({_whose(row)})" if row and row.get("t") is not None else ""
@@ -36,11 +37,11 @@ def _grades_text(row: dict | None) -> str:
     return f" · partial ≥ {row['t_low']:.2f}, correct ≥ {row['t_high']:.2f} ({_whose(row)})"
 
 
-def own_vs_other(conf, systems, styles):
+def own_vs_other(conf: Confusion, systems, styles):
     panels = []
     cells = (("TP", "FN"), ("FP", "TN"))
     for s in systems:
-        r = conf["own_vs_other"].get(s)
+        r = conf.own_vs_other.get(s)
         if not r or not r["n"]:
             continue
         f1 = "–" if r["f1"] is None else f"{r['f1']:.2f}"
@@ -53,12 +54,12 @@ def own_vs_other(conf, systems, styles):
     return heatmaps(panels) if panels else None
 
 
-def roc(conf, systems, styles):
+def roc(conf: Confusion, systems, styles):
     go, _ = plotly_modules()
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dash"), name="chance"))
     for s in systems:
-        r = conf["own_vs_other"].get(s)
+        r = conf.own_vs_other.get(s)
         if not r or not r.get("roc"):
             continue
         fig.add_trace(
@@ -80,12 +81,12 @@ def roc(conf, systems, styles):
     return fig
 
 
-def sweep(conf, systems, styles, t):
+def sweep(conf: Confusion, systems, styles, t):
     go, _ = plotly_modules()
     fig = go.Figure()
     n_models = sum(not styles[s]["reference"] for s in systems)
     for s in systems:
-        r = conf["own_vs_other"].get(s)
+        r = conf.own_vs_other.get(s)
         if not r or not r.get("sweep"):
             continue
         st = styles[s]
@@ -111,16 +112,16 @@ def sweep(conf, systems, styles, t):
     return fig
 
 
-def graded(conf, systems, styles):
+def graded(conf: Confusion, systems, styles):
     go, _ = plotly_modules()
     fig = go.Figure()
-    counts = conf["graded"]["counts"]
+    counts = conf.graded.counts
     names = []  # where the runs' thresholds differ, each row's own beside its name
     for s in systems:
         row = row_thresholds(conf, s)
         names.append(f"{styles[s]['name']} · {row['t_low']:.2f} / {row['t_high']:.2f}" if row and row.get("t_low")
                      is not None else styles[s]["name"])
-    for grade in conf["graded"]["labels"]:
+    for grade in conf.graded.labels:
         fig.add_trace(
             go.Bar(
                 y=names,
@@ -143,9 +144,9 @@ def graded(conf, systems, styles):
     return fig
 
 
-def transitions(conf):
+def transitions(conf: Confusion):
     panels = []
-    for adapter, t in (conf["graded"].get("transitions") or {}).items():
+    for adapter, t in conf.graded.transitions.items():
         if not t:
             continue
         counts = f"improved {t['improved']} · regressed {t['regressed']} · same {t['same']}"
@@ -163,10 +164,10 @@ def transitions(conf):
     return heatmaps(panels, cols=2, colorscale="Purples", height_per=340) if panels else None
 
 
-def qtype(conf, systems, styles):
+def qtype(conf: Confusion, systems, styles):
     panels = []
     for s in systems:
-        q = conf["qtype"].get(s)
+        q = conf.qtype.get(s)
         if not q:
             continue
         acc = "–" if q["accuracy"] is None else f"{q['accuracy']:.0%}"
@@ -180,5 +181,5 @@ def qtype(conf, systems, styles):
                 REFERENCE_SCALE if styles[s]["reference"] else "Greens",
             )
         )
-    height = 120 + 45 * max(len(conf["qtype"][s]["rows"]) for s in conf["qtype"])
+    height = 120 + 45 * max(len(conf.qtype[s]["rows"]) for s in conf.qtype)
     return heatmaps(panels, cols=2, colorscale="Greens", height_per=max(300, height)) if panels else None

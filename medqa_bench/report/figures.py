@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..schema import Analysis, Leakage, Results, read_analysis, read_results
+from ..schema import Analysis, Confusion, Leakage, Results, read_analysis, read_results
 from . import confusion_figures as cf
 from .plotting import LAYOUT, grid, label, plotly_modules, system_styles
 
@@ -61,11 +61,11 @@ def build_figures(results: Results | Mapping[str, Any], analysis: Analysis | Map
             _leakage_hist(leak),
         )
     conf = analysis.confusion
-    if conf:
-        m = conf["metric"]  # page titles are escaped by the template, not here
+    if conf is not None and conf.raw:  # absent, null or an empty object: none
+        m = conf.metric  # page titles are escaped by the template, not here
         # a combined report whose runs calibrated different thresholds: each row graded at its own run's, said where
         own = (" Each row is matched and graded at its own run's thresholds, shown with it (a row several runs "
-               "share: the first of them's).") if conf.get("row_thresholds") else ""
+               "share: the first of them's).") if conf.row_thresholds else ""
         add(
             "own-vs-other",
             "confusion",
@@ -104,7 +104,7 @@ def build_figures(results: Results | Mapping[str, Any], analysis: Analysis | Map
             "Rows: the baseline's grade; columns: the adapter's. Above the diagonal improved, below regressed." + own,
             cf.transitions(conf),
         )
-        if conf.get("qtype"):
+        if conf.qtype:
             add(
                 "qtype",
                 "confusion",
@@ -114,7 +114,7 @@ def build_figures(results: Results | Mapping[str, Any], analysis: Analysis | Map
             )
     lengths = analysis.lengths
     if lengths.get("systems") and models:
-        graded = bool(conf)
+        graded = bool(conf and conf.raw)
         for grade in ("wrong", "partial") if graded else ("all",):
             add(
                 f"lengths-{grade}",
@@ -226,7 +226,7 @@ def _leakage_hist(leak: Leakage):
     return fig
 
 
-def _sweep(conf, systems, styles, analysis: Analysis):
+def _sweep(conf: Confusion, systems, styles, analysis: Analysis):
     """The threshold sweep, marked at t; in a combined report whose runs calibrated different thresholds, at each
     run's t."""
     runs = analysis.runs
