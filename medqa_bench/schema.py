@@ -312,6 +312,27 @@ class Degeneration:
 
 
 @dataclass(frozen=True)
+class Judged:
+    """One row against another (``analysis.comparisons[a][b]``), or a judged row against its strongest baseline per
+    metric (``analysis.paired[a]``, ``analysis.leakage.clean.judged[a]``): the paired statistics by metric
+    (medqa_bench.analysis.compare.compare: ``mean_diff``, ``ci_low``, ``ci_high``, ``p_permutation``, ``p_holm``,
+    ``better``, ``n``, ``against``, ...)."""
+
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baseline: Optional[str] = None  # paired: the one baseline the adapter's views use
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class CleanSubset:
+    """``analysis.leakage.clean``: the items without near-duplicates of training items."""
+
+    n_items: Optional[int] = None
+    results: Optional[dict[str, dict[str, Any]]] = None  # system -> metric -> corpus value; None: nothing flagged
+    judged: dict[str, Judged] = field(default_factory=dict)  # judged row -> its rows on these items
+
+
+@dataclass(frozen=True)
 class Leakage:
     """``analysis.leakage`` (medqa_bench.analysis.leakage; medqa_bench.data.audit.summarize_audit): the near-duplicates
     of training items and the headline on the items without them."""
@@ -325,7 +346,7 @@ class Leakage:
     histogram: dict[str, Any] = field(default_factory=dict)  # {"edges", "reference", "question"}
     note: Optional[str] = None
     items: list[dict[str, Any]] = field(default_factory=list)  # the flagged items, most similar first
-    clean: dict[str, Any] = field(default_factory=dict)  # {"n_items", "results": corpus values, "judged": adapter -> rows}
+    clean: CleanSubset = field(default_factory=CleanSubset)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -372,9 +393,9 @@ class Analysis:
     n_bootstrap: Optional[int] = None
     n_items: Optional[int] = None  # the generated items
     n_nll_items: Optional[int] = None  # every item (the NLL metrics'); absent before 2.3
-    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)  # a -> b -> {"metrics": {metric: row}}
+    comparisons: dict[str, dict[str, Judged]] = field(default_factory=dict)  # a -> b -> its statistics
     strongest_baseline: dict[str, dict[str, str]] = field(default_factory=dict)  # judged row -> metric -> baseline
-    paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # judged row -> {"baseline", "metrics": {m: row}}
+    paired: dict[str, Judged] = field(default_factory=dict)  # judged row -> against its strongest baselines
     confusion: Optional[Confusion] = None  # None: no similarity metric
     language_modeling: Optional[dict[str, Any]] = None  # {"systems", "changes"}; None: no NLL scored
     lengths: dict[str, Any] = field(default_factory=dict)  # {"edges", "diff_edges", "reference", "systems", ...}
@@ -407,6 +428,13 @@ class AdapterVerdict:
 
 
 @dataclass(frozen=True)
+class RunVerdict:
+    """``verdict.runs[label]`` of a combined report: what each run's own verdict said of the run as a whole."""
+
+    primary: Optional[PrimaryMetric] = None  # None: no validity recorded
+
+
+@dataclass(frozen=True)
 class Verdict:
     """``verdict`` (medqa_bench.analysis.verdict.build_verdict; a combined report's: analysis.runs.combine_verdicts)."""
 
@@ -417,7 +445,7 @@ class Verdict:
     warnings: list[dict[str, Any]] = field(default_factory=list)  # run-level {"code", "message", ...}
     primary: Optional[dict[str, Any]] = None  # 2.2: validity.primary as the file holds it
     lines: list[str] = field(default_factory=list)  # the sentences the CLI prints and the report opens with
-    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # combined: {label: {"primary"}}
+    runs: dict[str, RunVerdict] = field(default_factory=dict)  # combined: each run's
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 

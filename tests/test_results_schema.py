@@ -16,8 +16,8 @@ from conftest_report import make_records
 from medqa_bench.storage import atomic
 from medqa_bench.errors import RunError
 from medqa_bench.results_record import SECTIONS, build_results, record_dict, with_sections
-from medqa_bench.schema import (SCHEMA_VERSION, AdapterVerdict, Analysis, DataRecord, Leakage, MetricInfo, Results,
-                                 SystemInfo, Verdict, read_analysis, read_results, read_verdict)
+from medqa_bench.schema import (SCHEMA_VERSION, AdapterVerdict, Analysis, DataRecord, Judged, Leakage, MetricInfo,
+                                 Results, SystemInfo, Verdict, read_analysis, read_results, read_verdict)
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 COMMITTED = sorted(REPORTS.glob("**/results.json"))
@@ -82,7 +82,10 @@ def test_every_committed_run_folder_reads(path):
     a, v = r.analysis, r.verdict
     assert a.raw is d["analysis"] and a.systems == d["analysis"]["systems"] and a.kinds == d["analysis"]["kinds"]
     assert a.n_nll_items is None and a.n_items == d["analysis"]["n_items"] and a.combined is False
-    assert isinstance(a.leakage, Leakage) and a.leakage.clean == d["analysis"]["leakage"]["clean"]
+    clean = d["analysis"]["leakage"]["clean"]
+    assert isinstance(a.leakage, Leakage) and a.leakage.clean.n_items == clean["n_items"]
+    assert {n: j.metrics for n, j in a.leakage.clean.judged.items()} == {n: j["metrics"] for n, j in clean["judged"].items()}
+    assert all(isinstance(j, Judged) for per in a.comparisons.values() for j in per.values())
     assert a.degeneration.warnings == d["analysis"]["degeneration"]["warnings"]
     assert a.confusion.metric == d["analysis"]["confusion"]["metric"] and a.confusion.row_thresholds is None
     assert a.confusion.graded.transitions == d["analysis"]["confusion"]["graded"]["transitions"]
@@ -98,7 +101,8 @@ def test_hand_made_runs_of_this_version_read():
     assert r.validity.floor.figure == results["validity"]["floor"]["figure"]
     assert r.system("qlora-medquad").kind == "adapter" and r.system("nothing") == SystemInfo()
     assert r.analysis.raw is results["analysis"] and r.verdict.raw is results["verdict"]
-    assert r.analysis.paired == results["analysis"]["paired"] and r.analysis.n_nll_items == 8
+    assert r.analysis.paired["qlora-medquad"].metrics == results["analysis"]["paired"]["qlora-medquad"]["metrics"]
+    assert r.analysis.paired["qlora-medquad"].baseline == "baseline" and r.analysis.n_nll_items == 8
     adapter = r.verdict.adapters["qlora-medquad"]
     assert isinstance(adapter, AdapterVerdict) and adapter.lines == results["verdict"]["adapters"]["qlora-medquad"]["lines"]
     assert adapter.primary["metric"] == "fuzzy" and r.verdict.primary == results["verdict"]["primary"]
@@ -142,5 +146,7 @@ def test_analysis_and_verdict_read_alone():
     assert bare == Analysis(version=3) and bare.leakage is None and bare.degeneration.warnings == []
     assert read_analysis(bare) is bare and read_verdict({}) == Verdict() and read_verdict({}).adapters == {}
     assert read_verdict({"adapters": {"a": None}}).adapters["a"] == AdapterVerdict()
+    combined = read_verdict({"runs": {"A": {"primary": {"metric": "fuzzy", "rule": "r"}}, "B": {"primary": None}}})
+    assert combined.runs["A"].primary.metric == "fuzzy" and combined.runs["B"].primary is None
     with pytest.raises(RunError, match="'analysis.paired' is list"):
         read_analysis({"paired": []})

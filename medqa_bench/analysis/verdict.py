@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..schema import Analysis, Budget, Results, read_analysis, read_results
+from ..schema import Analysis, Budget, Judged, Results, read_analysis, read_results
 from .instruments import primary_result, weak_metrics_warning
 from .reach import ci_note, reach, reach_text
 from .verdict_lines import SMALL_SAMPLE, adapter_lines, number, run_lines
@@ -79,8 +79,8 @@ def _row(metric: str, row: dict, r: dict | None) -> dict[str, Any]:
     return out
 
 
-def _against_strongest(judged: dict) -> dict[str, list[dict]]:
-    rows = judged.get("metrics") or {}
+def _against_strongest(judged: Judged) -> dict[str, list[dict]]:
+    rows = judged.metrics
     reaches = reach(rows, alpha=ALPHA)
     out: dict[str, list[dict]] = {o: [] for o in OUTCOMES}
     for m, row in rows.items():
@@ -93,13 +93,14 @@ def _against_strongest(judged: dict) -> dict[str, list[dict]]:
     return out
 
 
-def _against_references(comparisons: dict, adapter: str, kinds: dict[str, str]) -> dict[str, dict]:
+def _against_references(comparisons: dict[str, dict[str, Judged]], adapter: str,
+                         kinds: dict[str, str]) -> dict[str, dict]:
     """Per reference row the adapter was compared with (those of its own run)."""
     out = {}
-    for ref, block in (comparisons.get(adapter) or {}).items():
+    for ref, block in comparisons.get(adapter, {}).items():
         if kinds.get(ref) != "reference":
             continue
-        rows = block.get("metrics") or {}
+        rows = block.metrics
         beats = [m for m, r in rows.items() if _significant(r) and r.get("better") is True]
         worse = [m for m, r in rows.items() if _significant(r) and r.get("better") is False]
         out[ref] = {"beats": beats, "worse_than": worse, "does_not_beat": [m for m in rows if m not in beats]}
@@ -216,14 +217,14 @@ def _clean_subset(analysis: Analysis, adapter: str, full: dict[str, list[dict]])
     if analysis.leakage is None:
         return None
     clean = analysis.leakage.clean
-    judged = (clean.get("judged") or {}).get(adapter)
+    judged = clean.judged.get(adapter)
     if not analysis.leakage.n_near_duplicates or judged is None:
         return None
     now = _against_strongest(judged)
     before = {k: {r["metric"] for r in v} for k, v in full.items()}
     after = {k: {r["metric"] for r in v} for k, v in now.items()}
     changed = sorted(m for k in ("improves", "regresses") for m in before[k] ^ after[k])
-    return {"n_items": clean.get("n_items"), **now, "changed": changed}
+    return {"n_items": clean.n_items, **now, "changed": changed}
 
 
 def _decoding_warning(decoding: dict) -> dict | None:
@@ -270,7 +271,7 @@ def build_verdict(results: Results | Mapping[str, Any]) -> dict[str, Any]:
         run_warnings.append({"code": "leakage", "message":
                              f"{leak.n_near_duplicates} of {leak.n_items} items nearly repeat a training item "
                              f"(reference or question similarity ≥ {leak.threshold}); the verdict is also given "
-                             f"on the {leak.clean.get('n_items')} items without them"})
+                             f"on the {leak.clean.n_items} items without them"})
     for w in degeneration:  # a judged row (an adapter, a +rag row) has its own in its verdict
         if kinds.get(w["system"]) == "baseline" and w["system"] not in analysis.paired:
             run_warnings.append({"code": w["code"], "system": w["system"], "message": w["message"]})
@@ -351,9 +352,9 @@ def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def _lowest_floor(paired: dict, metrics: list[str]) -> float | None:
+def _lowest_floor(paired: dict[str, Judged], metrics: list[str]) -> float | None:
     """The smallest Holm p any judged test of ``metrics`` could give, when none of them can reach significance."""
-    floors = [r for judged in paired.values() for m, r in reach(judged.get("metrics") or {}, alpha=ALPHA).items()
+    floors = [r for judged in paired.values() for m, r in reach(judged.metrics, alpha=ALPHA).items()
               if m in metrics]
     if floors and all(r["reachable"] is False for r in floors):
         return min(r["p_floor"] for r in floors)

@@ -18,7 +18,8 @@ from typing import Any
 
 from ..analysis.stats import significance_mark
 from ..analysis.verdict import base_words
-from ..schema import Results, RunFacts, read_results
+from ..schema import (AdapterVerdict, Analysis, Judged, Results, RunFacts, Verdict, read_analysis, read_results,
+                      read_verdict)
 from .cells import ci, fmt, fmt_p, fmt_signed
 
 OUTCOMES = ("improves", "regresses", "no_difference")
@@ -35,8 +36,8 @@ def _outcome_text(r: dict, outcome: str) -> str:
     return text + (f" (the CI excludes 0: {r['ci_note']})" if r.get("ci_note") else "")
 
 
-def _clean_cell(judged: dict | None, metric: str) -> dict | None:
-    row = ((judged or {}).get("metrics") or {}).get(metric)
+def _clean_cell(judged: Judged | None, metric: str) -> dict | None:
+    row = judged.metrics.get(metric) if judged else None
     if row is None:
         return None
     significant = row.get("p_holm") is not None and row["p_holm"] < 0.05
@@ -46,17 +47,20 @@ def _clean_cell(judged: dict | None, metric: str) -> dict | None:
             "n": row.get("n")}
 
 
-def _own(analysis: dict, v: dict) -> dict:
+def _own(analysis: Analysis, v: AdapterVerdict) -> Analysis:
     """The analysis of the adapter's own run (a combined report keeps each run's under ``runs``)."""
-    return (analysis.get("runs") or {}).get(v.get("run")) or analysis
+    own = analysis.runs.get(v.run) if v.run is not None else None
+    return read_analysis(own) if own else analysis
 
 
-def _metric_rows(v: dict, analysis: dict, adapter: str) -> list[dict]:
-    paired = ((analysis.get("paired") or {}).get(adapter) or {}).get("metrics") or {}
-    clean_judged = (((_own(analysis, v).get("leakage") or {}).get("clean") or {}).get("judged") or {}).get(adapter)
+def _metric_rows(v: AdapterVerdict, analysis: Analysis, adapter: str) -> list[dict]:
+    judged = analysis.paired.get(adapter)
+    paired = judged.metrics if judged else {}
+    leakage = _own(analysis, v).leakage
+    clean_judged = leakage.clean.judged.get(adapter) if leakage else None
     rows = []
     for outcome in OUTCOMES:
-        for r in v.get(outcome) or []:
+        for r in v.outcome_rows(outcome):
             m = r["metric"]
             full = paired.get(m) or {}
             hib = full.get("higher_is_better")
@@ -74,16 +78,16 @@ def _metric_rows(v: dict, analysis: dict, adapter: str) -> list[dict]:
     return rows
 
 
-def _reference_grid(v: dict, analysis: dict, adapter: str, results: Results) -> dict | None:
-    comparisons = (analysis.get("comparisons") or {}).get(adapter) or {}
+def _reference_grid(v: AdapterVerdict, analysis: Analysis, adapter: str, results: Results) -> dict | None:
+    comparisons = analysis.comparisons.get(adapter, {})
     # only the reference rows the adapter was compared with (a combined report's other runs have their own)
-    refs = {ref: r for ref, r in (v.get("references") or {}).items() if ref in comparisons}
+    refs = {ref: r for ref, r in v.references.items() if ref in comparisons}
     if not refs:
         return None
     metrics = list(dict.fromkeys(m for r in refs.values() for m in (*r.get("beats", []), *r.get("does_not_beat", []))))
     rows = []
     for ref, r in refs.items():
-        stats = (comparisons.get(ref) or {}).get("metrics") or {}
+        stats = comparisons[ref].metrics
         cells = []
         for m in metrics:
             row = stats.get(m) or {}
@@ -103,17 +107,17 @@ def _reference_grid(v: dict, analysis: dict, adapter: str, results: Results) -> 
     return {"metrics": metrics, "rows": rows}
 
 
-def _clean_summary(v: dict, analysis: dict) -> dict:
-    leak = _own(analysis, v).get("leakage")
-    clean = v.get("clean_subset")
+def _clean_summary(v: AdapterVerdict, analysis: Analysis) -> dict:
+    leak = _own(analysis, v).leakage
+    clean = v.clean_subset
     if leak is None:
         return {"state": "no-audit", "text": "no leakage audit: the run had no training split to compare with"}
-    if not leak.get("ran", True):
-        why = leak.get("note") or "no training texts"
+    if not leak.ran:
+        why = leak.note or "no training texts"
         return {"state": "no-audit", "text": f"the leakage audit did not run: {why}"}
-    if not leak.get("n_near_duplicates"):
+    if not leak.n_near_duplicates:
         return {"state": "none", "text": f"no item is a near-duplicate of a training item "
-                                         f"(similarity ≥ {leak.get('threshold')}): nothing to remove"}
+                                         f"(similarity ≥ {leak.threshold}): nothing to remove"}
     if not clean:
         return {"state": "none", "text": "the clean subset could not be judged"}
     if clean.get("changed"):
@@ -123,8 +127,8 @@ def _clean_summary(v: dict, analysis: dict) -> dict:
                                       "near-duplicates of training items"}
 
 
-def _headline(v: dict, grid: dict | None) -> str:
-    imp, reg = [r["metric"] for r in v.get("improves") or []], [r["metric"] for r in v.get("regresses") or []]
+def _headline(v: AdapterVerdict, grid: dict | None) -> str:
+    imp, reg = [r["metric"] for r in v.improves], [r["metric"] for r in v.regresses]
     parts = [f"improves on {', '.join(imp)}" if imp else "improves on no metric",
              f"regresses on {', '.join(reg)}" if reg else "regresses on none"]
     if grid:
@@ -145,44 +149,45 @@ def _primary_cell(p: dict | None) -> dict | None:
             "p_holm": fmt_p(p.get("p_holm")), "against": p.get("against") or ""}
 
 
-def verdict_context(results: Results | Mapping[str, Any], analysis: dict, verdict: dict | None) -> dict[str, Any]:
+def verdict_context(results: Results | Mapping[str, Any], analysis: Analysis | Mapping[str, Any],
+                    verdict: Verdict | Mapping[str, Any] | None) -> dict[str, Any]:
     """Template context of the verdict section; ``verdict`` is ``results["verdict"]`` (or one built for this page;
     a combined report's from :func:`medqa_bench.analysis.runs.combine_verdicts`)."""
-    results = read_results(results)
-    verdict = verdict or {}
+    results, analysis = read_results(results), read_analysis(analysis)
+    verdict = read_verdict(verdict) if verdict else Verdict()
     adapters = []
-    for name, v in (verdict.get("adapters") or {}).items():
+    for name, v in verdict.adapters.items():
         grid = _reference_grid(v, analysis, name, results)
         info = results.system(name)
         adapters.append({
             "name": name,
-            "run": v.get("run"),
+            "run": v.run,
             "format": info.prompt_format,
             "format_source": info.format_source or "",
             "headline": _headline(v, grid),
-            "n_improves": len(v.get("improves") or []),
-            "n_regresses": len(v.get("regresses") or []),
+            "n_improves": len(v.improves),
+            "n_regresses": len(v.regresses),
             "rows": _metric_rows(v, analysis, name),
-            "strongest": sorted(set((v.get("strongest_baseline") or {}).values())),
+            "strongest": sorted(set(v.strongest_baseline.values())),
             "references": grid,
-            "warnings": v.get("warnings") or [],
-            "conditions": v.get("conditions") or [],
+            "warnings": v.warnings,
+            "conditions": v.conditions,
             "clean": _clean_summary(v, analysis),
-            "lines": v.get("lines") or [],
-            "primary": _primary_cell(v.get("primary")),
+            "lines": v.lines,
+            "primary": _primary_cell(v.primary),
         })
-    warnings = verdict.get("warnings") or []
-    combined = bool(analysis.get("runs"))
-    runs = list(analysis.get("runs") or {})
+    warnings = verdict.warnings
+    combined = bool(analysis.runs)
+    runs = list(analysis.runs)
     return {
         "adapters": adapters,
         "warnings": warnings,
-        "lines": verdict.get("lines") or [],
-        "alpha": verdict.get("alpha", 0.05),
-        "correction": verdict.get("correction") or "holm",
-        "n_items": analysis.get("n_items"),
-        "n_reference_rows": len(analysis.get("reference_rows") or []),
-        "primary": verdict.get("primary"),  # None: no validity recorded when the verdict was built, or runs differ
+        "lines": verdict.lines,
+        "alpha": 0.05 if verdict.alpha is None else verdict.alpha,
+        "correction": verdict.correction or "holm",
+        "n_items": analysis.n_items,
+        "n_reference_rows": len(analysis.reference_rows),
+        "primary": verdict.primary,  # None: no validity recorded when the verdict was built, or runs differ
         "combined": combined,
         "runs": runs_context(results, analysis, verdict) if combined else [],
         "matrix": run_matrix(analysis, verdict) if combined else None,
@@ -196,22 +201,28 @@ def verdict_context(results: Results | Mapping[str, Any], analysis: dict, verdic
 # ------------------------------------------------------------------------------------------ several runs
 
 
-def _matrix_metric(analysis: dict, verdict: dict, run: str) -> tuple[str | None, str]:
+def _run_primary(verdict: Verdict, run: str) -> str | None:
+    """A combined report's run's primary metric, as its verdict recorded it (``runs[label].primary``)."""
+    own = verdict.runs.get(run)
+    return own.primary.metric if own and own.primary else None
+
+
+def _matrix_metric(analysis: Analysis, verdict: Verdict, run: str) -> tuple[str | None, str]:
     """The metric a run's column shows: its primary metric, else (no validity recorded) its soft-match metric."""
-    primary = (((verdict.get("runs") or {}).get(run) or {}).get("primary") or {}).get("metric")
+    primary = _run_primary(verdict, run)
     if primary:
         return primary, "primary metric"
-    own = (analysis.get("runs") or {}).get(run) or {}
-    return own.get("similarity_metric"), "no primary metric recorded: the soft-match metric"
+    own = analysis.runs.get(run)
+    return (read_analysis(own).similarity_metric if own else None), "no primary metric recorded: the soft-match metric"
 
 
-def _matrix_cell(analysis: dict, adapter: str, v: dict | None, metric: str | None) -> dict | None:
+def _matrix_cell(analysis: Analysis, adapter: str, v: AdapterVerdict | None, metric: str | None) -> dict | None:
     if v is None:
         return None
-    row = next((r for o in OUTCOMES for r in v.get(o) or [] if r["metric"] == metric), None)
+    row = next((r for o in OUTCOMES for r in v.outcome_rows(o) if r["metric"] == metric), None)
     if row is None:
         return {"state": "none", "text": "not compared", "adapter": adapter}
-    outcome = next(o for o in OUTCOMES if row in (v.get(o) or []))
+    outcome = next(o for o in OUTCOMES if row in v.outcome_rows(o))
     lo, hi = (row.get("ci") or [None, None])[:2]
     p = row.get("p_holm")
     return {
@@ -228,18 +239,19 @@ def _matrix_cell(analysis: dict, adapter: str, v: dict | None, metric: str | Non
     }
 
 
-def run_matrix(analysis: dict, verdict: dict) -> dict | None:
+def run_matrix(analysis: Analysis | Mapping[str, Any], verdict: Verdict | Mapping[str, Any]) -> dict | None:
     """Adapters (by name within their run) × runs: each cell the adapter's difference to its strongest baseline on
     its run's primary metric, with the 95% CI and the Holm-adjusted p of the verdict's own test."""
-    runs = list(analysis.get("runs") or {})
-    adapters = verdict.get("adapters") or {}
+    analysis, verdict = read_analysis(analysis), read_verdict(verdict)
+    runs = list(analysis.runs)
+    adapters = verdict.adapters
     if not runs or not adapters:
         return None
     columns = []
     for r in runs:
         metric, why = _matrix_metric(analysis, verdict, r)
         columns.append({"run": r, "metric": metric or "–", "why": why})
-    names = list(dict.fromkeys(n.split("/", 1)[1] if n.startswith(f"{v.get('run')}/") else n
+    names = list(dict.fromkeys(n.split("/", 1)[1] if n.startswith(f"{v.run}/") else n
                                for n, v in adapters.items()))
     rows = []
     for short in names:
@@ -252,17 +264,18 @@ def run_matrix(analysis: dict, verdict: dict) -> dict | None:
     return {"columns": columns, "rows": rows, "one_metric": metrics.pop() if len(metrics) == 1 else None}
 
 
-def runs_context(results: Results, analysis: dict, verdict: dict) -> list[dict]:
+def runs_context(results: Results, analysis: Analysis, verdict: Verdict) -> list[dict]:
     """One row per run of a combined report: where it comes from and the facts its statements rest on."""
     from .diagnostics import budget_text, threshold_source_text
 
     shared = {n: info.shared_by for n, info in results.systems.items() if info.shared_by}
     out = []
-    for r, own in (analysis.get("runs") or {}).items():
+    for r, own in analysis.runs.items():
+        own = read_analysis(own)
         f = results.runs.get(r) or RunFacts()
-        th = own.get("thresholds") or {}
-        sim = own.get("similarity_metric")
-        primary = (((verdict.get("runs") or {}).get(r) or {}).get("primary") or {}).get("metric")
+        th = own.thresholds or {}
+        sim = own.similarity_metric
+        primary = _run_primary(verdict, r)
         folder = f.folder or ""
         out.append({
             "run": r,
@@ -271,8 +284,8 @@ def runs_context(results: Results, analysis: dict, verdict: dict) -> list[dict]:
             "run_name": f.run_name or "",
             "model": str(f.model.get("reference") or "?"),
             "base": base_words(f.model["quantization"]) if f.model.get("quantization") else "",
-            "n_items": own.get("n_items"),
-            "n_nll_items": own.get("n_nll_items") or own.get("n_items"),
+            "n_items": own.n_items,
+            "n_nll_items": own.n_nll_items or own.n_items,
             "budget": budget_text(f.budget),
             "soft_match": (f"{sim}: t = {fmt(th.get('t'))} ({threshold_source_text(th)})" if sim and th else "–"),
             "primary": primary or "–",
