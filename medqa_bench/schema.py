@@ -307,7 +307,7 @@ class RunValidity:
 class Degeneration:
     """``analysis.degeneration`` (medqa_bench.analysis.degeneration)."""
 
-    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> empty, truncated, repetition, lengths ...
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> stop, truncation, empty, repetition...
     warnings: list[dict[str, Any]] = field(default_factory=list)  # {"code", "system", "value", "threshold", "message"}
 
 
@@ -373,6 +373,15 @@ class Confusion:
 
 
 @dataclass(frozen=True)
+class LanguageModeling:
+    """``analysis.language_modeling``: corpus loss and perplexity of the references per row; None: no NLL scored."""
+
+    systems: dict[str, dict[str, Any]] = field(default_factory=dict)  # row -> {"loss", "perplexity", "n_items", ...}
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)  # judged row -> {"baseline", "loss", "perplexity"}
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Analysis:
     """``analysis`` (medqa_bench.analysis.analyze; a combined report's: medqa_bench.analysis.runs.combine_analyses,
     with ``combined`` and each run's own under ``runs``). The blocks of statistics stay objects (``raw`` is the whole
@@ -397,7 +406,7 @@ class Analysis:
     strongest_baseline: dict[str, dict[str, str]] = field(default_factory=dict)  # judged row -> metric -> baseline
     paired: dict[str, Judged] = field(default_factory=dict)  # judged row -> against its strongest baselines
     confusion: Optional[Confusion] = None  # None: no similarity metric
-    language_modeling: Optional[dict[str, Any]] = None  # {"systems", "changes"}; None: no NLL scored
+    language_modeling: Optional[LanguageModeling] = None
     lengths: dict[str, Any] = field(default_factory=dict)  # {"edges", "diff_edges", "reference", "systems", ...}
     degeneration: Degeneration = field(default_factory=Degeneration)
     leakage: Optional[Leakage] = None  # None: no audit

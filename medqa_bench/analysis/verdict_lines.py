@@ -56,7 +56,8 @@ def adapter_lines(adapter: str, v: dict, results: Results) -> list[str]:
         said = {"improves": "improves", "regresses": "regresses", "no_difference": "no significant difference"}
         numbers = (f"{'+' if (p['diff'] or 0) > 0 else ''}{number(p['diff'])} [{number(p['ci'][0])}, {number(p['ci'][1])}] "
                    f"vs {p['against']}, p_holm {p_text(p['p_holm'])}")
-        n_items = p.get("n") or (results.analysis.n_items if results.analysis else None) or 0  # the items it was judged on
+        judged_on = results.analysis.n_items if results.analysis else None
+        n_items = p.get("n") or judged_on or 0  # the items it was judged on
         if p.get("reachable") is False:
             line = f"{adapter} on the primary metric {p['metric']}: cannot reach significance ({numbers}): " \
                    f"{p['why_unreachable']}"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..analysis.degeneration import WARNING_THRESHOLDS
-from ..schema import Budget, Results, read_results
+from ..schema import Analysis, Budget, Results, read_analysis, read_results
 from .cells import fmt, fmt_share
 from .tables import metric_names, value
 
@@ -40,17 +40,17 @@ def _threshold_text(stat: str) -> str:
     return "warning " + " or ".join(parts) if parts else ""
 
 
-def degeneration(analysis: dict) -> dict | None:
+def degeneration(analysis: Analysis | Mapping[str, Any]) -> dict | None:
     """Per system: the degeneration statistics, each cell marked when it is beyond its warning threshold
     (:data:`medqa_bench.analysis.degeneration.WARNING_THRESHOLDS`). Reference rows generate nothing, so they are
     shown for comparison and never marked (the analysis does not warn about them either)."""
-    block = analysis.get("degeneration") or {}
-    stats = block.get("stats") or {}
+    analysis = read_analysis(analysis)
+    stats = analysis.degeneration.stats
     if not stats:
         return None
-    kinds = analysis.get("kinds") or {}
+    kinds = analysis.kinds
     rows = []
-    for s in analysis["systems"]:
+    for s in analysis.systems:
         st = stats.get(s)
         if st is None:
             continue
@@ -79,7 +79,7 @@ def degeneration(analysis: dict) -> dict | None:
     return {
         "columns": [{"label": lab, "threshold": _threshold_text(key)} for key, lab, _ in _DEGENERATION_COLUMNS],
         "rows": rows,
-        "warnings": block.get("warnings") or [],
+        "warnings": analysis.degeneration.warnings,
     }
 
 
@@ -147,12 +147,13 @@ def threshold_source_text(th: dict | None) -> str:
     return SOURCE_TEXT.get(src, str(src))
 
 
-def thresholds(analysis: dict) -> dict | None:
+def thresholds(analysis: Analysis | Mapping[str, Any]) -> dict | None:
     """Each bounded metric's soft-match thresholds, where they came from, the calibration rule and (when
     calibration fell back or was overridden) why and what it gave."""
-    match = analysis.get("match_thresholds") or {}
-    if not match and analysis.get("thresholds") and analysis.get("similarity_metric"):  # analysis version 1
-        match = {analysis["similarity_metric"]: analysis["thresholds"]}
+    analysis = read_analysis(analysis)
+    match = analysis.match_thresholds
+    if not match and analysis.thresholds and analysis.similarity_metric:  # analysis version 1
+        match = {analysis.similarity_metric: analysis.thresholds}
     if not match:
         return None
     rows = []
@@ -160,7 +161,7 @@ def thresholds(analysis: dict) -> dict | None:
         cal = th.get("calibrated")
         rows.append({
             "metric": m,
-            "chosen": m == analysis.get("similarity_metric"),
+            "chosen": m == analysis.similarity_metric,
             "t_low": fmt(th.get("t_low")),
             "t": fmt(th.get("t")),
             "t_high": fmt(th.get("t_high")),
@@ -174,17 +175,17 @@ def thresholds(analysis: dict) -> dict | None:
     return {"rows": rows, "rules": list(dict.fromkeys(th.get("rule") for th in match.values() if th.get("rule")))}
 
 
-def leakage(results: Results | Mapping[str, Any], analysis: dict) -> dict[str, Any] | None:
+def leakage(results: Results | Mapping[str, Any], analysis: Analysis | Mapping[str, Any]) -> dict[str, Any] | None:
     """The leakage audit: definition, counts, flagged items, and each system's headline values on the items that
     are not near-duplicates next to all items."""
-    results = read_results(results)
-    leak = analysis.get("leakage")
-    if not leak:
+    results, analysis = read_results(results), read_analysis(analysis)
+    leak = analysis.leakage
+    if leak is None or not leak.raw:  # absent, null or an empty object: no audit
         return None
-    kinds = analysis.get("kinds") or {}
-    threshold = leak.get("threshold")
+    kinds = analysis.kinds
+    threshold = leak.threshold
     items = []
-    for it in leak.get("items") or []:
+    for it in leak.items:
         ref, q = it.get("reference") or {}, it.get("question") or {}
         items.append({
             "id": it.get("id"),
@@ -193,30 +194,30 @@ def leakage(results: Results | Mapping[str, Any], analysis: dict) -> dict[str, A
             "q_score": fmt(q.get("score")), "q_train": q.get("train_id") or "–",
             "q_flag": q.get("score") is not None and threshold is not None and q["score"] >= threshold,
         })
-    clean = leak.get("clean") or {}
+    clean = leak.clean
     table = None
-    if clean.get("results"):
+    if clean.results:
         metrics = [m for m in metric_names(results, analysis)
-                   if any(m in (clean["results"].get(s) or {}) for s in analysis["systems"])]
+                   if any(m in clean.results.get(s, {}) for s in analysis.systems)]
         rows = []
-        for s in analysis["systems"]:
+        for s in analysis.systems:
             cells = []
             for m in metrics:
                 full = v.value if (v := value(results, s, m)) else None
-                cl = (clean["results"].get(s) or {}).get(m)
+                cl = clean.results.get(s, {}).get(m)
                 cells.append({"full": fmt(full), "clean": fmt(cl),
                               "change": fmt(cl - full) if cl is not None and full is not None else "–"})
             rows.append({"system": s, "kind": kinds.get(s), "cells": cells})
         table = {"metrics": metrics, "rows": rows}
     return {
-        "ran": leak.get("ran", True),
-        "note": leak.get("note") or "",
-        "definition": leak.get("definition") or "",
+        "ran": leak.ran,
+        "note": leak.note or "",
+        "definition": leak.definition or "",
         "threshold": threshold,
-        "n_items": leak.get("n_items"),
-        "n_near_duplicates": leak.get("n_near_duplicates") or 0,
-        "by": leak.get("by") or {},
+        "n_items": leak.n_items,
+        "n_near_duplicates": leak.n_near_duplicates or 0,
+        "by": leak.by,
         "flagged": items,
-        "n_clean": clean.get("n_items"),
+        "n_clean": clean.n_items,
         "table": table,
     }

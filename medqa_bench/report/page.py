@@ -15,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 from importlib import resources
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import diagnostics, figures, tables
 from .cells import fmt
-from ..schema import Results, SystemInfo, read_results
+from ..schema import Analysis, Results, SystemInfo, read_analysis, read_results
 from .contamination import contamination
 from .runs import SEPARATOR, row_prompt_key
 from .validity_view import validity_context
@@ -83,19 +84,18 @@ def _provenance(run_name: str, results: Results) -> dict:
     }
 
 
-def _comparison_pairs(analysis: dict, default_metric: str | None) -> list[dict]:
+def _comparison_pairs(analysis: Analysis, default_metric: str | None) -> list[dict]:
     """The explorer's "compare" choices: each adapter against its strongest baseline row (on the default metric)
     first, its other baseline rows, then every model row against every reference row."""
-    kinds = analysis.get("kinds") or {}
-    strongest = analysis.get("strongest_baseline") or {}
+    kinds, strongest = analysis.kinds, analysis.strongest_baseline
     pairs = []
-    for a, per in (analysis.get("comparisons") or {}).items():
-        best = (strongest.get(a) or {}).get(default_metric) if default_metric else None
+    for a, per in analysis.comparisons.items():
+        best = strongest.get(a, {}).get(default_metric) if default_metric else None
         for b in sorted(per, key=lambda b: (kinds.get(b) == "reference", b != best)):
             tag = "strongest baseline" if b == best else kinds.get(b) or ""
             pairs.append({"a": a, "b": b, "label": f"{a}  vs  {b} ({tag})" if tag else f"{a}  vs  {b}"})
     if not pairs:  # an analysis without comparisons (older runs): each adapter against its first baseline row
-        pairs = [{"a": a, "b": b, "label": f"{a}  vs  {b}"} for a, b in (analysis.get("baselines") or {}).items()]
+        pairs = [{"a": a, "b": b, "label": f"{a}  vs  {b}"} for a, b in analysis.baselines.items()]
     pairs.sort(key=lambda p: (kinds.get(p["a"]) != "adapter", kinds.get(p["b"]) == "reference"))
     return pairs
 
@@ -108,16 +108,16 @@ def _prompt_key(info: SystemInfo) -> str:
     return f"{info.run}{SEPARATOR}{key}" if info.run else key
 
 
-def _explorer(results: Results, samples: list[dict], analysis: dict) -> dict:
+def _explorer(results: Results, samples: list[dict], analysis: Analysis) -> dict:
     metric_infos = results.metrics
     metrics = [m for m, info in metric_infos.items() if info.kind != "nll"] or sorted(
         {m for s in samples for sys in s.get("systems", {}).values() for m in (sys.get("scores") or {})}
     )
     keep = ("prediction", "generated_tokens", "truncated", "stop_reason", "source", "scores", "passages")
-    default_metric = analysis.get("similarity_metric") or (metrics[0] if metrics else None)
-    kinds = analysis.get("kinds") or {}
+    default_metric = analysis.similarity_metric or (metrics[0] if metrics else None)
+    kinds = analysis.kinds
     systems = []
-    for n in analysis["systems"]:
+    for n in analysis.systems:
         info = results.system(n)
         systems.append({
             "name": n,
@@ -137,7 +137,7 @@ def _explorer(results: Results, samples: list[dict], analysis: dict) -> dict:
             m: m not in metric_infos or metric_infos[m].higher_is_better is not False for m in metrics
         },
         "default_metric": default_metric,
-        "leakage_threshold": (analysis.get("leakage") or {}).get("threshold"),
+        "leakage_threshold": analysis.leakage.threshold if analysis.leakage else None,
         "items": [
             {
                 "id": s["id"],
@@ -158,33 +158,34 @@ def _explorer(results: Results, samples: list[dict], analysis: dict) -> dict:
     }
 
 
-def _per_run(analysis: dict, key: str, build) -> list[dict]:
-    """``[{"run", "table"}]``: one section built from the analysis, or, in a combined report whose runs differ on
-    ``key`` (their thresholds, their leakage audits), one per run from that run's own analysis."""
-    own = analysis.get("runs") or {}
-    if own and not analysis.get(key) and any(a.get(key) for a in own.values()):
+def _per_run(analysis: Analysis, fact: Callable[[Analysis], Any], build: Callable[[Analysis], Any]) -> list[dict]:
+    """``[{"run", "table"}]``: one section built from the analysis, or, in a combined report whose runs differ on a
+    ``fact`` (their thresholds, their leakage audits: the combined analysis has none), one per run from that run's
+    own analysis."""
+    own = {r: read_analysis(a) for r, a in analysis.runs.items()}
+    if own and not fact(analysis) and any(fact(a) for a in own.values()):
         return [{"run": r, "table": t} for r, a in own.items() if (t := build(a))]
     table = build(analysis)
     return [{"run": None, "table": table}] if table else []
 
 
-def _bootstrap_text(analysis: dict) -> str:
+def _bootstrap_text(analysis: Analysis) -> str:
     """The paired bootstrap's resamples and seed; in a combined report whose runs differ on them, each run's."""
-    own = analysis.get("runs") or {}
-    if not own or (analysis.get("n_bootstrap") is not None and analysis.get("seed") is not None):
-        return f"{analysis.get('n_bootstrap')} resamples, seed {analysis.get('seed')}"
+    if not analysis.runs or (analysis.n_bootstrap is not None and analysis.seed is not None):
+        return f"{analysis.n_bootstrap} resamples, seed {analysis.seed}"
     groups: dict[tuple, list[str]] = {}
-    for label, a in own.items():
-        groups.setdefault((a.get("n_bootstrap"), a.get("seed")), []).append(label)
+    for label, a in analysis.runs.items():
+        a = read_analysis(a)
+        groups.setdefault((a.n_bootstrap, a.seed), []).append(label)
     return "; ".join(f"{'run' if len(labels) == 1 else 'runs'} {', '.join(labels)}: {n} resamples, seed {seed}"
                      for (n, seed), labels in groups.items())
 
 
 def render_html(
-    results: dict,
+    results: Results | Mapping[str, Any],
     samples: list[dict],
-    analysis: dict,
-    verdict: dict | None,
+    analysis: Mapping[str, Any],
+    verdict: Mapping[str, Any] | None,
     runs: list[tuple[str, dict]],
     *,
     plotly_mode: str,
@@ -197,8 +198,9 @@ def render_html(
 
     from ..analysis.verdict import metric_notes
 
-    typed = read_results(results)
-    figs = figures.build_figures(results, analysis)
+    typed, stored = read_results(results), analysis  # stored: the analysis object, as results.json holds it
+    analysis = read_analysis(analysis)
+    figs = figures.build_figures(typed, analysis)
     sections = {}
     for key, title in _SECTIONS.items():
         items = [
@@ -208,7 +210,7 @@ def render_html(
         ]
         sections[key] = {"key": key, "title": title, "figures": items}
     explorer = script_json(_explorer(typed, samples, analysis))
-    nonce = hashlib.sha256(explorer.encode() + json.dumps(analysis, sort_keys=True).encode()).hexdigest()[:32]
+    nonce = hashlib.sha256(explorer.encode() + json.dumps(stored, sort_keys=True).encode()).hexdigest()[:32]
     if plotly_mode == "inline":
         plotly_js, plotly_src = get_plotlyjs().replace("</script", "<\\/script"), None
     else:
@@ -218,34 +220,34 @@ def render_html(
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
     template = env.from_string(pkg.joinpath("report.html").read_text(encoding="utf-8"))
-    th = analysis.get("thresholds")
-    systems = tables.systems_context(results, analysis)
-    own = analysis.get("runs") or {}  # a combined report: each run's own analysis
-    nll_counts = {a.get("n_nll_items") or a["n_items"] for a in own.values()}
+    th = analysis.thresholds
+    systems = tables.systems_context(typed, analysis)
+    own = [read_analysis(a) for a in analysis.runs.values()]  # a combined report: each run's own analysis
+    nll_counts = {a.n_nll_items or a.n_items for a in own}
     return template.render(
         title=typed.run_name or "medqa-bench run",
         created=typed.created or "",
         model=", ".join(dict.fromkeys(_model_reference(read_results(r)) for _, r in runs)),
-        n_items=analysis["n_items"],
-        n_nll_items=(analysis.get("n_nll_items") or analysis["n_items"]) if len(nll_counts) <= 1 else None,
-        run_labels=list(own),
+        n_items=analysis.n_items,
+        n_nll_items=(analysis.n_nll_items or analysis.n_items) if len(nll_counts) <= 1 else None,
+        run_labels=list(analysis.runs),
         bootstrap=_bootstrap_text(analysis),
         analysis=analysis,
         thresholds=th,
         threshold_source=diagnostics.threshold_source_text(th),
         systems=systems,
         system_info={s["name"]: s for s in systems},
-        verdict=verdict_context(results, analysis, verdict),
-        summary=tables.summary_tables(results, analysis, metric_notes(results, analysis)),
-        validity=validity_context(results, tables.metric_names(results, analysis)),
-        lm_rows=tables.language_modeling(results, analysis),
-        loss_definitions=tables.loss_definitions(results, analysis, runs),
+        verdict=verdict_context(typed, analysis, verdict),
+        summary=tables.summary_tables(typed, analysis, metric_notes(typed, analysis)),
+        validity=validity_context(typed, tables.metric_names(typed, analysis)),
+        lm_rows=tables.language_modeling(typed, analysis),
+        loss_definitions=tables.loss_definitions(typed, analysis, runs),
         tests=tables.paired_tests(analysis),
         degeneration=diagnostics.degeneration(analysis),
-        budgets=diagnostics.budget(results, runs),
-        threshold_tables=_per_run(analysis, "match_thresholds", diagnostics.thresholds),
-        leakages=_per_run(analysis, "leakage", lambda a: diagnostics.leakage(results, a)),
-        contamination=contamination(results, samples, analysis),
+        budgets=diagnostics.budget(typed, runs),
+        threshold_tables=_per_run(analysis, lambda a: a.match_thresholds, diagnostics.thresholds),
+        leakages=_per_run(analysis, lambda a: a.leakage, lambda a: diagnostics.leakage(typed, a)),
+        contamination=contamination(typed, samples, analysis),
         sections=sections,
         n_figures=len(figs),
         explorer_json=Markup(explorer),

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..schema import MetricInfo, MetricValue, Results, read_results
+from ..schema import Analysis, MetricInfo, MetricValue, Results, read_analysis, read_results
 from .cells import BLANK_DELTA, ci, delta, fmt, fmt_p
 
 
@@ -19,18 +19,19 @@ def value(results: Results, system: str, metric: str) -> MetricValue | None:
     return results.results.get(system, {}).get(metric)
 
 
-def metric_names(results: Results | Mapping[str, Any], analysis: dict) -> list[str]:
+def metric_names(results: Results | Mapping[str, Any], analysis: Analysis | Mapping[str, Any]) -> list[str]:
     results = read_results(results)
-    return list(results.metrics) or sorted({m for s in analysis["systems"] for m in results.results.get(s, {})})
+    return list(results.metrics) or sorted(
+        {m for s in read_analysis(analysis).systems for m in results.results.get(s, {})})
 
 
-def systems_context(results: Results | Mapping[str, Any], analysis: dict) -> list[dict]:
+def systems_context(results: Results | Mapping[str, Any], analysis: Analysis | Mapping[str, Any]) -> list[dict]:
     """One entry per system, in run order: its kind, prompt format and why, stop sequences, and (reference rows)
     what the row is. The template draws table headers and badges from these."""
-    results = read_results(results)
-    kinds = analysis.get("kinds") or {}
+    results, analysis = read_results(results), read_analysis(analysis)
+    kinds = analysis.kinds
     out = []
-    for s in analysis["systems"]:
+    for s in analysis.systems:
         info = results.system(s)
         kind = kinds.get(s) or info.kind or ("baseline" if s == "baseline" else "adapter")
         stops = info.stop_sequences
@@ -52,15 +53,16 @@ def systems_context(results: Results | Mapping[str, Any], analysis: dict) -> lis
 # ------------------------------------------------------------------------------------------ summary
 
 
-def summary_tables(results: Results | Mapping[str, Any], analysis: dict, notes: list[dict]) -> list[dict]:
+def summary_tables(results: Results | Mapping[str, Any], analysis: Analysis | Mapping[str, Any],
+                   notes: list[dict]) -> list[dict]:
     """The summary as tables ``[{"title", "run", "systems", "rows"}]`` (``systems``: :func:`systems_context`'s entries
     of its columns; ``rows``: :func:`headline`'s). One run: one table. A combined report: the rows every run shares
     (the reference rows, a baseline they all answered alike), then one table per run with its other rows (a row that
     some runs share stands in each of theirs), so a table is never wider than one run, however many runs there are.
     A metric note stands in the tables holding the reference row it is about."""
-    results = read_results(results)
+    results, analysis = read_results(results), read_analysis(analysis)
     columns = systems_context(results, analysis)
-    own = analysis.get("runs") or {}
+    own = analysis.runs
     if not own:
         return [{"title": None, "run": None, "systems": columns, "rows": headline(results, analysis, notes)["rows"]}]
     def runs_of(name: str) -> list:
@@ -70,7 +72,7 @@ def summary_tables(results: Results | Mapping[str, Any], analysis: dict, notes: 
     every = [c for c in columns if set(own) <= set(runs_of(c["name"]))]
     groups = [("Rows every run shares", None, every)] if every else []
     for r, a in own.items():  # in the run's own order: baselines, adapters, reference rows
-        order = {name: k for k, name in enumerate(a.get("systems") or [])}
+        order = {name: k for k, name in enumerate(read_analysis(a).systems)}
         cols = [c for c in columns if r in runs_of(c["name"]) and c not in every]
         groups.append((f"Run {r}", r, sorted(cols, key=lambda c: order.get(c["name"], len(order)))))
     tables = []
@@ -85,20 +87,18 @@ def summary_tables(results: Results | Mapping[str, Any], analysis: dict, notes: 
     return tables
 
 
-def headline(results: Results, analysis: dict, notes: list[dict], systems: list[str] | None = None) -> dict:
+def headline(results: Results, analysis: Analysis, notes: list[dict], systems: list[str] | None = None) -> dict:
     """Rows of metrics, one cell per system (``systems``, default every row of the analysis); each adapter's delta
     is against the strongest baseline row of that metric (named in the cell); baselines and reference rows get none.
     ``notes``: verdict.metric_notes()."""
-    systems = systems if systems is not None else analysis["systems"]
-    kinds = analysis.get("kinds") or {}
-    paired = analysis.get("paired") or {}
-    strongest = analysis.get("strongest_baseline") or {}
+    systems = systems if systems is not None else analysis.systems
+    kinds, paired, strongest = analysis.kinds, analysis.paired, analysis.strongest_baseline
     rows = []
     for m in metric_names(results, analysis):
         info = results.metrics.get(m) or MetricInfo()
         # marked only where there is a choice: an adapter with several baseline rows
         strongest_rows = {per[m] for a, per in strongest.items()
-                          if m in per and len((analysis.get("baseline_rows") or {}).get(a) or []) > 1}
+                          if m in per and len(analysis.baseline_rows.get(a) or []) > 1}
         cells = []
         for s in systems:
             v = value(results, s, m)
@@ -111,9 +111,10 @@ def headline(results: Results, analysis: dict, notes: list[dict], systems: list[
                 "against": None,
                 "strongest": s in strongest_rows,
             }
-            row = ((paired.get(s) or {}).get("metrics") or {}).get(m)
+            judged = paired.get(s)
+            row = judged.metrics.get(m) if judged else None
             if row is not None:
-                against = row.get("against") or (paired.get(s) or {}).get("baseline")
+                against = row.get("against") or judged.baseline
                 base_v = value(results, against, m)
                 cell["delta"] = delta(row, pct_of=base_v.value if base_v else None)
                 cell["against"] = against
@@ -154,20 +155,22 @@ def _note(note: dict) -> dict:
             "text": f"measures {what}: {short}" if sep else message}
 
 
-def language_modeling(results: Results | Mapping[str, Any], analysis: dict) -> list[dict] | None:
+def language_modeling(results: Results | Mapping[str, Any],
+                      analysis: Analysis | Mapping[str, Any]) -> list[dict] | None:
     """Loss and perplexity of the reference answers per language-model row, each adapter's change against the
     baseline row the analysis compared it with (the strongest on loss)."""
-    lm = analysis.get("language_modeling")
-    if not lm:
+    analysis = read_analysis(analysis)
+    lm = analysis.language_modeling
+    if lm is None or not lm.raw:  # absent, null or an empty object
         return None
-    kinds = analysis.get("kinds") or {}
+    kinds = analysis.kinds
     results = read_results(results)
     rows = []
-    for s in analysis["systems"]:
-        v = lm["systems"].get(s)
+    for s in analysis.systems:
+        v = lm.systems.get(s)
         if not v:
             continue
-        change = lm["changes"].get(s)
+        change = lm.changes.get(s)
         row = {
             "label": "Fine-tuned" if kinds.get(s) == "adapter" else "Baseline",
             "system": s,
@@ -212,7 +215,7 @@ def _show(v) -> str:
     return str(v)
 
 
-def loss_definitions(results: Results | Mapping[str, Any], analysis: dict,
+def loss_definitions(results: Results | Mapping[str, Any], analysis: Analysis | Mapping[str, Any],
                      runs: list[tuple[str, dict]]) -> dict | None:
     """The harness's loss definition beside each adapter's training eval loss and its definition, field by field
     (adapters whose training eval loss is the same number, defined alike, share a column: the table does not grow
@@ -221,7 +224,8 @@ def loss_definitions(results: Results | Mapping[str, Any], analysis: dict,
     columns = []
     harness = [(name, d) for name, r in runs if (d := read_results(r).loss_definition)]
     distinct = list({repr(sorted(d.items())): (n, d) for n, d in harness}.values())
-    lm = (analysis.get("language_modeling") or {}).get("systems") or {}
+    modeled = read_analysis(analysis).language_modeling
+    lm = modeled.systems if modeled else {}
     for name, d in distinct:
         title = "this run's loss (the table above)" if len(distinct) == 1 else f"run {name}: loss"
         columns.append({"title": title, "kind": "harness", "values": {"value": "per row, above", **d}})
@@ -279,22 +283,23 @@ def _test_row(a: str, b: str, m: str, r: dict) -> dict:
     }
 
 
-def paired_tests(analysis: dict) -> dict:
+def paired_tests(analysis: Analysis | Mapping[str, Any]) -> dict:
     """``judged``: each adapter against its strongest baseline row per metric (Holm over the adapter's metrics, the
     family the verdict reads); ``groups``: every comparison the analysis made, adapters against baseline rows
     first, then model rows against reference rows, each with Holm over its own metrics."""
+    analysis = read_analysis(analysis)
     judged = []
-    for adapter, block in (analysis.get("paired") or {}).items():
-        for m, r in block["metrics"].items():
-            judged.append(_test_row(adapter, r.get("against") or block.get("baseline"), m, r))
-    kinds = analysis.get("kinds") or {}
+    for adapter, block in analysis.paired.items():
+        for m, r in block.metrics.items():
+            judged.append(_test_row(adapter, r.get("against") or block.baseline, m, r))
+    kinds = analysis.kinds
     groups = []
-    for a, per in (analysis.get("comparisons") or {}).items():
+    for a, per in analysis.comparisons.items():
         for b, block in per.items():
             kind = "adapter vs baseline" if kinds.get(b) == "baseline" else "model vs reference row"
             groups.append({
                 "system": a, "against": b, "kind": kind, "reference": kinds.get(b) == "reference",
-                "rows": [_test_row(a, b, m, r) for m, r in (block.get("metrics") or {}).items()],
+                "rows": [_test_row(a, b, m, r) for m, r in block.metrics.items()],
             })
     groups.sort(key=lambda g: g["reference"])  # stable: run order within each kind
     return {"judged": judged, "groups": groups, "n_comparisons": len(groups)}
