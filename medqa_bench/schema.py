@@ -330,6 +330,7 @@ class CleanSubset:
     n_items: Optional[int] = None
     results: Optional[dict[str, dict[str, Any]]] = None  # system -> metric -> corpus value; None: nothing flagged
     judged: dict[str, Judged] = field(default_factory=dict)  # judged row -> its rows on these items
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ here computes a statistic that the runs' own analyses did not.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import MetricError
-from ..schema import read_results
+from ..schema import Analysis, Judged, Leakage, read_analysis, read_results, read_verdict
 from . import analyze, choose_metric, metric_infos, similarity_metrics
 from .thresholds import keyed_thresholds, spec_thresholds
 from .verdict import ALPHA, run_lines
@@ -85,94 +86,99 @@ def analyze_runs(parts: dict[str, tuple[dict, list[dict]]], options: dict[str, d
     return combine_analyses(own, order)
 
 
-def _union(analyses: list[dict], *path: str) -> dict:
+def _union(blocks: list[Mapping[str, Any] | None]) -> dict:
+    """The runs' blocks of one kind as one object: each key from the first run that has it."""
     out: dict = {}
-    for a in analyses:
-        block: Any = a
-        for key in path:
-            block = (block or {}).get(key)
-        for k, v in (block or {}).items():
+    for block in blocks:
+        for k, v in (block.items() if block else ()):
             out.setdefault(k, v)
     return out
 
 
-def _comparisons(analyses: list[dict]) -> dict:
+def _objects(judged: dict[str, Judged]) -> dict[str, Mapping[str, Any]]:
+    """Judged rows as the analysis object holds them."""
+    return {name: j.raw for name, j in judged.items()}
+
+
+def _comparisons(analyses: list[Analysis]) -> dict:
     """Every run's comparisons; a pair of shared rows, compared in several runs, keeps the block of most metrics."""
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Judged]] = {}
     for a in analyses:
-        for system, per in (a.get("comparisons") or {}).items():
+        for system, per in a.comparisons.items():
             for against, block in per.items():
                 kept = out.setdefault(system, {}).get(against)
-                if kept is None or len(block.get("metrics") or {}) > len(kept.get("metrics") or {}):
+                if kept is None or len(block.metrics) > len(kept.metrics):
                     out[system][against] = block
-    return out
+    return {system: _objects(per) for system, per in out.items()}
 
 
-def _row_thresholds(labels: list[str], analyses: list[dict]) -> dict[str, dict]:
+def _own_thresholds(a: Analysis) -> dict[str, Any]:
+    return {k: a.thresholds.get(k) if a.thresholds else None for k in _THRESHOLD_KEYS}
+
+
+def _row_thresholds(labels: list[str], analyses: list[Analysis]) -> dict[str, dict]:
     """Which thresholds each row of the combined confusion views was graded at: its run's, and for a row several runs
     share, the first of them's (``run``), with the runs that calibrated others (``differs``)."""
     out: dict[str, dict] = {}
     for label, a in zip(labels, analyses):
-        th = {k: (a.get("thresholds") or {}).get(k) for k in _THRESHOLD_KEYS}
-        for s in a.get("systems") or []:
+        th = _own_thresholds(a)
+        for s in a.systems:
             row = out.setdefault(s, {"run": label, **th, "differs": []})
             if row["run"] != label and any(row[k] != th[k] for k in _THRESHOLD_KEYS):
                 row["differs"].append(label)
     return out
 
 
-def _confusion(labels: list[str], analyses: list[dict]) -> dict | None:
+def _confusion(labels: list[str], analyses: list[Analysis]) -> dict | None:
     """The runs' confusion views side by side, each row graded at its own run's thresholds; where the runs'
     thresholds differ, ``row_thresholds`` says which apply to which row."""
-    blocks = [a.get("confusion") for a in analyses]
-    if not all(blocks) or len({b["metric"] for b in blocks}) != 1:
+    blocks = [a.confusion for a in analyses]
+    if not all(b is not None and b.raw for b in blocks) or len({b.metric for b in blocks}) != 1:
         return None
-    qtype = _union(blocks, "qtype") if all(b.get("qtype") for b in blocks) else None
-    same = agreed([a.get("thresholds") for a in analyses]) is not None
-    return {"metric": blocks[0]["metric"], "own_vs_other": _union(blocks, "own_vs_other"),
-            "graded": {"labels": blocks[0]["graded"]["labels"], "counts": _union(blocks, "graded", "counts"),
-                       "transitions": _union(blocks, "graded", "transitions")},
+    qtype = _union([b.qtype for b in blocks]) if all(b.qtype for b in blocks) else None
+    same = agreed([a.thresholds for a in analyses]) is not None
+    return {"metric": blocks[0].metric, "own_vs_other": _union([b.own_vs_other for b in blocks]),
+            "graded": {"labels": blocks[0].graded.labels, "counts": _union([b.graded.counts for b in blocks]),
+                       "transitions": _union([b.graded.transitions for b in blocks])},
             "qtype": qtype, "row_thresholds": None if same else _row_thresholds(labels, analyses)}
 
 
-def _lengths(analyses: list[dict], labels: list[str]) -> dict:
+def _lengths(analyses: list[Analysis], labels: list[str]) -> dict:
     """Each system's histograms with its own run's bin edges (runs count tokens with their own tokenizers)."""
     systems: dict[str, dict] = {}
     for a in analyses:
-        block = a.get("lengths") or {}
+        block = a.lengths  # medqa_bench.analysis.lengths.length_histograms
         for s, h in (block.get("systems") or {}).items():
             systems.setdefault(s, {**h, "edges": block.get("edges"), "diff_edges": block.get("diff_edges")})
-    first = analyses[0].get("lengths") or {}
-    return {**first, "systems": systems, "runs": {
-        label: {k: (a.get("lengths") or {}).get(k) for k in ("edges", "reference", "max_new_tokens")}
+    return {**analyses[0].lengths, "systems": systems, "runs": {
+        label: {k: a.lengths.get(k) for k in ("edges", "reference", "max_new_tokens")}
         for label, a in zip(labels, analyses)}}
 
 
-def _leakage(analyses: list[dict]) -> dict | None:
+def _leakage(analyses: list[Analysis]) -> dict | None:
     """One audit when the runs' audits agree (the same items flagged at the same threshold), with every run's clean
     values and judged rows; else None, and each run's audit stays in ``runs``."""
-    blocks = [a.get("leakage") for a in analyses]
-    if not any(blocks):
+    blocks = [a.leakage for a in analyses]
+    if not all(b is not None and b.raw for b in blocks):
         return None
 
-    def audit(b: dict | None):
-        b = b or {}
-        return (b.get("ran", True), b.get("threshold"), b.get("n_items"), [i.get("id") for i in b.get("items") or []])
+    def audit(b: Leakage):
+        return (b.ran, b.threshold, b.n_items, [i.get("id") for i in b.items])
 
-    if not all(blocks) or any(audit(b) != audit(blocks[0]) for b in blocks[1:]):
+    if any(audit(b) != audit(blocks[0]) for b in blocks[1:]):
         return None
-    clean = {**(blocks[0].get("clean") or {})}
-    if clean.get("results") is not None:
-        clean["results"] = _union(blocks, "clean", "results")
-        clean["judged"] = _union(blocks, "clean", "judged")
-    return {**blocks[0], "clean": clean}
+    clean = dict(blocks[0].clean.raw)
+    if blocks[0].clean.results is not None:
+        clean["results"] = _union([b.clean.results for b in blocks])
+        clean["judged"] = _union([_objects(b.clean.judged) for b in blocks])
+    return {**blocks[0].raw, "clean": clean}
 
 
-def _language_modeling(analyses: list[dict]) -> dict | None:
-    blocks = [a.get("language_modeling") for a in analyses if a.get("language_modeling")]
+def _language_modeling(analyses: list[Analysis]) -> dict | None:
+    blocks = [lm for a in analyses if (lm := a.language_modeling) is not None and lm.raw]
     if not blocks:
         return None
-    return {"systems": _union(blocks, "systems"), "changes": _union(blocks, "changes")}
+    return {"systems": _union([b.systems for b in blocks]), "changes": _union([b.changes for b in blocks])}
 
 
 def combine_analyses(own: dict[str, dict], order: list[str] | None = None) -> dict:
@@ -181,42 +187,37 @@ def combine_analyses(own: dict[str, dict], order: list[str] | None = None) -> di
     run fact (``thresholds``, ``match_thresholds``, ``seed``, ``n_bootstrap``) is the runs' when they agree, else None
     (or empty): read each run's own then. ``order``: the systems in the order to show them (the combined results'),
     else run by run."""
-    labels, analyses = list(own), list(own.values())
-    first = analyses[0]
+    labels, analyses = list(own), [read_analysis(a) for a in own.values()]
 
-    def same(key: str, empty=None):
-        return agreed([a.get(key) for a in analyses], empty)
-
-    systems = list(dict.fromkeys(s for a in analyses for s in a["systems"]))
+    systems = list(dict.fromkeys(s for a in analyses for s in a.systems))
     if order:
         systems = [s for s in order if s in systems] + [s for s in systems if s not in order]
-    metric = same("similarity_metric")
+    metric = agreed([a.similarity_metric for a in analyses])
     confusion = _confusion(labels, analyses) if metric else None
     return {
-        "version": first.get("version"),
+        "version": analyses[0].version,
         "combined": True,
         "similarity_metric": metric if confusion else None,
-        "bounded_metrics": list(dict.fromkeys(m for a in analyses for m in a.get("bounded_metrics") or [])),
-        "thresholds": same("thresholds") if confusion else None,
-        "match_thresholds": same("match_thresholds", {}),
+        "bounded_metrics": list(dict.fromkeys(m for a in analyses for m in a.bounded_metrics)),
+        "thresholds": agreed([a.thresholds for a in analyses]) if confusion else None,
+        "match_thresholds": agreed([a.match_thresholds for a in analyses], {}),
         "systems": systems,
-        "kinds": _union(analyses, "kinds"),
-        "baselines": _union(analyses, "baselines"),
-        "baseline_rows": _union(analyses, "baseline_rows"),
-        "reference_rows": list(dict.fromkeys(r for a in analyses for r in a.get("reference_rows") or [])),
-        "seed": same("seed"),
-        "n_bootstrap": same("n_bootstrap"),
-        "n_items": max(a.get("n_items") or 0 for a in analyses),
-        "n_nll_items": max(a.get("n_nll_items") or a.get("n_items") or 0 for a in analyses),
+        "kinds": _union([a.kinds for a in analyses]),
+        "baselines": _union([a.baselines for a in analyses]),
+        "baseline_rows": _union([a.baseline_rows for a in analyses]),
+        "reference_rows": list(dict.fromkeys(r for a in analyses for r in a.reference_rows)),
+        "seed": agreed([a.seed for a in analyses]),
+        "n_bootstrap": agreed([a.n_bootstrap for a in analyses]),
+        "n_items": max(a.n_items or 0 for a in analyses),
+        "n_nll_items": max(a.n_nll_items or a.n_items or 0 for a in analyses),
         "comparisons": _comparisons(analyses),
-        "strongest_baseline": _union(analyses, "strongest_baseline"),
-        "paired": _union(analyses, "paired"),
+        "strongest_baseline": _union([a.strongest_baseline for a in analyses]),
+        "paired": _union([_objects(a.paired) for a in analyses]),
         "confusion": confusion,
         "language_modeling": _language_modeling(analyses),
         "lengths": _lengths(analyses, labels),
-        "degeneration": {"stats": _union(analyses, "degeneration", "stats"), "warnings": list({
-            (w["system"], w["code"]): w for a in analyses for w in (a.get("degeneration") or {}).get("warnings") or []
-        }.values())},
+        "degeneration": {"stats": _union([a.degeneration.stats for a in analyses]), "warnings": list({
+            (w["system"], w["code"]): w for a in analyses for w in a.degeneration.warnings}.values())},
         "leakage": _leakage(analyses),
         "runs": own,
     }
@@ -241,19 +242,21 @@ def combine_verdicts(own: dict[str, tuple[dict, dict]]) -> dict[str, Any]:
     adapters: dict[str, Any] = {}
     heads: dict[str, list[str]] = {}
     warnings: dict[str, tuple[dict, list[str]]] = {}
-    for label, (results, v) in own.items():
-        for name, a in (v.get("adapters") or {}).items():
-            adapters[name] = {**a, "run": label}
-        for line in run_lines(read_results(results).validity, v.get("adapters") or {}):
+    verdicts = {label: read_verdict(v) for label, (_, v) in own.items()}
+    for label, (results, _) in own.items():
+        v = verdicts[label]
+        for name, a in v.adapters.items():
+            adapters[name] = {**a.raw, "run": label}
+        for line in run_lines(read_results(results).validity, {name: a.raw for name, a in v.adapters.items()}):
             heads.setdefault(line, []).append(label)
-        for w in v.get("warnings") or []:
+        for w in v.warnings:
             warnings.setdefault(w["message"], (w, []))[1].append(label)
     run_warnings = [{**w, "runs": labels, "message": f"{runs_phrase(labels)}: {w['message']}"}
                     for w, labels in warnings.values()]
     return {
         "version": 1, "alpha": ALPHA, "correction": "holm", "adapters": adapters, "warnings": run_warnings,
-        "primary": agreed([v.get("primary") for _, v in own.values()]),
-        "runs": {label: {"primary": v.get("primary")} for label, (_, v) in own.items()},
+        "primary": agreed([v.primary for v in verdicts.values()]),
+        "runs": {label: {"primary": v.primary} for label, v in verdicts.items()},
         "lines": [f"{runs_phrase(labels)}: {line}" for line, labels in heads.items()]
         + [line for a in adapters.values() for line in a["lines"]] + [f"warning: {w['message']}" for w in run_warnings],
     }
