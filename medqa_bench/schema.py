@@ -288,6 +288,23 @@ class PrimaryMetric:
 
 
 @dataclass(frozen=True)
+class MetricValidity:
+    """``validity.metrics[name]``: a metric's figures against expert grades (:class:`MeasuredFigures`) or why it has
+    none (:class:`NotMeasured`), as one record."""
+
+    measured: bool = False
+    signature: Optional[str] = None
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # FIGURES -> {"value", "ci_low", "ci_high"}
+    robustness: dict[str, dict[str, Any]] = field(default_factory=dict)  # perturbation -> win rate with CI and n
+    passes_robustness: bool = False
+    n_scored: Optional[int] = None
+    n_unscored: Optional[int] = None
+    below_floor: Optional[bool] = None  # None where the within-question Spearman is undefined
+    reason: Optional[str] = None  # not measured: why
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class RunValidity:
     """``validity`` (2.2; medqa_bench.validity.measured.run_validity), recomputed by ``score``."""
 
@@ -299,7 +316,7 @@ class RunValidity:
     settings: dict[str, Any] = field(default_factory=dict)  # good_threshold, related_grade, n_bootstrap, seed, ...
     floor: ValidityFloor = field(default_factory=ValidityFloor)
     primary: PrimaryMetric = field(default_factory=PrimaryMetric)
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> MeasuredFigures | NotMeasured
+    metrics: dict[str, MetricValidity] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 

@@ -17,7 +17,8 @@ from medqa_bench.storage import atomic
 from medqa_bench.errors import RunError
 from medqa_bench.results_record import SECTIONS, build_results, record_dict, with_sections
 from medqa_bench.schema import (SCHEMA_VERSION, AdapterVerdict, Analysis, DataRecord, Judged, Leakage, MetricInfo,
-                                 Results, SystemInfo, Verdict, read_analysis, read_results, read_verdict)
+                                 MetricValidity, Results, SystemInfo, Verdict, read_analysis, read_results,
+                                 read_verdict)
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 COMMITTED = sorted(REPORTS.glob("**/results.json"))
@@ -99,6 +100,14 @@ def test_hand_made_runs_of_this_version_read():
     r = read_results(results)
     assert r.schema_version == SCHEMA_VERSION and r.primary_metric == "fuzzy"
     assert r.validity.floor.figure == results["validity"]["floor"]["figure"]
+    fuzzy = r.validity.metrics["fuzzy"]  # a hand-made run's metrics were never measured
+    assert isinstance(fuzzy, MetricValidity) and fuzzy.raw is results["validity"]["metrics"]["fuzzy"]
+    assert fuzzy.measured is False and fuzzy.reason == "a hand-made run's metric" and fuzzy.figures == {}
+    figure = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+    measured = read_results({"validity": {"metrics": {"m": {"measured": True, "signature": "m", "below_floor": False,
+                                                           "figures": {"spearman": figure}}}}}).validity.metrics["m"]
+    assert measured.measured and measured.figures["spearman"] == figure and measured.below_floor is False
+    assert measured.passes_robustness is False and measured.robustness == {}  # absent: the defaults
     assert r.system("qlora-medquad").kind == "adapter" and r.system("nothing") == SystemInfo()
     assert r.analysis.raw is results["analysis"] and r.verdict.raw is results["verdict"]
     assert r.analysis.paired["qlora-medquad"].metrics == results["analysis"]["paired"]["qlora-medquad"]["metrics"]
@@ -129,6 +138,7 @@ def test_hand_made_runs_of_this_version_read():
     ({"analysis": {"leakage": {"n_near_duplicates": "2"}}}, "analysis.leakage.n_near_duplicates", "str '2'"),
     ({"verdict": {"adapters": {"a": {"lines": "x"}}}}, "verdict.adapters.a.lines", "str 'x', not a list"),
     ({"verdict": {"warnings": {}}}, "verdict.warnings", "dict …, not a list"),
+    ({"validity": {"metrics": {"fuzzy": {"measured": "yes"}}}}, "validity.metrics.fuzzy.measured", "str 'yes', not bool"),
     ({"analysis": {"confusion": {"graded": {"labels": "wrong"}}}}, "analysis.confusion.graded.labels", "not a list"),
 ])
 def test_a_wrong_type_names_its_dotted_key(change, key, shown):

@@ -6,7 +6,7 @@ Numbers only come from the validity block and the judged comparisons; nothing is
 
 from __future__ import annotations
 
-from ..schema import RunValidity
+from ..schema import MetricValidity, RunValidity
 
 
 def _interval(x: dict | None, digits: int = 2) -> str:
@@ -38,18 +38,19 @@ def weak_metrics_warning(adapter: str, versus: dict[str, list[dict]], validity: 
     if not significant:
         return None
     floor = validity.floor
-    figures = validity.metrics  # metric -> schema.MeasuredFigures | schema.NotMeasured
     weak = []
     for metric, outcome in significant:
-        entry = figures.get(metric) or {"measured": False, "reason": "no validity figures recorded for it"}
-        if entry.get("measured") and entry.get("below_floor") is False:
+        entry = validity.metrics.get(metric)
+        if entry is None or not entry.raw:  # absent, null or an empty object
+            entry = MetricValidity(reason="no validity figures recorded for it")
+        if entry.measured and entry.below_floor is False:
             return None  # one valid instrument carries the conclusion
-        if entry.get("measured"):
-            wq = (entry.get("figures") or {}).get(floor.figure or "within_question_spearman")
+        if entry.measured:
+            wq = entry.figures.get(floor.figure or "within_question_spearman")
             why = f"within-question Spearman {_interval(wq)} < {floor.value}"
         else:
-            why = "not measured against expert grades: " + str(entry.get("reason") or "")
-        weak.append({"metric": metric, "outcome": outcome, "measured": bool(entry.get("measured")), "why": why})
+            why = "not measured against expert grades: " + str(entry.reason or "")
+        weak.append({"metric": metric, "outcome": outcome, "measured": entry.measured, "why": why})
     listing = "; ".join(f"{w['metric']} ({w['outcome']}; {w['why']})" for w in weak)
     tail = ""
     if primary and primary["outcome"] == "no_difference":
@@ -65,7 +66,7 @@ def primary_line(validity: RunValidity) -> str:
     where = "the bundled measurement" if validity.source == "bundled" else validity.source
     if not primary.metric:
         return f"no primary metric: {primary.reason} (validity figures: {where})"
-    entry = validity.metrics.get(primary.metric) or {}
-    wq = (entry.get("figures") or {}).get("within_question_spearman")
+    entry = validity.metrics.get(primary.metric) or MetricValidity()
+    wq = entry.figures.get("within_question_spearman")
     return (f"primary metric: {primary.metric}, within-question Spearman with expert grades {_interval(wq)} "
             f"({primary.reason}; validity figures: {where})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..schema import Results, read_results
+from ..schema import MetricValidity, Results, read_results
 from .cells import fmt
 
 #: Where the README explains the figures, the robustness suite, the primary rule and the floor.
@@ -42,23 +42,23 @@ def _weakest(robustness: dict) -> dict[str, str]:
     return {"name": name, "text": _interval(r)["text"]}
 
 
-def _badge(name: str, entry: dict, primary: str | None) -> dict[str, Any]:
+def _badge(name: str, entry: MetricValidity, primary: str | None) -> dict[str, Any]:
     """What the headline table shows beside a metric: two figures (CIs on hover) and its status."""
-    if not entry.get("measured"):
-        return {"measured": False, "status": "not-measured", "label": "not measured", "title": entry.get("reason") or ""}
-    figures = entry.get("figures") or {}
+    if not entry.measured:
+        return {"measured": False, "status": "not-measured", "label": "not measured", "title": entry.reason or ""}
+    figures = entry.figures
     wq, topic = _interval(figures.get("within_question_spearman")), _interval(figures.get("auc_on_topic"))
     if name == primary:
         status, label = "primary", "primary"
-    elif entry.get("below_floor"):
+    elif entry.below_floor:
         status, label = "below-floor", "below floor"
-    elif not entry.get("passes_robustness"):
+    elif not entry.passes_robustness:
         status, label = "fails-robustness", "fails robustness"
     else:
         status, label = "measured", ""
     return {"measured": True, "status": status, "label": label, "wq": wq["value"], "topic": topic["value"],
             "title": f"agreement with expert grades: within-question Spearman {wq['text']}, on-topic AUC "
-                     f"{topic['text']} (95% CIs); robustness suite {'passed' if entry.get('passes_robustness') else 'failed'}"}
+                     f"{topic['text']} (95% CIs); robustness suite {'passed' if entry.passes_robustness else 'failed'}"}
 
 
 def validity_context(results: Results | Mapping[str, Any], metrics: list[str]) -> dict[str, Any]:
@@ -69,17 +69,16 @@ def validity_context(results: Results | Mapping[str, Any], metrics: list[str]) -
     if v is None or not v.raw:  # absent, null or an empty object
         note = DIFFERENT if results.validity_differs else NOT_RECORDED
         return {"recorded": False, "note": note, "badges": {}, "rows": []}
-    entries = v.metrics  # name -> schema.MeasuredFigures | schema.NotMeasured
+    entries = v.metrics
     primary = v.primary.metric
     rows, badges = [], {}
     for m in [m for m in metrics if m in entries] + [m for m in entries if m not in metrics]:
         entry = entries[m]
         badges[m] = _badge(m, entry, primary)
-        row = {"metric": m, **badges[m], "reason": entry.get("reason") or "", "cells": [], "robustness": None}
-        if entry.get("measured"):
-            row["cells"] = [_interval((entry.get("figures") or {}).get(k)) for k, _ in _COLUMNS]
-            row["robustness"] = {"weakest": _weakest(entry.get("robustness") or {}),
-                                 "passes": bool(entry.get("passes_robustness"))}
+        row = {"metric": m, **badges[m], "reason": entry.reason or "", "cells": [], "robustness": None}
+        if entry.measured:
+            row["cells"] = [_interval(entry.figures.get(k)) for k, _ in _COLUMNS]
+            row["robustness"] = {"weakest": _weakest(entry.robustness), "passes": entry.passes_robustness}
         rows.append(row)
     judged = v.judged_set
     counts = judged.get("counts") or {}
