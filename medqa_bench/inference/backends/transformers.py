@@ -14,12 +14,14 @@ The environment variable ``MEDQA_BENCH_ENGINE`` (for GPU experiments; unset: "ge
 :func:`medqa_bench.inference.generation.generate` (:data:`~medqa_bench.inference.generation.ENGINES`): "slots" or
 "refill" decode on the slot cache (a captured decoding step on CUDA), one system at a time (no mixed-adapter
 batches); "auto" does so on CUDA for greedy decoding. The engine is not part of a row's identity, as the batch size
-is not: "slots" is meant to give today's texts.
+is not: "slots" is meant to give today's texts. ``MEDQA_BENCH_ENGINE_STATS`` (a file) receives one JSON line per
+row's generation: the engine, its seconds, and the slot engine's steps, padding share and CUDA graphs.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import GenerationRequest, NextTokenRequest, NLLRequest, OnResult, by_system, count_tokens
@@ -203,9 +205,12 @@ class TransformersBackend:
                     values = generate(loaded.model, loaded.tokenizer, [r.prompt for r in reqs], first.decoding,
                                       desc="generate", adapter_names=[r.system.peft_name for r in reqs], **common)
                 else:
+                    stats: dict[str, Any] = {}
+                    t = time.perf_counter()
                     with system_active(loaded, system.adapter_name or "baseline") as model:
                         values = generate(model, loaded.tokenizer, [r.prompt for r in reqs], reqs[0].decoding,
-                                          desc=f"generate {system.name}", engine=engine, **common)
+                                          desc=f"generate {system.name}", engine=engine, stats=stats, **common)
+                    _record_engine(system.name, engine, len(reqs), time.perf_counter() - t, stats)
                 for i, value in zip(positions, values):
                     out[i] = value
         return out
@@ -320,6 +325,18 @@ def next_token_logprobs(model: Any, tokenizer: Any, requests: Sequence[NextToken
     finally:
         bar.close()
     return out
+
+
+def _record_engine(row: str, engine: str, n: int, seconds: float, stats: dict[str, Any]) -> None:
+    """With ``MEDQA_BENCH_ENGINE_STATS`` naming a file (GPU experiments), one JSON line per row's generation: the
+    engine, its seconds and the slot engine's step, padding and graph counts."""
+    path = os.environ.get("MEDQA_BENCH_ENGINE_STATS")
+    if path:
+        import json
+
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"row": row, "engine": engine, "requests": n, "seconds": round(seconds, 3), **stats})
+                    + "\n")
 
 
 def _lora_only(loaded: "LoadedModel") -> bool:
