@@ -193,6 +193,16 @@ class MetricInfo:
 
 
 @dataclass(frozen=True)
+class TrainingEvalLoss:
+    """``systems[name].training_eval_loss``: the adapter's training eval loss from its metadata, and how it was
+    defined (medqa_bench.inference.loss.definition_from_metadata: form, formula, split, eos, truncation, ...)."""
+
+    value: Optional[float] = None
+    definition: dict[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class SystemInfo:
     """``systems[name]``: a row of the run, how it was prompted and on which base."""
 
@@ -204,7 +214,7 @@ class SystemInfo:
     quantization_source: Optional[str] = None  # why: "default: the unquantized base", "training metadata", ...
     adapter: Optional[dict[str, Any]] = None  # models.AdapterInfo.to_dict()
     training_log: Optional[dict[str, Any]] = None  # analysis.training.read_training_log() of the adapter folder
-    training_eval_loss: Optional[dict[str, Any]] = None  # {"value", "definition"} from the adapter's metadata
+    training_eval_loss: Optional[TrainingEvalLoss] = None
     method: Optional[str] = None  # reference rows: "retrieval" | "boilerplate" | "question"
     description: Optional[str] = None  # reference rows: what the row is and why it is there
     settings: Optional[dict[str, Any]] = None  # reference rows: library, version and parameters

@@ -110,6 +110,8 @@ def test_hand_made_runs_of_this_version_read():
     assert measured.measured and measured.figures["spearman"] == figure and measured.below_floor is False
     assert measured.passes_robustness is False and measured.robustness == {}  # absent: the defaults
     assert r.system("qlora-medquad").kind == "adapter" and r.system("nothing") == SystemInfo()
+    tel = r.system("qlora-medquad").training_eval_loss
+    assert tel.value == 1.4321 and tel.definition["form"] == "batch-mean" and r.system("baseline").training_eval_loss is None
     assert r.analysis.raw is results["analysis"] and r.verdict.raw is results["verdict"]
     assert r.analysis.paired["qlora-medquad"].metrics == results["analysis"]["paired"]["qlora-medquad"]["metrics"]
     assert r.analysis.paired["qlora-medquad"].baseline == "baseline" and r.analysis.n_nll_items == 8

@@ -196,15 +196,16 @@ def _conditions(results: Results, adapter: str, bases: list[str]) -> list[dict]:
                         f"{base_words(bq)} (each at its best)"})
     tel = a.training_eval_loss
     harness = results.loss_definition
-    if tel and harness.get("form"):  # a run folder written before the definition was recorded has none
-        d = tel.get("definition") or {}
+    # a run folder written before the definition was recorded has none
+    if tel is not None and tel.raw and harness.get("form"):
+        d = tel.definition
         differ = [k for k in ("form", "split", "eos", "quantization", "compute_dtype")
                   if str(d.get(k)) != str(a.quantization if k == "quantization" else harness.get(k))]
         trunc = d.get("truncation")
         trunc = trunc.get("max_length") if isinstance(trunc, dict) else trunc
         if differ or trunc:
             out.append({"code": "loss_definition", "message":
-                        f"loss: {adapter}'s training eval loss {number(tel.get('value'))} is the {d.get('form')} form over "
+                        f"loss: {adapter}'s training eval loss {number(tel.value)} is the {d.get('form')} form over "
                         f"the {d.get('split')} split with EOS scored, cut to {trunc} tokens, on "
                         f"{base_words(d.get('quantization'), 'a')} in {d.get('compute_dtype')}; this run's loss is the "
                         f"{harness.get('form')} form over the {harness.get('split')} split without EOS or truncation: "

@@ -232,10 +232,10 @@ def loss_definitions(results: Results | Mapping[str, Any], analysis: Analysis | 
     training: dict[str, dict] = {}  # adapters whose training eval loss is the same number, defined alike: one column
     for s, info in read_results(results).systems.items():
         tel = info.training_eval_loss
-        if not tel:
+        if tel is None or not tel.raw:  # absent, null or an empty object
             continue
         here = (lm.get(s) or {}).get("loss")
-        values = {**(tel.get("definition") or {}), "value": tel.get("value")}
+        values = {**tel.definition, "value": tel.value}
         column = training.setdefault(json.dumps(values, sort_keys=True, default=str),
                                      {"kind": "training", "values": values, "systems": [], "losses": []})
         column["systems"].append(s)
