@@ -443,23 +443,62 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class VerdictRow:
+    """A judged metric of an adapter's verdict (``improves``, ``regresses``, ``no_difference``; the clean subset's):
+    the paired comparison with its strongest baseline on that metric, and what its test can reach
+    (medqa_bench.analysis.reach)."""
+
+    metric: Optional[str] = None
+    against: Optional[str] = None  # the baseline row
+    diff: Optional[float] = None  # mean paired difference
+    ci: list[Optional[float]] = field(default_factory=lambda: [None, None])  # its 95% bootstrap CI
+    p_holm: Optional[float] = None
+    n: Optional[int] = None  # items compared
+    reachable: Optional[bool] = None  # False: no Holm p the test can give is below alpha
+    p_floor: Optional[float] = None  # the smallest Holm p it can give
+    n_differ: Optional[int] = None  # items on which the two rows differ
+    why_unreachable: Optional[str] = None
+    ci_note: Optional[str] = None  # why a CI excluding 0 and a test that is not significant part
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class PrimaryResult(VerdictRow):
+    """``verdict.adapters[name].primary`` (2.2): the adapter's result on the run's primary metric."""
+
+    outcome: Optional[str] = None  # "improves" | "regresses" | "no_difference" | "not_compared"
+
+
+@dataclass(frozen=True)
+class CleanVerdict:
+    """``verdict.adapters[name].clean_subset``: the verdict again on the items without near-duplicates."""
+
+    n_items: Optional[int] = None
+    improves: list[VerdictRow] = field(default_factory=list)
+    regresses: list[VerdictRow] = field(default_factory=list)
+    no_difference: list[VerdictRow] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # metrics whose outcome differs from the full verdict's
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class AdapterVerdict:
     """``verdict.adapters[name]``: one judged row (an adapter, a ``+rag`` row) against its strongest baselines."""
 
     strongest_baseline: dict[str, str] = field(default_factory=dict)  # metric -> baseline row
-    improves: list[dict[str, Any]] = field(default_factory=list)  # judged rows {"metric", "against", "diff", "ci", ...}
-    regresses: list[dict[str, Any]] = field(default_factory=list)
-    no_difference: list[dict[str, Any]] = field(default_factory=list)
+    improves: list[VerdictRow] = field(default_factory=list)
+    regresses: list[VerdictRow] = field(default_factory=list)
+    no_difference: list[VerdictRow] = field(default_factory=list)
     references: dict[str, dict[str, Any]] = field(default_factory=dict)  # ref row -> {"beats", "worse_than", ...}
     warnings: list[dict[str, Any]] = field(default_factory=list)  # {"code", "message", ...}
     conditions: list[dict[str, Any]] = field(default_factory=list)  # {"code", "message"}
-    clean_subset: Optional[dict[str, Any]] = None  # the verdict on the items without near-duplicates
-    primary: Optional[dict[str, Any]] = None  # 2.2: its result on the primary metric
+    clean_subset: Optional[CleanVerdict] = None  # None: no near-duplicates, or no audit
+    primary: Optional[PrimaryResult] = None  # 2.2: None without a primary metric
     lines: list[str] = field(default_factory=list)
     run: Optional[str] = None  # combined: the run it comes from
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def outcome_rows(self, outcome: str) -> list[dict[str, Any]]:
+    def outcome_rows(self, outcome: str) -> list[VerdictRow]:
         """The rows of ``outcome`` ("improves", "regresses" or "no_difference")."""
         return {"improves": self.improves, "regresses": self.regresses, "no_difference": self.no_difference}[outcome]
 
@@ -602,8 +641,9 @@ def _read_value(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise _wrong(where, value, "a list")
         if args and args[0] is not Any:
-            for i, v in enumerate(value):
-                _read_value(v, args[0], f"{where}[{i}]")
+            read = [_read_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+            if is_dataclass(args[0]):  # a list of records (a verdict's judged rows) reads as records
+                return read
         return value
     accepted = _SCALARS.get(hint)
     if accepted is not None:

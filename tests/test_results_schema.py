@@ -17,8 +17,8 @@ from medqa_bench.storage import atomic
 from medqa_bench.errors import RunError
 from medqa_bench.results_record import SECTIONS, build_results, record_dict, with_sections
 from medqa_bench.schema import (SCHEMA_VERSION, AdapterVerdict, Analysis, DataRecord, Judged, Leakage, MetricInfo,
-                                 MetricValidity, Results, SystemInfo, Verdict, read_analysis, read_results,
-                                 read_verdict)
+                                 MetricValidity, PrimaryResult, Results, SystemInfo, Verdict, VerdictRow, read_analysis,
+                                 read_results, read_verdict)
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 COMMITTED = sorted(REPORTS.glob("**/results.json"))
@@ -93,7 +93,12 @@ def test_every_committed_run_folder_reads(path):
     assert a.confusion.graded.transitions == d["analysis"]["confusion"]["graded"]["transitions"]
     assert v.lines == d["verdict"]["lines"] and v.primary is None and list(v.adapters) == list(d["verdict"]["adapters"])
     for name, adapter in v.adapters.items():
-        assert adapter.primary is None and adapter.improves == d["verdict"]["adapters"][name]["improves"]
+        improves = d["verdict"]["adapters"][name]["improves"]
+        assert adapter.primary is None and [r.raw for r in adapter.improves] == improves
+        assert all(isinstance(r, VerdictRow) and r.metric == o["metric"] and r.ci == o["ci"]
+                   for r, o in zip(adapter.improves, improves))
+        clean_verdict = d["verdict"]["adapters"][name]["clean_subset"]
+        assert adapter.clean_subset is None or adapter.clean_subset.raw == clean_verdict
 
 
 def test_hand_made_runs_of_this_version_read():
@@ -111,14 +116,17 @@ def test_hand_made_runs_of_this_version_read():
     assert measured.passes_robustness is False and measured.robustness == {}  # absent: the defaults
     assert r.system("qlora-medquad").kind == "adapter" and r.system("nothing") == SystemInfo()
     tel = r.system("qlora-medquad").training_eval_loss
-    assert tel.value == 1.4321 and tel.definition["form"] == "batch-mean" and r.system("baseline").training_eval_loss is None
+    assert tel.value == 1.4321 and tel.definition["form"] == "batch-mean"
+    assert r.system("baseline").training_eval_loss is None
     assert r.analysis.raw is results["analysis"] and r.verdict.raw is results["verdict"]
     assert r.analysis.paired["qlora-medquad"].metrics == results["analysis"]["paired"]["qlora-medquad"]["metrics"]
     assert r.analysis.paired["qlora-medquad"].baseline == "baseline" and r.analysis.n_nll_items == 8
     adapter = r.verdict.adapters["qlora-medquad"]
     assert isinstance(adapter, AdapterVerdict)
     assert adapter.lines == results["verdict"]["adapters"]["qlora-medquad"]["lines"]
-    assert adapter.primary["metric"] == "fuzzy" and r.verdict.primary == results["verdict"]["primary"]
+    assert isinstance(adapter.primary, PrimaryResult) and adapter.primary.metric == "fuzzy"
+    assert adapter.primary.outcome in ("improves", "regresses", "no_difference", "not_compared")
+    assert r.verdict.primary == results["verdict"]["primary"]
     # a minimal, older or hand-made file: every field a reader asks for is there, with its default
     bare = read_results({"schema_version": "2.0"})
     assert bare == Results(schema_version="2.0") and bare.data == DataRecord() and bare.budget is None
@@ -142,6 +150,7 @@ def test_hand_made_runs_of_this_version_read():
     ({"analysis": {"leakage": {"n_near_duplicates": "2"}}}, "analysis.leakage.n_near_duplicates", "str '2'"),
     ({"verdict": {"adapters": {"a": {"lines": "x"}}}}, "verdict.adapters.a.lines", "str 'x', not a list"),
     ({"verdict": {"warnings": {}}}, "verdict.warnings", "dict …, not a list"),
+    ({"verdict": {"adapters": {"a": {"improves": [{"diff": "x"}]}}}}, "verdict.adapters.a.improves[0].diff", "str 'x'"),
     ({"validity": {"metrics": {"fuzzy": {"measured": "yes"}}}}, "validity.metrics.fuzzy.measured", "str 'yes'"),
     ({"analysis": {"confusion": {"graded": {"labels": "wrong"}}}}, "analysis.confusion.graded.labels", "not a list"),
 ])

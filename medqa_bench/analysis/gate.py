@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from .. import schema
 from ..errors import RunError, SpecError
-from ..schema import AdapterVerdict, Results
+from ..schema import AdapterVerdict, PrimaryResult, Results, VerdictRow
 from ..storage.run_folder import read_results_file
 from .degeneration import WARNING_THRESHOLDS, degeneration_found, degeneration_label, degeneration_value
 
@@ -73,15 +73,15 @@ class GateResult:
         return [f"passed: {', '.join(self.adapters)} on {', '.join(self.conditions)} ({self.run_dir})"]
 
 
-def _numbers(r: dict) -> str:
-    diff, ci, p = r.get("diff"), r.get("ci") or [None, None], r.get("p_holm")
+def _numbers(r: VerdictRow) -> str:
+    diff, ci, p = r.diff, r.ci, r.p_holm
 
     def f(x):
         return "–" if x is None else (f"{x:+.3f}" if abs(x) < 10 else f"{x:+.2f}")
 
     cis = f" [{f(ci[0])}, {f(ci[1])}]" if ci[0] is not None and ci[1] is not None else ""
     ps = "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
-    return f"{f(diff)}{cis} vs {r.get('against')}, p_holm {ps}"
+    return f"{f(diff)}{cis} vs {r.against}, p_holm {ps}"
 
 
 def _older(version: str, than: str) -> bool:
@@ -103,19 +103,19 @@ def _primary(results: Results, name: str, v: AdapterVerdict) -> str | None:
     if not primary.get("metric"):
         return (f"{name} cannot be checked on the primary metric: the run has none ({primary.get('reason')}); "
                 "leave 'primary' out of --conditions")
-    p = v.primary or {}
+    p = v.primary or PrimaryResult()
     metric = primary["metric"]
-    outcome = p.get("outcome")
+    outcome = p.outcome
     if outcome == "improves":
         return None
     if outcome == "regresses":
-        return f"{name} is significantly worse than {p.get('against')} on the primary metric {metric} ({_numbers(p)})"
-    if outcome == "no_difference" and p.get("reachable") is False:
-        advice = "; evaluate more items (--limit)" if p.get("n_differ") else ""  # none differ: more items won't do
-        return (f"{name} cannot be shown to beat {p.get('against')} on the primary metric {metric}: it cannot reach "
-                f"significance, {p.get('why_unreachable')} ({_numbers(p)}){advice}")
+        return f"{name} is significantly worse than {p.against} on the primary metric {metric} ({_numbers(p)})"
+    if outcome == "no_difference" and p.reachable is False:
+        advice = "; evaluate more items (--limit)" if p.n_differ else ""  # none differ: more items won't do
+        return (f"{name} cannot be shown to beat {p.against} on the primary metric {metric}: it cannot reach "
+                f"significance, {p.why_unreachable} ({_numbers(p)}){advice}")
     if outcome == "no_difference":
-        return f"{name} does not significantly beat {p.get('against')} on the primary metric {metric} ({_numbers(p)})"
+        return f"{name} does not significantly beat {p.against} on the primary metric {metric} ({_numbers(p)})"
     return f"{name} was not compared on the primary metric {metric} (no paired scores of it)"
 
 
@@ -123,7 +123,7 @@ def _regression(results: Results, name: str, v: AdapterVerdict) -> str | None:
     rows = v.regresses
     if not rows:
         return None
-    listing = "; ".join(f"{r['metric']} {_numbers(r)}" for r in rows)
+    listing = "; ".join(f"{r.metric} {_numbers(r)}" for r in rows)
     return (f"{name} is significantly worse than its strongest baseline on {len(rows)} "
             f"metric{'s' if len(rows) != 1 else ''}: {listing}")
 
@@ -144,7 +144,7 @@ def _degeneration(results: Results, name: str, v: AdapterVerdict) -> str | None:
 
 
 def _leakage(results: Results, name: str, v: AdapterVerdict) -> str | None:
-    changed = (v.clean_subset or {}).get("changed") or []
+    changed = v.clean_subset.changed if v.clean_subset else []
     if not changed:
         return None
     return (f"{name}: without the items that nearly repeat a training item the verdict changes on "

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..schema import AdapterVerdict, MetricValue, Results, Verdict, read_results, read_verdict
+from ..schema import AdapterVerdict, MetricValue, Results, Verdict, VerdictRow, read_results, read_verdict
 from ..analysis.degeneration import WARNING_THRESHOLDS, degeneration_found, degeneration_label
 
 MAX_FINDINGS = 5
@@ -51,25 +51,25 @@ def _signed(x: float | None) -> str:
     return s if x < 0 else f"+{s}"
 
 
-def _clearest(rows: list[dict]) -> list[dict]:
+def _clearest(rows: list[VerdictRow]) -> list[VerdictRow]:
     """Significant rows, the clearest first: by Holm p, then by the difference over its CI's half-width (metrics of
     different scales compare by that, not by their raw differences)."""
-    def strength(r: dict) -> float:
-        lo, hi = (r.get("ci") or [None, None])[:2]
+    def strength(r: VerdictRow) -> float:
+        lo, hi = (r.ci or [None, None])[:2]
         half = (hi - lo) / 2 if lo is not None and hi is not None and hi > lo else None
-        return abs(r.get("diff") or 0.0) / half if half else 0.0
+        return abs(r.diff or 0.0) / half if half else 0.0
 
-    return sorted(rows, key=lambda r: (r.get("p_holm") if r.get("p_holm") is not None else 1.0, -strength(r)))
+    return sorted(rows, key=lambda r: (r.p_holm if r.p_holm is not None else 1.0, -strength(r)))
 
 
-def _top(rows: list[dict], *, other: bool = False, shown: int = 3) -> str:
+def _top(rows: list[VerdictRow], *, other: bool = False, shown: int = 3) -> str:
     """"2 metrics: fuzzy +0.133, rouge1 +0.143 vs baseline-chat (p_holm < 0.001)"; ``other``: beside the primary."""
     rows = _clearest(rows)
-    against = {r.get("against") for r in rows[:shown]}
-    each = [f"{r['metric']} {_signed(r.get('diff'))}" + ("" if len(against) == 1 else f" vs {r.get('against')}")
+    against = {r.against for r in rows[:shown]}
+    each = [f"{r.metric} {_signed(r.diff)}" + ("" if len(against) == 1 else f" vs {r.against}")
             for r in rows[:shown]]
     more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
-    worst_p = max((r.get("p_holm") or 0.0) for r in rows)
+    worst_p = max((r.p_holm or 0.0) for r in rows)
     p = "< 0.001" if worst_p < 0.001 else f"≤ {worst_p:.3f}"
     vs = f" vs {next(iter(against))}" if len(against) == 1 else ""
     noun = f"{len(rows)}{' other' if other else ''} metric{'s' if len(rows) != 1 else ''}"
@@ -82,9 +82,9 @@ def _adapter_findings(name: str, v: AdapterVerdict) -> tuple[list[str], list[str
     lines = v.lines
     p = v.primary
     first = [line for line in lines if line.startswith(f"{name} on the primary metric")][:1]
-    pm = (p or {}).get("metric")
-    regresses = [r for r in v.regresses if r["metric"] != pm]
-    improves = [r for r in v.improves if r["metric"] != pm]
+    pm = p.metric if p else None
+    regresses = [r for r in v.regresses if r.metric != pm]
+    improves = [r for r in v.improves if r.metric != pm]
     other = bool(first)
     if regresses:
         first.append(f"{name} is worse than its strongest baseline on {_top(regresses, other=other)}")

@@ -18,22 +18,27 @@ from typing import Any
 
 from ..analysis.stats import significance_mark
 from ..analysis.verdict import base_words
-from ..schema import (AdapterVerdict, Analysis, Judged, Results, RunFacts, Verdict, read_analysis, read_results,
-                      read_verdict)
+from ..schema import (AdapterVerdict, Analysis, Judged, PrimaryResult, Results, RunFacts, Verdict, VerdictRow,
+                      read_analysis, read_results, read_verdict)
 from .cells import ci, fmt, fmt_p, fmt_signed
 
 OUTCOMES = ("improves", "regresses", "no_difference")
 OUTCOME_TEXT = {"improves": "improves", "regresses": "regresses", "no_difference": "no significant difference"}
 
 
-def _outcome_text(r: dict, outcome: str) -> str:
+def _outcome_text(r: VerdictRow, outcome: str | None) -> str:
     """The outcome in words; a test that cannot reach significance says so and why, and a CI that excludes 0 beside a
     test that is not significant says why they part (the verdict's ``why_unreachable`` and ``ci_note``)."""
-    if r.get("reachable") is False:
-        text = f"cannot reach significance: {r.get('why_unreachable')}"
+    if r.reachable is False:
+        text = f"cannot reach significance: {r.why_unreachable}"
     else:
         text = OUTCOME_TEXT.get(outcome, "not compared")
-    return text + (f" (the CI excludes 0: {r['ci_note']})" if r.get("ci_note") else "")
+    return text + (f" (the CI excludes 0: {r.ci_note})" if r.ci_note else "")
+
+
+def _ci(r: VerdictRow) -> str:
+    lo, hi = (r.ci or [None, None])[:2]
+    return ci({"ci_low": lo, "ci_high": hi})
 
 
 def _clean_cell(judged: Judged | None, metric: str) -> dict | None:
@@ -61,17 +66,17 @@ def _metric_rows(v: AdapterVerdict, analysis: Analysis, adapter: str) -> list[di
     rows = []
     for outcome in OUTCOMES:
         for r in v.outcome_rows(outcome):
-            m = r["metric"]
+            m = r.metric
             full = paired.get(m) or {}
             hib = full.get("higher_is_better")
             rows.append({
                 "metric": m,
                 "outcome": outcome,
                 "outcome_text": _outcome_text(r, outcome),
-                "against": r.get("against") or full.get("against") or "",
-                "diff": fmt_signed(r.get("diff")),
-                "ci": ci({"ci_low": (r.get("ci") or [None, None])[0], "ci_high": (r.get("ci") or [None, None])[1]}),
-                "p_holm": fmt_p(r.get("p_holm")),
+                "against": r.against or full.get("against") or "",
+                "diff": fmt_signed(r.diff),
+                "ci": _ci(r),
+                "p_holm": fmt_p(r.p_holm),
                 "direction": "↑" if hib else "↓" if hib is False else "",
                 "clean": _clean_cell(clean_judged, m),
             })
@@ -118,17 +123,17 @@ def _clean_summary(v: AdapterVerdict, analysis: Analysis) -> dict:
     if not leak.n_near_duplicates:
         return {"state": "none", "text": f"no item is a near-duplicate of a training item "
                                          f"(similarity ≥ {leak.threshold}): nothing to remove"}
-    if not clean:
+    if clean is None or not clean.raw:
         return {"state": "none", "text": "the clean subset could not be judged"}
-    if clean.get("changed"):
-        return {"state": "changes", "text": f"on the {clean.get('n_items')} items without near-duplicates of training "
-                                            f"items the verdict changes on {', '.join(clean['changed'])}"}
-    return {"state": "holds", "text": f"the verdict holds on the {clean.get('n_items')} items without "
+    if clean.changed:
+        return {"state": "changes", "text": f"on the {clean.n_items} items without near-duplicates of training "
+                                            f"items the verdict changes on {', '.join(clean.changed)}"}
+    return {"state": "holds", "text": f"the verdict holds on the {clean.n_items} items without "
                                       "near-duplicates of training items"}
 
 
 def _headline(v: AdapterVerdict, grid: dict | None) -> str:
-    imp, reg = [r["metric"] for r in v.improves], [r["metric"] for r in v.regresses]
+    imp, reg = [r.metric for r in v.improves], [r.metric for r in v.regresses]
     parts = [f"improves on {', '.join(imp)}" if imp else "improves on no metric",
              f"regresses on {', '.join(reg)}" if reg else "regresses on none"]
     if grid:
@@ -138,15 +143,12 @@ def _headline(v: AdapterVerdict, grid: dict | None) -> str:
     return "; ".join(parts)
 
 
-def _primary_cell(p: dict | None) -> dict | None:
+def _primary_cell(p: PrimaryResult | None) -> dict | None:
     """An adapter's result on the run's primary metric, as the verdict recorded it."""
-    if not p:
+    if p is None or not p.raw:  # absent, null or an empty object
         return None
-    ci_ = p.get("ci") or [None, None]
-    return {"metric": p.get("metric"), "outcome": p.get("outcome"),
-            "outcome_text": _outcome_text(p, p.get("outcome")),
-            "diff": fmt_signed(p.get("diff")), "ci": ci({"ci_low": ci_[0], "ci_high": ci_[1]}),
-            "p_holm": fmt_p(p.get("p_holm")), "against": p.get("against") or ""}
+    return {"metric": p.metric, "outcome": p.outcome, "outcome_text": _outcome_text(p, p.outcome),
+            "diff": fmt_signed(p.diff), "ci": _ci(p), "p_holm": fmt_p(p.p_holm), "against": p.against or ""}
 
 
 def verdict_context(results: Results | Mapping[str, Any], analysis: Analysis | Mapping[str, Any],
@@ -219,23 +221,22 @@ def _matrix_metric(analysis: Analysis, verdict: Verdict, run: str) -> tuple[str 
 def _matrix_cell(analysis: Analysis, adapter: str, v: AdapterVerdict | None, metric: str | None) -> dict | None:
     if v is None:
         return None
-    row = next((r for o in OUTCOMES for r in v.outcome_rows(o) if r["metric"] == metric), None)
+    row = next((r for o in OUTCOMES for r in v.outcome_rows(o) if r.metric == metric), None)
     if row is None:
         return {"state": "none", "text": "not compared", "adapter": adapter}
     outcome = next(o for o in OUTCOMES if row in v.outcome_rows(o))
-    lo, hi = (row.get("ci") or [None, None])[:2]
-    p = row.get("p_holm")
+    p = row.p_holm
     return {
         "state": {"improves": "better", "regresses": "worse"}.get(outcome, "same ns"),
         "adapter": adapter,
         "outcome": outcome,
         "outcome_text": _outcome_text(row, outcome),
-        "diff": fmt_signed(row.get("diff")),
-        "ci": ci({"ci_low": lo, "ci_high": hi}),
+        "diff": fmt_signed(row.diff),
+        "ci": _ci(row),
         "p_holm": fmt_p(p),
         "mark": significance_mark(p),
-        "against": row.get("against") or "",
-        "n": row.get("n"),
+        "against": row.against or "",
+        "n": row.n,
     }
 
 
