@@ -410,6 +410,49 @@ class LanguageModeling:
 
 
 @dataclass(frozen=True)
+class SystemLengths:
+    """``analysis.lengths.systems[name]`` (medqa_bench.analysis.lengths): a row's histograms of generated tokens
+    (``{"counts", "n", "median", "mean"}``), by grade where the run has a similarity metric."""
+
+    all: Optional[dict[str, Any]] = None
+    wrong: Optional[dict[str, Any]] = None
+    partial: Optional[dict[str, Any]] = None
+    correct: Optional[dict[str, Any]] = None
+    reference_of_wrong: Optional[dict[str, Any]] = None
+    diff: Optional[dict[str, Any]] = None  # generated − reference tokens
+    truncated: dict[str, Any] = field(default_factory=dict)  # {"n", "share", "n_wrong", "share_of_wrong"}
+    edges: Optional[list[float]] = None  # combined: its run's bin edges
+    diff_edges: Optional[list[float]] = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def histogram(self, grade: str) -> Optional[dict[str, Any]]:
+        """The histogram of ``grade``: "all", "wrong", "partial" or "correct"."""
+        return {"all": self.all, "wrong": self.wrong, "partial": self.partial, "correct": self.correct}[grade]
+
+
+@dataclass(frozen=True)
+class LengthsRun:
+    """``analysis.lengths.runs[label]`` of a combined report: the length facts of each run's own tokenizer."""
+
+    edges: Optional[list[float]] = None
+    reference: Optional[dict[str, Any]] = None  # the references' histogram
+    max_new_tokens: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """``analysis.lengths`` (medqa_bench.analysis.lengths.length_histograms)."""
+
+    edges: Optional[list[float]] = None
+    diff_edges: Optional[list[float]] = None
+    reference: Optional[dict[str, Any]] = None  # the references' histogram
+    systems: dict[str, SystemLengths] = field(default_factory=dict)
+    max_new_tokens: Optional[int] = None  # the run's budget (spec.decoding)
+    runs: dict[str, LengthsRun] = field(default_factory=dict)  # combined: each run's
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class Analysis:
     """``analysis`` (medqa_bench.analysis.analyze; a combined report's: medqa_bench.analysis.runs.combine_analyses,
     with ``combined`` and each run's own under ``runs``). The blocks of statistics stay objects (``raw`` is the whole
@@ -435,7 +478,7 @@ class Analysis:
     paired: dict[str, Judged] = field(default_factory=dict)  # judged row -> against its strongest baselines
     confusion: Optional[Confusion] = None  # None: no similarity metric
     language_modeling: Optional[LanguageModeling] = None
-    lengths: dict[str, Any] = field(default_factory=dict)  # {"edges", "diff_edges", "reference", "systems", ...}
+    lengths: Lengths = field(default_factory=Lengths)
     degeneration: Degeneration = field(default_factory=Degeneration)
     leakage: Optional[Leakage] = None  # None: no audit
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # combined: each run's own analysis (an object)

@@ -91,6 +91,11 @@ def test_every_committed_run_folder_reads(path):
     assert a.degeneration.warnings == d["analysis"]["degeneration"]["warnings"]
     assert a.confusion.metric == d["analysis"]["confusion"]["metric"] and a.confusion.row_thresholds is None
     assert a.confusion.graded.transitions == d["analysis"]["confusion"]["graded"]["transitions"]
+    lengths = d["analysis"]["lengths"]
+    assert a.lengths.edges == lengths["edges"] and a.lengths.max_new_tokens == lengths["max_new_tokens"]
+    for name, row in a.lengths.systems.items():
+        written = lengths["systems"][name]
+        assert row.histogram("all") == written["all"] and row.truncated == written["truncated"]
     assert v.lines == d["verdict"]["lines"] and v.primary is None and list(v.adapters) == list(d["verdict"]["adapters"])
     for name, adapter in v.adapters.items():
         improves = d["verdict"]["adapters"][name]["improves"]

@@ -147,11 +147,11 @@ def _lengths(analyses: list[Analysis], labels: list[str]) -> dict:
     """Each system's histograms with its own run's bin edges (runs count tokens with their own tokenizers)."""
     systems: dict[str, dict] = {}
     for a in analyses:
-        block = a.lengths  # medqa_bench.analysis.lengths.length_histograms
-        for s, h in (block.get("systems") or {}).items():
-            systems.setdefault(s, {**h, "edges": block.get("edges"), "diff_edges": block.get("diff_edges")})
-    return {**analyses[0].lengths, "systems": systems, "runs": {
-        label: {k: a.lengths.get(k) for k in ("edges", "reference", "max_new_tokens")}
+        block = a.lengths
+        for s, h in block.systems.items():
+            systems.setdefault(s, {**h.raw, "edges": block.edges, "diff_edges": block.diff_edges})
+    return {**analyses[0].lengths.raw, "systems": systems, "runs": {
+        label: {"edges": a.lengths.edges, "reference": a.lengths.reference, "max_new_tokens": a.lengths.max_new_tokens}
         for label, a in zip(labels, analyses)}}
 
 

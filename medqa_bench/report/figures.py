@@ -11,7 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..schema import Analysis, Confusion, Leakage, Results, read_analysis, read_results
+from ..schema import (Analysis, Confusion, Leakage, Lengths, LengthsRun, Results, SystemLengths, read_analysis,
+                      read_results)
 from . import confusion_figures as cf
 from .plotting import LAYOUT, grid, label, plotly_modules, system_styles
 
@@ -113,7 +114,7 @@ def build_figures(results: Results | Mapping[str, Any], analysis: Analysis | Map
                 cf.qtype(conf, systems, styles),
             )
     lengths = analysis.lengths
-    if lengths.get("systems") and models:
+    if lengths.systems and models:
         graded = bool(conf and conf.raw)
         for grade in ("wrong", "partial") if graded else ("all",):
             add(
@@ -253,29 +254,29 @@ def _bins(edges):
     return _centers(edges), edges[1] - edges[0]
 
 
-def _distinct(lengths, key):
+def _distinct(lengths: Lengths, key) -> list[tuple[str | None, LengthsRun]]:
     """``[(run labels, block)]``: a combined report's runs grouped by a length fact (their own bin edges and
     references, their budgets), labels None where every run agrees or there is one run."""
-    runs = lengths.get("runs") or {"": {k: lengths.get(k) for k in ("edges", "reference", "max_new_tokens")}}
+    runs = lengths.runs or {"": LengthsRun(lengths.edges, lengths.reference, lengths.max_new_tokens)}
     groups: dict[str, tuple[list, dict]] = {}
     for r, block in runs.items():
         groups.setdefault(json.dumps(key(block), sort_keys=True), ([], block))[0].append(r)
     return [(", ".join(rs) if len(groups) > 1 else None, block) for rs, block in groups.values()]
 
 
-def _length_hist(lengths, systems, colors, grade):
+def _length_hist(lengths: Lengths, systems, colors, grade):
     go, _ = plotly_modules()
     fig = go.Figure()
-    for runs, block in _distinct(lengths, lambda b: [b.get("edges"), b.get("reference")]):
-        if block.get("reference"):  # each run's references in its own tokenizer's tokens
-            x, width = _bins(block.get("edges") or lengths["edges"])
-            fig.add_trace(go.Bar(x=x, y=block["reference"]["counts"], width=width, marker_color="#999", opacity=0.45,
+    for runs, block in _distinct(lengths, lambda b: [b.edges, b.reference]):
+        if block.reference:  # each run's references in its own tokenizer's tokens
+            x, width = _bins(block.edges or lengths.edges)
+            fig.add_trace(go.Bar(x=x, y=block.reference["counts"], width=width, marker_color="#999", opacity=0.45,
                                  name=f"reference (all items{', ' + label(runs) if runs else ''})"))
     for s in systems:
-        block = lengths["systems"].get(s, {})
-        h = block.get(grade)
+        row = lengths.systems.get(s) or SystemLengths()
+        h = row.histogram(grade)
         if h:
-            x, width = _bins(block.get("edges") or lengths["edges"])
+            x, width = _bins(row.edges or lengths.edges)
             fig.add_trace(
                 go.Bar(
                     x=x,
@@ -286,21 +287,22 @@ def _length_hist(lengths, systems, colors, grade):
                     opacity=0.6,
                 )
             )
-    for runs, block in _distinct(lengths, lambda b: b.get("max_new_tokens")):
-        if block.get("max_new_tokens"):
-            fig.add_vline(x=block["max_new_tokens"], line=dict(color="#D55E00", dash="dot"),
+    for runs, block in _distinct(lengths, lambda b: b.max_new_tokens):
+        if block.max_new_tokens:
+            fig.add_vline(x=block.max_new_tokens, line=dict(color="#D55E00", dash="dot"),
                           annotation_text=f"max_new_tokens{' (' + label(runs) + ')' if runs else ''}")
     fig.update_layout(barmode="overlay", xaxis_title="tokens", yaxis_title="items", height=380)
     return fig
 
 
-def _diff_hist(lengths, systems, colors):
+def _diff_hist(lengths: Lengths, systems, colors):
     go, _ = plotly_modules()
     fig = go.Figure()
     for s in systems:
-        h = lengths["systems"].get(s, {}).get("diff")
+        row = lengths.systems.get(s) or SystemLengths()
+        h = row.diff
         if h and h["n"]:
-            x, width = _bins(lengths["systems"][s].get("diff_edges") or lengths["diff_edges"])
+            x, width = _bins(row.diff_edges or lengths.diff_edges)
             fig.add_trace(
                 go.Bar(
                     x=x,
@@ -316,15 +318,13 @@ def _diff_hist(lengths, systems, colors):
     return fig
 
 
-def _truncation(lengths, systems, colors):
+def _truncation(lengths: Lengths, systems, colors):
     go, _ = plotly_modules()
     fig = go.Figure()
+    truncated = {s: (lengths.systems.get(s) or SystemLengths()).truncated for s in systems}
     for key, name, pattern in (("share", "of all predictions", ""), ("share_of_wrong", "of wrong predictions", "/")):
-        ys = [(lengths["systems"].get(s, {}).get("truncated") or {}).get(key) for s in systems]
-        ns = [
-            (lengths["systems"].get(s, {}).get("truncated") or {}).get("n" if key == "share" else "n_wrong")
-            for s in systems
-        ]
+        ys = [truncated[s].get(key) for s in systems]
+        ns = [truncated[s].get("n" if key == "share" else "n_wrong") for s in systems]
         fig.add_trace(
             go.Bar(
                 x=[label(s) for s in systems],
