@@ -234,7 +234,7 @@ def loss_definitions(results: Results | Mapping[str, Any], analysis: Analysis | 
         tel = info.training_eval_loss
         if tel is None or not tel.raw:  # absent, null or an empty object
             continue
-        here = (lm.get(s) or {}).get("loss")
+        here = lm.get(s, {}).get("loss")
         values = {**tel.definition, "value": tel.value}
         column = training.setdefault(json.dumps(values, sort_keys=True, default=str),
                                      {"kind": "training", "values": values, "systems": [], "losses": []})

@@ -67,7 +67,7 @@ def _metric_rows(v: AdapterVerdict, analysis: Analysis, adapter: str) -> list[di
     for outcome in OUTCOMES:
         for r in v.outcome_rows(outcome):
             m = r.metric
-            full = paired.get(m) or {}
+            full = paired.get(m, {})
             hib = full.get("higher_is_better")
             rows.append({
                 "metric": m,
