@@ -9,12 +9,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .data.dataset import DataSpec, answer_length_percentiles, load_dataset, prompt_completion_records
 from .spec import RunSpec
+
+if TYPE_CHECKING:
+    from .schema import Results as ResultsRecord
 
 __all__ = ["RunSpec", "DataSpec", "Results", "run", "score", "load_results", "prepare_data", "data_stats"]
 
@@ -31,6 +35,13 @@ class Results:
     def systems(self) -> list[str]:
         return list(self.results["systems"])
 
+    @functools.cached_property
+    def record(self) -> "ResultsRecord":
+        """results.json as its typed record (:func:`medqa_bench.schema.read_results`): the declared fields."""
+        from .schema import read_results
+
+        return read_results(self.results)
+
     def table(self, *, deltas: bool = False):
         """Aggregates as a DataFrame: one row per (system, metric) with value, ci_low, ci_high, n.
 
@@ -46,13 +57,14 @@ class Results:
 
         from .analysis.verdict import _significant  # the verdict's rule: Holm p below its alpha
 
-        paired = ((self.results.get("analysis") or {}).get("paired") or {}) if deltas else {}
+        record = self.record
+        paired = record.analysis.paired if deltas and record.analysis is not None else {}
         rows = []
         for s, per in self.results["results"].items():
             for m, v in per.items():
-                row = {"system": s, "metric": m, **v, "higher_is_better": self.results["metrics"][m]["higher_is_better"]}
+                row = {"system": s, "metric": m, **v, "higher_is_better": record.metrics[m].higher_is_better}
                 if deltas:
-                    c = ((paired.get(s) or {}).get("metrics") or {}).get(m) or {}
+                    c = paired[s].metrics.get(m, {}) if s in paired else {}
                     row.update(against=c.get("against"), delta=c.get("mean_diff"), delta_ci_low=c.get("ci_low"),
                                delta_ci_high=c.get("ci_high"), p=c.get("p_permutation"), p_holm=c.get("p_holm"),
                                better=(c.get("better") is True and _significant(c)) if c else None)
@@ -83,19 +95,17 @@ class Results:
     def plugin_notes(self) -> list[str]:
         """One line per plugin metric the last ``score`` computed again: where its code came from and what changed
         since the run recorded it (``results["metrics"][m]["plugin_check"]``), warnings first."""
-        checks = {m: i["plugin_check"] for m, i in (self.results.get("metrics") or {}).items()
-                  if isinstance(i.get("plugin_check"), dict)}
+        checks = {m: i.plugin_check for m, i in self.record.metrics.items() if i.plugin_check is not None}
         ordered = sorted(checks.items(), key=lambda kv: not kv[1].get("warning"))
         return [f"{'warning: ' if c.get('warning') else ''}plugin metric {m}: {c.get('note')}" for m, c in ordered]
 
     def verdict(self) -> list[str]:
         """The verdict's sentences (``results["verdict"]["lines"]``): what holds and what to distrust."""
-        return list((self.results.get("verdict") or {}).get("lines") or [])
+        return list(self.record.verdict.lines) if self.record.verdict is not None else []
 
     def __repr__(self) -> str:
-        data = self.results.get("data") or {}
-        return (f"Results({str(self.run_dir)!r}, systems={self.systems}, n_items={data.get('n_items')}, "
-                f"metrics={list(self.results.get('metrics') or {})})")
+        return (f"Results({str(self.run_dir)!r}, systems={self.systems}, n_items={self.record.data.n_items}, "
+                f"metrics={list(self.record.metrics)})")
 
     def summary(self, *, full_verdict: bool = False) -> str:
         """The headline as text: one line per metric, one column per system, value [CI]; then the verdict in brief
@@ -103,12 +113,12 @@ class Results:
         rest is), or every line of it with ``full_verdict``."""
         from .report.terminal import summary_table
 
-        data = self.results["data"]
-        n_generated = data.get("n_generated", data["n_items"])
-        nll = f"; loss and perplexity on {data['n_items']}" if data["n_items"] > n_generated else ""
+        data = self.record.data
+        n_generated = data.n_generated if data.n_generated is not None else data.n_items
+        nll = f"; loss and perplexity on {data.n_items}" if data.n_items > n_generated else ""
         lines = [f"run: {self.run_dir}  ({n_generated} items{nll})", *summary_table(self.results)]
         lines += self.plugin_notes()
-        verdict = (self.results.get("verdict") or {}).get("lines") or []
+        verdict = self.verdict()
         if verdict and not full_verdict:
             from .report.terminal import verdict_brief
 
