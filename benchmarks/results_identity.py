@@ -52,12 +52,11 @@ ADAPTER_ROW = "s07-ref-all"
 
 #: Where each class the replay needs may live: the layout before issue 33 first, then the places it may move to.
 WHERE: dict[str, tuple[str, ...]] = {
-    "TransformersBackend": ("medqa_bench.inference.backends.transformers", "medqa_bench.inference.backends.transformers",
-                            "medqa_bench.inference.transformers"),
-    "register_backend": ("medqa_bench.inference.backends", "medqa_bench.inference.backends"),
-    "Generation": ("medqa_bench.inference.generation", "medqa_bench.inference.generation"),
-    "CompletionNLL": ("medqa_bench.inference", "medqa_bench.inference.nll", "medqa_bench.inference.completion_nll"),
-    "DEFAULT_ADAPTER": ("medqa_bench.runner", "medqa_bench.planning", "medqa_bench.planning.adapters"),
+    "TransformersBackend": ("medqa_bench.backends.transformers", "medqa_bench.inference.backends.transformers"),
+    "register_backend": ("medqa_bench.backends", "medqa_bench.inference.backends"),
+    "Generation": ("medqa_bench.generation", "medqa_bench.inference.decoding", "medqa_bench.inference.generation"),
+    "CompletionNLL": ("medqa_bench.inference", "medqa_bench.inference.nll"),
+    "DEFAULT_ADAPTER": ("medqa_bench.runner", "medqa_bench.planning"),
 }
 
 #: The fields of results.json that differ between two runs of the same code on the same inputs, and why; the

@@ -352,7 +352,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .api import run
-    from .inference.generation import DecodingParams
+    from .inference.decoding import DecodingParams
     from .spec import AnalysisSpec, RunSpec
 
     spec = RunSpec.from_file(args.spec) if args.spec else RunSpec()

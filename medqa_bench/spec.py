@@ -41,7 +41,7 @@ from typing import Any
 from . import typed
 from .data.dataset import PROMPT_FORMATS, SPLITS, DataSpec
 from .errors import SpecError
-from .inference.generation import DecodingParams
+from .inference.decoding import DecodingParams
 from .inference.models import DEFAULT_MODEL
 
 #: Items evaluated by default on a CPU, so a first run ends in minutes; ``limit: 0`` evaluates the full split. A CPU

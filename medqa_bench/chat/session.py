@@ -199,7 +199,7 @@ class ChatSession:
         """``name``'s answer to ``turn`` as it grows (the whole text so far at each step; one step where the backend
         does not stream); the last one is kept in ``turn.answers``."""
         from ..inference.backends import GenerationRequest
-        from ..inference.generation import DecodingParams
+        from ..inference.decoding import DecodingParams
 
         s = self.system(name)
         request = GenerationRequest(s, self.prompt(name, turn), DecodingParams(max_new_tokens=self.options.max_new_tokens))

@@ -31,14 +31,14 @@ import inspect
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from transformers import Cache
 from transformers.cache_utils import CacheLayerMixin
 
-from .generation import DecodingParams, Generation, StopSequences, eos_token_ids, finish_generation
+from .decoding import DecodingParams, Generation, StopSequences, eos_token_ids, finish_generation
 from .nll import attention_kernels, default_token_budget, token_batches
 
 log = logging.getLogger(__name__)

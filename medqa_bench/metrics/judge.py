@@ -313,7 +313,7 @@ class Judge:
             return {}
         from ..inference.backends import GenerationRequest
         from ..inference.backends.caching import wrap
-        from ..inference.generation import DecodingParams
+        from ..inference.decoding import DecodingParams
 
         decoding = DecodingParams(max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         requests = [GenerationRequest(self.system, r, decoding) for r in self._rendered(prompts)]

@@ -36,7 +36,7 @@ from .options import BackendOption  # noqa: F401 - a backend declares its option
 if TYPE_CHECKING:
     from ...data.dataset import Example
     from ..distributed import ProcessGroup
-    from ..generation import DecodingParams, Generation
+    from ..decoding import DecodingParams, Generation
     from ..nll import CompletionNLL
     from ...data.rag import Passage
     from ..systems import System

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from ...storage.cache import InferenceCache, cache_key
-from ..generation import Generation
+from ..decoding import Generation
 from ..nll import CompletionNLL
 from . import Backend, GenerationRequest, NextTokenLogprobs, NextTokenRequest, NLLRequest, OnResult
 

@@ -408,7 +408,7 @@ class OpenAIBackend:
         return self.api.map(requests, self._generate_one, f"generate ({self.served_model})", progress, on_result)
 
     def _generate_one(self, r: GenerationRequest) -> Any:
-        from ..generation import Generation
+        from ..decoding import Generation
 
         d, fmt = r.decoding, r.system.prompt_format
         stops = list(d.stop_sequences(fmt))

@@ -224,7 +224,7 @@ class TransformersBackend:
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        from ..generation import StopSequences, before_stop, eos_token_ids
+        from ..decoding import StopSequences, before_stop, eos_token_ids
         from ..models import system_active
 
         system, decoding = request.system, request.decoding
