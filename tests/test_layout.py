@@ -69,6 +69,46 @@ def test_every_stage_imports_only_the_stages_below_it():
     assert not wrong, "imports that run back up the flow:\n" + "\n".join(wrong)
 
 
+def test_no_two_modules_import_each_other_in_a_circle():
+    """Within a stage too: a circle of modules (lazy imports count) is one idea split across files, or a seam in
+    the wrong place."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module(path)
+        graph[module] = {t for _, t in _imports(path) if t != module}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    # a package and its own modules (the package's __init__ hands on a module's names, and the module uses what the
+    # package defines, e.g. the backend registry) are one place, not a circle between places
+    circles = [c for c in circles if not any(all(m == p or m.startswith(p + ".") for m in c) for p in c)]
+    assert not circles, f"modules that import each other in a circle: {circles}"
+
+
 def test_the_top_level_holds_only_the_run_and_its_records():
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert top == ["__init__.py", "api.py", "cli.py", "errors.py", "registry.py", "results_record.py", "runner.py",

@@ -246,14 +246,6 @@ def check_capabilities(backend: Backend, systems: "Sequence[System]", nll_metric
                            + (f": {why}" if why else "") + hint)
 
 
-def wrap(backend: Backend, cache: Any, ranks: "ProcessGroup | None" = None) -> Backend:
-    """``backend`` behind the run's cache and, under a multi-process launch, sharded across the processes."""
-    from .caching import CachingBackend
-    from .sharding import ShardedBackend
-
-    return CachingBackend(backend if ranks is None else ShardedBackend(backend, ranks), cache, ranks)
-
-
 def count_tokens(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     """Tokens in each text as ``tokenizer`` counts them, special tokens left out: the one count behind every
     backend's :meth:`Backend.count_tokens` (the budget, the references' and answers' lengths)."""
