@@ -128,3 +128,24 @@ def test_a_run_folder_written_before_backend_options_holds_the_same_run(tmp_path
     with pytest.raises(RunError, match=r"differs in: backend_options\)"):
         run_folder.check_replaceable(folder, served.replace(backend_options={**options, "served_model": "n"})
                                      .to_dict(), overwrite=False, comparable=comparable)
+
+
+def test_an_installed_package_registers_a_backend_through_the_entry_point_group(tmp_path, monkeypatch):
+    """The group keeps its name (``medqa_bench.backends``) after the package was laid out by stage: a distribution
+    that declared a backend before still registers it."""
+    import importlib
+
+    site = tmp_path / "site"
+    (site / "tiny_backend").mkdir(parents=True)
+    (site / "tiny_backend" / "__init__.py").write_text(
+        "from test_backend_seam import TinyBackend\n\nclass Installed(TinyBackend):\n    name = 'installed'\n")
+    info = site / "tiny_backend-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-backend\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[medqa_bench.backends]\ninstalled = tiny_backend:Installed\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(backends, "_REGISTRY", None)
+    assert backends.ENTRY_POINT_GROUP == "medqa_bench.backends"
+    assert backends.backend_class("installed").__name__ == "Installed"
+    assert backends.backend_registry().source("installed") == "entry-point:tiny-backend"

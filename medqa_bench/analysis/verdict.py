@@ -209,7 +209,8 @@ def _conditions(results: Results, adapter: str, bases: list[str]) -> list[dict]:
                         f"the {d.get('split')} split with EOS scored, cut to {trunc} tokens, on "
                         f"{base_words(d.get('quantization'), 'a')} in {d.get('compute_dtype')}; this run's loss is the "
                         f"{harness.get('form')} form over the {harness.get('split')} split without EOS or truncation: "
-                        "not comparable number for number (medqa_bench.inference.loss.training_eval_loss recomputes the training "
+                        # the path results.json has always named (it still imports; medqa_bench.MOVED)
+                        "not comparable number for number (medqa_bench.loss.training_eval_loss recomputes the training "
                         "number)"})
     return out
 

@@ -181,7 +181,8 @@ BUILTINS: dict[str, str] = {
     "openai": "medqa_bench.inference.backends.openai:OpenAIBackend",
 }
 DEFAULT_BACKEND = "transformers"
-ENTRY_POINT_GROUP = "medqa_bench.inference.backends"
+#: The entry-point group of installed backends (its name kept from before the package was laid out by stage).
+ENTRY_POINT_GROUP = "medqa_bench.backends"
 _MEMBERS = ("load", "identity", "describe", "render", "count_tokens", "generate", "completion_nll", "batches", "close")
 
 _REGISTRY: Registry | None = None
@@ -193,7 +194,7 @@ def _is_backend_class(obj: Any) -> bool:
 
 
 def backend_registry() -> Registry:
-    """Built-ins, then installed ``medqa_bench.inference.backends`` entry points, then what :func:`register_backend` added."""
+    """Built-ins, then installed ``medqa_bench.backends`` entry points, then what :func:`register_backend` added."""
     global _REGISTRY
     if _REGISTRY is None:
         from importlib.metadata import entry_points
