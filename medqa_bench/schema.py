@@ -579,6 +579,38 @@ def read_verdict(d: Mapping[str, Any] | Verdict) -> Verdict:
 
 
 @dataclass(frozen=True)
+class SpecAnalysis:
+    """``spec.analysis`` as a run recorded it (medqa_bench.spec.AnalysisSpec): what its analysis was asked for."""
+
+    similarity_metric: Optional[str] = None  # None: the analysis chooses
+    thresholds: dict[str, Any] = field(default_factory=dict)  # {"t", "t_low", "t_high"}, flat or under a metric's name
+    seed: Optional[int] = None
+    n_bootstrap: Optional[int] = None  # not a RunSpec field; read where a hand-written spec sets it
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class SpecDecoding:
+    """``spec.decoding`` as a run recorded it (medqa_bench.inference.decoding.DecodingParams), the fields the analysis
+    and the verdict read."""
+
+    max_new_tokens: Optional[int] = None
+    repetition_penalty: Optional[float] = None  # 1.0: off
+    no_repeat_ngram_size: Optional[int] = None  # 0: off
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def spec_analysis(spec: Mapping[str, Any]) -> SpecAnalysis:
+    """The recorded spec's ``analysis`` as its record (absent or null: the defaults); a wrong type names its key."""
+    return read_record(SpecAnalysis, spec.get("analysis") or {}, "spec.analysis")
+
+
+def spec_decoding(spec: Mapping[str, Any]) -> SpecDecoding:
+    """The recorded spec's ``decoding`` as its record (absent or null: the defaults); a wrong type names its key."""
+    return read_record(SpecDecoding, spec.get("decoding") or {}, "spec.decoding")
+
+
+@dataclass(frozen=True)
 class Results:
     """``results.json`` (:func:`read_results`). A combined report's results (medqa_bench.report.runs.join_runs) also
     hold ``runs``, ``references_differ``, ``signature_conflicts`` and ``validity_differs``."""

@@ -178,3 +178,20 @@ def test_analysis_and_verdict_read_alone():
     assert combined.runs["A"].primary.metric == "fuzzy" and combined.runs["B"].primary is None
     with pytest.raises(RunError, match="'analysis.paired' is list"):
         read_analysis({"paired": []})
+
+
+def test_the_recorded_specs_analysis_and_decoding_read_as_records():
+    from medqa_bench.errors import RunError
+    from medqa_bench.schema import spec_analysis, spec_decoding
+    from medqa_bench.spec import RunSpec
+
+    spec = RunSpec(analysis={"similarity_metric": "rougeL", "thresholds": {"t": 0.4}, "seed": 3},
+                   decoding={"max_new_tokens": 64, "no_repeat_ngram_size": 3}).to_dict()
+    asked, decoding = spec_analysis(spec), spec_decoding(spec)
+    assert (asked.similarity_metric, asked.thresholds, asked.seed) == ("rougeL", {"t": 0.4}, 3)
+    assert (decoding.max_new_tokens, decoding.no_repeat_ngram_size, decoding.repetition_penalty) == (64, 3, 1.0)
+    assert spec_analysis({}).thresholds == {} and spec_decoding({"decoding": None}).max_new_tokens is None
+    with pytest.raises(RunError, match="spec.analysis.similarity_metric"):
+        spec_analysis({"analysis": {"similarity_metric": 3}})
+    with pytest.raises(RunError, match="spec.decoding.max_new_tokens"):
+        spec_decoding({"decoding": {"max_new_tokens": "64"}})

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MetricError, SpecError
-from ..schema import MetricInfo, Results, read_results
+from ..schema import MetricInfo, Results, read_results, spec_analysis, spec_decoding
 from . import confusion, lengths, stats
 from .compare import finite
 
@@ -85,14 +85,14 @@ def analyze(
 
     results = read_results(results)
     spec = results.spec
-    spec_analysis = spec.get("analysis") or {}  # spec.AnalysisSpec
+    asked = spec_analysis(spec)
     roles = run_roles(results, samples)
     # Items scored by the NLL metrics alone (generated false) have no answers: the views of answers skip them. The
     # comparisons and the leakage audit take every item, each metric on the items it scored.
     generated = [s for s in samples if s.get("generated", True)]
     systems, baselines = roles["names"], {a: bases[0] for a, bases in roles["baselines"].items()}
     metrics = metric_infos(results, samples)
-    metric = choose_metric(metrics, similarity_metric or spec_analysis.get("similarity_metric"))
+    metric = choose_metric(metrics, similarity_metric or asked.similarity_metric)
     match: dict[str, dict] = {}
     from_spec = spec_thresholds(spec)
     for m in bounded_metrics(metrics):
@@ -142,7 +142,7 @@ def analyze(
                     for a, b in baselines.items()}
     out["language_modeling"] = _language_modeling(samples, systems, loss_against, seed=seed, n_bootstrap=n_bootstrap)
     out["lengths"] = lengths.length_histograms(generated, systems, grades)
-    max_new_tokens = (spec.get("decoding") or {}).get("max_new_tokens")
+    max_new_tokens = spec_decoding(spec).max_new_tokens
     out["lengths"]["max_new_tokens"] = max_new_tokens
     degeneration = degeneration_stats(generated, systems)
     out["degeneration"] = {

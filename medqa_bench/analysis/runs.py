@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import MetricError
-from ..schema import Analysis, Judged, Leakage, read_analysis, read_results, read_verdict
+from ..schema import Analysis, Judged, Leakage, read_analysis, read_results, read_verdict, spec_analysis
 from . import analyze, choose_metric, metric_infos, similarity_metrics
 from .thresholds import keyed_thresholds, spec_thresholds
 from .verdict import ALPHA, run_lines
@@ -44,7 +44,7 @@ def common_similarity_metric(parts: dict[str, tuple[dict, list[dict]]], requeste
 
 def _own_metric(results: dict, samples: list[dict], requested: str | None) -> str | None:
     """The similarity metric the run's own analysis chooses (its own report's)."""
-    wanted = requested or (read_results(results).spec.get("analysis") or {}).get("similarity_metric")
+    wanted = requested or spec_analysis(read_results(results).spec).similarity_metric
     try:
         return choose_metric(metric_infos(results, samples), wanted)
     except MetricError:  # its own analysis refuses it; the shared metric is all it can have here
@@ -62,7 +62,7 @@ def _on_metric(results: dict, samples: list[dict], opts: dict, metric: str) -> t
     spec = dict(read_results(results).spec)
     from_spec = spec_thresholds(spec)
     if from_spec:
-        spec["analysis"] = {**(spec.get("analysis") or {}), "thresholds": keyed_thresholds(from_spec, own)}
+        spec["analysis"] = {**spec_analysis(spec).raw, "thresholds": keyed_thresholds(from_spec, own)}
         spec.pop("thresholds", None)
         results = {**results, "spec": spec}
     if opts.get("thresholds"):

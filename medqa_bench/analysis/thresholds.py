@@ -93,7 +93,9 @@ def spec_thresholds(spec: dict) -> Optional[dict]:
     >>> spec_thresholds({"analysis": {"thresholds": {"t": 0.4}}})
     {'t': 0.4}
     """
-    return (spec.get("analysis") or {}).get("thresholds") or spec.get("thresholds")
+    from ..schema import spec_analysis
+
+    return spec_analysis(spec).thresholds or spec.get("thresholds")  # older specs held them at the top level
 
 
 def keyed_thresholds(candidate: Optional[dict], chosen: Optional[str]) -> dict:

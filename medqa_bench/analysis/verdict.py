@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..schema import Analysis, Budget, Judged, Results, read_analysis, read_results
+from ..schema import Analysis, Budget, Judged, Results, SpecDecoding, read_analysis, read_results, spec_decoding
 from .instruments import primary_result, weak_metrics_warning
 from .reach import ci_note, reach, reach_text
 from .verdict_lines import SMALL_SAMPLE, adapter_lines, number, run_lines
@@ -229,11 +229,11 @@ def _clean_subset(analysis: Analysis, adapter: str, full: dict[str, list[dict]])
     return {"n_items": clean.n_items, **now, "changed": changed}
 
 
-def _decoding_warning(decoding: dict) -> dict | None:
+def _decoding_warning(decoding: SpecDecoding) -> dict | None:
     """A run decoded against repetition (every system alike) hides loops from the repetition and low-diversity
     warnings: they then measure the decoding as much as the models, and their silence is not a finding."""
-    ngram = int(decoding.get("no_repeat_ngram_size") or 0)
-    penalty = float(decoding.get("repetition_penalty") or 1.0)
+    ngram = int(decoding.no_repeat_ngram_size or 0)
+    penalty = float(decoding.repetition_penalty or 1.0)
     applied = ([f"no_repeat_ngram_size {ngram}"] if ngram else []) + (
         [f"repetition_penalty {penalty:g}"] if penalty != 1.0 else [])
     if not applied:
@@ -259,7 +259,7 @@ def build_verdict(results: Results | Mapping[str, Any]) -> dict[str, Any]:
         run_warnings.append({"code": "budget", "message":
                              f"{longer} of the evaluated split's {n_refs} references are longer than the "
                              f"{budget.max_new_tokens}-token budget: even a perfect answer would be cut"})
-    decoding = _decoding_warning(results.spec.get("decoding") or {})  # spec.DecodingSpec
+    decoding = _decoding_warning(spec_decoding(results.spec))
     if decoding:
         run_warnings.append(decoding)
     small = _small_sample_warning(results, analysis)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..storage import atomic
 from ..errors import RunError, SpecError
-from ..schema import Analysis, Results, read_analysis, read_results
+from ..schema import Analysis, Results, read_analysis, read_results, spec_analysis
 
 __all__ = ["render_report"]
 
@@ -112,8 +112,8 @@ def _analysis_options(results: Results | Mapping[str, Any]) -> dict:
     """
     results = read_results(results)
     stored = results.analysis or Analysis()
-    spec = results.spec.get("analysis") or {}  # spec.AnalysisSpec
-    opts = {"similarity_metric": stored.similarity_metric or spec.get("similarity_metric")}
+    asked = spec_analysis(results.spec)
+    opts = {"similarity_metric": stored.similarity_metric or asked.similarity_metric}
     keys = ("t", "t_low", "t_high")
     given = {m: {k: th[k] for k in keys if k in th}
              for m, th in stored.match_thresholds.items() if th.get("source") == "argument"}
@@ -123,7 +123,7 @@ def _analysis_options(results: Results | Mapping[str, Any]) -> dict:
     if given:
         opts["thresholds"] = given
     for key in ("seed", "n_bootstrap"):  # a key the analysis holds (even as null) is its; else the spec's
-        value = stored.raw[key] if key in stored.raw else spec.get(key)
+        value = stored.raw[key] if key in stored.raw else getattr(asked, key)
         if value is not None:
             opts[key] = value
     return opts
