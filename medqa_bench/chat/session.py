@@ -129,14 +129,15 @@ class ChatSession:
     def __init__(self, options: ChatOptions = ChatOptions(), *, progress: bool = True):
         from ..inference.backends import check_capabilities, create_backend
         from ..data.dataset import load_dataset
-        from ..planning.plan import load_run_tokenizer, plan_rows, run_adapters
+        from ..inference.models import model_tokenizer
+        from ..planning.plan import plan_rows, run_adapters
         from ..data.rag import cache_folder, load_or_build_index
 
         self.options = options
         spec = options.run_spec()
         backend = create_backend(spec)  # nothing loaded: a bad backend name or option fails first
         adapters = run_adapters(spec, type(backend))
-        systems, _ = plan_rows(spec, type(backend), load_run_tokenizer(spec), adapters)
+        systems, _ = plan_rows(spec, type(backend), model_tokenizer(spec.model), adapters)
         self.systems = [s for s in systems if s.generates]
         check_capabilities(backend, self.systems)
         self.rag = next((s.retrieval for s in self.systems if s.retrieval is not None), None)

@@ -38,7 +38,7 @@ import torch
 from transformers import Cache
 from transformers.cache_utils import CacheLayerMixin
 
-from .decoding import DecodingParams, Generation, StopSequences, eos_token_ids, finish_generation
+from .decoding import DecodingParams, Generation, StopSequences, eos_token_ids, finish_generation, left_padded
 from .nll import attention_kernels, default_token_budget, token_batches
 
 log = logging.getLogger(__name__)
@@ -325,11 +325,7 @@ def generate_slots(
         def prefill(members: list[int], into: list[int]) -> list[int]:
             """``generate``'s own prefill of these prompts (left-padded together) into these slots; their first tokens."""
             width = max(len(encoded[i]) for i in members)
-            ids = torch.full((len(members), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(members), width), dtype=torch.long)
-            for r, i in enumerate(members):
-                ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[r, width - len(encoded[i]):] = 1
+            ids, mask = left_padded(encoded, members, width, pad_id)
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
             first = out.sequences[:, width]
             sc.load(into, out.past_key_values, width, [len(encoded[i]) for i in members], first)

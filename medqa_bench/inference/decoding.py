@@ -87,6 +87,19 @@ class DecodingParams:
         return d
 
 
+def left_padded(encoded: Sequence[Sequence[int]], members: Sequence[int], width: int, pad_id: int):
+    """The token ids of ``members`` (positions in ``encoded``) left-padded to ``width``, and their attention mask:
+    the batch both engines prefill (tensors on the CPU)."""
+    import torch
+
+    ids = torch.full((len(members), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(members), width), dtype=torch.long)
+    for r, i in enumerate(members):
+        ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
+        mask[r, width - len(encoded[i]):] = 1
+    return ids, mask
+
+
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     ids: list[int] = []
     for src in (getattr(model, "generation_config", None), model.config):

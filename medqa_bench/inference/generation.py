@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from .decoding import (DEFAULT_STOP_SEQUENCES, STOP_REASONS, DecodingParams, Generation,  # noqa: F401 - their home
-                       StopSequences, before_stop, eos_token_ids, finish_generation)
+                       StopSequences, before_stop, eos_token_ids, finish_generation, left_padded)
 from .nll import _progress, attention_kernels, default_token_budget, token_batches
 
 #: How :func:`generate` decodes: transformers' ``model.generate`` ("generate"), the slot engine of
@@ -110,11 +110,7 @@ def generate(
                 if isinstance(batch_size, int):
                     rows = max(rows, batch_size)
             members = list(batch) + [batch[0]] * (rows - len(batch))
-            ids = torch.full((rows, width), pad_id, dtype=torch.long)
-            mask = torch.zeros((rows, width), dtype=torch.long)
-            for r, i in enumerate(members):
-                ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                mask[r, width - len(encoded[i]):] = 1
+            ids, mask = left_padded(encoded, members, width, pad_id)
             kwargs: dict[str, Any] = {
                 "max_new_tokens": decoding.max_new_tokens,
                 "do_sample": decoding.do_sample,

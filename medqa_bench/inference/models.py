@@ -264,6 +264,14 @@ def load_tokenizer(source: ModelSource):
     return tok
 
 
+def model_tokenizer(reference: str, ranks: Any = None):
+    """The tokenizer of a model reference (no weights): a run's prompts, token counts and chat template. Under a
+    multi-process launch (``ranks``) one process converts a GGUF file or downloads from the Hub, the others find it."""
+    if ranks is not None:
+        ranks.main_first(lambda: resolve_model(reference))
+    return load_tokenizer(resolve_model(reference))
+
+
 def load_base(
     reference: str | None = None,
     *,

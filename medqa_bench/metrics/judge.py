@@ -227,12 +227,12 @@ class Judge:
 
     def _load(self) -> None:
         from ..inference.backends import check_capabilities, create_backend
-        from ..inference.models import load_tokenizer, resolve_model
+        from ..inference.models import model_tokenizer
         from ..inference.rows import plan_rows
 
         spec = self.config.run_spec()
         backend = create_backend(spec)
-        rows = [s for s in plan_rows(spec, type(backend), load_tokenizer(resolve_model(spec.model)), {})[0]
+        rows = [s for s in plan_rows(spec, type(backend), model_tokenizer(spec.model), {})[0]
                 if s.generates]
         if not rows:
             raise MetricError(f"judge: backend '{self.config.backend}' plans no language-model row to judge with")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..inference.backends import Backend, check_capabilities
 from ..data.items import select_item_sets, select_items
-from ..inference.models import DEFAULT_MODEL, AdapterInfo
+from ..inference.models import DEFAULT_MODEL, AdapterInfo, model_tokenizer
 from ..inference.rows import plan_rows
 from ..spec import RunSpec
 from ..inference.systems import System
@@ -101,20 +101,10 @@ def run_adapters(spec: RunSpec, backend: type | None = None) -> dict[str, str]:
     return {}
 
 
-def load_run_tokenizer(spec: RunSpec, ranks: Any = None) -> Any:
-    """The tokenizer of ``spec.model`` (no weights): a run's prompts, token counts and chat template. Under a
-    multi-process launch one process converts a GGUF file or downloads from the Hub, the others find it."""
-    from ..inference.models import load_tokenizer, resolve_model
-
-    if ranks is not None:
-        ranks.main_first(lambda: resolve_model(spec.model))
-    return load_tokenizer(resolve_model(spec.model))
-
-
 def plan_run(spec: RunSpec, backend: Backend, *, ranks: Any = None, tokenizer: Any = None) -> RunPlan:
     """Plan a run of ``spec`` on ``backend`` (built, nothing loaded): see the module docstring. ``tokenizer``: the
     model's (its chat template decides the baseline's format), when the caller has it already; else the backend's
-    own (no weights), else :func:`load_run_tokenizer`. Token counts (the budget) are the backend's, the counts its
+    own (no weights), else :func:`~medqa_bench.inference.models.model_tokenizer`. Token counts (the budget) are the backend's, the counts its
     samples record. Raises the error of the first thing wrong, before any weights load."""
     from ..storage.cache import check_cache
     from ..metrics import resolve_metrics
@@ -133,7 +123,7 @@ def plan_run(spec: RunSpec, backend: Backend, *, ranks: Any = None, tokenizer: A
     metrics = resolve_metrics(list(spec.metrics) if spec.metrics else None, plugins=spec.plugins,
                               params=spec.metric_params)
     if tokenizer is None:
-        tokenizer = getattr(backend, "tokenizer", None) or load_run_tokenizer(spec, ranks)
+        tokenizer = getattr(backend, "tokenizer", None) or model_tokenizer(spec.model, ranks)
     systems, infos = plan_rows(spec, type(backend), tokenizer, adapters)
     lm_systems = [s for s in systems if s.generates]
     nll_metrics = [m.name for m in metrics if m.kind == "nll"]

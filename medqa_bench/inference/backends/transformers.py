@@ -92,11 +92,9 @@ class TransformersBackend:
     def tokenizer(self) -> Any:
         """The model's tokenizer (no weights loaded)."""
         if self._tokenizer is None:
-            from ..models import load_tokenizer, resolve_model
+            from ..models import model_tokenizer
 
-            if self.ranks is not None:  # one process converts a GGUF file / downloads from the Hub; the others find it
-                self.ranks.main_first(lambda: resolve_model(self.spec.model))
-            self._tokenizer = load_tokenizer(resolve_model(self.spec.model))
+            self._tokenizer = model_tokenizer(self.spec.model, self.ranks)
         return self._tokenizer
 
     def load(self, systems: "Sequence[System]") -> None:
