@@ -20,11 +20,12 @@ def case(default_model, symptoms):
     prompts = [items[0].prompt("chat", tok), items[1].prompt("chat", tok), items[2].prompt("reference", tok)]
     stops = [(), (), REF_STOPS]
     decoding = DecodingParams(max_new_tokens=N)
-    old = generate(model, tok, prompts, decoding, batch_size=3, progress=False, stop_sequences=stops)
+    old_stats: dict = {}
+    old = generate(model, tok, prompts, decoding, batch_size=3, progress=False, stop_sequences=stops, stats=old_stats)
     cut = [("type",), ("type",)]  # both chat answers say "... is a type of ..." within the budget
     old_cut = generate(model, tok, prompts[:2], decoding, batch_size=2, progress=False, stop_sequences=cut)
     return {"model": model, "tok": tok, "prompts": prompts, "stops": stops, "decoding": decoding, "old": old,
-            "cut": cut, "old_cut": old_cut}
+            "old_stats": old_stats, "cut": cut, "old_cut": old_cut}
 
 
 def test_exact_mode_equals_generate(case):
@@ -61,6 +62,11 @@ def test_step_and_padding_accounting(case):
     before = batch_padding([[0, 1]], old)
     assert before == {"steps": N - 1, "row_steps": 2 * (N - 1), "useful_row_steps": N - 1,
                       "idle_row_steps": N - 1, "padding_share": 0.5}
+    # today's engine reports the same figures of its own batches: one batch of three, two rows run to the budget
+    useful = sum(g.generated_tokens - 1 for g in case["old"])
+    assert case["old_stats"] == {"mode": "generate", "batches": 1, "steps": N - 1, "row_steps": 3 * (N - 1),
+                                 "useful_row_steps": useful, "idle_row_steps": 3 * (N - 1) - useful,
+                                 "padding_share": round((3 * (N - 1) - useful) / (3 * (N - 1)), 4)}
     _, refill = generate_slots(case["model"], case["tok"], prompts, case["decoding"], batch_size=2,
                                stop_sequences=[(), REF_STOPS], refill=True, slots=1)
     assert refill.row_steps == steps and refill.idle_row_steps == steps - (N - 1)  # one slot: only window overrun

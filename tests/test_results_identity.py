@@ -5,25 +5,20 @@ hand: ``python benchmarks/results_identity.py --compare OLD_COMMIT``."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmark_scripts import benchmark_script
+
 
 
 @pytest.fixture(scope="module")
 def ri():
-    spec = importlib.util.spec_from_file_location("results_identity", REPO / "benchmarks" / "results_identity.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_script("results_identity") as module:
+        yield module
 
 
 def doc(**changes):

@@ -81,10 +81,10 @@ def batch_padding(batches: Sequence[Sequence[int]], results: Sequence[Generation
     (``max(generated_tokens) - 1`` steps after the prefill's token) and every row takes part in every step."""
     steps = row_steps = useful = 0
     for batch in batches:
-        n = max(results[i].generated_tokens for i in batch) - 1
+        n = max(0, max(results[i].generated_tokens for i in batch) - 1)
         steps += n
         row_steps += n * len(batch)
-        useful += sum(results[i].generated_tokens - 1 for i in batch)
+        useful += sum(max(0, results[i].generated_tokens - 1) for i in batch)
     return {"steps": steps, "row_steps": row_steps, "useful_row_steps": useful, "idle_row_steps": row_steps - useful,
             "padding_share": round((row_steps - useful) / row_steps, 4) if row_steps else 0.0}
 

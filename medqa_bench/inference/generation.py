@@ -69,7 +69,9 @@ def generate(
 
     ``engine`` (:data:`ENGINES`, :func:`resolve_engine`): "slots" and "refill" decode on the slot cache of
     :mod:`medqa_bench.inference.decoder` (a captured decoding step on CUDA); ``cache_implementation`` does not apply
-    to them. ``stats``, when given, receives the slot engine's step and padding counts.
+    to them. ``stats``, when given, receives the decoding steps and their padding share
+    (:class:`~medqa_bench.inference.decoder.DecodeStats`; today's engine: :func:`~.decoder.batch_padding` of its
+    batches).
     """
     import torch
 
@@ -98,8 +100,9 @@ def generate(
     lengths = [len(e) + decoding.max_new_tokens for e in encoded]
     results: list[Generation | None] = [None] * len(prompts)
     bar = _progress(len(prompts), desc, progress)
+    batches = token_batches(lengths, batch_size, budget)
     with torch.inference_mode(), attention_kernels(device):
-        for batch in token_batches(lengths, batch_size, budget):
+        for batch in batches:
             width = max(len(encoded[i]) for i in batch)
             rows = len(batch)
             if cache_implementation == "static":
@@ -143,5 +146,9 @@ def generate(
                     on_result(i, results[i])
             bar.update(len(batch))
     bar.close()
+    if stats is not None:  # the padding share of today's batches, in the slot engine's terms
+        from .decoder import batch_padding
+
+        stats.update(mode="generate", batches=len(batches), **batch_padding(batches, results))
     return results  # type: ignore[return-value]
 

@@ -15,7 +15,8 @@ The environment variable ``MEDQA_BENCH_ENGINE`` (for GPU experiments; unset: "ge
 "refill" decode on the slot cache (a captured decoding step on CUDA), one system at a time (no mixed-adapter
 batches); "auto" does so on CUDA for greedy decoding. The engine is not part of a row's identity, as the batch size
 is not: "slots" is meant to give today's texts. ``MEDQA_BENCH_ENGINE_STATS`` (a file) receives one JSON line per
-row's generation: the engine, its seconds, and the slot engine's steps, padding share and CUDA graphs.
+row's generation (a mixed-adapter batch's rows joined by ``+``): the engine, its seconds, the decoding steps and
+their padding share, and the slot engine's CUDA graphs.
 """
 
 from __future__ import annotations
@@ -199,16 +200,19 @@ class TransformersBackend:
                 stops = [r.decoding.stop_sequences(r.system.prompt_format) for r in reqs]
                 common = dict(batch_size=self.spec.batch_size, progress=progress, on_result=_at(positions, on_result),
                               stop_sequences=stops)
+                stats: dict[str, Any] = {}
+                t = time.perf_counter()
                 if mixed:
                     values = generate(loaded.model, loaded.tokenizer, [r.prompt for r in reqs], first.decoding,
-                                      desc="generate", adapter_names=[r.system.peft_name for r in reqs], **common)
+                                      desc="generate", adapter_names=[r.system.peft_name for r in reqs],
+                                      stats=stats, **common)
+                    row, used = "+".join(dict.fromkeys(r.system.name for r in reqs)), "generate"
                 else:
-                    stats: dict[str, Any] = {}
-                    t = time.perf_counter()
                     with system_active(loaded, system.adapter_name or "baseline") as model:
                         values = generate(model, loaded.tokenizer, [r.prompt for r in reqs], reqs[0].decoding,
                                           desc=f"generate {system.name}", engine=engine, stats=stats, **common)
-                    _record_engine(system.name, engine, len(reqs), time.perf_counter() - t, stats)
+                    row, used = system.name, engine
+                _record_engine(row, used, len(reqs), time.perf_counter() - t, stats)
                 for i, value in zip(positions, values):
                     out[i] = value
         return out
