@@ -6,7 +6,6 @@ hand: ``python benchmarks/results_identity.py --compare OLD_COMMIT``."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
