@@ -13,7 +13,7 @@ STAGE=${STAGE:-/tmp/stage}
 RUN_OUT=${RUN_OUT:-$STAGE/runs/headline}
 export MEDQA_BENCH_MODEL_DIR=$STAGE MEDQA_BENCH_CACHE=$STAGE/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 . benchmarks/gpu/medquad.sh  # MedQuAD into $STAGE/data from a carried copy (see there)
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || echo "no GPU (nvidia-smi failed)"
 start=$(date +%s)
 adapter_args=()
 if [ -n "${ADAPTER:-}" ]; then adapter_args=(--adapter "${NAME:-$(basename "$ADAPTER")}=$ADAPTER"); fi
