@@ -177,6 +177,30 @@ def test_shipped_adapter_names_medquad_train_split(files, symptoms, caplog):
     assert given.corpus.source == "given" and len(given.corpus.items) == 41
 
 
+def test_the_planner_reads_each_adapter_folder_once(files, monkeypatch):
+    """plan_run reads the shipped adapter's medqa_bench.json once, and that one record serves both the adapter's
+    identity (its row's format and base) and the training corpus it names."""
+    from medqa_bench.data.adapter_meta import META_FILE, AdapterMeta
+    from medqa_bench.inference.backends import create_backend
+    from medqa_bench.planning import plan_run
+
+    reads = []
+    original = AdapterMeta.from_dict.__func__
+
+    def counted(cls, raw, doc="adapter metadata"):
+        if doc.endswith(META_FILE):
+            reads.append(doc)
+        return original(cls, raw, doc=doc)
+
+    monkeypatch.setattr(AdapterMeta, "from_dict", classmethod(counted))
+    spec = _spec(files)
+    plan = plan_run(spec, create_backend(spec))
+    assert len(reads) == 1, reads
+    assert plan.data.corpus.source == "adapters" and len(plan.adapters) == 1
+    (info,) = plan.adapters.values()
+    assert info.meta is not None and info.meta.data_spec() == plan.spec.train_data
+
+
 def test_changed_or_missing_training_data_is_said_in_one_line(files, trained_on_file, caplog, tmp_path):
     from medqa_bench.data.training_corpus import plan_data
 

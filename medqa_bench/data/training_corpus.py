@@ -27,9 +27,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from .adapter_meta import read_adapter_meta
+from .adapter_meta import AdapterMeta, read_adapter_meta
 from .dataset import DataSpec, Dataset, Example, load_dataset
 from ..errors import DataError
 
@@ -51,7 +51,11 @@ class RecordedTrainingData:
         """The record of the adapter folder ``folder``; None when it has no ``medqa_bench.json`` or the file records
         no training data (an adapter trained elsewhere). A damaged file raises :class:`AdapterError`
         (:func:`medqa_bench.data.adapter_meta.read_adapter_meta`)."""
-        meta = read_adapter_meta(folder, name)
+        return cls.of(read_adapter_meta(folder, name))
+
+    @classmethod
+    def of(cls, meta: AdapterMeta | None) -> "RecordedTrainingData | None":
+        """The training data an adapter's metadata records; None without metadata or without the record."""
         spec = meta.data_spec() if meta is not None else None
         if spec is None:
             return None
@@ -92,14 +96,16 @@ def adapter_folder(value: str) -> Path | None:
     return Path(value).expanduser()
 
 
-def plan_data(spec, adapters: dict[str, str]) -> RunData:
+def plan_data(spec, adapters: dict[str, str], metas: Mapping[str, AdapterMeta | None] | None = None) -> RunData:
     """Load the evaluated data and the training corpus of a run of ``spec`` whose adapters are ``adapters`` (name ->
-    folder or served name); see the module docstring. Raises :class:`DataError` for data that cannot be read, and
+    folder or served name); see the module docstring. ``metas``: the adapters' metadata as the caller has read it
+    already (name -> record, None for a folder without one; the planner reads each adapter folder once), else each
+    local folder's ``medqa_bench.json`` is read here. Raises :class:`DataError` for data that cannot be read, and
     for an evaluated split left empty (a small file: the message proposes ``--split all``). The returned spec holds
     the data options as loaded (the question-type filter resolved, :func:`medqa_bench.data.resolve_qtype`)."""
     dataset = load_dataset(spec.data)
     spec = spec.replace(data=dataset.spec)
-    records = _records(adapters)
+    records = _records(adapters, metas)
     note = None
     if spec.train_data is not None:
         corpus = _given(spec)
@@ -165,10 +171,15 @@ def _given(spec) -> TrainingCorpus:
     return corpus
 
 
-def _records(adapters: dict[str, str]) -> dict[str, RecordedTrainingData | None]:
-    """Each adapter's recorded training data (None: no record, or a served adapter without a local folder)."""
+def _records(adapters: dict[str, str], metas: Mapping[str, AdapterMeta | None] | None
+             ) -> dict[str, RecordedTrainingData | None]:
+    """Each adapter's recorded training data (None: no record, or a served adapter without a local folder), from
+    ``metas`` where it holds the adapter, else from its folder."""
     records = {}
     for name, value in adapters.items():
+        if metas is not None and name in metas:
+            records[name] = RecordedTrainingData.of(metas[name])
+            continue
         folder = adapter_folder(value)
         records[name] = RecordedTrainingData.read(name, folder) if folder is not None else None
     return records

@@ -28,10 +28,11 @@ def read_adapters(adapters: Mapping[str, str]) -> dict[str, AdapterInfo]:
     return out
 
 
-def plan_rows(spec: Any, backend: type, tokenizer: Any,
-              adapters: Mapping[str, str]) -> tuple[list[System], dict[str, AdapterInfo]]:
+def plan_rows(spec: Any, backend: type, tokenizer: Any, adapters: Mapping[str, str],
+              infos: Mapping[str, AdapterInfo] | None = None) -> tuple[list[System], dict[str, AdapterInfo]]:
     """The run's rows and its adapters' identities, from the spec, the tokenizer (has it a chat template?) and the
-    adapter folders' files (no weights are loaded: a bad adapter or format fails before the model loads).
+    adapter folders' files (no weights are loaded: a bad adapter or format fails before the model loads); ``infos``:
+    those identities when the caller has read them already (:func:`read_adapters`).
 
     A backend whose weights a server chooses (``served_quantization``: the value its rows record and why) puts every
     language-model row on that base; otherwise a row runs on the user's quantization, its adapter's training base, or
@@ -40,7 +41,7 @@ def plan_rows(spec: Any, backend: type, tokenizer: Any,
     from ..data.reference_rows import REFERENCE_ROWS
     from .systems import plan_systems, recorded_prompt_format, recorded_quantization
 
-    infos = read_adapters(adapters)
+    infos = dict(infos) if infos is not None else read_adapters(adapters)
     served = getattr(backend, "served_quantization", None)
     systems = plan_systems(
         baseline_formats=spec.baseline_formats,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from ..inference.backends import Backend, check_capabilities
 from ..data.items import select_item_sets, select_items
 from ..inference.models import DEFAULT_MODEL, AdapterInfo, model_tokenizer
-from ..inference.rows import plan_rows
+from ..inference.rows import plan_rows, read_adapters
 from ..spec import RunSpec
 from ..inference.systems import System
 from ..data.training_corpus import RunData, plan_data
@@ -114,8 +114,9 @@ def plan_run(spec: RunSpec, backend: Backend, *, ranks: Any = None, tokenizer: A
     validity = read_validity_source(spec.validity)  # a bad --validity file fails before anything loads
     check_cache(spec.cache)  # so does a --cache that names a folder or a file that is not a SQLite cache
     adapters = run_adapters(spec, type(backend))
+    infos = read_adapters(adapters)  # each local adapter folder read once: identity and metadata, no weights
     # the evaluated items and the training corpus, data only; the training data the adapters record names the run
-    data = plan_data(spec, adapters)
+    data = plan_data(spec, adapters, {name: info.meta for name, info in infos.items()})
     spec = data.spec.resolved_for(backend.device)
     # a plugin file is recorded by its absolute path (its metrics' infos: also its fingerprint and a copy), so the
     # run folder can be re-scored from any directory; resolved before the model loads: a typo fails in a second
@@ -124,7 +125,7 @@ def plan_run(spec: RunSpec, backend: Backend, *, ranks: Any = None, tokenizer: A
                               params=spec.metric_params)
     if tokenizer is None:
         tokenizer = getattr(backend, "tokenizer", None) or model_tokenizer(spec.model, ranks)
-    systems, infos = plan_rows(spec, type(backend), tokenizer, adapters)
+    systems, infos = plan_rows(spec, type(backend), tokenizer, adapters, infos)
     lm_systems = [s for s in systems if s.generates]
     nll_metrics = [m.name for m in metrics if m.kind == "nll"]
     check_capabilities(backend, lm_systems, nll_metrics=nll_metrics)
