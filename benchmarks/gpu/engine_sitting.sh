@@ -20,7 +20,8 @@
 #     old      the headline with today's engine (generate)
 #     slots    the headline with the slot engine, exact mode (today's batches)
 #     refill   the headline with the slot engine, a finished row's slot taking the next prompt
-#     probe    benchmarks/gpu/probe_decoder.py --parts env,llama1b (tokens/s and the bandwidth bound)
+#     probe    benchmarks/gpu/probe_decoder.py --parts env,llama1b,steps --steps-llama (tokens/s and the bandwidth
+#              bound at batch 64; a profile of the decoding step: kernels against launches against the host)
 # Each headline runs with --no-cache; its per-row engine stats go to $OUT/engines.jsonl, its run folder
 # (results.json, samples.jsonl) to $OUT/<part>-run.tar.xz, its log and TOTAL_SECONDS to $OUT/sitting.log, with the
 # card. At most 8 files come back: sitting.log, engines.jsonl, three run packs, the probe's json and log.
@@ -78,7 +79,8 @@ for part in "${parts[@]}"; do
     slots) headline slots slots ;;
     refill) headline refill refill ;;
     probe)
-      python3 benchmarks/gpu/probe_decoder.py --parts env,llama1b --out "$OUT" 2>&1 | tail -n 30 | sed "s/^/[probe] /" \
+      python3 benchmarks/gpu/probe_decoder.py --parts env,llama1b,steps --steps-llama --out "$OUT" 2>&1 | tail -n 30 \
+        | sed "s/^/[probe] /" \
         | tee -a "$LOG" ;;
     *) echo "unknown part $part (install, old, slots, refill, probe)" | tee -a "$LOG"; exit 2 ;;
   esac

@@ -3,7 +3,7 @@
     MEDQA_BENCH_MODEL_DIR=/tmp/stage MEDQA_BENCH_CACHE=/tmp/stage/cache HF_HUB_OFFLINE=1 \\
         python3 benchmarks/gpu/probe_decoder.py --out $OUT
 
-Three parts, each on its own (an error is printed and the next part runs):
+Four parts, each on its own (an error is printed and the next part runs):
 
 1. **env**: torch, transformers, the card and its memory bandwidth (H100 3.35 TB/s, H200 4.8 TB/s).
 2. **smollm2** (``--model``, default the default model, float32): ``--n`` chat prompts of the symptoms test split with
@@ -15,6 +15,13 @@ Three parts, each on its own (an error is printed and the next part runs):
 3. **llama1b** (random weights, Llama-3.2-1B's shapes, bf16, batch 64, ``--llama-new-tokens``): new tokens/s of
    today's generate with the dynamic and the static (compiled) cache and of the slot engine (exact, refill), and
    the fraction of the memory-bandwidth bound: ``B / ((weight bytes + B x mean context x KV bytes a token) / BW)``.
+
+4. **steps** (not in the default ``--parts``): where a decoding step's time goes, kernels against launches against
+   the host. The default model in float32 (the headline's) and, with ``--steps-llama``, the random Llama-3.2-1B in
+   bf16 decode ``--steps-new-tokens`` tokens for ``--steps-batch`` prompts under ``torch.profiler``, after a warm-up
+   run (compilation and CUDA graph capture are not profiled): today's generate, the slot engine run eagerly, the
+   slot engine replaying CUDA graphs. Per decoding step: wall time, time the GPU spent in kernels, kernel launches
+   and graph launches from the host, and the share of the step the GPU sat idle (the host's and the launches' part).
 
 Writes ``probe_decoder.json`` and ``probe_decoder.log`` under ``--out``.
 """
@@ -175,6 +182,71 @@ def part_llama(args, out: dict) -> None:
         say("llama1b exact vs dynamic", json.dumps(res["exact_vs_dynamic"]))
 
 
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def step_profile(fn, steps: int) -> dict:
+    """``fn`` run once to warm up, then once under torch.profiler: per decoding step, wall and kernel milliseconds,
+    kernel and graph launches, and the share of the step the GPU was idle."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        _, wall = timed(fn)
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    # the kernels' own time (events on the device; an operator's row on the host would count its kernels again)
+    kernels = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
+    launches = sum(e.count for e in events if e.key in LAUNCHES)
+    graphs = sum(e.count for e in events if e.key == "cudaGraphLaunch")
+    per = max(1, steps)
+    return {"steps": steps, "wall_ms_per_step": round(1e3 * wall / per, 3),
+            "kernel_ms_per_step": round(1e3 * kernels / per, 3), "launches_per_step": round(launches / per, 1),
+            "graph_launches_per_step": round(graphs / per, 3),
+            "gpu_idle_share": round(1 - kernels / wall, 3) if cuda and wall else None}
+
+
+def profile_engines(model, tok, prompts, n_new: int, label: str, out: dict) -> None:
+    """:func:`step_profile` of today's generate and of the slot engine, eager and with CUDA graphs."""
+    from medqa_bench.inference.decoder import generate_slots
+    from medqa_bench.inference.generation import DecodingParams, generate
+
+    dec = DecodingParams(max_new_tokens=n_new)
+    batch = len(prompts)
+    res = out.setdefault("steps", {}).setdefault(label, {"batch": batch, "new_tokens": n_new})
+    runs = (("generate", lambda: generate(model, tok, prompts, dec, batch_size=batch, progress=False)),
+            ("slots eager", lambda: generate_slots(model, tok, prompts, dec, batch_size=batch, graphs=False)),
+            ("slots graphs", lambda: generate_slots(model, tok, prompts, dec, batch_size=batch)))
+    for name, fn in runs:
+        try:
+            res[name] = step_profile(fn, n_new - 1)  # the first token comes from the prefill
+            say("steps", label, name, json.dumps(res[name]))
+        except Exception:
+            say("steps", label, name, "FAILED", traceback.format_exc()[-1500:])
+
+
+def part_steps(args, out: dict) -> None:
+    from medqa_bench.data.dataset import load_dataset
+    from medqa_bench.inference.models import load_base
+
+    items = load_dataset().examples[:args.steps_batch]
+    lm = load_base(args.model, device=args.device, dtype="float32")
+    prompts = [e.prompt("reference", lm.tokenizer) for e in items]
+    profile_engines(lm.model, lm.tokenizer, prompts, args.steps_new_tokens, "smollm2 float32", out)
+    del lm
+    if args.steps_llama:
+        from bench_train import build_random_llama_1b
+
+        folder = build_random_llama_1b(Path(args.workdir) / "random-llama-3.2-1b-arch", args.tokenizer)
+        lm = load_base(str(folder), device=args.device, dtype="bfloat16")
+        prompts = [e.prompt("reference", lm.tokenizer) for e in items]
+        profile_engines(lm.model, lm.tokenizer, prompts, args.steps_new_tokens, "llama1b bf16", out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for probe_decoder.json and probe_decoder.log")
@@ -187,13 +259,16 @@ def main() -> None:
     ap.add_argument("--llama-new-tokens", type=int, default=128)
     ap.add_argument("--workdir", default="/tmp/medqa-bench-bench")
     ap.add_argument("--tokenizer", help="SmolLM2 tokenizer folder for the random Llama (default: the default model's)")
-    ap.add_argument("--parts", default="env,smollm2,llama1b")
+    ap.add_argument("--parts", default="env,smollm2,llama1b", help="any of env, smollm2, llama1b, steps")
+    ap.add_argument("--steps-batch", type=int, default=64, help="prompts of the steps part")
+    ap.add_argument("--steps-new-tokens", type=int, default=64, help="tokens each prompt decodes in the steps part")
+    ap.add_argument("--steps-llama", action="store_true", help="the steps part also profiles the random Llama-3.2-1B")
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     out: dict = {"args": vars(args)}
     parts = {"env": lambda: part_env(out), "smollm2": lambda: part_smollm2(args, out),
-             "llama1b": lambda: part_llama(args, out)}
+             "llama1b": lambda: part_llama(args, out), "steps": lambda: part_steps(args, out)}
     for name in args.parts.split(","):
         t = time.perf_counter()
         try:
