@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from medqa_bench.inference.decoder import WINDOW, _RowStopper, batch_padding, generate_slots
+from medqa_bench.inference.decoder import WINDOW, _PackedAttention, _RowStopper, batch_padding, generate_slots, packed_gqa_sdpa
 from medqa_bench.inference.generation import DecodingParams, generate, resolve_engine
 
 N = 16
@@ -96,3 +96,31 @@ def test_engine_resolution():
         resolve_engine("slots", "cuda", greedy, adapter_names=["a", "b"])
     with pytest.raises(ValueError, match="engine must be one of"):
         resolve_engine("graphs", "cuda", greedy)
+
+
+def test_packed_attention_equals_repeated_kv_heads():
+    """One query token against grouped KV heads, packed (no copy of the cache), gives what transformers 5.17's
+    ``repeat_kv`` path gives; more than one query token goes to transformers' own function; the interface is put
+    back after the slot engine's loop."""
+    import torch
+    import torch.nn.functional as F
+    from types import SimpleNamespace
+    from transformers.integrations.sdpa_attention import repeat_kv
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    q, k, v = torch.randn(4, 9, 1, 64), torch.randn(4, 3, 40, 64), torch.randn(4, 3, 40, 64)
+    mask = torch.rand(4, 1, 1, 40) > 0.3
+    mask[..., 0] = True
+    calls = []
+    packed = packed_gqa_sdpa(lambda *a, **kw: calls.append(a) or ("original", None))
+    out, _ = packed(module, q, k, v, mask, scaling=0.125)
+    expected = F.scaled_dot_product_attention(q, repeat_kv(k, 3), repeat_kv(v, 3), attn_mask=mask, scale=0.125)
+    assert out.shape == (4, 1, 9, 64) and not calls
+    torch.testing.assert_close(out, expected.transpose(1, 2), rtol=0, atol=1e-6)
+    assert packed(module, torch.randn(4, 9, 2, 64), k, v, None)[0] == "original" and len(calls) == 1
+    before = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    with _PackedAttention():
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not before
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before and "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping

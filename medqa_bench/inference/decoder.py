@@ -161,6 +161,49 @@ class SlotCache:
         self.start[slot] = 0
 
 
+def packed_gqa_sdpa(original: Callable) -> Callable:
+    """transformers' ``sdpa`` attention, except that one query token of a model with grouped KV heads attends with
+    its query heads packed onto the KV heads, ``(batch, heads, 1, dim) -> (batch, kv_heads, groups, dim)``, instead
+    of copying every KV head ``groups`` times (``repeat_kv``): what transformers itself does from 5.25 on
+    (``pack_gqa``); 5.17, the GPU image's version, copies the whole cache every decoding step. Same arithmetic, each
+    query row against the same keys under the same mask; anything else goes to ``original``."""
+    import torch.nn.functional as F
+
+    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                  scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any):
+        groups = getattr(module, "num_key_value_groups", 1)
+        if (groups <= 1 or query.shape[2] != 1 or dropout or kwargs.get("position_bias") is not None
+                or kwargs.get("softcap") is not None or kwargs.get("output_attentions")
+                or (attention_mask is not None and attention_mask.shape[1] != 1)):
+            return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                            is_causal=is_causal, **kwargs)
+        batch, heads, _, dim = query.shape
+        out = F.scaled_dot_product_attention(query.reshape(batch, heads // groups, groups, dim), key, value,
+                                             attn_mask=attention_mask, dropout_p=0.0, scale=scaling, is_causal=False)
+        return out.reshape(out.shape[0], heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+class _PackedAttention:
+    """While it is entered, transformers' ``sdpa`` attention is :func:`packed_gqa_sdpa` of itself (the global
+    attention interface's local entry, put back as it was on leaving)."""
+
+    def __enter__(self) -> "_PackedAttention":
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as functions
+
+        self.functions, self.had = functions, "sdpa" in functions._local_mapping
+        self.before = functions._local_mapping.get("sdpa")
+        functions["sdpa"] = packed_gqa_sdpa(functions["sdpa"])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.had:
+            self.functions["sdpa"] = self.before
+        else:
+            del self.functions["sdpa"]
+
+
 def _cache_argument(model: Any) -> str:
     """The name under which this transformers version's causal LM takes the cache (``cache`` from 5.25 on)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -316,7 +359,7 @@ def generate_slots(
     batches = token_batches(lengths, batch_size, default_token_budget(model, for_generation=True))
     n_slots = max(len(b) for b in batches) if not refill else (slots or max(len(b) for b in batches))
     capacity = max(len(e) for e in encoded) + max_new + 2 * window
-    with torch.inference_mode(), attention_kernels(device):
+    with torch.inference_mode(), attention_kernels(device), _PackedAttention():
         sc = SlotCache(model, n_slots, capacity, window, device, model.get_input_embeddings().weight.dtype)
         runner = StepRunner(model, sc, stats, graphs)
         gen_kwargs = {"max_new_tokens": 1, "do_sample": False, "eos_token_id": eos, "pad_token_id": pad_id,
