@@ -124,3 +124,12 @@ def test_packed_attention_equals_repeated_kv_heads():
     with _PackedAttention():
         assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not before
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before and "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
+
+
+def test_an_unknown_engine_is_refused_before_the_model_loads(tmp_path):
+    from cli_runner import medqa
+
+    proc = medqa("run", "--out", str(tmp_path / "run"), "--limit", "1", env={"MEDQA_BENCH_ENGINE": "fast"})
+    assert proc.returncode == 2, proc.stderr
+    assert "MEDQA_BENCH_ENGINE='fast' is no generation engine" in proc.stderr and "Loading" not in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -10,11 +10,13 @@ each decoding step reads the base weights once for every row instead of once per
 A row's cache identity (:func:`identity`) is the one the harness has always keyed its cache by, so existing caches
 keep serving.
 
-The environment variable ``MEDQA_BENCH_ENGINE`` (for GPU experiments; unset: "generate") picks the engine of
-:func:`medqa_bench.inference.generation.generate` (:data:`~medqa_bench.inference.generation.ENGINES`): "slots" or
-"refill" decode on the slot cache (a captured decoding step on CUDA), one system at a time (no mixed-adapter
-batches); "auto" does so on CUDA for greedy decoding. The engine is not part of a row's identity, as the batch size
-is not: "slots" is meant to give today's texts. ``MEDQA_BENCH_ENGINE_STATS`` (a file) receives one JSON line per
+The engine of :func:`medqa_bench.inference.generation.generate` (:data:`~medqa_bench.inference.generation.ENGINES`)
+is "auto": the slot engine ("slots": the slot cache and a decoding step captured as CUDA graphs) on CUDA for greedy
+decoding, one system at a time, and transformers' ``generate`` elsewhere, for sampling, repetition penalties and
+n-gram blocking, and for mixed-adapter batches, which keep ``generate`` (on one H100 the slot engine ran the README's
+headline in 100 s against 195 s with 798 of 798 answers identical: ``benchmarks/RESULTS.md``). The environment
+variable ``MEDQA_BENCH_ENGINE`` ("generate", "slots", "refill", "auto") overrides it, for measurements. The engine is
+not part of a row's identity, as the batch size is not: "slots" gives today's texts in float32. ``MEDQA_BENCH_ENGINE_STATS`` (a file) receives one JSON line per
 row's generation (a mixed-adapter batch's rows joined by ``+``): the engine, its seconds, the decoding steps and
 their padding share, and the slot engine's CUDA graphs.
 """
@@ -65,7 +67,15 @@ class TransformersBackend:
 
     @classmethod
     def check_spec(cls, spec: Any) -> None:
-        """An adapter is a folder here: a served LoRA module (``served:LORA``) belongs to ``--backend openai``."""
+        """An adapter is a folder here: a served LoRA module (``served:LORA``) belongs to ``--backend openai``; a
+        ``MEDQA_BENCH_ENGINE`` must name an engine."""
+        from ..generation import ENGINES
+
+        engine = os.environ.get("MEDQA_BENCH_ENGINE", "")
+        if engine and engine not in ENGINES:
+            from ...errors import SpecError
+
+            raise SpecError(f"MEDQA_BENCH_ENGINE={engine!r} is no generation engine; use one of {', '.join(ENGINES)}")
         for name, path in spec.adapters:
             if str(path).startswith("served:"):
                 from ...errors import AdapterError
@@ -183,16 +193,18 @@ class TransformersBackend:
         from ..generation import generate, resolve_engine
         from ..models import system_active
 
-        engine = os.environ.get("MEDQA_BENCH_ENGINE", "") or "generate"
+        engine = os.environ.get("MEDQA_BENCH_ENGINE", "") or "auto"
         out: list[Any] = [None] * len(requests)
         by_base: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
             by_base.setdefault(r.system.quantization, []).append(i)
         for q, on_base in by_base.items():
             loaded, first = self.bases[q], requests[on_base[0]]
+            device = next(loaded.model.parameters()).device
+            # "auto" keeps mixed-adapter batches where they apply (one pass of the weights for several rows)
             mixed = (len({requests[i].system for i in on_base}) > 1 and _lora_only(loaded)
                      and all(requests[i].decoding == first.decoding for i in on_base)
-                     and resolve_engine(engine, next(loaded.model.parameters()).device, first.decoding) == "generate")
+                     and (engine == "auto" or resolve_engine(engine, device, first.decoding) == "generate"))
             groups = [(None, on_base)] if mixed else by_system([requests[i] for i in on_base])
             for system, part in groups:
                 positions = on_base if mixed else [on_base[j] for j in part]
@@ -208,10 +220,11 @@ class TransformersBackend:
                                       stats=stats, **common)
                     row, used = "+".join(dict.fromkeys(r.system.name for r in reqs)), "generate"
                 else:
+                    used = resolve_engine(engine, device, reqs[0].decoding)
                     with system_active(loaded, system.adapter_name or "baseline") as model:
                         values = generate(model, loaded.tokenizer, [r.prompt for r in reqs], reqs[0].decoding,
-                                          desc=f"generate {system.name}", engine=engine, stats=stats, **common)
-                    row, used = system.name, engine
+                                          desc=f"generate {system.name}", engine=used, stats=stats, **common)
+                    row = system.name
                 _record_engine(row, used, len(reqs), time.perf_counter() - t, stats)
                 for i, value in zip(positions, values):
                     out[i] = value
