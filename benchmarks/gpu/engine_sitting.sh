@@ -13,8 +13,9 @@
 # Then on the GPU machine, back to back (it goes back about 30 s after a call ends), each call carrying one folder:
 #     bash benchmarks/gpu/engine_sitting.sh stage m1      # carry .device/m1; likewise m2, m3
 #     bash benchmarks/gpu/engine_sitting.sh stage m4      # carry .device/m4: joins the parts and checks the sha256
-#     OUT=$OUT bash benchmarks/gpu/engine_sitting.sh run install,old,slots     # carry .device/w2
-#     OUT=$OUT bash benchmarks/gpu/engine_sitting.sh run refill,probe          # nothing carried (same machine)
+#     OUT=$OUT bash benchmarks/gpu/engine_sitting.sh run install,slots,old     # carry .device/w2 (about 350 s on an H100)
+#     OUT=$OUT bash benchmarks/gpu/engine_sitting.sh run probe                 # nothing carried (same machine); a call
+#                                                                              # of its own: its parts take minutes
 # `run` parts, in the order given:
 #     install  the wheels of .device/w2 and this checkout; the model converted from GGUF once, before any timing
 #     old      the headline with today's engine (generate)
